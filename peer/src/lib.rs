@@ -1,0 +1,11 @@
+//! distc-peer: everything a distc mesh node is.
+//!
+//! - [`key`]: the cache key type (SHA-256, shown as 64 hex characters).
+//! - [`codec`]: the single place where values become bytes (bincode 2 + serde), bounded.
+//! - [`store`]: the content-addressed local store shared by the wrapper and the peer.
+
+pub mod codec;
+pub mod key;
+pub mod store;
+
+pub use key::Key;

@@ -1,0 +1,669 @@
+//! The content-addressed local store: one file per key under `<dir>/<2 hex>/<62 hex>`.
+//!
+//! Every wrapper process and the machine's peer use the same directory at once, so every
+//! operation is safe across processes without a daemon:
+//! - entries are written to a temporary file in the same directory and renamed into place, so a
+//!   reader sees either nothing or a whole entry;
+//! - every entry carries the SHA-256 of its payload and its length, checked on every read; a
+//!   corrupt or truncated entry is deleted and reported, never returned;
+//! - the entry count and byte total live in a small counter file updated under `flock`, so
+//!   `usage()` and the size cap need no directory scan; the scan happens only when a put pushes
+//!   the total over the cap (LRU by modification time, which hits refresh at most once a minute).
+//!
+//! Entry format (all integers little-endian):
+//! `b"DSTC"` | format `u8` | sha256(payload) `[u8; 32]` | payload length `u64` | zstd(payload).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::key::Key;
+
+const MAGIC: &[u8; 4] = b"DSTC";
+const FORMAT: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 32 + 8;
+const USAGE_FILE: &str = "usage";
+const EVICT_LOCK: &str = "evict.lock";
+/// Hits refresh an entry's LRU time only when it is older than this, to keep hits cheap.
+const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
+/// After an eviction the store is brought down to this fraction of its cap.
+const EVICT_TARGET: f64 = 0.9;
+/// Temporary files older than this are leftovers of a killed writer.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// zstd level for new entries: fast, since a miss should cost little more than the compile.
+const ZSTD_LEVEL: i32 = 1;
+
+/// What went wrong in the store. Callers treat every error as "no cache here" and compile.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt cache entry {key}: {reason} (removed; it will be rebuilt)")]
+    Corrupt { key: Key, reason: String },
+    #[error("invalid cache entry: {0}")]
+    Invalid(String),
+    #[error("cache entry of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+}
+
+impl StoreError {
+    fn io(path: &Path, source: io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the directory cannot be written (read-only, permission, disk full): the
+    /// caller warns once and keeps compiling without the cache.
+    pub fn is_unwritable(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::ReadOnlyFilesystem
+                        | io::ErrorKind::StorageFull
+                        | io::ErrorKind::QuotaExceeded
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Number of entries and bytes on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// A handle on a store directory. Opening is cheap (one `mkdir -p`), so every wrapper
+/// process opens its own.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    max_size: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `dir`, capped at `max_size` bytes on disk.
+    pub fn open(dir: &Path, max_size: u64) -> Result<Store, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        Ok(Store {
+            root: dir.to_path_buf(),
+            max_size,
+        })
+    }
+
+    /// The directory this store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn entry_path(&self, key: &Key) -> PathBuf {
+        let hex = key.to_hex();
+        self.root.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// The payload stored under `key`, digest-checked. A corrupt entry is removed and
+    /// reported as [`StoreError::Corrupt`].
+    pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(raw) = self.get_raw(key)? else {
+            return Ok(None);
+        };
+        match Store::verify_raw(&raw, u64::MAX) {
+            Ok(payload) => Ok(Some(payload)),
+            Err(e) => {
+                let _ = self.remove(key);
+                Err(StoreError::Corrupt {
+                    key: *key,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The on-disk bytes of the entry under `key` (compressed, self-describing): what peers
+    /// send each other. Not verified here; receivers call [`Store::verify_raw`].
+    pub fn get_raw(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.entry_path(key);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        let meta = file.metadata().map_err(|e| StoreError::io(&path, e))?;
+        let mut raw = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut raw)
+            .map_err(|e| StoreError::io(&path, e))?;
+        // LRU: refresh the time of entries that are read, at most once per granularity.
+        if let Ok(modified) = meta.modified() {
+            let now = SystemTime::now();
+            if now
+                .duration_since(modified)
+                .is_ok_and(|age| age > TOUCH_GRANULARITY)
+            {
+                let _ = file.set_modified(now);
+            }
+        }
+        Ok(Some(raw))
+    }
+
+    /// Checks an entry's header, length and digest and returns its payload. Refuses payloads
+    /// that claim more than `max_payload` bytes before decompressing anything.
+    pub fn verify_raw(entry: &[u8], max_payload: u64) -> Result<Vec<u8>, StoreError> {
+        if entry.len() < HEADER_LEN {
+            return Err(StoreError::Invalid(format!(
+                "truncated: {} bytes is shorter than the header",
+                entry.len()
+            )));
+        }
+        if &entry[..4] != MAGIC {
+            return Err(StoreError::Invalid("bad magic".into()));
+        }
+        if entry[4] != FORMAT {
+            return Err(StoreError::Invalid(format!(
+                "unknown entry format {} (this distc reads format {FORMAT})",
+                entry[4]
+            )));
+        }
+        let digest = &entry[5..37];
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(&entry[37..45]);
+        let len = u64::from_le_bytes(len_bytes);
+        if len > max_payload {
+            return Err(StoreError::TooLarge {
+                size: len,
+                limit: max_payload,
+            });
+        }
+        let capacity = usize::try_from(len)
+            .map_err(|_| StoreError::Invalid(format!("payload length {len} too large")))?;
+        let payload = zstd::bulk::decompress(&entry[HEADER_LEN..], capacity)
+            .map_err(|e| StoreError::Invalid(format!("decompression failed: {e}")))?;
+        if payload.len() != capacity {
+            return Err(StoreError::Invalid(format!(
+                "payload is {} bytes, header says {len}",
+                payload.len()
+            )));
+        }
+        if Sha256::digest(&payload).as_slice() != digest {
+            return Err(StoreError::Invalid("digest mismatch".into()));
+        }
+        Ok(payload)
+    }
+
+    /// Builds the on-disk form of `payload`.
+    pub fn encode_entry(payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let compressed = zstd::bulk::compress(payload, ZSTD_LEVEL)
+            .map_err(|e| StoreError::Invalid(format!("compression failed: {e}")))?;
+        let mut entry = Vec::with_capacity(HEADER_LEN + compressed.len());
+        entry.extend_from_slice(MAGIC);
+        entry.push(FORMAT);
+        entry.extend_from_slice(&Sha256::digest(payload));
+        entry.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        entry.extend_from_slice(&compressed);
+        Ok(entry)
+    }
+
+    /// Stores `payload` under `key` atomically. Returns the entry's size on disk.
+    pub fn put(&self, key: &Key, payload: &[u8]) -> Result<u64, StoreError> {
+        let entry = Store::encode_entry(payload)?;
+        self.write_entry(key, &entry)
+    }
+
+    /// Stores an entry received from elsewhere, after checking it completely.
+    pub fn put_raw(&self, key: &Key, entry: &[u8]) -> Result<u64, StoreError> {
+        Store::verify_raw(entry, u64::MAX)?;
+        self.write_entry(key, entry)
+    }
+
+    fn write_entry(&self, key: &Key, entry: &[u8]) -> Result<u64, StoreError> {
+        let path = self.entry_path(key);
+        let dir = path.parent().unwrap_or(&self.root);
+        if let Err(e) = fs::create_dir(dir)
+            && e.kind() != io::ErrorKind::AlreadyExists
+        {
+            return Err(StoreError::io(dir, e));
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| StoreError::io(dir, e))?;
+        tmp.write_all(entry).map_err(|e| StoreError::io(dir, e))?;
+        let size = entry.len() as u64;
+        // Rename under the counter lock, so that two writers of one key count it once.
+        let usage = self.with_usage(|u| {
+            let replaced = fs::metadata(&path).map(|m| m.len()).ok();
+            tmp.persist(&path)
+                .map_err(|e| StoreError::io(&path, e.error))?;
+            match replaced {
+                Some(old) => u.bytes = u.bytes.saturating_sub(old),
+                None => u.entries += 1,
+            }
+            u.bytes += size;
+            Ok(())
+        })?;
+        if usage.bytes > self.max_size {
+            self.evict()?;
+        }
+        Ok(size)
+    }
+
+    /// True when an entry for `key` exists (not verified).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.entry_path(key).exists()
+    }
+
+    /// Removes the entry for `key`; returns whether there was one.
+    pub fn remove(&self, key: &Key) -> Result<bool, StoreError> {
+        let path = self.entry_path(key);
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        }
+        self.adjust_usage(|u| {
+            u.entries = u.entries.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(size);
+        })?;
+        Ok(true)
+    }
+
+    /// Removes every entry. Returns what was removed.
+    pub fn clear(&self) -> Result<Usage, StoreError> {
+        let _guard = self.lock_file(EVICT_LOCK, true)?;
+        let mut removed = Usage::default();
+        for (path, meta, is_temp) in self.scan()? {
+            if fs::remove_file(&path).is_ok() && !is_temp {
+                removed.entries += 1;
+                removed.bytes += meta.len();
+            }
+        }
+        self.adjust_usage(|u| *u = Usage::default())?;
+        Ok(removed)
+    }
+
+    /// Entries and bytes stored, from the counter file (no scan).
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let path = self.root.join(USAGE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(parse_usage(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Usage::default()),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// Every key in the store (a full directory scan: for handoff and repair, never for hits).
+    pub fn keys(&self) -> Result<Vec<Key>, StoreError> {
+        let mut keys = Vec::new();
+        for (path, _, is_temp) in self.scan()? {
+            if is_temp {
+                continue;
+            }
+            if let Some(key) = key_of_path(&path) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Recounts the store from disk, repairing the counter file.
+    pub fn recount(&self) -> Result<Usage, StoreError> {
+        let _guard = self.lock_file(EVICT_LOCK, true)?;
+        let mut usage = Usage::default();
+        for (_, meta, is_temp) in self.scan()? {
+            if !is_temp {
+                usage.entries += 1;
+                usage.bytes += meta.len();
+            }
+        }
+        self.adjust_usage(|u| *u = usage)?;
+        Ok(usage)
+    }
+
+    /// Brings the store under `EVICT_TARGET` of its cap, oldest entries first. Only one
+    /// process evicts at a time; others skip, since that one is already doing the work.
+    fn evict(&self) -> Result<(), StoreError> {
+        let Some(_guard) = self.try_lock_file(EVICT_LOCK)? else {
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let mut entries = Vec::new();
+        let mut total = Usage::default();
+        for (path, meta, is_temp) in self.scan()? {
+            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            if is_temp {
+                if now.duration_since(modified).is_ok_and(|a| a > STALE_TEMP) {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
+            total.entries += 1;
+            total.bytes += meta.len();
+            entries.push((modified, meta.len(), path));
+        }
+        entries.sort();
+        let target = (self.max_size as f64 * EVICT_TARGET) as u64;
+        let mut evicted = 0u64;
+        for (_, size, path) in entries {
+            if total.bytes <= target {
+                break;
+            }
+            if fs::remove_file(&path).is_ok() {
+                total.bytes -= size;
+                total.entries -= 1;
+                evicted += 1;
+            }
+        }
+        tracing::debug!(evicted, ?total, "cache store evicted old entries");
+        self.adjust_usage(|u| *u = total)?;
+        Ok(())
+    }
+
+    /// All files under the store's 256 fan-out directories: (path, metadata, is_temp).
+    fn scan(&self) -> Result<Vec<(PathBuf, fs::Metadata, bool)>, StoreError> {
+        let mut out = Vec::new();
+        let top = match fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) => return Err(StoreError::io(&self.root, e)),
+        };
+        for sub in top.flatten() {
+            let name = sub.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() != 2 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let Ok(files) = fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let Ok(meta) = f.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let is_temp = f.file_name().to_string_lossy().starts_with(".tmp");
+                out.push((f.path(), meta, is_temp));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of the counter file under an exclusive lock.
+    fn adjust_usage(&self, f: impl FnOnce(&mut Usage)) -> Result<Usage, StoreError> {
+        self.with_usage(|u| {
+            f(u);
+            Ok(())
+        })
+    }
+
+    /// Runs `f` while holding the counter file's lock; writes back the counters it leaves.
+    fn with_usage(
+        &self,
+        f: impl FnOnce(&mut Usage) -> Result<(), StoreError>,
+    ) -> Result<Usage, StoreError> {
+        let path = self.root.join(USAGE_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        flock(&file, libc::LOCK_EX).map_err(|e| StoreError::io(&path, e))?;
+        let mut buf = [0u8; 16];
+        let n = file.read_at(&mut buf, 0).unwrap_or(0);
+        let mut usage = parse_usage(&buf[..n]);
+        f(&mut usage)?;
+        buf[..8].copy_from_slice(&usage.entries.to_le_bytes());
+        buf[8..].copy_from_slice(&usage.bytes.to_le_bytes());
+        file.write_all_at(&buf, 0)
+            .map_err(|e| StoreError::io(&path, e))?;
+        Ok(usage)
+        // The lock is released when `file` is closed.
+    }
+
+    fn lock_file(&self, name: &str, exclusive: bool) -> Result<File, StoreError> {
+        let path = self.root.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        flock(&file, op).map_err(|e| StoreError::io(&path, e))?;
+        Ok(file)
+    }
+
+    fn try_lock_file(&self, name: &str) -> Result<Option<File>, StoreError> {
+        let path = self.root.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+}
+
+fn parse_usage(bytes: &[u8]) -> Usage {
+    if bytes.len() < 16 {
+        return Usage::default();
+    }
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&bytes[..8]);
+    b.copy_from_slice(&bytes[8..16]);
+    Usage {
+        entries: u64::from_le_bytes(a),
+        bytes: u64::from_le_bytes(b),
+    }
+}
+
+fn key_of_path(path: &Path) -> Option<Key> {
+    let file = path.file_name()?.to_str()?;
+    let dir = path.parent()?.file_name()?.to_str()?;
+    format!("{dir}{file}").parse().ok()
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor has no memory-safety preconditions.
+        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store"), max).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn put_get_round_trip_and_usage() {
+        let (_d, s) = store(1 << 30);
+        let k = Key::digest(b"a");
+        assert_eq!(s.get(&k).unwrap(), None);
+        let size = s.put(&k, b"hello world").unwrap();
+        assert_eq!(s.get(&k).unwrap().as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(
+            s.usage().unwrap(),
+            Usage {
+                entries: 1,
+                bytes: size
+            }
+        );
+        // Replacing keeps one entry.
+        let size2 = s.put(&k, b"hello again, world").unwrap();
+        assert_eq!(
+            s.usage().unwrap(),
+            Usage {
+                entries: 1,
+                bytes: size2
+            }
+        );
+        assert_eq!(s.keys().unwrap(), vec![k]);
+        assert!(s.remove(&k).unwrap());
+        assert_eq!(s.usage().unwrap(), Usage::default());
+    }
+
+    #[test]
+    fn corrupt_entry_is_removed_and_reported() {
+        let (_d, s) = store(1 << 30);
+        let k = Key::digest(b"a");
+        s.put(&k, &vec![7u8; 10_000]).unwrap();
+        let path = s.entry_path(&k);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(s.get(&k), Err(StoreError::Corrupt { .. })));
+        assert!(!path.exists());
+        assert_eq!(s.get(&k).unwrap(), None);
+    }
+
+    #[test]
+    fn truncated_and_garbage_entries_are_rejected() {
+        let entry = Store::encode_entry(b"payload").unwrap();
+        for cut in 0..entry.len() {
+            assert!(
+                Store::verify_raw(&entry[..cut], u64::MAX).is_err(),
+                "cut {cut}"
+            );
+        }
+        assert!(
+            Store::verify_raw(b"DSTC\x01garbage-garbage-garbage-garbage-garbage", 1 << 20).is_err()
+        );
+        assert_eq!(Store::verify_raw(&entry, u64::MAX).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn claimed_size_over_limit_is_refused_before_decompressing() {
+        let mut entry = Store::encode_entry(&[0u8; 100]).unwrap();
+        entry[37..45].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        assert!(matches!(
+            Store::verify_raw(&entry, 1 << 20),
+            Err(StoreError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn put_raw_validates() {
+        let (_d, s) = store(1 << 30);
+        let k = Key::digest(b"a");
+        assert!(
+            s.put_raw(&k, b"not an entry at all, not even close.....")
+                .is_err()
+        );
+        assert!(!s.contains(&k));
+        let entry = Store::encode_entry(b"x").unwrap();
+        s.put_raw(&k, &entry).unwrap();
+        assert_eq!(s.get_raw(&k).unwrap().unwrap(), entry);
+    }
+
+    #[test]
+    fn eviction_keeps_the_store_under_its_cap_dropping_oldest() {
+        // Incompressible payloads so sizes are predictable.
+        let payload = |i: u64| -> Vec<u8> {
+            let mut v = Vec::new();
+            let mut x = i.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+            for _ in 0..1000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            v
+        };
+        let (_d, s) = store(40_000);
+        let mut keys = Vec::new();
+        for i in 0..10u64 {
+            let k = Key::digest(&i.to_le_bytes());
+            s.put(&k, &payload(i)).unwrap();
+            // Make age order explicit.
+            let f = File::options().write(true).open(s.entry_path(&k)).unwrap();
+            f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + i))
+                .unwrap();
+            keys.push(k);
+        }
+        let u = s.usage().unwrap();
+        assert!(u.bytes <= 40_000, "{u:?}");
+        assert_eq!(s.recount().unwrap(), u);
+        // The newest entry survives.
+        assert!(s.contains(&keys[9]));
+        assert!(!s.contains(&keys[0]));
+    }
+
+    #[test]
+    fn clear_empties_everything() {
+        let (_d, s) = store(1 << 30);
+        for i in 0..5u8 {
+            s.put(&Key::digest(&[i]), &[i; 100]).unwrap();
+        }
+        let removed = s.clear().unwrap();
+        assert_eq!(removed.entries, 5);
+        assert!(s.keys().unwrap().is_empty());
+        assert_eq!(s.usage().unwrap(), Usage::default());
+    }
+
+    #[test]
+    fn concurrent_writers_keep_counters_exact() {
+        let (_d, s) = store(1 << 30);
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        s.put(&Key::digest(&[t, i]), &[i; 300]).unwrap();
+                        // Everyone also writes one shared key.
+                        s.put(&Key::digest(b"shared"), &[t; 300]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let counted = s.usage().unwrap();
+        assert_eq!(counted.entries, 8 * 20 + 1);
+        assert_eq!(s.recount().unwrap(), counted);
+        assert!(s.get(&Key::digest(b"shared")).unwrap().is_some());
+    }
+}
