@@ -1,0 +1,8 @@
+#include <iostream>
+
+#include "greeter.h"
+
+int main() {
+    std::cout << demo::greeting("distc") << std::endl;
+    return 0;
+}

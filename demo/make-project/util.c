@@ -1,0 +1,3 @@
+#include "util.h"
+
+int triple(int x) { return 3 * x; }

@@ -1,0 +1,145 @@
+//! The `distc` command line: clap definitions and dispatch only.
+//!
+//! `src/main.rs` decides whether argv is a compiler invocation (wrapper mode) or a command; for
+//! commands it calls [`main`]. Each subcommand's work lives in its own module
+//! ([`crate::project`], [`crate::commands`]).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{ArgAction, Parser, Subcommand};
+
+/// A peer-to-peer compiler cache for C, C++ and Rust.
+///
+/// Wrap a compile with `distc gcc -c a.c -o a.o` (or `make CC="distc gcc"`,
+/// `-DCMAKE_C_COMPILER_LAUNCHER=distc`), or use the commands below.
+#[derive(Debug, Parser)]
+#[command(name = "distc", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug, -vvv: trace); overrides DISTC_LOG.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build one C or C++ source file into an executable, the object step through the cache.
+    ///
+    /// Prints whether the object was a cache hit or miss, the executable's size and the time
+    /// taken. Rust sources (.rs) are recognised but not supported yet.
+    Build {
+        /// The source file (.c, .cpp, .cc, .cxx, .rs).
+        file: PathBuf,
+        /// Output executable [default: the file's stem in the current directory].
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Extra compiler flags, after `--` (e.g. `-- -O2 -DNDEBUG`).
+        #[arg(last = true, value_name = "FLAGS", allow_hyphen_values = true)]
+        flags: Vec<String>,
+    },
+
+    /// Build every C/C++ source under DIR into cached objects in parallel, then link them.
+    ///
+    /// Sources are found recursively; build/, target/ and hidden directories are skipped.
+    /// Objects go to DIR/build/<source path>.o; DIR and DIR/include are on the include path.
+    /// The link uses the C++ driver when any source is C++.
+    BuildProject {
+        /// The project directory.
+        dir: PathBuf,
+        /// Output executable [default: the directory's name in the current directory].
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Parallel compiles [default: the number of CPUs].
+        #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        jobs: Option<u32>,
+        /// Extra compiler flags, after `--` (e.g. `-- -O2 -Wall`).
+        #[arg(last = true, value_name = "FLAGS", allow_hyphen_values = true)]
+        flags: Vec<String>,
+    },
+}
+
+/// Sets up logging: DISTC_LOG (a tracing filter, e.g. `debug` or `distc=trace`) unless -v is
+/// given, which wins. Logs go to stderr so command output stays parseable.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match verbose {
+        0 => EnvFilter::try_from_env("DISTC_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        1 => EnvFilter::new("info"),
+        2 => EnvFilter::new("debug"),
+        _ => EnvFilter::new("trace"),
+    };
+    // A second initialisation (tests calling main twice) is harmless; ignore it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses argv and runs the command. Errors are returned to `src/main.rs`, which prints them.
+pub fn main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    run(cli)
+}
+
+/// Dispatches a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Build {
+            file,
+            output,
+            flags,
+        } => crate::project::build(&file, output.as_deref(), &flags),
+        Command::BuildProject {
+            dir,
+            output,
+            jobs,
+            flags,
+        } => crate::project::build_project(&crate::project::ProjectOptions {
+            dir: &dir,
+            output: output.as_deref(),
+            jobs: jobs.map(|j| j as usize),
+            flags: &flags,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_after_double_dash() {
+        let cli = Cli::try_parse_from(["distc", "build", "a.c", "-o", "app", "--", "-O2", "-DX=1"])
+            .expect("parse");
+        match cli.command {
+            Command::Build {
+                file,
+                output,
+                flags,
+            } => {
+                assert_eq!(file, PathBuf::from("a.c"));
+                assert_eq!(output, Some(PathBuf::from("app")));
+                assert_eq!(flags, vec!["-O2".to_string(), "-DX=1".to_string()]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_jobs_rejected() {
+        assert!(Cli::try_parse_from(["distc", "build-project", "d", "-j", "0"]).is_err());
+        assert!(Cli::try_parse_from(["distc", "build-project", "d", "-j", "x"]).is_err());
+        assert!(Cli::try_parse_from(["distc", "build-project", "d", "-j", "4"]).is_ok());
+    }
+}
