@@ -1,3 +1,12 @@
-
+//! distc: a peer-to-peer compiler cache for C, C++ and Rust.
+//!
+//! Module map:
+//! - [`config`]: defaults < config file < `DISTC_*` environment < flags.
+//! - [`cli`]: clap definitions and dispatch of the `distc` commands.
+//! - [`project`]: `distc build` and `distc build-project`.
+//!
+//! The content-addressed store, the hash ring and the libp2p node live in the `distc-peer`
+//! package.
 pub mod cli;
+pub mod config;
 pub mod project;
