@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
+
+use crate::config::{Config, Raw, Source};
 
 /// A peer-to-peer compiler cache for C, C++ and Rust.
 ///
@@ -20,6 +22,10 @@ pub struct Cli {
     /// More log output (-v: info, -vv: debug, -vvv: trace); overrides DISTC_LOG.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
+
+    /// Cache directory for this command (overrides DISTC_DIR and `dir` in the config file).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -60,6 +66,9 @@ pub enum Command {
         #[arg(last = true, value_name = "FLAGS", allow_hyphen_values = true)]
         flags: Vec<String>,
     },
+
+    /// Empty the cache: every stored result and direct-mode manifest.
+    Flush,
 }
 
 /// Sets up logging: DISTC_LOG (a tracing filter, e.g. `debug` or `distc=trace`) unless -v is
@@ -86,20 +95,38 @@ pub fn main() -> Result<ExitCode> {
     run(cli)
 }
 
+/// The configuration for this command: defaults < file < environment < global flags.
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = Config::load().context("cannot load the distc configuration")?;
+    if let Some(dir) = &cli.dir {
+        let text = dir.to_string_lossy();
+        config
+            .set("dir", Raw::Text(&text), &Source::Flag("--dir".into()))
+            .context("bad --dir")?;
+    }
+    Ok(config)
+}
+
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
     match cli.command {
+        Command::Flush => {
+            crate::commands::flush::flush(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build {
             file,
             output,
             flags,
-        } => crate::project::build(&file, output.as_deref(), &flags),
+        } => crate::project::build(&config, &file, output.as_deref(), &flags),
         Command::BuildProject {
             dir,
             output,
             jobs,
             flags,
         } => crate::project::build_project(&crate::project::ProjectOptions {
+            config: &config,
             dir: &dir,
             output: output.as_deref(),
             jobs: jobs.map(|j| j as usize),

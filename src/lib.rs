@@ -8,5 +8,6 @@
 //! The content-addressed store, the hash ring and the libp2p node live in the `distc-peer`
 //! package.
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod project;

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::config::Config;
+
 /// Environment variable naming a file in which the wrapper writes the outcome of one compile:
 /// a single line `hit`, `remote-hit`, `miss`, `uncacheable <reason>` or `error <text>`.
 pub const RESULT_FILE_ENV: &str = "DISTC_RESULT_FILE";
@@ -145,7 +147,12 @@ struct ObjectResult {
 }
 
 /// Runs `distc <driver> -c SOURCE -o OBJECT FLAGS…` in `cwd` and reports what the cache did.
-fn compile_object(cwd: &Path, job: &ObjectJob, flags: &[String]) -> Result<ObjectResult> {
+fn compile_object(
+    config: &Config,
+    cwd: &Path,
+    job: &ObjectJob,
+    flags: &[String],
+) -> Result<ObjectResult> {
     let exe =
         std::env::current_exe().context("cannot find the distc executable to run the wrapper")?;
     let report = tempfile::Builder::new()
@@ -161,6 +168,8 @@ fn compile_object(cwd: &Path, job: &ObjectJob, flags: &[String]) -> Result<Objec
         .arg(&job.object)
         .args(flags)
         .current_dir(cwd)
+        // The wrapper must use the cache this command was pointed at (--dir included).
+        .env("DISTC_DIR", &config.dir)
         .env(RESULT_FILE_ENV, report.path())
         .output()
         .with_context(|| {
@@ -259,7 +268,12 @@ fn rust_not_supported(what: &Path, project: bool) -> anyhow::Error {
 }
 
 /// `distc build FILE [-o OUT] [-- FLAGS…]`.
-pub fn build(file: &Path, output: Option<&Path>, flags: &[String]) -> Result<ExitCode> {
+pub fn build(
+    config: &Config,
+    file: &Path,
+    output: Option<&Path>,
+    flags: &[String],
+) -> Result<ExitCode> {
     let language = Language::of(file).with_context(|| {
         format!(
             "{}: unsupported file type; `distc build` accepts {}",
@@ -297,7 +311,7 @@ pub fn build(file: &Path, output: Option<&Path>, flags: &[String]) -> Result<Exi
         object: object.clone(),
         language,
     };
-    let result = compile_object(&cwd, &job, flags)?;
+    let result = compile_object(config, &cwd, &job, flags)?;
     eprint!("{}", result.stderr);
     if !result.success {
         bail!(
@@ -365,6 +379,7 @@ pub fn find_sources(dir: &Path) -> Result<Vec<(PathBuf, Language)>> {
 
 /// Options of `distc build-project`.
 pub struct ProjectOptions<'a> {
+    pub config: &'a Config,
     pub dir: &'a Path,
     pub output: Option<&'a Path>,
     /// Parallel compiles; `None` = number of CPUs.
@@ -467,7 +482,7 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs_list.get(i) else { break };
-                    let res = compile_object(&dir_abs, job, &flags);
+                    let res = compile_object(opts.config, &dir_abs, job, &flags);
                     match &res {
                         Ok(r) => {
                             let word = if r.success {
