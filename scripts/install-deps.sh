@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what distc's tests and demos use: C/C++ compilers, make, CMake, ccache (for
+# comparisons), iproute2 (network namespaces for the mDNS test). Debian/Ubuntu via apt when
+# run as root; elsewhere it lists what is missing and leaves the choice to you.
+set -euo pipefail
+
+need=()
+for tool in gcc g++ make cmake ccache ip; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+
+pkgs=()
+for tool in "${need[@]}"; do
+  case "$tool" in
+    ip) pkgs+=(iproute2) ;;
+    *) pkgs+=("$tool") ;;
+  esac
+done
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "distc: installing ${pkgs[*]} (apt)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${pkgs[@]}" >/dev/null
+else
+  echo "distc: missing tools: ${need[*]} — install ${pkgs[*]} with your package manager;" >&2
+  echo "       tests that need them print SKIP and pass without them." >&2
+fi

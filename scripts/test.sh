@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and end-to-end tests with real
+# compilers, make, CMake and real peers on loopback. Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --all-targets --locked
+cargo test --workspace --all-targets --locked
