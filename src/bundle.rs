@@ -1,0 +1,184 @@
+//! A cached result: every output file, stdout, stderr and the exit status of one compile.
+//!
+//! Outputs are tagged by role, never by absolute path: the same bundle is replayed into
+//! whatever paths the hitting command line names (another checkout, another machine).
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Bump when the layout changes; an old bundle then decodes as an error, i.e. a miss.
+pub const BUNDLE_VERSION: u32 = 1;
+
+/// Largest bundle we ever decode (objects of huge TUs fit comfortably).
+pub const MAX_BUNDLE: usize = 1 << 30;
+
+/// What an output file is for; the hitting command line says where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Object,
+    DepFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    pub role: Role,
+    #[serde(with = "bytes")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub version: u32,
+    pub outputs: Vec<Output>,
+    #[serde(with = "bytes")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "bytes")]
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+/// Serialise `Vec<u8>` as one byte string (compact and fast), not a sequence of integers.
+mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+impl Bundle {
+    pub fn encode(&self) -> Result<Vec<u8>, distc_peer::codec::CodecError> {
+        distc_peer::codec::encode(self)
+    }
+
+    /// Decodes and checks the version; any mismatch is an error (= a miss, never a wrong hit).
+    pub fn decode(bytes: &[u8]) -> Result<Bundle, String> {
+        let b: Bundle = distc_peer::codec::decode(bytes, MAX_BUNDLE).map_err(|e| e.to_string())?;
+        if b.version != BUNDLE_VERSION {
+            return Err(format!(
+                "bundle version {} (expected {BUNDLE_VERSION})",
+                b.version
+            ));
+        }
+        Ok(b)
+    }
+
+    pub fn output(&self, role: Role) -> Option<&[u8]> {
+        self.outputs
+            .iter()
+            .find(|o| o.role == role)
+            .map(|o| o.data.as_slice())
+    }
+
+    /// Writes stdout and stderr byte for byte.
+    pub fn replay_streams(&self) -> io::Result<()> {
+        if !self.stdout.is_empty() {
+            let mut o = io::stdout().lock();
+            o.write_all(&self.stdout)?;
+            o.flush()?;
+        }
+        if !self.stderr.is_empty() {
+            let mut e = io::stderr().lock();
+            e.write_all(&self.stderr)?;
+            e.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to `path` atomically: a temporary file in the same directory, then rename.
+/// A reader (make, the linker) never sees a half-written object.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".distc-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    // Objects are normally 0644 (umask applied); tempfile creates 0600.
+    set_default_mode(tmp.as_file())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn set_default_mode(f: &fs::File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask is process-global but we restore it immediately; single-threaded here.
+    let mask = unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m
+    };
+    f.set_permissions(fs::Permissions::from_mode(0o666 & !(mask as u32)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let b = Bundle {
+            version: BUNDLE_VERSION,
+            outputs: vec![
+                Output {
+                    role: Role::Object,
+                    data: vec![0x7f, b'E', b'L', b'F'],
+                },
+                Output {
+                    role: Role::DepFile,
+                    data: b"a.o: a.c\n".to_vec(),
+                },
+            ],
+            stdout: vec![],
+            stderr: b"warning\n".to_vec(),
+            exit_code: 0,
+        };
+        let enc = b.encode().unwrap();
+        assert_eq!(Bundle::decode(&enc).unwrap(), b);
+        assert!(Bundle::decode(&enc[..enc.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn atomic_write() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.o");
+        write_atomic(&p, b"abc").unwrap();
+        write_atomic(&p, b"defg").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"defg");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

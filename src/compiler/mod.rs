@@ -1,0 +1,218 @@
+//! Compiler families: turning a command line into a [`CompileJob`] or a reason not to cache.
+//!
+//! Only the gcc/clang family is cacheable today ([`gcc`]); everything else is passed straight
+//! to the real compiler with a short, stable reason label that `distc stats` counts.
+
+pub mod gcc;
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+/// The source language of a translation unit, as gcc's `-x` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    C,
+    Cxx,
+    ObjC,
+    ObjCxx,
+    /// `.S` / `-x assembler-with-cpp`: assembly that goes through the preprocessor.
+    AsmCpp,
+    /// `.i`: already preprocessed C.
+    CPreprocessed,
+    /// `.ii`: already preprocessed C++.
+    CxxPreprocessed,
+    /// `.s`: plain assembly, no preprocessor.
+    Asm,
+}
+
+impl Language {
+    /// Language from a file extension, the way gcc infers it without `-x`.
+    pub fn from_path(path: &Path) -> Option<LangGuess> {
+        let ext = path.extension()?.to_str()?;
+        Some(match ext {
+            "c" => LangGuess::Lang(Language::C),
+            "cc" | "cp" | "cxx" | "cpp" | "CPP" | "c++" | "C" => LangGuess::Lang(Language::Cxx),
+            "m" => LangGuess::Lang(Language::ObjC),
+            "mm" | "M" => LangGuess::Lang(Language::ObjCxx),
+            "S" | "sx" => LangGuess::Lang(Language::AsmCpp),
+            "i" => LangGuess::Lang(Language::CPreprocessed),
+            "ii" => LangGuess::Lang(Language::CxxPreprocessed),
+            "s" => LangGuess::Lang(Language::Asm),
+            "h" | "hh" | "hpp" | "hxx" | "h++" | "H" | "tcc" => LangGuess::Header,
+            _ => return None,
+        })
+    }
+
+    /// Language from the value of `-x`.
+    pub fn from_x(value: &str) -> Option<LangGuess> {
+        Some(match value {
+            "c" => LangGuess::Lang(Language::C),
+            "c++" => LangGuess::Lang(Language::Cxx),
+            "objective-c" => LangGuess::Lang(Language::ObjC),
+            "objective-c++" => LangGuess::Lang(Language::ObjCxx),
+            "assembler-with-cpp" => LangGuess::Lang(Language::AsmCpp),
+            "cpp-output" => LangGuess::Lang(Language::CPreprocessed),
+            "c++-cpp-output" => LangGuess::Lang(Language::CxxPreprocessed),
+            "assembler" => LangGuess::Lang(Language::Asm),
+            "c-header" | "c++-header" | "objective-c-header" | "objective-c++-header" => {
+                LangGuess::Header
+            }
+            _ => return None,
+        })
+    }
+
+    /// The stable name that goes into the key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::C => "c",
+            Language::Cxx => "c++",
+            Language::ObjC => "objective-c",
+            Language::ObjCxx => "objective-c++",
+            Language::AsmCpp => "assembler-with-cpp",
+            Language::CPreprocessed => "cpp-output",
+            Language::CxxPreprocessed => "c++-cpp-output",
+            Language::Asm => "assembler",
+        }
+    }
+
+    /// Whether the source goes through the preprocessor (otherwise its bytes are the input).
+    pub fn is_preprocessed_by_compiler(self) -> bool {
+        !matches!(
+            self,
+            Language::CPreprocessed | Language::CxxPreprocessed | Language::Asm
+        )
+    }
+}
+
+/// What an extension or `-x` value says about an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LangGuess {
+    Lang(Language),
+    /// A header given as an input: gcc builds a precompiled header from it.
+    Header,
+}
+
+/// How the dependency file (`-MD`/`-MMD`) is produced; it is an output of the compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepFile {
+    /// Where the compiler writes it (`-MF`, or derived from `-o` / the source name).
+    pub path: PathBuf,
+    /// `-MT`/`-MQ` given: otherwise the target is the object path, which then belongs in the key.
+    pub explicit_target: bool,
+}
+
+/// A cacheable compile of one source file to one object.
+#[derive(Debug, Clone)]
+pub struct CompileJob {
+    /// The source file as given on the command line.
+    pub source: PathBuf,
+    pub language: Language,
+    /// Whether `-x` was given (then it must be repeated for a `-E` run; it already is, in
+    /// `cpp_args`).
+    pub explicit_language: bool,
+    /// The object file (`-o`, or the source's stem + `.o` in the working directory).
+    pub output: PathBuf,
+    /// Dependency file output, when `-MD`/`-MMD` asked for one.
+    pub dep_file: Option<DepFile>,
+    /// Arguments for the preprocessor run: everything except `-c`, `-o X`, the dependency-file
+    /// options and the source itself (so `-E` writes no `.d` as a side effect).
+    pub cpp_args: Vec<OsString>,
+    /// Arguments that go into the key: everything except output paths and the source path.
+    /// Dependency options stay (they shape the `.d` output), minus the `-MF` path.
+    pub key_args: Vec<OsString>,
+    /// The full argument list for the real compile (response files expanded).
+    pub args: Vec<OsString>,
+    /// Debug info requested (`-g*` other than `-g0`): the object records the working directory.
+    pub debug_info: bool,
+    /// `-fdebug-prefix-map=OLD=NEW` / `-ffile-prefix-map=OLD=NEW` OLD values.
+    pub prefix_maps: Vec<PathBuf>,
+    /// User include search directories (`-I`, `-iquote`, `-isystem`, `-idirafter`) in order;
+    /// direct mode checks them for newly created headers that would shadow known ones.
+    pub search_dirs: Vec<PathBuf>,
+    /// Something makes direct mode unsafe for this job (e.g. `-imacros`); the reason.
+    pub direct_blocker: Option<&'static str>,
+}
+
+impl CompileJob {
+    /// Whether the working directory must be part of the key: debug info records it unless a
+    /// prefix map rewrites it.
+    pub fn cwd_matters(&self, cwd: &Path) -> bool {
+        self.debug_info && !self.prefix_maps.iter().any(|old| cwd.starts_with(old))
+    }
+}
+
+/// The outcome of parsing a command line.
+#[derive(Debug)]
+pub enum Parsed {
+    Compile(Box<CompileJob>),
+    /// Not cacheable; the label is what `distc stats` shows.
+    Uncacheable(&'static str),
+}
+
+/// The compiler family named by a program name (`gcc`, `x86_64-linux-gnu-g++-12`, `rustc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Gcc,
+    Rustc,
+}
+
+/// Classify a compiler program name (basename, no directory).
+pub fn family_of(name: &OsStr) -> Option<Family> {
+    let name = name.to_str()?;
+    // Strip a version suffix: `gcc-12`, `clang-16`, `clang++-18.1`.
+    let base = match name.rfind('-') {
+        Some(i)
+            if i + 1 < name.len()
+                && name[i + 1..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'.') =>
+        {
+            &name[..i]
+        }
+        _ => name,
+    };
+    if base == "rustc" {
+        return Some(Family::Rustc);
+    }
+    const GCC_LIKE: [&str; 6] = ["gcc", "g++", "cc", "c++", "clang", "clang++"];
+    for c in GCC_LIKE {
+        if base == c {
+            return Some(Family::Gcc);
+        }
+        // Cross compilers: `x86_64-linux-gnu-gcc`, `arm-none-eabi-g++`.
+        if let Some(prefix) = base.strip_suffix(c)
+            && prefix.ends_with('-')
+            && prefix.len() > 1
+        {
+            return Some(Family::Gcc);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families() {
+        for n in [
+            "gcc",
+            "g++",
+            "cc",
+            "c++",
+            "clang",
+            "clang++",
+            "gcc-12",
+            "clang++-18.1",
+            "x86_64-linux-gnu-gcc-12",
+            "arm-none-eabi-g++",
+        ] {
+            assert_eq!(family_of(OsStr::new(n)), Some(Family::Gcc), "{n}");
+        }
+        assert_eq!(family_of(OsStr::new("rustc")), Some(Family::Rustc));
+        for n in ["distc", "make", "ld", "gcc-ar", "-gcc", "cmake", "ccache"] {
+            assert_eq!(family_of(OsStr::new(n)), None, "{n}");
+        }
+    }
+}

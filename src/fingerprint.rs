@@ -1,0 +1,538 @@
+//! The key of a compile: everything that can change its outputs, hashed.
+//!
+//! # Key inputs (FORMAT_VERSION 1)
+//! Every input is hashed on its own and the key is SHA-256 over the labelled input digests, so
+//! `distc inspect` can list them and a miss can be explained input by input.
+//!
+//! 1. `format` — [`FORMAT_VERSION`], so any change to this list changes every key.
+//! 2. `compiler` — SHA-256 of the resolved real compiler binary (memoised by stat, see
+//!    [`crate::compiler_id`]).
+//! 3. `language` — the source language (`-x` or the extension).
+//! 4. `args` — the normalised arguments: output paths (`-o`, `-MF`) and the source path left
+//!    out; absolute paths under `base_dir` made relative to the working directory. With `-MD`
+//!    and no `-MT`/`-MQ` the object path is included (it is the `.d` file's target).
+//! 5. `env` — CPATH, C_INCLUDE_PATH, CPLUS_INCLUDE_PATH, OBJC_INCLUDE_PATH, SOURCE_DATE_EPOCH,
+//!    LANG, LC_ALL, LC_CTYPE, LC_MESSAGES, GCC_EXEC_PREFIX, COMPILER_PATH (set or unset).
+//! 6. `cwd` — the working directory, only with debug info (`-g`) not covered by
+//!    `-fdebug-prefix-map`/`-ffile-prefix-map` (the object records it).
+//! 7. One of:
+//!    - `preprocessed` — the output of `compiler -E` with the same preprocessor arguments, line
+//!      markers under `base_dir` made relative (preprocessor and direct mode; `__TIME__` and
+//!      friends expand in it, so they can never give a stale hit);
+//!    - `source` + `headers` — the source bytes and path, and every header's path and digest as
+//!      the compiler's own `-MD` output listed them (depend mode); files mentioning
+//!      `__TIME__`/`__DATE__`/`__TIMESTAMP__` are never keyed this way;
+//!    - `source` — the bytes of an already-preprocessed source (`.i`, `.ii`, `.s`).
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use distc_peer::Key;
+use sha2::{Digest, Sha256};
+
+use crate::compiler::CompileJob;
+
+/// Version of the list above. Bump on any change to what is hashed or how.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Environment variables that change a compile's result or its diagnostics (input 5).
+pub const KEY_ENV: &[&str] = &[
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "SOURCE_DATE_EPOCH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+];
+
+/// Environment variables that make gcc write extra files: such compiles are not cached.
+pub const REFUSED_ENV: &[&str] = &["DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES"];
+
+/// What the key is computed in, shared by all inputs of one compile.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `$DISTC_DIR`.
+    pub distc_dir: PathBuf,
+    /// The working directory (absolute, as getcwd reports it).
+    pub cwd: PathBuf,
+    /// Checkouts under this directory share hits.
+    pub base_dir: Option<PathBuf>,
+    /// The resolved real compiler.
+    pub compiler: PathBuf,
+}
+
+/// One labelled input of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub label: String,
+    pub digest: [u8; 32],
+}
+
+/// The labelled inputs of a key, in order (see the module docs for the list).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    pub items: Vec<Input>,
+}
+
+impl Inputs {
+    pub fn push(&mut self, label: impl Into<String>, bytes: &[u8]) {
+        self.push_digest(label, Sha256::digest(bytes).into());
+    }
+
+    pub fn push_digest(&mut self, label: impl Into<String>, digest: [u8; 32]) {
+        self.items.push(Input {
+            label: label.into(),
+            digest,
+        });
+    }
+
+    /// The key: SHA-256 over every (label, digest) pair in order.
+    pub fn key(&self) -> Key {
+        let mut h = Sha256::new();
+        for i in &self.items {
+            h.update((i.label.len() as u32).to_le_bytes());
+            h.update(i.label.as_bytes());
+            h.update(i.digest);
+        }
+        Key(h.finalize().into())
+    }
+
+    /// `(label, hex digest)` pairs, for `distc inspect`.
+    pub fn listing(&self) -> Vec<(String, String)> {
+        self.items
+            .iter()
+            .map(|i| (i.label.clone(), hex::encode(i.digest)))
+            .collect()
+    }
+}
+
+/// Length-prefixed concatenation, so `["ab","c"]` and `["a","bc"]` differ.
+fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for it in items {
+        h.update((it.len() as u64).to_le_bytes());
+        h.update(it);
+    }
+    h.finalize().into()
+}
+
+/// Inputs 1–6: everything except the source and headers. Also the base of direct-mode
+/// manifest keys.
+pub fn common_inputs(ctx: &Context, job: &CompileJob) -> io::Result<Inputs> {
+    let mut inputs = Inputs::default();
+    inputs.push("format", &FORMAT_VERSION.to_le_bytes());
+    inputs.push_digest(
+        "compiler",
+        crate::compiler_id::compiler_digest(&ctx.distc_dir, &ctx.compiler)?,
+    );
+    inputs.push("language", job.language.name().as_bytes());
+    let args: Vec<OsString> = job
+        .key_args
+        .iter()
+        .map(|a| rewrite_arg(a, ctx.base_dir.as_deref(), &ctx.cwd))
+        .collect();
+    inputs.push_digest("args", hash_list(args.iter().map(|a| a.as_bytes())));
+    let env: Vec<Vec<u8>> = KEY_ENV
+        .iter()
+        .map(|k| match std::env::var_os(k) {
+            Some(v) => {
+                let mut b = k.as_bytes().to_vec();
+                b.push(b'=');
+                b.extend_from_slice(v.as_bytes());
+                b
+            }
+            None => k.as_bytes().to_vec(),
+        })
+        .collect();
+    inputs.push_digest("env", hash_list(env.iter().map(|v| v.as_slice())));
+    if job.cwd_matters(&ctx.cwd) {
+        inputs.push("cwd", ctx.cwd.as_os_str().as_bytes());
+    }
+    Ok(inputs)
+}
+
+/// The source path as it goes into keys: relative when under `base_dir`.
+pub fn normalised_source(ctx: &Context, job: &CompileJob) -> OsString {
+    rewrite_arg(job.source.as_os_str(), ctx.base_dir.as_deref(), &ctx.cwd)
+}
+
+/// Flags whose glued value is a path (`-I/abs/inc`).
+const PATH_FLAGS: &[&str] = &[
+    "-I",
+    "-isystem",
+    "-iquote",
+    "-idirafter",
+    "-include",
+    "-imacros",
+    "-L",
+];
+
+/// Rewrites an argument whose path lies under `base_dir` to a path relative to `cwd`.
+pub fn rewrite_arg(arg: &OsStr, base_dir: Option<&Path>, cwd: &Path) -> OsString {
+    let Some(base) = base_dir else {
+        return arg.to_os_string();
+    };
+    let bytes = arg.as_bytes();
+    if bytes.first() == Some(&b'/') {
+        return relativize(Path::new(arg), base, cwd)
+            .map(PathBuf::into_os_string)
+            .unwrap_or_else(|| arg.to_os_string());
+    }
+    for flag in PATH_FLAGS {
+        if let Some(rest) = bytes.strip_prefix(flag.as_bytes())
+            && rest.first() == Some(&b'/')
+            && let Some(rel) = relativize(Path::new(OsStr::from_bytes(rest)), base, cwd)
+        {
+            let mut out = flag.as_bytes().to_vec();
+            out.extend_from_slice(rel.as_os_str().as_bytes());
+            return OsString::from_vec(out);
+        }
+    }
+    arg.to_os_string()
+}
+
+/// `path` relative to `cwd` when `path` is under `base`; `None` otherwise.
+pub fn relativize(path: &Path, base: &Path, cwd: &Path) -> Option<PathBuf> {
+    if !path.starts_with(base) || !cwd.starts_with(base) {
+        return None;
+    }
+    let p: Vec<Component> = path.components().collect();
+    let c: Vec<Component> = cwd.components().collect();
+    let common = p.iter().zip(&c).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..c.len() {
+        out.push("..");
+    }
+    for comp in &p[common..] {
+        out.push(comp);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    Some(out)
+}
+
+/// The result of running the preprocessor.
+#[derive(Debug, Clone)]
+pub struct Preprocessed {
+    /// Digest of the output with line markers normalised (input 7).
+    pub digest: [u8; 32],
+    /// Files the output came from, in first-seen order (the source excluded), as the compiler
+    /// printed them (relative to the working directory unless absolute).
+    pub headers: Vec<PathBuf>,
+}
+
+/// Why the preprocessor run gave no key.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("cannot run the preprocessor {compiler}: {source}")]
+    Spawn {
+        compiler: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The preprocessor failed: the real compile will fail too and show why.
+    #[error("the preprocessor exited with {0}")]
+    Failed(std::process::ExitStatus),
+}
+
+/// Runs `compiler -E` with the job's preprocessor arguments and hashes its output.
+pub fn preprocess(ctx: &Context, job: &CompileJob) -> Result<Preprocessed, PreprocessError> {
+    let out = Command::new(&ctx.compiler)
+        .args(&job.cpp_args)
+        .arg("-E")
+        .arg("-x")
+        .arg(job.language.name())
+        .arg(&job.source)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|source| PreprocessError::Spawn {
+            compiler: ctx.compiler.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(PreprocessError::Failed(out.status));
+    }
+    Ok(hash_preprocessed(
+        &out.stdout,
+        &job.source,
+        ctx.base_dir.as_deref(),
+        &ctx.cwd,
+    ))
+}
+
+/// Hashes preprocessor output, rewriting line-marker paths under `base_dir` and collecting the
+/// files they name.
+pub fn hash_preprocessed(
+    text: &[u8],
+    source: &Path,
+    base_dir: Option<&Path>,
+    cwd: &Path,
+) -> Preprocessed {
+    let mut h = Sha256::new();
+    let mut headers: Vec<PathBuf> = Vec::new();
+    let mut seen: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let mut start = 0;
+    while start < text.len() {
+        let end = memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i + 1);
+        let line = &text[start..end];
+        start = end;
+        if line.first() != Some(&b'#') {
+            h.update(line);
+            continue;
+        }
+        let Some((pre, path, post)) = split_marker(line) else {
+            h.update(line);
+            continue;
+        };
+        let rewritten = base_dir.and_then(|b| {
+            let p = Path::new(OsStr::from_bytes(&path));
+            if p.is_absolute() {
+                relativize(p, b, cwd)
+            } else {
+                None
+            }
+        });
+        h.update(pre);
+        match &rewritten {
+            Some(r) => h.update(r.as_os_str().as_bytes()),
+            None => h.update(&path),
+        }
+        h.update(post);
+        // Collect real files: not <built-in>/<command-line>, not the cwd marker ("dir//").
+        if !path.starts_with(b"<")
+            && !path.ends_with(b"//")
+            && path.as_slice() != source.as_os_str().as_bytes()
+            && !seen.contains(&path)
+        {
+            seen.insert(path.clone());
+            headers.push(PathBuf::from(OsString::from_vec(path)));
+        }
+    }
+    Preprocessed {
+        digest: h.finalize().into(),
+        headers,
+    }
+}
+
+fn memchr(b: u8, s: &[u8]) -> Option<usize> {
+    s.iter().position(|&c| c == b)
+}
+
+/// Splits a line marker `# 12 "path" 1 3` into (`# 12 "`, unescaped path, `" 1 3\n`).
+fn split_marker(line: &[u8]) -> Option<(&[u8], Vec<u8>, &[u8])> {
+    let q = memchr(b'"', line)?;
+    let head = &line[..q];
+    // `# <digits> ` or `#line <digits> `
+    let body = head
+        .strip_prefix(b"# ")
+        .or_else(|| head.strip_prefix(b"#line "))?;
+    if body.is_empty() || !body[0].is_ascii_digit() {
+        return None;
+    }
+    let mut path = Vec::new();
+    let mut i = q + 1;
+    while i < line.len() {
+        match line[i] {
+            b'\\' if i + 1 < line.len() => {
+                path.push(line[i + 1]);
+                i += 2;
+            }
+            b'"' => return Some((&line[..=q], path, &line[i..])),
+            c => {
+                path.push(c);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+/// Whether `bytes` mentions a macro that expands differently on every compile.
+pub fn mentions_time_macros(bytes: &[u8]) -> bool {
+    const NEEDLES: [&[u8]; 3] = [b"__TIME__", b"__DATE__", b"__TIMESTAMP__"];
+    // Cheap prefilter: all three start with "__" followed by 'T' or 'D'.
+    bytes.windows(8).any(|w| {
+        w[0] == b'_' && w[1] == b'_' && (w[2] == b'T' || w[2] == b'D') && {
+            NEEDLES.iter().any(|n| w.starts_with(&n[..8]))
+        }
+    })
+}
+
+/// The full fingerprint of a job: key, inputs and the headers found.
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    pub key: Key,
+    pub inputs: Inputs,
+    pub headers: Vec<PathBuf>,
+}
+
+/// Preprocessor-mode fingerprint: inputs 1–6 plus the preprocessed output.
+pub fn preprocessor_fingerprint(
+    ctx: &Context,
+    job: &CompileJob,
+    common: &Inputs,
+) -> Result<Fingerprint, PreprocessError> {
+    let mut inputs = common.clone();
+    let headers = if job.language.is_preprocessed_by_compiler() {
+        let pp = preprocess(ctx, job)?;
+        inputs.push_digest("preprocessed", pp.digest);
+        pp.headers
+    } else {
+        let bytes = fs::read(&job.source).map_err(|source| PreprocessError::Spawn {
+            compiler: job.source.clone(),
+            source,
+        })?;
+        inputs.push("source", &bytes);
+        Vec::new()
+    };
+    Ok(Fingerprint {
+        key: inputs.key(),
+        inputs,
+        headers,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Miss records: why did this compile miss?
+
+/// Where the inputs of the last stored result for (source, compiler) are recorded.
+fn miss_record_path(distc_dir: &Path, cwd: &Path, source: &Path, compiler: &Path) -> PathBuf {
+    let abs = cwd.join(source);
+    let id = hash_list([abs.as_os_str().as_bytes(), compiler.as_os_str().as_bytes()]);
+    distc_dir.join("misses").join(hex::encode(&id[..16]))
+}
+
+/// Records the inputs (and header digests) of a result just stored, so a later miss of the same
+/// source can say what changed. Best effort.
+pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
+    let path = miss_record_path(&ctx.distc_dir, &ctx.cwd, source, &ctx.compiler);
+    let mut text = format!("key {}\n", fp.key);
+    for i in &fp.inputs.items {
+        text.push_str(&format!("{} {}\n", hex::encode(i.digest), i.label));
+    }
+    for hdr in &fp.headers {
+        if let Ok(bytes) = fs::read(hdr) {
+            text.push_str(&format!(
+                "{} header {}\n",
+                hex::encode(Sha256::digest(&bytes)),
+                hdr.display()
+            ));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    let _ = crate::bundle::write_atomic(&path, text.as_bytes());
+}
+
+/// What changed between the last stored result for this source and `fp`: a list of
+/// human-readable lines (`changed: args`, `changed: header inc/a.h`, `new: header b.h`), empty
+/// when nothing differs, `None` when there is no record.
+pub fn why_missed(ctx: &Context, source: &Path, fp: &Fingerprint) -> Option<Vec<String>> {
+    let path = miss_record_path(&ctx.distc_dir, &ctx.cwd, source, &ctx.compiler);
+    let text = fs::read_to_string(path).ok()?;
+    let mut old: Vec<(String, String)> = Vec::new();
+    for line in text.lines().skip(1) {
+        if let Some((d, label)) = line.split_once(' ') {
+            old.push((label.to_string(), d.to_string()));
+        }
+    }
+    let mut now: Vec<(String, String)> = fp.inputs.listing();
+    for hdr in &fp.headers {
+        if let Ok(bytes) = fs::read(hdr) {
+            now.push((
+                format!("header {}", hdr.display()),
+                hex::encode(Sha256::digest(&bytes)),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (label, d) in &now {
+        match old.iter().find(|(l, _)| l == label) {
+            Some((_, od)) if od == d => {}
+            Some(_) => out.push(format!("changed: {label}")),
+            None => out.push(format!("new: {label}")),
+        }
+    }
+    for (label, _) in &old {
+        if !now.iter().any(|(l, _)| l == label) {
+            out.push(format!("gone: {label}"));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relativize_paths() {
+        let base = Path::new("/home/u/src");
+        let cwd = Path::new("/home/u/src/proj/build");
+        assert_eq!(
+            relativize(Path::new("/home/u/src/proj/inc"), base, cwd).unwrap(),
+            Path::new("../inc")
+        );
+        assert_eq!(
+            relativize(Path::new("/home/u/src/proj/build"), base, cwd).unwrap(),
+            Path::new(".")
+        );
+        assert!(relativize(Path::new("/usr/include"), base, cwd).is_none());
+        assert_eq!(
+            rewrite_arg(OsStr::new("-I/home/u/src/proj/inc"), Some(base), cwd),
+            OsStr::new("-I../inc")
+        );
+        assert_eq!(
+            rewrite_arg(OsStr::new("-I/usr/inc"), Some(base), cwd),
+            OsStr::new("-I/usr/inc")
+        );
+    }
+
+    #[test]
+    fn line_markers_rewritten_and_headers_collected() {
+        let a = b"# 0 \"/a/p/x.c\"\n# 1 \"/a/p/inc/h.h\" 1\nint x;\n# 1 \"/usr/include/stdio.h\" 1 3 4\n# 0 \"<built-in>\"\n";
+        let b = b"# 0 \"/b/p/x.c\"\n# 1 \"/b/p/inc/h.h\" 1\nint x;\n# 1 \"/usr/include/stdio.h\" 1 3 4\n# 0 \"<built-in>\"\n";
+        let pa = hash_preprocessed(
+            a,
+            Path::new("/a/p/x.c"),
+            Some(Path::new("/a")),
+            Path::new("/a/p"),
+        );
+        let pb = hash_preprocessed(
+            b,
+            Path::new("/b/p/x.c"),
+            Some(Path::new("/b")),
+            Path::new("/b/p"),
+        );
+        assert_eq!(pa.digest, pb.digest);
+        assert_eq!(
+            pa.headers,
+            [
+                PathBuf::from("/a/p/inc/h.h"),
+                PathBuf::from("/usr/include/stdio.h")
+            ]
+        );
+        let pc = hash_preprocessed(a, Path::new("/a/p/x.c"), None, Path::new("/a/p"));
+        assert_ne!(pa.digest, pc.digest);
+    }
+
+    #[test]
+    fn time_macros() {
+        assert!(mentions_time_macros(b"const char *t = __TIME__;"));
+        assert!(mentions_time_macros(b"__DATE__"));
+        assert!(mentions_time_macros(b"x __TIMESTAMP__"));
+        assert!(!mentions_time_macros(b"__TIM__ __DAT__ int x;"));
+    }
+}
