@@ -7,7 +7,12 @@
 //!
 //! The content-addressed store, the hash ring and the libp2p node live in the `distc-peer`
 //! package.
+pub mod bundle;
 pub mod cli;
 pub mod commands;
+pub mod compiler;
+pub mod compiler_id;
 pub mod config;
+pub mod fingerprint;
 pub mod project;
+pub mod stats;
