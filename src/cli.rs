@@ -56,7 +56,7 @@ pub enum Command {
     BuildProject {
         /// The project directory.
         dir: PathBuf,
-        /// Output executable [default: the directory's name in the current directory].
+        /// Output executable [default: DIR/build/<name of DIR>].
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         /// Parallel compiles [default: the number of CPUs].
@@ -65,6 +65,17 @@ pub enum Command {
         /// Extra compiler flags, after `--` (e.g. `-- -O2 -Wall`).
         #[arg(last = true, value_name = "FLAGS", allow_hyphen_values = true)]
         flags: Vec<String>,
+    },
+
+    /// Show cache statistics: hits, misses, uncacheable compiles by reason, errors, store usage.
+    Stats {
+        /// Print JSON (integer `hits`, `misses`, `errors`, `entries`, `bytes`; object
+        /// `uncacheable` reason -> count; `hit_rate` from 0 to 1).
+        #[arg(long)]
+        json: bool,
+        /// Reset the counters to zero (stored results are kept; `distc flush` removes them).
+        #[arg(long, conflicts_with = "json")]
+        zero: bool,
     },
 
     /// Empty the cache: every stored result and direct-mode manifest.
@@ -111,6 +122,10 @@ fn load_config(cli: &Cli) -> Result<Config> {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
+        Command::Stats { json, zero } => {
+            crate::commands::stats::stats(&config, json, zero)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Flush => {
             crate::commands::flush::flush(&config)?;
             Ok(ExitCode::SUCCESS)

@@ -426,9 +426,8 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
         Some(o) => {
             std::path::absolute(o).with_context(|| format!("cannot resolve {}", o.display()))?
         }
-        None => std::env::current_dir()
-            .context("cannot read the current directory")?
-            .join(name),
+        // Not `./<name>`: run from the project's parent, that is the project directory itself.
+        None => dir_abs.join(BUILD_DIR).join(name),
     };
 
     let mut flags: Vec<String> = Vec::new();

@@ -4,3 +4,4 @@
 //! [`Config`]: crate::config::Config
 
 pub mod flush;
+pub mod stats;
