@@ -5,7 +5,8 @@
 //! `distc inspect` can list them and a miss can be explained input by input.
 //!
 //! 1. `format` — [`FORMAT_VERSION`], so any change to this list changes every key.
-//! 2. `compiler` — SHA-256 of the resolved real compiler binary (memoised by stat, see
+//! 2. `compiler` — the name the compiler runs under (`clang++` and `clang` are one binary that
+//!    behaves differently) and the SHA-256 of the binary it resolves to (memoised by stat, see
 //!    [`crate::compiler_id`]).
 //! 3. `language` — the source language (`-x` or the extension).
 //! 4. `args` — the normalised arguments: output paths (`-o`, `-MF`) and the source path left
@@ -66,8 +67,11 @@ pub struct Context {
     pub cwd: PathBuf,
     /// Checkouts under this directory share hits.
     pub base_dir: Option<PathBuf>,
-    /// The resolved real compiler.
+    /// The real compiler (as found on PATH or given; symlinks not resolved, since the name a
+    /// driver is run under can change what it does: `clang++` vs `clang`).
     pub compiler: PathBuf,
+    /// The compiler name the user invoked (`gcc`, `clang++`), part of its identity.
+    pub invoked_as: OsString,
 }
 
 /// One labelled input of a key.
@@ -130,9 +134,14 @@ fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
 pub fn common_inputs(ctx: &Context, job: &CompileJob) -> io::Result<Inputs> {
     let mut inputs = Inputs::default();
     inputs.push("format", &FORMAT_VERSION.to_le_bytes());
+    let binary = crate::compiler_id::compiler_digest(&ctx.distc_dir, &ctx.compiler)?;
+    let run_as = ctx
+        .compiler
+        .file_name()
+        .unwrap_or(ctx.invoked_as.as_os_str());
     inputs.push_digest(
         "compiler",
-        crate::compiler_id::compiler_digest(&ctx.distc_dir, &ctx.compiler)?,
+        hash_list([run_as.as_bytes(), binary.as_slice()]),
     );
     inputs.push("language", job.language.name().as_bytes());
     let args: Vec<OsString> = job

@@ -1,0 +1,301 @@
+//! The tiered lookup the wrapper uses: local store -> local peer (mesh) -> compile -> put.
+//!
+//! Every fault here degrades to "not cached": a build never fails because of the cache. The
+//! only visible effect of a broken cache directory is one warning per process.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use distc_peer::Key;
+use distc_peer::store::{Store, StoreError};
+
+use crate::bundle::Bundle;
+use crate::stats::{Event, Stats};
+
+/// The wrapper's handle on the cache of one `$DISTC_DIR`.
+pub struct Cache {
+    /// `$DISTC_DIR`.
+    pub dir: PathBuf,
+    /// `None` when the store cannot be opened (read-only or missing dir): compile only.
+    store: Option<Store>,
+    /// Bound on every wait for the local peer.
+    peer_timeout: Duration,
+    /// Largest entry accepted from a peer.
+    max_entry_size: u64,
+    /// One warning per process about an unusable cache directory.
+    warned: std::cell::Cell<bool>,
+}
+
+/// What a lookup found.
+pub enum Found {
+    Local(Bundle),
+    Remote(Bundle),
+}
+
+impl Cache {
+    pub fn open(dir: &Path, max_size: u64, peer_timeout: Duration, max_entry_size: u64) -> Cache {
+        let cache = Cache {
+            dir: dir.to_path_buf(),
+            store: None,
+            peer_timeout,
+            max_entry_size,
+            warned: std::cell::Cell::new(false),
+        };
+        match Store::open(&dir.join("store"), max_size) {
+            Ok(s) => Cache {
+                store: Some(s),
+                ..cache
+            },
+            Err(e) => {
+                cache.warn(&e);
+                cache
+            }
+        }
+    }
+
+    /// Prints the one warning of this process about the cache directory.
+    pub fn warn(&self, e: &dyn std::fmt::Display) {
+        if !self.warned.replace(true) {
+            eprintln!(
+                "distc: warning: cache unusable ({e}); compiling without caching. \
+                 Check that {} is writable and not full, or set DISTC_DIR.",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Counts an event; a counter that cannot be written is not worth a warning of its own.
+    pub fn count(&self, event: Event<'_>) {
+        let _ = Stats::record(&self.dir, event);
+    }
+
+    /// Local store lookup. A corrupt entry is removed by the store, counted, and is a miss.
+    pub fn get_local(&self, key: &Key) -> Option<Bundle> {
+        let store = self.store.as_ref()?;
+        match store.get(key) {
+            Ok(Some(payload)) => match Bundle::decode(&payload) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!("cache entry {key} does not decode: {e}; removing it");
+                    let _ = store.remove(key);
+                    self.count(Event::Error("corrupt"));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(StoreError::Corrupt { .. }) => {
+                self.count(Event::Error("corrupt"));
+                None
+            }
+            Err(e) => {
+                tracing::warn!("cache read failed: {e}");
+                self.count(Event::Error("store-read"));
+                None
+            }
+        }
+    }
+
+    /// Local store, then the local peer (only when its socket exists).
+    pub fn get(&self, key: &Key) -> Option<Found> {
+        if let Some(b) = self.get_local(key) {
+            return Some(Found::Local(b));
+        }
+        self.get_remote(key).map(Found::Remote)
+    }
+
+    /// Asks the machine's peer for `key`; verifies and stores what comes back.
+    pub fn get_remote(&self, key: &Key) -> Option<Bundle> {
+        if !self.peer_socket().exists() {
+            return None;
+        }
+        let raw = peer_get(&self.dir, key, self.peer_timeout)?;
+        let payload = match Store::verify_raw(&raw, self.max_entry_size) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("entry {key} from the mesh rejected: {e}");
+                self.count(Event::Error("remote-corrupt"));
+                return None;
+            }
+        };
+        let bundle = Bundle::decode(&payload).ok()?;
+        if let Some(store) = &self.store
+            && let Err(e) = store.put_raw(key, &raw)
+        {
+            tracing::debug!("cannot keep remote entry {key} locally: {e}");
+        }
+        Some(bundle)
+    }
+
+    /// Stores a result and tells the local peer about it. Failures warn once and are counted.
+    pub fn put(&self, key: &Key, bundle: &Bundle) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let payload = match bundle.encode() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot encode result {key}: {e}");
+                self.count(Event::Error("encode"));
+                return;
+            }
+        };
+        match store.put(key, &payload) {
+            Ok(_) => {
+                if self.peer_socket().exists() {
+                    peer_announce(&self.dir, key, self.peer_timeout);
+                }
+            }
+            Err(e) => {
+                if e.is_unwritable() {
+                    self.warn(&e);
+                } else {
+                    tracing::warn!("cannot store result {key}: {e}");
+                }
+                self.count(Event::Error("store-write"));
+            }
+        }
+    }
+
+    fn peer_socket(&self) -> PathBuf {
+        self.dir.join("peer.sock")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two call sites of the peer IPC client. The mesh's `distc_peer::ipc::IpcClient` (sync, no
+// tokio) is not in the tree yet; until it is, a local peer is never consulted.
+// INTEGRATION POINT (mesh): replace the bodies with
+//   `IpcClient::connect(dir, timeout).ok()?.get(key).ok().flatten()` and
+//   `if let Ok(mut c) = IpcClient::connect(dir, timeout) { let _ = c.announce(key); }`.
+
+/// Raw entry bytes for `key` from the ring owners, via the local peer.
+fn peer_get(_dir: &Path, _key: &Key, _timeout: Duration) -> Option<Vec<u8>> {
+    None
+}
+
+/// Fire-and-forget: "key is stored locally, replicate it".
+fn peer_announce(_dir: &Path, _key: &Key, _timeout: Duration) {}
+
+// ---------------------------------------------------------------------------------------------
+// One compile per key across processes.
+
+/// An exclusive `flock` on `$DISTC_DIR/locks/<key>`, released on drop (and by the kernel if the
+/// holder dies, so a crashed compile never blocks others).
+pub struct KeyLock {
+    _file: File,
+    path: PathBuf,
+}
+
+/// How long a process waits for another one compiling the same key before compiling itself.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+impl KeyLock {
+    /// Takes the lock for `name`, waiting at most `max_wait`. `Ok(Some(lock))` = ours (perhaps
+    /// after waiting: `waited` tells), `Ok(None)` = gave up waiting.
+    pub fn acquire(
+        dir: &Path,
+        name: &str,
+        max_wait: Duration,
+    ) -> io::Result<(Option<KeyLock>, bool)> {
+        let locks = dir.join("locks");
+        let path = locks.join(name);
+        let file = match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&locks)?;
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)?
+            }
+            Err(e) => return Err(e),
+        };
+        let start = Instant::now();
+        let mut waited = false;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return Ok((Some(KeyLock { _file: file, path }), waited));
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
+            }
+            if start.elapsed() >= max_wait {
+                return Ok((None, waited));
+            }
+            waited = true;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        // Removing the file while holding the lock could let a newcomer lock a fresh inode
+        // while a waiter still locks the old one; both would then compile, which is harmless
+        // (the same result is stored twice). Lock files are tiny; leave them.
+        let _ = &self.path;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_excludes_and_times_out() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, waited) = KeyLock::acquire(d.path(), "k", Duration::from_secs(1)).unwrap();
+        assert!(a.is_some() && !waited);
+        // flock locks are per open file description, so a second open in this process conflicts.
+        let (b, waited) = KeyLock::acquire(d.path(), "k", Duration::from_millis(30)).unwrap();
+        assert!(b.is_none() && waited);
+        drop(a);
+        let (c, _) = KeyLock::acquire(d.path(), "k", Duration::from_millis(30)).unwrap();
+        assert!(c.is_some());
+    }
+
+    #[test]
+    fn corrupt_entry_is_a_counted_miss() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(d.path(), 1 << 30, Duration::from_millis(10), 1 << 30);
+        let key = Key::digest(b"x");
+        let b = Bundle {
+            version: crate::bundle::BUNDLE_VERSION,
+            outputs: vec![],
+            stdout: vec![],
+            stderr: vec![],
+            exit_code: 0,
+        };
+        cache.put(&key, &b);
+        assert!(cache.get_local(&key).is_some());
+        // Corrupt every file in the store.
+        fn walk(p: &Path) {
+            for e in fs::read_dir(p).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p)
+                } else if p.file_name().unwrap().len() > 20 {
+                    fs::write(&p, b"garbage").unwrap();
+                }
+            }
+        }
+        walk(&d.path().join("store"));
+        assert!(cache.get_local(&key).is_none());
+        assert_eq!(Stats::read_all(d.path()).unwrap().errors, 1);
+    }
+}
