@@ -8,11 +8,14 @@
 //! The content-addressed store, the hash ring and the libp2p node live in the `distc-peer`
 //! package.
 pub mod bundle;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod compiler;
 pub mod compiler_id;
 pub mod config;
+pub mod direct;
 pub mod fingerprint;
 pub mod project;
 pub mod stats;
+pub mod wrapper;
