@@ -5,7 +5,15 @@
 //! - [`store`]: the content-addressed local store shared by the wrapper and the peer.
 
 pub mod codec;
+pub mod daemon;
+pub mod ipc;
 pub mod key;
+pub mod membership;
+pub mod node;
+pub mod protocol;
+pub mod psk;
+pub mod report;
+pub mod ring;
 pub mod store;
 
 pub use key::Key;

@@ -1,0 +1,522 @@
+//! `distc peer`: the process that runs a node for one `$DISTC_DIR`, and the auto-start that
+//! launches it in the background.
+//!
+//! Files in `$DISTC_DIR`: `peer.lock` (held with `flock` while a peer runs: a second peer on
+//! the same dir refuses to start), `peer.sock` (IPC), `peer.pid`, `peer.key` (the libp2p
+//! identity, so the peer id survives restarts), `peer.log` (output of an auto-started peer).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, identity};
+
+use crate::ipc::{self, Handler, IpcRequest, IpcResponse};
+use crate::membership::{Liveness, Timing, unix_now};
+use crate::node::{self, Node, NodeConfig};
+use crate::protocol::Bytes;
+use crate::psk;
+use crate::report::{OwnerInfo, PeerStatus, StatusReport};
+use crate::store::Store;
+
+/// The default TCP port of a peer that has a mesh key.
+pub const DEFAULT_PORT: u16 = 7311;
+
+/// Everything `distc peer` needs, resolved from config file, environment and flags.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// `$DISTC_DIR`: store, socket, lock, identity.
+    pub distc_dir: PathBuf,
+    /// Listen addresses; empty = the default for the mode (see [`run`]).
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// The mesh key file (it may not exist: then the peer has no key).
+    pub psk_file: Option<PathBuf>,
+    /// Run without a key on non-loopback interfaces (a LAN the user trusts).
+    pub open: bool,
+    pub replication: usize,
+    pub vnodes: usize,
+    pub max_entry_size: u64,
+    /// Store size cap in bytes.
+    pub max_size: u64,
+    /// Exit after this long without any local request (auto-started keyless peers).
+    pub idle_timeout: Option<Duration>,
+    /// Gossip round length (tests shorten it).
+    pub gossip_interval: Duration,
+    /// How long a get waits for one remote peer.
+    pub get_timeout: Duration,
+}
+
+impl PeerOptions {
+    /// Defaults for `distc_dir`; callers fill in config values.
+    pub fn new(distc_dir: PathBuf) -> PeerOptions {
+        PeerOptions {
+            distc_dir,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            psk_file: None,
+            open: false,
+            replication: 2,
+            vnodes: crate::ring::DEFAULT_VNODES,
+            max_entry_size: 256 << 20,
+            max_size: 10 << 30,
+            idle_timeout: None,
+            gossip_interval: Duration::from_millis(500),
+            get_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the peer could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "another distc peer (pid {pid}) is already running for {dir}; check it with `distc status` \
+         or stop it first (each peer needs its own DISTC_DIR)"
+    )]
+    AlreadyRunning { pid: String, dir: PathBuf },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Psk(#[from] psk::PskError),
+    #[error(
+        "refusing to listen on {0} without a mesh key: anyone on that network could read and \
+         write this cache. Create a mesh with `distc mesh init`, join one with `distc mesh join \
+         TOKEN`, or pass --open on a network you trust"
+    )]
+    KeylessListen(Multiaddr),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+    #[error("peer identity {path} is unreadable ({reason}); delete it to create a new one")]
+    Identity { path: PathBuf, reason: String },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An exclusive `flock` on `$DISTC_DIR/peer.lock`, released when dropped (or the process dies).
+pub struct PeerLock {
+    _file: File,
+}
+
+/// Takes the peer lock, or says who holds it.
+pub fn lock(distc_dir: &Path) -> Result<PeerLock, DaemonError> {
+    fs::create_dir_all(distc_dir).map_err(io_err("cannot create", distc_dir))?;
+    let path = distc_dir.join("peer.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("cannot open", &path))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(DaemonError::AlreadyRunning {
+            pid: pid.trim().to_string(),
+            dir: distc_dir.to_path_buf(),
+        });
+    }
+    file.set_len(0).map_err(io_err("cannot write", &path))?;
+    write!(file, "{}", std::process::id()).map_err(io_err("cannot write", &path))?;
+    Ok(PeerLock { _file: file })
+}
+
+/// True when a peer holds the lock of `distc_dir` (running or starting).
+pub fn is_running(distc_dir: &Path) -> bool {
+    let path = distc_dir.join("peer.lock");
+    let Ok(file) = File::open(&path) else {
+        return false;
+    };
+    // SAFETY: as in `lock`; a shared probe that is released at once.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0
+}
+
+/// Starts `exe peer --auto-started` in the background for `distc_dir` unless a peer already
+/// runs there. Never waits for it: returns as soon as the process is spawned. Its output goes
+/// to `$DISTC_DIR/peer.log`. Returns whether a peer was spawned.
+///
+/// The wrapper calls this (when `auto_start = true`) after finding no socket.
+pub fn ensure_started(distc_dir: &Path, exe: &Path) -> io::Result<bool> {
+    if ipc::socket_path(distc_dir).exists() && is_running(distc_dir) {
+        return Ok(false);
+    }
+    if is_running(distc_dir) {
+        return Ok(false);
+    }
+    fs::create_dir_all(distc_dir)?;
+    let log_path = distc_dir.join("peer.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("peer")
+        .arg("--auto-started")
+        .env("DISTC_DIR", distc_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the peer from the caller's session so
+    // a Ctrl-C in the build's terminal does not stop it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    // Reap it if this process lives long enough to see it exit; otherwise init does.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(true)
+}
+
+/// The peer's persistent identity in `$DISTC_DIR/peer.key` (created on first start, 0600).
+pub fn identity(distc_dir: &Path) -> Result<identity::Keypair, DaemonError> {
+    let path = distc_dir.join("peer.key");
+    match fs::read(&path) {
+        Ok(bytes) => {
+            identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| DaemonError::Identity {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let kp = identity::Keypair::generate_ed25519();
+            let bytes = kp
+                .to_protobuf_encoding()
+                .map_err(|e| DaemonError::Identity {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err("cannot create", &path))?;
+            f.write_all(&bytes).map_err(io_err("cannot write", &path))?;
+            Ok(kp)
+        }
+        Err(e) => Err(io_err("cannot read", &path)(e)),
+    }
+}
+
+/// How the peer will run, decided from the key and the options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mode {
+    pub listen: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub keyed: bool,
+}
+
+/// Applies the trust rules: with a key, listen everywhere on the default port; without one,
+/// loopback only (mDNS off) unless `open`.
+pub fn mode(opts: &PeerOptions, keyed: bool) -> Result<Mode, DaemonError> {
+    let loopback_only = !keyed && !opts.open;
+    let listen = if opts.listen.is_empty() {
+        if loopback_only {
+            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")]
+        } else {
+            vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")
+                    .parse()
+                    .expect("static multiaddr"),
+            ]
+        }
+    } else {
+        opts.listen.clone()
+    };
+    if loopback_only {
+        for a in &listen {
+            if !crate::membership::is_loopback(a)
+                || a.iter().any(|p| {
+                    matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_unspecified())
+                })
+            {
+                return Err(DaemonError::KeylessListen(a.clone()));
+            }
+        }
+    }
+    Ok(Mode {
+        listen,
+        mdns: opts.mdns && !loopback_only,
+        keyed,
+    })
+}
+
+struct PeerHandler {
+    node: Node,
+    mesh_key: Option<String>,
+    shutdown: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Builds `distc status`'s report from the node's view.
+pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
+    let v = node.view();
+    let shares = v.ring.shares();
+    let share = |id| shares.get(id).copied().unwrap_or(0.0) * 100.0;
+    let mut peers = vec![PeerStatus {
+        id: v.me.to_string(),
+        addrs: v.listen.iter().map(|a| a.to_string()).collect(),
+        state: "self".into(),
+        last_seen: unix_now(),
+        entries: v.usage.entries,
+        bytes: v.usage.bytes,
+        ring_share: share(&v.me),
+        connected: true,
+    }];
+    for m in &v.members {
+        peers.push(PeerStatus {
+            id: m.id.to_string(),
+            addrs: m.addrs.iter().map(|a| a.to_string()).collect(),
+            state: m.liveness.to_string(),
+            last_seen: m.last_seen_unix,
+            entries: m.usage.entries,
+            bytes: m.usage.bytes,
+            ring_share: share(&m.id),
+            connected: m.connected,
+        });
+    }
+    StatusReport {
+        id: v.me.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: v.listen.iter().map(|a| a.to_string()).collect(),
+        replication: v.replication as u32,
+        mesh_key,
+        peers,
+    }
+}
+
+impl Handler for PeerHandler {
+    async fn handle(&self, req: IpcRequest) -> IpcResponse {
+        match req {
+            IpcRequest::Hello { .. } => IpcResponse::Hello {
+                version: ipc::IPC_VERSION,
+            },
+            IpcRequest::Get(key) => IpcResponse::Entry(self.node.get(&key).await.map(Bytes)),
+            IpcRequest::Announce(key) => {
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    let r = node.replicate(&key).await;
+                    tracing::debug!(%key, holders = r.holders.len(), "replicated");
+                });
+                IpcResponse::Ok
+            }
+            IpcRequest::Status => {
+                let mut s = status_report(&self.node, self.mesh_key.clone());
+                if let Ok(u) = self.node.store().usage() {
+                    s.peers[0].entries = u.entries;
+                    s.peers[0].bytes = u.bytes;
+                }
+                IpcResponse::Status(s)
+            }
+            IpcRequest::Flush => IpcResponse::Flushed(self.node.flush_all().await),
+            IpcRequest::Owners(key) => {
+                let v = self.node.view();
+                IpcResponse::Owners(
+                    v.ring
+                        .owners(&key, v.replication)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(rank, id)| OwnerInfo {
+                            id: id.to_string(),
+                            state: if id == v.me {
+                                "self".into()
+                            } else {
+                                v.member(&id)
+                                    .map(|m| m.liveness)
+                                    .unwrap_or(Liveness::Down)
+                                    .to_string()
+                            },
+                            rank: rank as u32,
+                        })
+                        .collect(),
+                )
+            }
+            IpcRequest::Shutdown => {
+                let _ = self.shutdown.try_send(());
+                IpcResponse::Ok
+            }
+        }
+    }
+}
+
+/// Runs the peer in the foreground until SIGINT/SIGTERM, an IPC shutdown, or (if set) the
+/// idle timeout. Blocking: builds its own async runtime, so callers need none.
+pub fn run(opts: PeerOptions) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("cannot start the async runtime in", &opts.distc_dir))?;
+    rt.block_on(run_async(opts))
+}
+
+async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
+    let dir = opts.distc_dir.clone();
+    let _lock = lock(&dir)?;
+    let key = match &opts.psk_file {
+        Some(p) => psk::load(p)?,
+        None => None,
+    };
+    let mode = mode(&opts, key.is_some())?;
+    match (key.is_some(), opts.open) {
+        (true, _) => tracing::info!(
+            "mesh key {} loaded: closed mesh",
+            key.map(psk::fingerprint).unwrap_or_default()
+        ),
+        (false, true) => tracing::warn!(
+            "running an OPEN mesh without a key: anyone on this network can read and write \
+             this cache. Use `distc mesh init` for a closed mesh"
+        ),
+        (false, false) => tracing::info!(
+            "no mesh key: serving this machine only (loopback). Create a mesh with `distc mesh \
+             init`, or join one with `distc mesh join TOKEN`"
+        ),
+    }
+    let store = Store::open(&dir.join("store"), opts.max_size)?;
+    let mut cfg = NodeConfig::new(identity(&dir)?);
+    cfg.listen = mode.listen.clone();
+    cfg.bootstrap = opts.bootstrap.clone();
+    cfg.mdns = mode.mdns;
+    cfg.psk = key;
+    cfg.replication = opts.replication.max(1);
+    cfg.vnodes = opts.vnodes.max(1);
+    cfg.max_entry_size = opts.max_entry_size;
+    cfg.gossip_interval = opts.gossip_interval;
+    cfg.get_timeout = opts.get_timeout;
+    cfg.timing = Timing {
+        suspect_after: opts.gossip_interval * 5,
+        down_after: opts.gossip_interval * 12,
+        ..Timing::default()
+    };
+    let (node, event_loop) = node::new(cfg, store)?;
+    tracing::info!(peer = %node.view().me, "peer starting");
+    let ev_task = tokio::spawn(event_loop.run());
+    let repair = tokio::spawn(
+        node.clone()
+            .repair_loop(opts.gossip_interval * 3, Duration::from_secs(60)),
+    );
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel(1);
+    let handler = Arc::new(PeerHandler {
+        node: node.clone(),
+        mesh_key: key.map(psk::fingerprint),
+        shutdown: shutdown_tx,
+    });
+    let listener = ipc::bind(&dir).map_err(io_err("cannot create socket in", &dir))?;
+    let activity = Arc::new(AtomicU64::new(unix_now()));
+    let ipc_task = tokio::spawn(ipc::serve(listener, handler, activity.clone()));
+    let pid_path = dir.join("peer.pid");
+    fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(io_err("cannot write", &pid_path))?;
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io_err("cannot handle signals for", &dir))?;
+    let idle = async {
+        match opts.idle_timeout {
+            None => std::future::pending::<()>().await,
+            Some(t) => loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let last = activity.load(Ordering::Relaxed);
+                if unix_now().saturating_sub(last) >= t.as_secs() {
+                    tracing::info!("no local activity for {}s: exiting", t.as_secs());
+                    return;
+                }
+            },
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: leaving the mesh"),
+        _ = sigterm.recv() => tracing::info!("terminated: leaving the mesh"),
+        _ = shutdown_rx.recv() => tracing::info!("asked to stop: leaving the mesh"),
+        _ = idle => {}
+    }
+    ipc_task.abort();
+    repair.abort();
+    let _ = fs::remove_file(ipc::socket_path(&dir));
+    let _ = fs::remove_file(&pid_path);
+    let _ = tokio::time::timeout(Duration::from_secs(2), node.leave()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ev_task).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = lock(dir.path()).unwrap();
+        assert!(is_running(dir.path()));
+        let e = lock(dir.path()).err().expect("second lock must fail");
+        let msg = e.to_string();
+        assert!(msg.contains("already running"), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        drop(l);
+        assert!(!is_running(dir.path()));
+        assert!(lock(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn keyless_peer_is_loopback_only_unless_open() {
+        let mut o = PeerOptions::new("/nonexistent".into());
+        let m = mode(&o, false).unwrap();
+        assert!(m.listen.iter().all(crate::membership::is_loopback));
+        assert!(!m.mdns);
+        o.listen = vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()];
+        assert!(matches!(
+            mode(&o, false),
+            Err(DaemonError::KeylessListen(_))
+        ));
+        o.open = true;
+        assert!(mode(&o, false).unwrap().mdns);
+        o.open = false;
+        o.listen.clear();
+        let m = mode(&o, true).unwrap();
+        assert_eq!(
+            m.listen[0].to_string(),
+            format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")
+        );
+        assert!(m.mdns);
+    }
+
+    #[test]
+    fn identity_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = identity(dir.path()).unwrap().public().to_peer_id();
+        let b = identity(dir.path()).unwrap().public().to_peer_id();
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,312 @@
+//! The local socket through which wrapper processes and CLI commands reach their machine's
+//! peer: `$DISTC_DIR/peer.sock`, owner-only (0600).
+//!
+//! Frames are a `u32` little-endian length and a [`crate::codec`] message, the same framing as
+//! between peers. The client ([`IpcClient`]) is synchronous and std-only so the wrapper's hot
+//! path needs no async runtime; connecting fails at once when no peer is running.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::key::Key;
+use crate::protocol::Bytes;
+use crate::report::{FlushReport, OwnerInfo, StatusReport};
+
+/// Socket file name inside `$DISTC_DIR`.
+pub const SOCKET_NAME: &str = "peer.sock";
+/// Version of the local protocol; a mismatch makes the client treat the peer as absent.
+pub const IPC_VERSION: u32 = 1;
+/// Largest frame either side accepts. The socket is owner-only, but a frame is still
+/// length-checked and read into a buffer that grows with the bytes received.
+pub const MAX_FRAME: usize = 1 << 30;
+
+/// The socket path for a cache directory.
+pub fn socket_path(distc_dir: &Path) -> PathBuf {
+    distc_dir.join(SOCKET_NAME)
+}
+
+/// What a local client asks its peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum IpcRequest {
+    /// Version handshake.
+    Hello {
+        version: u32,
+    },
+    /// Fetch the raw entry for a key from the mesh.
+    Get(Key),
+    /// "I stored this key locally; replicate it." Answered at once.
+    Announce(Key),
+    Status,
+    Flush,
+    /// The ring owners of a key.
+    Owners(Key),
+    /// Stop the peer.
+    Shutdown,
+}
+
+/// The peer's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum IpcResponse {
+    Hello { version: u32 },
+    Entry(Option<Bytes>),
+    Ok,
+    Status(StatusReport),
+    Flushed(FlushReport),
+    Owners(Vec<OwnerInfo>),
+    Error(String),
+}
+
+/// Why a local request failed. The wrapper treats every one of them as a miss.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("local peer socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("local peer sent an unreadable message: {0}")]
+    Codec(#[from] CodecError),
+    #[error("local peer: {0}")]
+    Peer(String),
+    #[error("local peer gave an unexpected answer")]
+    Unexpected,
+}
+
+/// Reads one frame from a blocking stream.
+fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max} bytes"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    r.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "frame truncated",
+        ));
+    }
+    Ok(buf)
+}
+
+fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(body);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// A synchronous connection to the local peer.
+pub struct IpcClient {
+    stream: UnixStream,
+}
+
+impl IpcClient {
+    /// Connects to the peer of `distc_dir`. Fails at once when no socket exists or nobody
+    /// listens on it; `timeout` bounds every later read and write.
+    pub fn connect(distc_dir: &Path, timeout: Duration) -> io::Result<IpcClient> {
+        let path = socket_path(distc_dir);
+        let stream = UnixStream::connect(&path)?;
+        let timeout = Some(timeout.max(Duration::from_millis(1)));
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)?;
+        Ok(IpcClient { stream })
+    }
+
+    /// Changes the timeout of later calls (status and flush may want longer than a get).
+    pub fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        let timeout = Some(timeout.max(Duration::from_millis(1)));
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)
+    }
+
+    fn call(&mut self, req: &IpcRequest) -> Result<IpcResponse, IpcError> {
+        write_frame(&mut self.stream, &codec::encode(req)?)?;
+        let body = read_frame(&mut self.stream, MAX_FRAME)?;
+        match codec::decode(&body, MAX_FRAME)? {
+            IpcResponse::Error(e) => Err(IpcError::Peer(e)),
+            r => Ok(r),
+        }
+    }
+
+    /// Checks that the peer speaks this client's IPC version.
+    pub fn hello(&mut self) -> Result<(), IpcError> {
+        match self.call(&IpcRequest::Hello {
+            version: IPC_VERSION,
+        })? {
+            IpcResponse::Hello { version } if version == IPC_VERSION => Ok(()),
+            IpcResponse::Hello { version } => Err(IpcError::Peer(format!(
+                "local peer speaks IPC version {version}, this distc speaks {IPC_VERSION}; restart the peer"
+            ))),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// The raw entry for `key` (in `Store::get_raw` form) from the mesh, or `None`. The caller
+    /// verifies it (`Store::verify_raw`) and keeps a local copy (`Store::put_raw`).
+    pub fn get(&mut self, key: &Key) -> Result<Option<Vec<u8>>, IpcError> {
+        match self.call(&IpcRequest::Get(*key))? {
+            IpcResponse::Entry(e) => Ok(e.map(|b| b.0)),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// Tells the peer that `key` was stored locally; it replicates it in the background.
+    pub fn announce(&mut self, key: &Key) -> Result<(), IpcError> {
+        match self.call(&IpcRequest::Announce(*key))? {
+            IpcResponse::Ok => Ok(()),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// Every known peer, as the local peer sees the mesh.
+    pub fn status(&mut self) -> Result<StatusReport, IpcError> {
+        match self.call(&IpcRequest::Status)? {
+            IpcResponse::Status(s) => Ok(s),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// Empties every reachable peer's store.
+    pub fn flush(&mut self) -> Result<FlushReport, IpcError> {
+        match self.call(&IpcRequest::Flush)? {
+            IpcResponse::Flushed(r) => Ok(r),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// The ring owners of `key`, primary first.
+    pub fn owners(&mut self, key: &Key) -> Result<Vec<OwnerInfo>, IpcError> {
+        match self.call(&IpcRequest::Owners(*key))? {
+            IpcResponse::Owners(o) => Ok(o),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// Asks the peer to stop (it tells the mesh it leaves).
+    pub fn shutdown(&mut self) -> Result<(), IpcError> {
+        match self.call(&IpcRequest::Shutdown)? {
+            IpcResponse::Ok => Ok(()),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+}
+
+/// What the server needs from the rest of the peer.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: IpcRequest) -> impl std::future::Future<Output = IpcResponse> + Send;
+}
+
+/// Binds `$DISTC_DIR/peer.sock` (replacing a stale one: the caller holds the peer lock) and
+/// makes it owner-only.
+pub fn bind(distc_dir: &Path) -> io::Result<tokio::net::UnixListener> {
+    let path = socket_path(distc_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves local clients until the listener fails. `activity` is set to the current unix time
+/// (seconds) on every request, for the idle timeout.
+pub async fn serve<H: Handler>(
+    listener: tokio::net::UnixListener,
+    handler: Arc<H>,
+    activity: Arc<AtomicU64>,
+) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("local socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        let activity = activity.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_conn(stream, handler, activity).await
+                && e.kind() != io::ErrorKind::UnexpectedEof
+            {
+                tracing::debug!("local client: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_conn<H: Handler>(
+    mut stream: tokio::net::UnixStream,
+    handler: Arc<H>,
+    activity: Arc<AtomicU64>,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        // Requests are small: a key at most.
+        if len > 64 * 1024 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("request frame of {len} bytes refused"),
+            ));
+        }
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await?;
+        activity.store(crate::membership::unix_now(), Ordering::Relaxed);
+        let response = match codec::decode::<IpcRequest>(&body, 64 * 1024) {
+            Ok(req) => handler.handle(req).await,
+            Err(e) => IpcResponse::Error(format!("malformed request: {e}")),
+        };
+        let out = codec::encode(&response).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut frame = Vec::with_capacity(4 + out.len());
+        frame.extend_from_slice(&(out.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&out);
+        stream.write_all(&frame).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_without_socket_fails_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = std::time::Instant::now();
+        assert!(IpcClient::connect(dir.path(), Duration::from_secs(5)).is_err());
+        // A stale socket file with nobody listening also fails at once.
+        let l = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        drop(l);
+        assert!(IpcClient::connect(dir.path(), Duration::from_secs(5)).is_err());
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn frames_are_bounded() {
+        let mut claim = (u32::MAX).to_le_bytes().to_vec();
+        claim.extend_from_slice(&[0; 8]);
+        assert!(read_frame(&mut &claim[..], 1024).is_err());
+        let mut short = 100u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&[0; 8]);
+        assert!(read_frame(&mut &short[..], 1024).is_err());
+    }
+}

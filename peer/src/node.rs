@@ -1,0 +1,1102 @@
+//! The libp2p node, run as an actor.
+//!
+//! [`new`] returns a cloneable [`Node`] handle and an [`EventLoop`]. The event loop owns the
+//! `Swarm`, the member table and the map of requests in flight, and runs one `select!` over
+//! swarm events, commands from handles, finished inbound work and the gossip timer. Handles
+//! never touch the swarm: they send a [`Command`] carrying a oneshot for the reply, and read
+//! the latest [`View`] (members + ring) from a watch channel. The higher-level operations
+//! (get from the owners, replicate, repair, flush) are plain async code on the handle built
+//! from those two primitives, so the loop itself never waits on anything.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, Transport, identify, identity, mdns, noise, pnet, request_response,
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::key::Key;
+use crate::membership::{self, Liveness, Membership, Timing};
+use crate::protocol::{self, Bytes, Codec, Request, Response};
+use crate::ring::Ring;
+use crate::store::{Store, Usage};
+
+/// How a node is set up. Built by the daemon from the config file and flags.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// The peer's identity (persisted by the daemon so the id survives restarts).
+    pub keypair: identity::Keypair,
+    /// Multiaddrs to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Multiaddrs to dial at start and whenever no peer is connected.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Mesh key: with one, every connection is wrapped in libp2p pnet.
+    pub psk: Option<pnet::PreSharedKey>,
+    /// Copies of each entry (R).
+    pub replication: usize,
+    /// Virtual nodes per member on the ring.
+    pub vnodes: usize,
+    /// Largest entry sent or accepted, in bytes.
+    pub max_entry_size: u64,
+    /// Upper bound of one whole request-response exchange (libp2p's own timeout).
+    pub request_timeout: Duration,
+    /// How long a get waits for one peer before trying the next.
+    pub get_timeout: Duration,
+    /// Gossip round length.
+    pub gossip_interval: Duration,
+    /// Liveness thresholds.
+    pub timing: Timing,
+    /// Connections without traffic are closed after this long.
+    pub idle_connection_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Sensible defaults around an identity; tests and the daemon override fields.
+    pub fn new(keypair: identity::Keypair) -> NodeConfig {
+        NodeConfig {
+            keypair,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+            bootstrap: Vec::new(),
+            mdns: false,
+            psk: None,
+            replication: 2,
+            vnodes: crate::ring::DEFAULT_VNODES,
+            max_entry_size: 256 << 20,
+            request_timeout: Duration::from_secs(30),
+            get_timeout: Duration::from_secs(2),
+            gossip_interval: Duration::from_millis(500),
+            timing: Timing::default(),
+            idle_connection_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot set up encryption (noise): {0}")]
+    Noise(#[from] noise::Error),
+    #[error("cannot start mDNS discovery: {0}")]
+    Mdns(std::io::Error),
+    #[error("cannot listen on {addr}: {reason} (is another program using that port?)")]
+    Listen { addr: Multiaddr, reason: String },
+}
+
+/// Why a request to another peer failed. Every one of them is a miss to the caller.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    #[error("peer speaks another distc protocol version")]
+    Incompatible,
+    #[error("peer did not answer in time")]
+    Timeout,
+    #[error("request failed: {0}")]
+    Failed(String),
+    #[error("the local node has stopped")]
+    Stopped,
+}
+
+/// A member as the handle sees it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub id: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub liveness: Liveness,
+    pub last_seen_unix: u64,
+    pub usage: Usage,
+    pub connected: bool,
+}
+
+/// A snapshot of the node's state, published after every change.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub me: PeerId,
+    pub listen: Vec<Multiaddr>,
+    pub usage: Usage,
+    pub ring: Ring,
+    pub members: Vec<MemberView>,
+    pub replication: usize,
+}
+
+impl View {
+    pub fn member(&self, id: &PeerId) -> Option<&MemberView> {
+        self.members.iter().find(|m| m.id == *id)
+    }
+
+    /// Worth asking right now (not believed down).
+    pub fn routable(&self, id: &PeerId) -> bool {
+        self.member(id)
+            .is_some_and(|m| m.liveness != Liveness::Down)
+    }
+}
+
+enum Command {
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
+    Unreachable(PeerId),
+    Leave(oneshot::Sender<()>),
+}
+
+enum Pending {
+    Client(oneshot::Sender<Result<Response, RequestError>>),
+    Gossip,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    rr: request_response::Behaviour<Codec>,
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The handle. Cheap to clone; all clones talk to the same event loop.
+#[derive(Clone)]
+pub struct Node {
+    cmd: mpsc::Sender<Command>,
+    view: watch::Receiver<Arc<View>>,
+    store: Store,
+    max_entry_size: u64,
+    get_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// The actor: owns the swarm. Run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cmd_rx: mpsc::Receiver<Command>,
+    done_tx: mpsc::UnboundedSender<(request_response::ResponseChannel<Response>, Response)>,
+    done_rx: mpsc::UnboundedReceiver<(request_response::ResponseChannel<Response>, Response)>,
+    view_tx: watch::Sender<Arc<View>>,
+    membership: Membership,
+    pending: HashMap<request_response::OutboundRequestId, Pending>,
+    store: Store,
+    /// Peers whose connection to us runs over loopback (they may learn loopback addresses).
+    loopback_peers: HashSet<PeerId>,
+    /// Peers that do not speak our protocol version: never gossiped with.
+    incompatible: HashSet<PeerId>,
+    /// Bootstrap addresses and, once dialed, the peer behind each.
+    bootstrap: Vec<(Multiaddr, Option<PeerId>)>,
+    /// Addresses of peers found by mDNS/identify that are not members yet.
+    hints: HashMap<PeerId, Vec<Multiaddr>>,
+    listen_addrs: Vec<Multiaddr>,
+    ring_members: Vec<PeerId>,
+    ring: Ring,
+    replication: usize,
+    vnodes: usize,
+    max_entry_size: u64,
+    gossip_interval: Duration,
+    ticks: u64,
+    dirty: bool,
+}
+
+fn build_transport(
+    keypair: &identity::Keypair,
+    psk: Option<pnet::PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NodeError> {
+    let noise = noise::Config::new(keypair)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let mut yamux_cfg = yamux::Config::default();
+    yamux_cfg.set_max_num_streams(512);
+    let upgrade_timeout = Duration::from_secs(10);
+    Ok(match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux_cfg)
+            .timeout(upgrade_timeout)
+            .boxed(),
+        None => tcp
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux_cfg)
+            .timeout(upgrade_timeout)
+            .boxed(),
+    })
+}
+
+fn strip_p2p(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    let mut a = addr.clone();
+    match a.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => (a, Some(id)),
+        Some(p) => {
+            a.push(p);
+            (a, None)
+        }
+        None => (a, None),
+    }
+}
+
+/// Creates a node: binds the listen addresses and returns the handle and its event loop.
+pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError> {
+    let me = cfg.keypair.public().to_peer_id();
+    let transport = build_transport(&cfg.keypair, cfg.psk)?;
+    let rr = request_response::Behaviour::with_codec(
+        Codec::new(cfg.max_entry_size),
+        [(protocol::PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(cfg.request_timeout)
+            .with_max_concurrent_streams(256),
+    );
+    let identify = identify::Behaviour::new(identify::Config::new(
+        "/distc/id/1.0.0".to_string(),
+        cfg.keypair.public(),
+    ));
+    let mdns = if cfg.mdns {
+        let mcfg = mdns::Config {
+            ttl: Duration::from_secs(60),
+            query_interval: Duration::from_secs(2),
+            ..Default::default()
+        };
+        Some(mdns::tokio::Behaviour::new(mcfg, me).map_err(NodeError::Mdns)?)
+    } else {
+        None
+    };
+    let behaviour = Behaviour {
+        rr,
+        identify,
+        mdns: Toggle::from(mdns),
+    };
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        me,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(cfg.idle_connection_timeout),
+    );
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NodeError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let ring = Ring::new([me], cfg.vnodes);
+    let view = Arc::new(View {
+        me,
+        listen: Vec::new(),
+        usage: store.usage().unwrap_or_default(),
+        ring: ring.clone(),
+        members: Vec::new(),
+        replication: cfg.replication,
+    });
+    let (view_tx, view_rx) = watch::channel(view);
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let node = Node {
+        cmd: cmd_tx,
+        view: view_rx,
+        store: store.clone(),
+        max_entry_size: cfg.max_entry_size,
+        get_timeout: cfg.get_timeout,
+        request_timeout: cfg.request_timeout,
+    };
+    let ev = EventLoop {
+        swarm,
+        cmd_rx,
+        done_tx,
+        done_rx,
+        view_tx,
+        membership: Membership::new(me, cfg.timing),
+        pending: HashMap::new(),
+        store,
+        loopback_peers: HashSet::new(),
+        incompatible: HashSet::new(),
+        bootstrap: cfg.bootstrap.iter().map(strip_p2p).collect(),
+        hints: HashMap::new(),
+        listen_addrs: Vec::new(),
+        ring_members: vec![me],
+        ring,
+        replication: cfg.replication.max(1),
+        vnodes: cfg.vnodes,
+        max_entry_size: cfg.max_entry_size,
+        gossip_interval: cfg.gossip_interval,
+        ticks: 0,
+        dirty: true,
+    };
+    Ok((node, ev))
+}
+
+/// The answer to an inbound request that needs the disk; runs on a blocking thread.
+fn serve(store: &Store, request: Request, max_entry_size: u64) -> Response {
+    match request {
+        Request::Get(key) => match store.get_raw(&key) {
+            Ok(entry) => Response::Entry(entry.map(Bytes)),
+            Err(e) => Response::Error(e.to_string()),
+        },
+        Request::Put { key, entry } => {
+            if store.contains(&key) {
+                return Response::Stored;
+            }
+            if let Err(e) = Store::verify_raw(&entry.0, max_entry_size) {
+                tracing::warn!(%key, "rejected entry from the mesh: {e}");
+                return Response::Error(e.to_string());
+            }
+            match store.put_raw(&key, &entry.0) {
+                Ok(_) => Response::Stored,
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
+        Request::Offer(keys) => Response::Want(
+            keys.into_iter()
+                .take(protocol::MAX_OFFER)
+                .filter(|k| !store.contains(k))
+                .collect(),
+        ),
+        Request::Flush => match store.clear() {
+            Ok(u) => Response::Flushed(u),
+            Err(e) => Response::Error(e.to_string()),
+        },
+        Request::Gossip(_) => Response::Error("gossip is served by the event loop".into()),
+    }
+}
+
+impl EventLoop {
+    /// Runs until every handle is dropped or [`Node::leave`] is called.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.gossip_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for i in 0..self.bootstrap.len() {
+            self.dial_bootstrap(i);
+        }
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(Command::Leave(reply)) => {
+                        self.leave().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                Some((channel, response)) = self.done_rx.recv() => {
+                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, response);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+            if self.dirty {
+                self.publish();
+            }
+        }
+    }
+
+    /// Tells connected peers we are leaving, then gives the messages a moment to go out.
+    async fn leave(&mut self) {
+        self.membership.leave();
+        self.gossip_all();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        while self.pending.values().any(|p| matches!(p, Pending::Gossip)) {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(ev) => self.on_swarm_event(ev),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.dirty = false;
+        let now = Instant::now();
+        let mut ring_members = self.membership.ring_members(now);
+        ring_members.sort();
+        if ring_members != self.ring_members {
+            tracing::info!(
+                members = ring_members.len(),
+                "ring changed: {}",
+                ring_members
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.ring = Ring::new(ring_members.iter().copied(), self.vnodes);
+            self.ring_members = ring_members;
+        }
+        let members = self
+            .membership
+            .members()
+            .map(|m| MemberView {
+                id: m.id,
+                addrs: m.addrs.clone(),
+                liveness: self.membership.liveness(m, now),
+                last_seen_unix: m.last_seen_unix,
+                usage: m.usage,
+                connected: self.swarm.is_connected(&m.id),
+            })
+            .collect();
+        let view = View {
+            me: self.membership.me(),
+            listen: self.listen_addrs.clone(),
+            usage: self.membership.local_usage(),
+            ring: self.ring.clone(),
+            members,
+            replication: self.replication,
+        };
+        self.view_tx.send_replace(Arc::new(view));
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                if peer == self.membership.me() {
+                    let _ = reply.send(Err(RequestError::Failed("request to self".into())));
+                    return;
+                }
+                let addrs = self.addrs_of(&peer);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .rr
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.pending.insert(id, Pending::Client(reply));
+            }
+            Command::Unreachable(peer) => {
+                self.membership.set_unreachable(&peer, Instant::now());
+                self.dirty = true;
+            }
+            Command::Leave(_) => {}
+        }
+    }
+
+    fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = self
+            .membership
+            .get(peer)
+            .map(|m| m.addrs.clone())
+            .unwrap_or_default();
+        if let Some(h) = self.hints.get(peer) {
+            addrs.extend(h.iter().cloned());
+        }
+        addrs
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        let now = Instant::now();
+        self.membership.tick(now);
+        if let Ok(u) = self.store.usage() {
+            self.membership.set_local_usage(u);
+        }
+        self.gossip_all();
+        // Dial members we are not connected to. The peer with the smaller id dials first;
+        // the other waits a few rounds, so two peers rarely dial each other at once.
+        let me = self.membership.me();
+        let late = self.ticks % 4 == 0;
+        let mut to_dial: Vec<PeerId> = self
+            .membership
+            .members()
+            .filter(|m| !m.connected && self.membership.routable(&m.id, now))
+            .map(|m| m.id)
+            .collect();
+        to_dial.extend(self.hints.keys().copied());
+        for peer in to_dial {
+            if me < peer || late {
+                self.dial(peer);
+            }
+        }
+        if self.swarm.connected_peers().next().is_none() || self.ticks % 10 == 0 {
+            for i in 0..self.bootstrap.len() {
+                self.dial_bootstrap(i);
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn dial(&mut self, peer: PeerId) {
+        if peer == self.membership.me()
+            || self.swarm.is_connected(&peer)
+            || self.incompatible.contains(&peer)
+        {
+            return;
+        }
+        let addrs = self.addrs_of(&peer);
+        if addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "dial not started: {e}");
+        }
+    }
+
+    fn dial_bootstrap(&mut self, i: usize) {
+        let (addr, peer) = self.bootstrap[i].clone();
+        if let Some(p) = peer
+            && (self.swarm.is_connected(&p) || p == self.membership.me())
+        {
+            return;
+        }
+        if self.listen_addrs.contains(&addr) {
+            return;
+        }
+        let opts = match peer {
+            Some(p) => DialOpts::peer_id(p)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%addr, "bootstrap dial not started: {e}");
+        }
+    }
+
+    fn gossip_all(&mut self) {
+        let peers: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !self.incompatible.contains(p))
+            .copied()
+            .collect();
+        for p in peers {
+            self.gossip_to(p);
+        }
+    }
+
+    fn gossip_to(&mut self, peer: PeerId) {
+        let records = self.membership.records(self.loopback_peers.contains(&peer));
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_request(&peer, Request::Gossip(records));
+        self.pending.insert(id, Pending::Gossip);
+    }
+
+    fn merge(&mut self, records: &[protocol::MemberRecord]) {
+        let new = self.membership.merge(records, Instant::now());
+        let me = self.membership.me();
+        for peer in new {
+            tracing::info!(%peer, "new member");
+            self.hints.remove(&peer);
+            if me < peer {
+                self.dial(peer);
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+                self.membership.set_local_addrs(self.listen_addrs.clone());
+                self.dirty = true;
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+                self.membership.set_local_addrs(self.listen_addrs.clone());
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let remote = endpoint.get_remote_address();
+                if membership::is_loopback(remote) {
+                    self.loopback_peers.insert(peer_id);
+                }
+                if endpoint.is_dialer() {
+                    let (addr, _) = strip_p2p(remote);
+                    for b in self.bootstrap.iter_mut() {
+                        if b.0 == addr {
+                            b.1 = Some(peer_id);
+                        }
+                    }
+                }
+                self.membership.set_connected(&peer_id, true);
+                tracing::debug!(%peer_id, %remote, "connected");
+                if num_established.get() == 1 && !self.incompatible.contains(&peer_id) {
+                    self.gossip_to(peer_id);
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                tracing::debug!(%peer_id, ?cause, "disconnected");
+                self.membership.set_connected(&peer_id, false);
+                self.loopback_peers.remove(&peer_id);
+                self.dirty = true;
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, "dial failed: {error}");
+                if let Some(p) = peer_id {
+                    self.membership.set_unreachable(&p, Instant::now());
+                    self.dirty = true;
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                // Most often a peer without our key (pnet/noise handshake fails).
+                tracing::debug!("rejected incoming connection: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if !info.protocols.contains(&protocol::PROTOCOL) {
+                    if self.incompatible.insert(peer_id) {
+                        tracing::warn!(
+                            %peer_id,
+                            agent = %info.agent_version,
+                            "peer does not speak {}: ignored (its entries are misses)",
+                            protocol::PROTOCOL
+                        );
+                    }
+                } else if self.membership.get(&peer_id).is_none() {
+                    let addrs: Vec<Multiaddr> = info
+                        .listen_addrs
+                        .into_iter()
+                        .take(membership::MAX_ADDRS)
+                        .collect();
+                    self.hints.insert(peer_id, addrs);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                let me = self.membership.me();
+                let mut found: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+                for (peer, addr) in list {
+                    found.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in found {
+                    if peer == me || self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    tracing::info!(%peer, "found by mDNS");
+                    let h = self.hints.entry(peer).or_default();
+                    for a in addrs {
+                        if !h.contains(&a) && h.len() < membership::MAX_ADDRS {
+                            h.push(a);
+                        }
+                    }
+                    if me < peer {
+                        self.dial(peer);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rr_event(&mut self, ev: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message, OutboundFailure};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => match request {
+                Request::Gossip(records) => {
+                    self.merge(&records);
+                    let reply = self.membership.records(self.loopback_peers.contains(&peer));
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rr
+                        .send_response(channel, Response::Gossip(reply));
+                }
+                other => {
+                    let store = self.store.clone();
+                    let done = self.done_tx.clone();
+                    let max = self.max_entry_size;
+                    tokio::task::spawn_blocking(move || {
+                        let response = serve(&store, other, max);
+                        let _ = done.send((channel, response));
+                    });
+                }
+            },
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match self.pending.remove(&request_id) {
+                Some(Pending::Client(reply)) => {
+                    let _ = reply.send(Ok(response));
+                }
+                Some(Pending::Gossip) => {
+                    if let Response::Gossip(records) = response {
+                        self.merge(&records);
+                    }
+                }
+                None => {}
+            },
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let err = match &error {
+                    OutboundFailure::UnsupportedProtocols => {
+                        self.incompatible.insert(peer);
+                        RequestError::Incompatible
+                    }
+                    OutboundFailure::DialFailure | OutboundFailure::ConnectionClosed => {
+                        self.membership.set_unreachable(&peer, Instant::now());
+                        self.dirty = true;
+                        RequestError::Unreachable(error.to_string())
+                    }
+                    OutboundFailure::Timeout => RequestError::Timeout,
+                    OutboundFailure::Io(e) => RequestError::Failed(e.to_string()),
+                };
+                if let Some(Pending::Client(reply)) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "inbound request failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// What happened to a key pushed to its owners.
+#[derive(Debug, Clone, Default)]
+pub struct Replicated {
+    /// Peers that now hold it (including this one when it is an owner).
+    pub holders: Vec<PeerId>,
+}
+
+impl Node {
+    /// The latest snapshot of members and ring.
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// Waits until `pred` holds for the view, or `timeout` passes. True if it held.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&View) -> bool) -> bool {
+        let mut rx = self.view.clone();
+        let fut = async {
+            loop {
+                if pred(&rx.borrow_and_update()) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut).await.unwrap_or(false)
+    }
+
+    /// The local store this node serves.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Sends one request and waits at most `timeout` for the answer.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request {
+                peer,
+                request,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RequestError::Stopped),
+            Err(_) => {
+                let _ = self.cmd.try_send(Command::Unreachable(peer));
+                Err(RequestError::Timeout)
+            }
+        }
+    }
+
+    /// The owners of `key`, primary first.
+    pub fn owners(&self, key: &Key) -> Vec<PeerId> {
+        let v = self.view();
+        v.ring.owners(key, v.replication)
+    }
+
+    /// Fetches the raw entry for `key` from the mesh: the ring owners in order, then the next
+    /// peers on the ring, until one has it or R+1 peers have answered "no". Entries that fail
+    /// verification are discarded. Owners that missed while a later peer hit get a copy.
+    pub async fn get(&self, key: &Key) -> Option<Vec<u8>> {
+        let view = self.view();
+        let order = view.ring.owners(key, usize::MAX);
+        let want_answers = view.replication + 1;
+        let mut answered = 0usize;
+        let mut missed: Vec<PeerId> = Vec::new();
+        for (rank, peer) in order.into_iter().enumerate() {
+            if answered >= want_answers {
+                break;
+            }
+            if peer == view.me {
+                answered += 1;
+                continue;
+            }
+            if !view.routable(&peer) {
+                continue;
+            }
+            match self
+                .request(peer, Request::Get(*key), self.get_timeout)
+                .await
+            {
+                Ok(Response::Entry(Some(entry))) => {
+                    if let Err(e) = Store::verify_raw(&entry.0, self.max_entry_size) {
+                        tracing::warn!(%peer, %key, "peer sent a bad entry: {e}");
+                        answered += 1;
+                        continue;
+                    }
+                    tracing::debug!(%peer, %key, rank, "remote hit");
+                    if !missed.is_empty() {
+                        let node = self.clone();
+                        let entry = entry.clone();
+                        let key = *key;
+                        tokio::spawn(async move {
+                            for p in missed {
+                                let _ = node.put_to(p, key, entry.clone()).await;
+                            }
+                        });
+                    }
+                    return Some(entry.0);
+                }
+                Ok(Response::Entry(None)) => {
+                    answered += 1;
+                    if rank < view.replication {
+                        missed.push(peer);
+                    }
+                }
+                Ok(other) => {
+                    tracing::debug!(%peer, "unexpected answer to get: {other:?}");
+                    answered += 1;
+                }
+                Err(e) => tracing::debug!(%peer, %key, "get failed: {e}"),
+            }
+        }
+        None
+    }
+
+    async fn put_to(&self, peer: PeerId, key: Key, entry: Bytes) -> Result<(), RequestError> {
+        match self
+            .request(peer, Request::Put { key, entry }, self.request_timeout)
+            .await?
+        {
+            Response::Stored => Ok(()),
+            Response::Error(e) => Err(RequestError::Failed(e)),
+            other => Err(RequestError::Failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Pushes the local entry for `key` to its R owners, walking on along the ring past
+    /// owners that cannot be reached so that R peers hold it.
+    pub async fn replicate(&self, key: &Key) -> Replicated {
+        let mut out = Replicated::default();
+        let store = self.store.clone();
+        let k = *key;
+        let entry = match tokio::task::spawn_blocking(move || store.get_raw(&k)).await {
+            Ok(Ok(Some(e))) => Bytes(e),
+            Ok(Ok(None)) => return out,
+            Ok(Err(e)) => {
+                tracing::warn!(%key, "cannot read entry to replicate: {e}");
+                return out;
+            }
+            Err(_) => return out,
+        };
+        if entry.0.len() as u64 > self.max_entry_size + protocol::FRAME_OVERHEAD as u64 {
+            tracing::info!(%key, size = entry.0.len(), "entry larger than max_entry_size: kept local");
+            return out;
+        }
+        let view = self.view();
+        for peer in view.ring.owners(key, usize::MAX) {
+            if out.holders.len() >= view.replication {
+                break;
+            }
+            if peer == view.me {
+                out.holders.push(peer);
+                continue;
+            }
+            if !view.routable(&peer) {
+                continue;
+            }
+            match self.put_to(peer, *key, entry.clone()).await {
+                Ok(()) => out.holders.push(peer),
+                Err(e) => tracing::debug!(%peer, %key, "replication failed: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Brings every key this peer holds to its current owners (after a join or a leave):
+    /// offers the keys, sends those the owner lacks. Returns the number of entries sent.
+    pub async fn repair(&self) -> usize {
+        let store = self.store.clone();
+        let keys = match tokio::task::spawn_blocking(move || store.keys()).await {
+            Ok(Ok(k)) => k,
+            _ => return 0,
+        };
+        let view = self.view();
+        let mut by_owner: BTreeMap<PeerId, Vec<Key>> = BTreeMap::new();
+        for k in keys {
+            for o in view.ring.owners(&k, view.replication) {
+                if o != view.me && view.routable(&o) {
+                    by_owner.entry(o).or_default().push(k);
+                }
+            }
+        }
+        let mut sent = 0;
+        for (owner, keys) in by_owner {
+            for chunk in keys.chunks(protocol::MAX_OFFER) {
+                let want = match self
+                    .request(owner, Request::Offer(chunk.to_vec()), self.request_timeout)
+                    .await
+                {
+                    Ok(Response::Want(w)) => w,
+                    _ => break,
+                };
+                for k in want.into_iter().filter(|k| chunk.contains(k)) {
+                    let store = self.store.clone();
+                    let entry = match tokio::task::spawn_blocking(move || store.get_raw(&k)).await {
+                        Ok(Ok(Some(e))) => e,
+                        _ => continue,
+                    };
+                    if self.put_to(owner, k, Bytes(entry)).await.is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        if sent > 0 {
+            tracing::info!(sent, "repair: entries handed to their owners");
+        }
+        sent
+    }
+
+    /// Runs [`Node::repair`] whenever the ring's member set changes (after it has been
+    /// stable for `settle`) and every `period`. Ends when the node stops.
+    pub async fn repair_loop(self, settle: Duration, period: Duration) {
+        let mut rx = self.view.clone();
+        let mut done_for: Vec<PeerId> = vec![self.view().me];
+        let mut last = Instant::now();
+        loop {
+            let changed = tokio::time::timeout(settle, rx.changed()).await;
+            if let Ok(Err(_)) = changed {
+                return;
+            }
+            if changed.is_ok() {
+                continue; // still changing: wait until it settles
+            }
+            let members = self.view().ring.members().to_vec();
+            if members != done_for || last.elapsed() >= period {
+                self.repair().await;
+                done_for = members;
+                last = Instant::now();
+            }
+        }
+    }
+
+    /// Empties every reachable peer's store and this one's. Unreachable peers are listed.
+    pub async fn flush_all(&self) -> crate::report::FlushReport {
+        use crate::report::{FlushReport, FlushedPeer};
+        let view = self.view();
+        let store = self.store.clone();
+        let local = tokio::task::spawn_blocking(move || store.clear()).await;
+        let mut peers = vec![match local {
+            Ok(Ok(u)) => FlushedPeer {
+                id: view.me.to_string(),
+                removed: Some((u.entries, u.bytes)),
+                error: None,
+            },
+            Ok(Err(e)) => FlushedPeer {
+                id: view.me.to_string(),
+                removed: None,
+                error: Some(e.to_string()),
+            },
+            Err(e) => FlushedPeer {
+                id: view.me.to_string(),
+                removed: None,
+                error: Some(e.to_string()),
+            },
+        }];
+        let futs = view.members.iter().map(|m| {
+            let id = m.id;
+            let down = m.liveness == Liveness::Down;
+            async move {
+                if down {
+                    return FlushedPeer {
+                        id: id.to_string(),
+                        removed: None,
+                        error: Some("peer is down".into()),
+                    };
+                }
+                match self.request(id, Request::Flush, self.get_timeout * 2).await {
+                    Ok(Response::Flushed(u)) => FlushedPeer {
+                        id: id.to_string(),
+                        removed: Some((u.entries, u.bytes)),
+                        error: None,
+                    },
+                    Ok(other) => FlushedPeer {
+                        id: id.to_string(),
+                        removed: None,
+                        error: Some(format!("unexpected answer {other:?}")),
+                    },
+                    Err(e) => FlushedPeer {
+                        id: id.to_string(),
+                        removed: None,
+                        error: Some(e.to_string()),
+                    },
+                }
+            }
+        });
+        peers.extend(futures::future::join_all(futs).await);
+        FlushReport { peers }
+    }
+
+    /// Tells the other peers we leave, then stops the event loop.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Leave(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Plain data the node reports to local clients (`distc status`, `flush`, `inspect`).
+//! Serialisable both for the IPC socket and for `--json` output.
+
+use serde::{Deserialize, Serialize};
+
+/// One peer as `distc status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// libp2p peer id (base58).
+    pub id: String,
+    /// Addresses it listens on, as known here.
+    pub addrs: Vec<String>,
+    /// `up`, `suspect`, `down` (or `self` for the answering peer).
+    pub state: String,
+    /// Seconds since the epoch when it was last heard of (0 = never).
+    pub last_seen: u64,
+    /// Its store: entries and bytes (as last gossiped).
+    pub entries: u64,
+    pub bytes: u64,
+    /// Share of the key space it is primary owner of, in percent (0 when not in the ring).
+    pub ring_share: f64,
+    /// Directly connected to the answering peer.
+    pub connected: bool,
+}
+
+/// The mesh as seen by the local peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The local peer's id.
+    pub id: String,
+    /// distc version of the local peer.
+    pub version: String,
+    /// Where the local peer listens.
+    pub listen: Vec<String>,
+    /// Replication factor R.
+    pub replication: u32,
+    /// Whether the mesh is closed by a key (fingerprint shown) or open.
+    pub mesh_key: Option<String>,
+    /// Every known peer, the local one first.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// What `distc flush` did on one peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlushedPeer {
+    pub id: String,
+    /// Entries and bytes removed; `None` when the peer could not be reached.
+    pub removed: Option<(u64, u64)>,
+    /// Why it could not be flushed.
+    pub error: Option<String>,
+}
+
+/// What `distc flush` did across the mesh, the local peer first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlushReport {
+    pub peers: Vec<FlushedPeer>,
+}
+
+/// One owner of a key (`distc inspect`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnerInfo {
+    pub id: String,
+    /// `self`, `up`, `suspect` or `down`.
+    pub state: String,
+    /// 0 = primary, then replicas.
+    pub rank: u32,
+}

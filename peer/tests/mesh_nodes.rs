@@ -1,0 +1,291 @@
+//! Real nodes on real sockets (127.0.0.1, port 0), in one process: discovery by bootstrap,
+//! gossip convergence, replication, failover, repair, flush, and the key boundary.
+
+use std::time::{Duration, Instant};
+
+use distc_peer::Key;
+use distc_peer::membership::Timing;
+use distc_peer::node::{self, Node, NodeConfig, View};
+use distc_peer::protocol::{Request, Response};
+use distc_peer::psk;
+use distc_peer::store::Store;
+use libp2p::{Multiaddr, identity};
+
+struct TestNode {
+    node: Node,
+    task: tokio::task::JoinHandle<()>,
+    addr: Multiaddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestNode {
+    /// Simulates a crash: the event loop (and with it every connection) vanishes at once.
+    fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+async fn spawn(key: Option<psk::PreSharedKey>, bootstrap: Vec<Multiaddr>) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store"), 1 << 30).unwrap();
+    let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
+    cfg.psk = key;
+    cfg.bootstrap = bootstrap;
+    cfg.gossip_interval = Duration::from_millis(100);
+    cfg.get_timeout = Duration::from_millis(1500);
+    cfg.max_entry_size = 1 << 20;
+    cfg.timing = Timing {
+        suspect_after: Duration::from_millis(500),
+        down_after: Duration::from_millis(1200),
+        forget_after: Duration::from_secs(60),
+        unreachable_backoff: Duration::from_secs(2),
+    };
+    let (node, ev) = node::new(cfg, store).unwrap();
+    let task = tokio::spawn(ev.run());
+    assert!(
+        node.wait_for(Duration::from_secs(5), |v| !v.listen.is_empty())
+            .await,
+        "node never listened"
+    );
+    let v = node.view();
+    let addr = v.listen[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(v.me));
+    TestNode {
+        node,
+        task,
+        addr,
+        _dir: dir,
+    }
+}
+
+fn ring_size(n: usize) -> impl Fn(&View) -> bool {
+    move |v: &View| v.ring.len() == n
+}
+
+fn entry(payload: &[u8]) -> (Key, Vec<u8>) {
+    (Key::digest(payload), Store::encode_entry(payload).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_replicate_fail_over_and_repair() {
+    let key = psk::generate().unwrap();
+    let a = spawn(Some(key), vec![]).await;
+    let b = spawn(Some(key), vec![a.addr.clone()]).await;
+    let c = spawn(Some(key), vec![a.addr.clone()]).await;
+    let t0 = Instant::now();
+    for n in [&a, &b, &c] {
+        assert!(
+            n.node.wait_for(Duration::from_secs(10), ring_size(3)).await,
+            "ring did not converge: {:?}",
+            n.node.view().ring.members()
+        );
+    }
+    eprintln!("3-peer ring converged in {:?}", t0.elapsed());
+    // Same ring everywhere.
+    assert_eq!(a.node.view().ring.members(), c.node.view().ring.members());
+
+    // Store 30 entries through A, replicate, read each through C.
+    let mut keys = Vec::new();
+    for i in 0..30u32 {
+        let payload = format!("object file {i}").repeat(100);
+        let (k, _) = entry(payload.as_bytes());
+        a.node.store().put(&k, payload.as_bytes()).unwrap();
+        let r = a.node.replicate(&k).await;
+        assert_eq!(r.holders.len(), 2, "key {k} reached {:?}", r.holders);
+        keys.push((k, payload));
+    }
+    for (k, payload) in &keys {
+        let owners = c.node.owners(k);
+        let got = if owners.contains(&c.node.view().me) {
+            c.node.store().get_raw(k).unwrap()
+        } else {
+            c.node.get(k).await
+        };
+        let got = got.unwrap_or_else(|| panic!("miss for {k} (owners {owners:?})"));
+        assert_eq!(
+            Store::verify_raw(&got, 1 << 20).unwrap(),
+            payload.as_bytes()
+        );
+    }
+    // A miss is a miss, not an error.
+    assert!(c.node.get(&Key::digest(b"never stored")).await.is_none());
+
+    // Kill A: every key is still readable from B or C (a replica), at once.
+    let a_id = a.node.view().me;
+    a.kill();
+    for (k, _) in &keys {
+        let local = c.node.store().contains(k);
+        assert!(
+            local || c.node.get(k).await.is_some(),
+            "key {k} lost after the primary died"
+        );
+    }
+    // The survivors drop A from the ring and bring every key back to two copies.
+    for n in [&b, &c] {
+        assert!(n.node.wait_for(Duration::from_secs(10), ring_size(2)).await);
+        assert!(!n.node.view().ring.contains(&a_id));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let missing: Vec<_> = keys
+            .iter()
+            .filter(|(k, _)| !(b.node.store().contains(k) && c.node.store().contains(k)))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        b.node.repair().await;
+        c.node.repair().await;
+        assert!(
+            Instant::now() < deadline,
+            "{} keys not re-replicated",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Flush across the mesh: both stores empty, A (dead) is named.
+    let report = b.node.flush_all().await;
+    assert!(
+        report
+            .peers
+            .iter()
+            .any(|p| p.id == c.node.view().me.to_string() && p.removed.is_some())
+    );
+    assert_eq!(c.node.store().usage().unwrap().entries, 0);
+    assert_eq!(b.node.store().usage().unwrap().entries, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_hands_keys_to_the_new_owner() {
+    let key = psk::generate().unwrap();
+    let a = spawn(Some(key), vec![]).await;
+    let mut keys = Vec::new();
+    for i in 0..40u32 {
+        let payload = format!("entry {i}");
+        let k = Key::digest(payload.as_bytes());
+        a.node.store().put(&k, payload.as_bytes()).unwrap();
+        keys.push(k);
+    }
+    let b = spawn(Some(key), vec![a.addr.clone()]).await;
+    let c = spawn(Some(key), vec![a.addr.clone()]).await;
+    for n in [&a, &b, &c] {
+        assert!(n.node.wait_for(Duration::from_secs(10), ring_size(3)).await);
+    }
+    // A's repair (what its repair loop runs after a ring change) hands each key to its owners.
+    a.node.repair().await;
+    for k in &keys {
+        for o in a.node.owners(k) {
+            let holder = [&a, &b, &c]
+                .into_iter()
+                .find(|n| n.node.view().me == o)
+                .unwrap();
+            assert!(holder.node.store().contains(k), "owner {o} lacks {k}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_or_no_key_cannot_read_or_write() {
+    let key = psk::generate().unwrap();
+    let a = spawn(Some(key), vec![]).await;
+    let (k, e) = entry(b"secret object");
+    a.node.store().put_raw(&k, &e).unwrap();
+    let a_id = a.node.view().me;
+
+    let wrong = spawn(Some(psk::generate().unwrap()), vec![a.addr.clone()]).await;
+    let keyless = spawn(None, vec![a.addr.clone()]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(a.node.view().ring.len(), 1, "a peer without the key joined");
+    for n in [&wrong, &keyless] {
+        assert_eq!(n.node.view().ring.len(), 1);
+        let r = n
+            .node
+            .request(a_id, Request::Get(k), Duration::from_secs(3))
+            .await;
+        assert!(r.is_err(), "read without the key: {r:?}");
+        let (k2, e2) = entry(b"planted");
+        let r = n
+            .node
+            .request(
+                a_id,
+                Request::Put {
+                    key: k2,
+                    entry: distc_peer::protocol::Bytes(e2),
+                },
+                Duration::from_secs(3),
+            )
+            .await;
+        assert!(r.is_err(), "write without the key: {r:?}");
+        assert!(!a.node.store().contains(&k2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_entries_and_garbage_bytes_are_refused() {
+    let key = psk::generate().unwrap();
+    let a = spawn(Some(key), vec![]).await;
+    let b = spawn(Some(key), vec![a.addr.clone()]).await;
+    assert!(b.node.wait_for(Duration::from_secs(10), ring_size(2)).await);
+    let a_id = a.node.view().me;
+    // A well-framed Put whose entry is not a valid entry: refused, not stored.
+    let k = Key::digest(b"x");
+    let r = b
+        .node
+        .request(
+            a_id,
+            Request::Put {
+                key: k,
+                entry: distc_peer::protocol::Bytes(b"DSTC garbage".to_vec()),
+            },
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Error(_)), "{r:?}");
+    assert!(!a.node.store().contains(&k));
+    // An entry over max_entry_size (1 MiB here) is refused by the frame limit.
+    let big = Store::encode_entry(&vec![0x5au8; 3 << 20]).unwrap();
+    let mut noisy = big.clone();
+    noisy.resize(2 << 20, 0);
+    let r = b
+        .node
+        .request(
+            a_id,
+            Request::Put {
+                key: k,
+                entry: distc_peer::protocol::Bytes(noisy),
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(r.is_err(), "oversized frame accepted: {r:?}");
+    // Raw garbage on the TCP port (no pnet, no noise): the connection dies, the node lives.
+    let port = a
+        .addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(p) => Some(p),
+            _ => None,
+        })
+        .unwrap();
+    for junk in [vec![0xffu8; 64], u32::MAX.to_le_bytes().to_vec(), vec![]] {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _ = s.write_all(&junk).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (k3, e3) = entry(b"still alive");
+    a.node.store().put_raw(&k3, &e3).unwrap();
+    assert_eq!(b.node.get(&k3).await, Some(e3));
+}
