@@ -160,24 +160,34 @@ impl Cache {
     }
 
     fn peer_socket(&self) -> PathBuf {
-        self.dir.join("peer.sock")
+        distc_peer::ipc::socket_path(&self.dir)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The two call sites of the peer IPC client. The mesh's `distc_peer::ipc::IpcClient` (sync, no
-// tokio) is not in the tree yet; until it is, a local peer is never consulted.
-// INTEGRATION POINT (mesh): replace the bodies with
-//   `IpcClient::connect(dir, timeout).ok()?.get(key).ok().flatten()` and
-//   `if let Ok(mut c) = IpcClient::connect(dir, timeout) { let _ = c.announce(key); }`.
+// The two call sites of the peer IPC client (sync, no tokio), reached only when the peer's
+// socket exists, each bounded by `peer_timeout_ms`.
 
 /// Raw entry bytes for `key` from the ring owners, via the local peer.
-fn peer_get(_dir: &Path, _key: &Key, _timeout: Duration) -> Option<Vec<u8>> {
-    None
+fn peer_get(dir: &Path, key: &Key, timeout: Duration) -> Option<Vec<u8>> {
+    let mut client = distc_peer::ipc::IpcClient::connect(dir, timeout).ok()?;
+    match client.get(key) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!("peer get {key}: {e}");
+            None
+        }
+    }
 }
 
 /// Fire-and-forget: "key is stored locally, replicate it".
-fn peer_announce(_dir: &Path, _key: &Key, _timeout: Duration) {}
+fn peer_announce(dir: &Path, key: &Key, timeout: Duration) {
+    if let Ok(mut client) = distc_peer::ipc::IpcClient::connect(dir, timeout)
+        && let Err(e) = client.announce(key)
+    {
+        tracing::debug!("peer announce {key}: {e}");
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // One compile per key across processes.

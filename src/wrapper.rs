@@ -100,6 +100,15 @@ struct Run {
 /// Wrapper entry point; never returns an error to the caller's build beyond the compiler's own.
 pub fn main(inv: Invocation) -> ExitCode {
     let started = SystemTime::now();
+    // Logging costs start-up time, so it exists on this path only when asked for.
+    if let Some(filter) = std::env::var_os("DISTC_LOG")
+        && let Some(filter) = filter.to_str()
+    {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(io::stderr)
+            .try_init();
+    }
     let Some(real) = resolve_compiler(&inv.compiler) else {
         eprintln!(
             "distc: error: cannot find the compiler {:?} on PATH (other than distc itself); \
@@ -131,7 +140,7 @@ pub fn main(inv: Invocation) -> ExitCode {
         .file_name()
         .unwrap_or(inv.compiler.as_os_str());
     let parsed = match compiler::family_of(name) {
-        Some(Family::Rustc) => Parsed::Uncacheable("rustc"),
+        Some(Family::Rustc) => return crate::rust_wrapper::main(&real, &inv.args, &cfg, &cache),
         // A path to some other program (e.g. CMake's launcher with /usr/bin/cc): gcc rules.
         _ => compiler::gcc::parse(&inv.args, &|p| fs::read(p).ok()),
     };
@@ -229,7 +238,7 @@ impl Run {
         // Only without a peer: a result key known before compiling is what peers are asked for.
         if let Some(d) = &direct
             && self.cfg.depend_mode
-            && !self.cfg.dir.join("peer.sock").exists()
+            && !distc_peer::ipc::socket_path(&self.cfg.dir).exists()
             && direct::depend_eligible(&self.job)
         {
             return self.depend_miss(d, orig_args);
