@@ -67,6 +67,20 @@ pub enum Command {
         flags: Vec<String>,
     },
 
+    /// Show what the cache sees for one compile: key, inputs, headers, owners, why it missed.
+    ///
+    /// Inspects the object step `distc build` runs (`cc -c FILE -o STEM.o FLAGS`, `c++` for
+    /// C++) without compiling: the key it would look up, the inputs the key covers, the headers
+    /// found, whether the result is stored, the peers that own it, why it is not cacheable, and
+    /// which inputs changed since the last stored result for this source.
+    Inspect {
+        /// The source file (.c, .cpp, .cc, .cxx).
+        file: PathBuf,
+        /// Compiler flags of the compile to inspect, after `--` (e.g. `-- -O2 -Iinclude`).
+        #[arg(last = true, value_name = "FLAGS", allow_hyphen_values = true)]
+        flags: Vec<String>,
+    },
+
     /// Show cache statistics: hits, misses, uncacheable compiles by reason, errors, store usage.
     Stats {
         /// Print JSON (integer `hits`, `misses`, `errors`, `entries`, `bytes`; object
@@ -122,6 +136,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
+        Command::Inspect { file, flags } => {
+            crate::commands::inspect::inspect(&config, &file, &flags)
+        }
         Command::Stats { json, zero } => {
             crate::commands::stats::stats(&config, json, zero)?;
             Ok(ExitCode::SUCCESS)

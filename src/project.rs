@@ -58,7 +58,7 @@ impl Language {
     }
 
     /// The compiler driver used for objects of this language (and for linking them).
-    fn driver(self) -> String {
+    pub fn driver(self) -> String {
         // CC/CXX are honoured when they name a single program; "distc gcc"-style values would
         // wrap twice, and anything with arguments is not ours to split.
         let (var, default) = match self {

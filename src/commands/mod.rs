@@ -4,4 +4,5 @@
 //! [`Config`]: crate::config::Config
 
 pub mod flush;
+pub mod inspect;
 pub mod stats;

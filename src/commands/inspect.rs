@@ -1,0 +1,288 @@
+//! `distc inspect FILE [-- FLAGS…]`: what the cache sees for one compile, without compiling.
+//!
+//! The compile inspected is the object step `distc build` runs (`cc -c FILE -o STEM.o FLAGS`,
+//! `c++` for C++), parsed and keyed by the wrapper's own code ([`crate::compiler`],
+//! [`crate::fingerprint`], [`crate::direct`]), so what is shown is what a wrapped compile would
+//! do now: the key it would look up and in which mode, the inputs the key covers, the headers
+//! found, whether the result is stored, the peers that own the key, and — when a result for this
+//! source was stored before — which inputs changed since (why it would miss).
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use distc_peer::Key;
+use distc_peer::store::Store;
+
+use crate::compiler::{self, CompileJob, Parsed};
+use crate::config::Config;
+use crate::direct::{self, DirectKey};
+use crate::fingerprint::{self, Context, Fingerprint};
+use crate::project::Language;
+
+/// How the wrapper would key this compile right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A direct-mode manifest matches the current headers: no preprocessor needed.
+    Manifest,
+    /// Depend mode: source + headers as the compiler's `-MD` output lists them.
+    Depend,
+    /// The preprocessed output (also what peers of a mesh are asked for).
+    Preprocessor,
+}
+
+impl Mode {
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Manifest => "direct mode: a manifest matches the current headers",
+            Mode::Depend => "depend mode: source + headers from the compiler's -MD output",
+            Mode::Preprocessor => "preprocessor mode: the preprocessed output",
+        }
+    }
+}
+
+/// The ring owners of `key` as the local peer sees them: one line per owner, or a sentence
+/// saying why there are none. The mesh support owns what the peer answers.
+pub fn owner_peers(config: &Config, key: &Key) -> Vec<String> {
+    let timeout = Duration::from_millis(config.peer_timeout_ms.max(1));
+    let mut client = match distc_peer::ipc::IpcClient::connect(&config.dir, timeout) {
+        Ok(c) => c,
+        Err(_) => {
+            return vec!["none: no local peer is running (start one with `distc peer`)".into()];
+        }
+    };
+    match client.owners(key) {
+        Ok(owners) if owners.is_empty() => vec!["none: the local peer knows no members yet".into()],
+        Ok(owners) => owners
+            .iter()
+            .map(|o| {
+                let role = if o.rank == 0 {
+                    "primary".to_string()
+                } else {
+                    format!("replica {}", o.rank)
+                };
+                format!("{} ({role}, {})", o.id, o.state)
+            })
+            .collect(),
+        Err(e) => vec![format!("unknown: the local peer did not answer ({e})")],
+    }
+}
+
+/// Writes a depend-mode dependency file listing `headers`, so [`DirectKey::depend_fingerprint`]
+/// computes the key a depend-mode miss would store under, without compiling.
+fn depend_fingerprint(
+    ctx: &Context,
+    job: &CompileJob,
+    d: &DirectKey,
+    headers: &[PathBuf],
+) -> Option<Fingerprint> {
+    let mut text = String::from("distc-inspect.o:");
+    for h in headers {
+        let escaped = h
+            .to_str()?
+            .replace('\\', "\\\\")
+            .replace(' ', "\\ ")
+            .replace('$', "$$");
+        text.push_str(" \\\n ");
+        text.push_str(&escaped);
+    }
+    text.push('\n');
+    let tmp = tempfile::Builder::new()
+        .prefix("distc-inspect-")
+        .suffix(".d")
+        .tempfile()
+        .ok()?;
+    std::fs::write(tmp.path(), text).ok()?;
+    d.depend_fingerprint(ctx, job, tmp.path())
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..16).unwrap_or(hex)
+}
+
+/// `distc inspect FILE [-- FLAGS…]`.
+pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCode> {
+    let language = Language::of(file).with_context(|| {
+        format!(
+            "{}: unsupported file type; `distc inspect` accepts .c, .cpp, .cc, .cxx",
+            file.display()
+        )
+    })?;
+    let meta = std::fs::metadata(file)
+        .with_context(|| format!("cannot read source file {}", file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", file.display());
+    }
+    if language == Language::Rust {
+        bail!(
+            "{}: inspecting Rust compiles is not supported yet (the Rust support adds it)",
+            file.display()
+        );
+    }
+    let driver = language.driver();
+    let real = crate::wrapper::resolve_compiler(std::ffi::OsStr::new(&driver))
+        .with_context(|| format!("cannot find the compiler `{driver}` on PATH"))?;
+    let stem = file
+        .file_stem()
+        .with_context(|| format!("{} has no file name", file.display()))?;
+    let mut args: Vec<OsString> = vec!["-c".into(), file.as_os_str().into(), "-o".into()];
+    args.push(Path::new(stem).with_extension("o").into_os_string());
+    args.extend(flags.iter().map(OsString::from));
+
+    let mut out = String::new();
+    let command: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let _ = writeln!(out, "File          {}", file.display());
+    let _ = writeln!(out, "Compiler      {} (as {driver})", real.display());
+    let _ = writeln!(out, "Command       {driver} {}", command.join(" "));
+
+    let job = match compiler::gcc::parse(&args, &|p| std::fs::read(p).ok()) {
+        Parsed::Compile(job) => *job,
+        Parsed::Uncacheable(reason) => {
+            let _ = writeln!(out, "Cacheable     no: {reason}");
+            let _ = writeln!(
+                out,
+                "              (the wrapper runs the real compiler and `distc stats` counts \
+                 `{reason}`)"
+            );
+            print!("{out}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Some(v) = fingerprint::REFUSED_ENV
+        .iter()
+        .find(|v| std::env::var_os(v).is_some())
+    {
+        let _ = writeln!(out, "Cacheable     no: dependencies-env ({v} is set)");
+        print!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let ctx = Context {
+        distc_dir: config.dir.clone(),
+        cwd: std::env::current_dir().context("cannot read the current directory")?,
+        base_dir: config.base_dir.clone(),
+        compiler: real.clone(),
+        invoked_as: driver.clone().into(),
+    };
+    let common = fingerprint::common_inputs(&ctx, &job)
+        .with_context(|| format!("cannot identify the compiler {}", real.display()))?;
+    let pre = match fingerprint::preprocessor_fingerprint(&ctx, &job, &common) {
+        Ok(fp) => fp,
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "Cacheable     no: compile-failed ({e}; the compile would fail the same way)"
+            );
+            print!("{out}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let _ = writeln!(out, "Cacheable     yes");
+
+    // The same choice the wrapper makes (src/wrapper.rs, Run::cached).
+    let direct = if config.direct_mode {
+        DirectKey::new(&ctx, &job, &common)
+    } else {
+        None
+    };
+    let peer_running = config.dir.join("peer.sock").exists();
+    let (mode, fp) = match &direct {
+        Some(d) if d.lookup(&ctx, &job).is_some() => {
+            let key = d.lookup(&ctx, &job).unwrap_or(pre.key);
+            // The manifest's key stands for a depend- or preprocessor-mode result: show the
+            // inputs of whichever it is.
+            let dep = depend_fingerprint(&ctx, &job, d, &pre.headers);
+            match dep {
+                Some(fp) if fp.key == key => (Mode::Manifest, fp),
+                _ => (Mode::Manifest, Fingerprint { key, ..pre.clone() }),
+            }
+        }
+        Some(d) if config.depend_mode && !peer_running && direct::depend_eligible(&job) => {
+            match depend_fingerprint(&ctx, &job, d, &pre.headers) {
+                Some(fp) => (Mode::Depend, fp),
+                None => (Mode::Preprocessor, pre.clone()),
+            }
+        }
+        _ => (Mode::Preprocessor, pre.clone()),
+    };
+    let _ = writeln!(out, "Key           {}", fp.key);
+    let _ = writeln!(out, "              ({})", mode.describe());
+    if fp.key != pre.key {
+        let _ = writeln!(
+            out,
+            "Mesh key      {} (preprocessor mode, asked of peers)",
+            pre.key
+        );
+    }
+    if let Some(blocker) = job.direct_blocker {
+        let _ = writeln!(out, "Direct mode   off for this compile: {blocker}");
+    }
+
+    let store_dir = config.store_dir();
+    let stored = Store::open(&store_dir, config.max_size)
+        .map(|s| s.contains(&fp.key) || s.contains(&pre.key))
+        .with_context(|| format!("cannot open the cache store {}", store_dir.display()))?;
+    let _ = writeln!(
+        out,
+        "Stored        {}",
+        if stored {
+            "yes: the next compile is a hit"
+        } else {
+            "no: the next compile is a miss"
+        }
+    );
+
+    let _ = writeln!(
+        out,
+        "Inputs        (the key is SHA-256 over these, in order)"
+    );
+    for (label, digest) in fp.inputs.listing() {
+        let _ = writeln!(out, "  {label:<14}{}", short(&digest));
+    }
+    let _ = writeln!(out, "Headers       {} found", fp.headers.len());
+    for h in &fp.headers {
+        let _ = writeln!(out, "  {}", h.display());
+    }
+
+    let owners = owner_peers(config, &pre.key);
+    for (i, line) in owners.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{line}",
+            if i == 0 {
+                "Owner peers   "
+            } else {
+                "              "
+            }
+        );
+    }
+
+    match fingerprint::why_missed(&ctx, &job.source, &fp) {
+        None => {
+            let _ = writeln!(
+                out,
+                "Last stored   nothing recorded for this source and compiler yet"
+            );
+        }
+        Some(changes) if changes.is_empty() => {
+            let _ = writeln!(out, "Last stored   same inputs as now");
+        }
+        Some(changes) => {
+            let _ = writeln!(
+                out,
+                "Why a miss    inputs changed since the last stored result:"
+            );
+            for c in changes {
+                let _ = writeln!(out, "  {c}");
+            }
+        }
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
