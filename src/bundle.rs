@@ -20,6 +20,9 @@ pub const MAX_BUNDLE: usize = 1 << 30;
 pub enum Role {
     Object,
     DepFile,
+    /// Every file a rustc compile wrote for its crate, named relative to its output directory
+    /// (`.rlib`, `.rmeta`, `.d`, binaries, `.so`): encoded by `crate::rust_wrapper`.
+    RustFiles,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

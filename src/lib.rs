@@ -17,5 +17,7 @@ pub mod config;
 pub mod direct;
 pub mod fingerprint;
 pub mod project;
+pub mod rust_key;
+pub mod rust_wrapper;
 pub mod stats;
 pub mod wrapper;

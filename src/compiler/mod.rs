@@ -4,6 +4,7 @@
 //! to the real compiler with a short, stable reason label that `distc stats` counts.
 
 pub mod gcc;
+pub mod rustc;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};

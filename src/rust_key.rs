@@ -1,0 +1,848 @@
+//! The key of a rustc compile: everything that can change what rustc writes, hashed.
+//!
+//! # Key inputs (RUST_FORMAT_VERSION 1)
+//! Each input is hashed on its own and labelled ([`crate::fingerprint::Inputs`]), so
+//! `distc inspect` can list them.
+//!
+//! 1. `format` — `rust` + [`RUST_FORMAT_VERSION`]: any change to this list changes every key,
+//!    and Rust keys never equal C keys.
+//! 2. `rustc` — the rustc identity: the real rustc binary (rustup proxies resolved), its
+//!    `rustc -vV`, and the sysroot's compiler libraries and host tools (`lib/*.so`,
+//!    `lib/rustlib/<host>/bin`, where `rust-lld` lives). Memoised under `$DISTC_DIR/rustc/` by
+//!    the rustc binary's path, size, mtime, ctime and inode.
+//! 3. `target` — the target triple (`--target`, else the host) and the contents of
+//!    `lib/rustlib/<target>/lib` (std and friends: what the crate links), memoised by the
+//!    listing's names, sizes and mtimes.
+//! 4. `args` — the normalised arguments: `--out-dir`, `-o`, the crate root, `--extern` and
+//!    `-L dependency=` left out (their contents are inputs 6 and 8); `--cfg`/`--check-cfg`
+//!    sorted; `--crate-type` and `--emit` in canonical order; absolute paths inside values
+//!    (`--remap-path-prefix`, `-C link-arg=…`, `-L native=…`) rewritten under the known roots
+//!    (see [`Normalizer`]). RUSTFLAGS reach rustc as arguments, so they are covered here.
+//! 5. `crate-root` — the crate root path relative to the working directory (it is recorded in
+//!    the output: `file!()`, panic locations); a relative `--out-dir`/`-o` too.
+//! 6. `sources` — every source file rustc's own dep-info pass lists (modules,
+//!    `include_str!`/`include_bytes!`/`include!` files), each as normalised path + content
+//!    digest.
+//! 7. `env-deps` — the variables the crate reads with `env!`/`option_env!` (rustc's dep-info
+//!    `# env-dep:` lines), with their exact values: those values are compiled into the output.
+//! 8. `externs` — for each `--extern`: the name and the SHA-256 of the crate file (`.rlib`,
+//!    `.rmeta`, `.so`). Transitive dependencies are covered through them: every crate file
+//!    records the hashes (SVH) of the crates it was built against.
+//! 9. `cargo-env` — every other `CARGO_*` variable (except `CARGO_MAKEFLAGS`, the jobserver),
+//!    `RUSTC_BOOTSTRAP`, and `LIBRARY_PATH` for linking crates, set or unset, with absolute
+//!    paths normalised: proc-macros may read them without rustc knowing.
+//! 10. `native-libs` — each `-l` with the contents of the library file found in the `-L
+//!     native=`/`-L all=` directories (system libraries not found there: the name only).
+//! 11. `linker` — for crates rustc links (bin, dylib, cdylib, proc-macro): the SHA-256 of the
+//!     linker driver (`-C linker`, else `cc`, as found on PATH).
+//! 12. `cwd` — the working directory, only with debug info not covered by
+//!     `--remap-path-prefix` (debug info records it).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::compiler::rustc::{KeyArg, RustJob};
+use crate::fingerprint::Inputs;
+
+/// Version of the list above. Bump on any change to what is hashed or how.
+pub const RUST_FORMAT_VERSION: u32 = 1;
+
+/// Errors computing a Rust key. Each one means "compile without the cache".
+#[derive(Debug, thiserror::Error)]
+pub enum RustKeyError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot run {} {what}: {detail}", rustc.display())]
+    Rustc {
+        rustc: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
+    /// The dep-info pass failed: the real compile will fail the same way and say why.
+    #[error("rustc's dep-info pass failed (exit {code}); the compile reports why")]
+    DepInfo { code: i32 },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RustKeyError + 'a {
+    move |source| RustKeyError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The identity of a rustc toolchain (input 2).
+#[derive(Debug, Clone)]
+pub struct RustcId {
+    /// The real rustc binary (the toolchain's, not a rustup proxy).
+    pub real: PathBuf,
+    /// `rustc --print sysroot`.
+    pub sysroot: PathBuf,
+    /// The `host:` line of `rustc -vV`.
+    pub host: String,
+    /// `rustc -vV`, verbatim.
+    pub version: String,
+    /// SHA-256 over the binary, the version text and the sysroot's compiler libraries.
+    pub digest: [u8; 32],
+}
+
+/// Stat fields that must be unchanged for a memo to be trusted.
+fn stamp(md: &fs::Metadata) -> String {
+    format!(
+        "{} {} {} {} {} {}",
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec(),
+        md.ino()
+    )
+}
+
+fn memo_path(distc_dir: &Path, kind: &str, id: &[u8]) -> PathBuf {
+    distc_dir
+        .join("rustc")
+        .join(format!("{kind}-{}", hex::encode(&Sha256::digest(id)[..16])))
+}
+
+fn write_memo(path: &Path, text: &str) {
+    // A memo is an optimisation: an unwritable cache dir just means recomputing next time.
+    if let Some(parent) = path.parent() {
+        let _ = fs::create_dir_all(parent);
+    }
+    let _ = crate::bundle::write_atomic(path, text.as_bytes());
+}
+
+fn run_rustc(rustc: &Path, args: &[&str], what: &'static str) -> Result<String, RustKeyError> {
+    let out = Command::new(rustc)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| RustKeyError::Rustc {
+            rustc: rustc.to_path_buf(),
+            what,
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(RustKeyError::Rustc {
+            rustc: rustc.to_path_buf(),
+            what,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    String::from_utf8(out.stdout).map_err(|_| RustKeyError::Rustc {
+        rustc: rustc.to_path_buf(),
+        what,
+        detail: "output is not UTF-8".into(),
+    })
+}
+
+/// Resolves a rustup proxy (`~/.cargo/bin/rustc -> rustup`) to the toolchain's real rustc.
+/// Cargo already passes the real path; `distc rustc …` may not.
+pub fn resolve_real_rustc(rustc: &Path) -> Result<PathBuf, RustKeyError> {
+    let canon = fs::canonicalize(rustc).map_err(io_err("rustc", rustc))?;
+    let is_proxy = canon
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("rustup"));
+    if !is_proxy {
+        return Ok(canon);
+    }
+    let sysroot = run_rustc(rustc, &["--print", "sysroot"], "--print sysroot")?;
+    let real = Path::new(sysroot.trim_end()).join("bin").join("rustc");
+    fs::canonicalize(&real).map_err(io_err("rustc", &real))
+}
+
+/// Hashes every regular file under `dir` (recursively, sorted by relative path) into `h`.
+/// `filter` selects files by name. A missing directory hashes as empty.
+fn hash_tree(h: &mut Sha256, dir: &Path, filter: &dyn Fn(&str) -> bool) -> io::Result<()> {
+    let mut files = Vec::new();
+    list_files(dir, dir, &mut files)?;
+    files.sort();
+    for rel in files {
+        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !filter(name) {
+            continue;
+        }
+        h.update(rel.as_os_str().as_bytes());
+        h.update([0]);
+        h.update(file_digest(&dir.join(&rel))?);
+    }
+    Ok(())
+}
+
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        // metadata() follows symlinks: a symlinked library counts as the file it names.
+        let Ok(md) = fs::metadata(&path) else {
+            continue;
+        };
+        if md.is_dir() {
+            list_files(root, &path, out)?;
+        } else if md.is_file()
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            out.push(rel.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file's contents.
+pub fn file_digest(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().into())
+}
+
+/// The rustc identity, memoised by the real binary's stat.
+pub fn rustc_identity(distc_dir: &Path, rustc: &Path) -> Result<RustcId, RustKeyError> {
+    let real = resolve_real_rustc(rustc)?;
+    let md = fs::metadata(&real).map_err(io_err("rustc", &real))?;
+    let stamp = stamp(&md);
+    let memo = memo_path(distc_dir, "id", real.as_os_str().as_bytes());
+    if let Ok(text) = fs::read_to_string(&memo)
+        && let Some(id) = parse_id_memo(&text, &stamp, &real)
+    {
+        return Ok(id);
+    }
+    let version = run_rustc(&real, &["-vV"], "-vV")?;
+    let host = version
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_string())
+        .ok_or_else(|| RustKeyError::Rustc {
+            rustc: real.clone(),
+            what: "-vV",
+            detail: "no `host:` line in its output".into(),
+        })?;
+    let sysroot =
+        PathBuf::from(run_rustc(&real, &["--print", "sysroot"], "--print sysroot")?.trim_end());
+    let mut h = Sha256::new();
+    h.update(file_digest(&real).map_err(io_err("rustc", &real))?);
+    h.update(version.as_bytes());
+    let lib = sysroot.join("lib");
+    // Only the top level of lib/: the compiler's own shared libraries (librustc_driver, LLVM).
+    let mut libs: Vec<PathBuf> = fs::read_dir(&lib)
+        .map_err(io_err("sysroot", &lib))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "so") && p.is_file())
+        .collect();
+    libs.sort();
+    for l in &libs {
+        h.update(l.file_name().map(|n| n.as_bytes()).unwrap_or_default());
+        h.update(file_digest(l).map_err(io_err("sysroot library", l))?);
+    }
+    let tools = sysroot.join("lib/rustlib").join(&host).join("bin");
+    hash_tree(&mut h, &tools, &|_| true).map_err(io_err("sysroot tools", &tools))?;
+    let id = RustcId {
+        real: real.clone(),
+        sysroot,
+        host,
+        version,
+        digest: h.finalize().into(),
+    };
+    write_memo(
+        &memo,
+        &format!(
+            "{stamp}\n{}\n{}\n{}\n{}",
+            hex::encode(id.digest),
+            id.sysroot.display(),
+            id.host,
+            id.version
+        ),
+    );
+    Ok(id)
+}
+
+fn parse_id_memo(text: &str, stamp: &str, real: &Path) -> Option<RustcId> {
+    let mut lines = text.splitn(5, '\n');
+    if lines.next()? != stamp {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(lines.next()?, &mut digest).ok()?;
+    let sysroot = PathBuf::from(lines.next()?);
+    let host = lines.next()?.to_string();
+    let version = lines.next()?.to_string();
+    Some(RustcId {
+        real: real.to_path_buf(),
+        sysroot,
+        host,
+        version,
+        digest,
+    })
+}
+
+/// Digest of `lib/rustlib/<target>/lib` (input 3), memoised by the listing's stat data.
+pub fn target_digest(
+    distc_dir: &Path,
+    id: &RustcId,
+    target: &str,
+) -> Result<[u8; 32], RustKeyError> {
+    let dir = id.sysroot.join("lib/rustlib").join(target).join("lib");
+    let mut files = Vec::new();
+    list_files(&dir, &dir, &mut files).map_err(io_err("target libraries", &dir))?;
+    files.sort();
+    let mut listing = Sha256::new();
+    for f in &files {
+        listing.update(f.as_os_str().as_bytes());
+        if let Ok(md) = fs::metadata(dir.join(f)) {
+            listing.update(stamp(&md).as_bytes());
+        }
+    }
+    let listing = hex::encode(listing.finalize());
+    let memo = memo_path(distc_dir, "target", dir.as_os_str().as_bytes());
+    if let Ok(text) = fs::read_to_string(&memo)
+        && let Some((l, d)) = text.trim_end().split_once(' ')
+        && l == listing
+    {
+        let mut out = [0u8; 32];
+        if hex::decode_to_slice(d, &mut out).is_ok() {
+            return Ok(out);
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(target.as_bytes());
+    hash_tree(&mut h, &dir, &|_| true).map_err(io_err("target libraries", &dir))?;
+    let digest: [u8; 32] = h.finalize().into();
+    write_memo(&memo, &format!("{listing} {}\n", hex::encode(digest)));
+    Ok(digest)
+}
+
+/// Rewrites absolute paths under known roots to stable tokens, so the key of the same crate
+/// at two places (two checkouts, two users' CARGO_HOME, two target dirs) is the same.
+///
+/// Roots, longest match first: the output directory, cargo's profile and target directories
+/// (derived from `--out-dir`), the working directory, `CARGO_HOME`, `RUSTUP_HOME` and the
+/// configured `base_dir`.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    /// (root, token), longest root first.
+    roots: Vec<(String, &'static str)>,
+}
+
+impl Normalizer {
+    pub fn new(
+        cwd: &Path,
+        out_dir: Option<&Path>,
+        base_dir: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Normalizer {
+        let mut roots: Vec<(PathBuf, &'static str)> = Vec::new();
+        if let Some(out) = out_dir {
+            let out = cwd.join(out);
+            // cargo: <target>/<profile>/deps, or <target>/<profile>/build/<pkg>-<hash>.
+            let profile = if out.file_name().is_some_and(|n| n == "deps") {
+                out.parent().map(Path::to_path_buf)
+            } else if out
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n == "build")
+            {
+                out.parent().and_then(Path::parent).map(Path::to_path_buf)
+            } else {
+                None
+            };
+            if let Some(p) = profile {
+                if let Some(t) = p.parent() {
+                    roots.push((t.to_path_buf(), "$TARGET"));
+                }
+                roots.push((p, "$PROFILE"));
+            }
+            roots.push((out, "$OUT"));
+        }
+        if let Some(t) = env("CARGO_TARGET_DIR") {
+            roots.push((cwd.join(t), "$TARGET"));
+        }
+        roots.push((cwd.to_path_buf(), "$CWD"));
+        let home = env("HOME").map(PathBuf::from);
+        match env("CARGO_HOME") {
+            Some(c) => roots.push((cwd.join(c), "$CARGO_HOME")),
+            None => {
+                if let Some(h) = &home {
+                    roots.push((h.join(".cargo"), "$CARGO_HOME"));
+                }
+            }
+        }
+        match env("RUSTUP_HOME") {
+            Some(r) => roots.push((cwd.join(r), "$RUSTUP_HOME")),
+            None => {
+                if let Some(h) = &home {
+                    roots.push((h.join(".rustup"), "$RUSTUP_HOME"));
+                }
+            }
+        }
+        if let Some(b) = base_dir {
+            roots.push((b.to_path_buf(), "$BASE"));
+        }
+        let mut roots: Vec<(String, &'static str)> = roots
+            .into_iter()
+            .filter_map(|(p, t)| {
+                let s = p.to_str()?.trim_end_matches('/').to_string();
+                // "/" as a root would rewrite everything.
+                (s.len() > 1 && s.starts_with('/')).then_some((s, t))
+            })
+            .collect();
+        roots.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        Normalizer { roots }
+    }
+
+    /// Normalises one path: the longest root it lies under becomes its token.
+    pub fn path(&self, p: &str) -> String {
+        for (root, token) in &self.roots {
+            if let Some(rest) = p.strip_prefix(root.as_str())
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return format!("{token}{rest}");
+            }
+        }
+        p.to_string()
+    }
+
+    /// Normalises every root occurring inside `text` (option values with embedded paths).
+    pub fn text(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (root, token) in &self.roots {
+            if out.contains(root.as_str()) {
+                out = out.replace(root.as_str(), token);
+            }
+        }
+        out
+    }
+}
+
+/// What rustc's dep-info lists for a crate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DepInfo {
+    /// Every file the crate read, as rustc wrote them (relative to the working directory or
+    /// absolute), sorted and deduplicated.
+    pub files: Vec<String>,
+    /// `# env-dep:NAME=VALUE` (or `# env-dep:NAME` for an unset variable), sorted by name.
+    pub env_deps: Vec<(String, Option<String>)>,
+}
+
+/// Splits a make-style dependency list, honouring `\ ` escapes.
+fn split_deps(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                cur.push(' ');
+                chars.next();
+            }
+            ' ' | '\t' => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Parses rustc's dep-info output: the first rule's prerequisites, plus `# env-dep:` lines.
+pub fn parse_dep_info(text: &str) -> DepInfo {
+    let mut files = Vec::new();
+    let mut env: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut first_rule = true;
+    for line in text.lines() {
+        if let Some(dep) = line.strip_prefix("# env-dep:") {
+            let (k, v) = match dep.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(unescape_env(v))),
+                None => (dep.to_string(), None),
+            };
+            env.insert(k, v);
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() || !first_rule {
+            continue;
+        }
+        // `target: dep dep…` — find the separator that is not part of an escaped path.
+        if let Some(pos) = line
+            .find(": ")
+            .or_else(|| line.strip_suffix(':').map(|s| s.len()))
+        {
+            files.extend(split_deps(&line[(pos + 1).min(line.len())..]));
+            first_rule = false;
+        }
+    }
+    files.sort();
+    files.dedup();
+    DepInfo {
+        files,
+        env_deps: env.into_iter().collect(),
+    }
+}
+
+/// rustc escapes `\` and newlines in env-dep values (`\\`, `\n`).
+fn unescape_env(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some(o) => out.push(o),
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs rustc's dep-info pass (`--emit=dep-info -o TMP`) with the job's other arguments, in
+/// the same working directory and environment, and parses what it lists.
+pub fn run_dep_info(rustc: &Path, job: &RustJob, cwd: &Path) -> Result<DepInfo, RustKeyError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("distc-depinfo-")
+        .tempdir()
+        .map_err(io_err("temporary directory", Path::new("$TMPDIR")))?;
+    let dep = tmp.path().join("deps.d");
+    let out = Command::new(rustc)
+        .args(&job.depinfo_args)
+        .arg("--emit=dep-info")
+        .arg("-o")
+        .arg(&dep)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| RustKeyError::Rustc {
+            rustc: rustc.to_path_buf(),
+            what: "--emit=dep-info",
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        tracing::debug!(
+            "dep-info pass failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return Err(RustKeyError::DepInfo {
+            code: out.status.code().unwrap_or(-1),
+        });
+    }
+    let text = fs::read_to_string(&dep).map_err(io_err("dep-info output", &dep))?;
+    Ok(parse_dep_info(&text))
+}
+
+/// Everything the key of one rustc job is computed in.
+pub struct KeyContext<'a> {
+    pub distc_dir: &'a Path,
+    pub cwd: &'a Path,
+    pub base_dir: Option<&'a Path>,
+    pub id: &'a RustcId,
+    /// Reads an environment variable (a parameter so tests control it).
+    pub env: &'a dyn Fn(&str) -> Option<OsString>,
+    /// All environment variable names (for the `CARGO_*` scan).
+    pub env_names: &'a [String],
+}
+
+fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for it in items {
+        h.update((it.len() as u64).to_le_bytes());
+        h.update(it);
+    }
+    h.finalize().into()
+}
+
+/// Finds the linker driver: a path (relative to the working directory) or a name on PATH.
+fn find_program(
+    name: &Path,
+    cwd: &Path,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<PathBuf> {
+    if name.as_os_str().as_bytes().contains(&b'/') {
+        return Some(cwd.join(name));
+    }
+    let path = env("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|c| fs::metadata(c).is_ok_and(|m| m.is_file()))
+}
+
+/// Computes the labelled key inputs of `job` (see the module docs for the list).
+pub fn key_inputs(
+    ctx: &KeyContext<'_>,
+    job: &RustJob,
+    dep: &DepInfo,
+) -> Result<Inputs, RustKeyError> {
+    let norm = Normalizer::new(ctx.cwd, job.out_dir.as_deref(), ctx.base_dir, ctx.env);
+    let mut inputs = Inputs::default();
+    // 1.
+    inputs.push("format", format!("rust {RUST_FORMAT_VERSION}").as_bytes());
+    // 2.
+    inputs.push_digest("rustc", ctx.id.digest);
+    // 3.
+    let target = job.target.clone().unwrap_or_else(|| ctx.id.host.clone());
+    let tdigest = target_digest(ctx.distc_dir, ctx.id, &target)?;
+    inputs.push_digest(format!("target {target}"), tdigest);
+    // 4.
+    let args: Vec<String> = job
+        .key_args
+        .iter()
+        .map(|a| match a {
+            KeyArg::Plain(s) => s.clone(),
+            KeyArg::WithPaths(s) => norm.text(s),
+        })
+        .collect();
+    inputs.push_digest("args", hash_list(args.iter().map(|s| s.as_bytes())));
+    // 5.
+    // Relative or absolute as given: rustc records the path the way it was written.
+    let given = if job.input.is_relative() {
+        "relative"
+    } else {
+        "absolute"
+    };
+    let mut root = vec![
+        given.to_string(),
+        norm.path(&ctx.cwd.join(&job.input).to_string_lossy()),
+    ];
+    for p in [&job.out_dir, &job.out_file].into_iter().flatten() {
+        if p.is_relative() {
+            root.push(p.to_string_lossy().into_owned());
+        }
+    }
+    inputs.push_digest("crate-root", hash_list(root.iter().map(|s| s.as_bytes())));
+    // 6.
+    let mut h = Sha256::new();
+    for f in &dep.files {
+        let abs = ctx.cwd.join(f);
+        let d = file_digest(&abs).map_err(io_err("source file", &abs))?;
+        let name = norm.path(&abs.to_string_lossy());
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(d);
+    }
+    inputs.push_digest(
+        format!("sources ({})", dep.files.len()),
+        h.finalize().into(),
+    );
+    // 7.
+    let mut h = Sha256::new();
+    for (k, v) in &dep.env_deps {
+        h.update(hash_list([
+            k.as_bytes(),
+            v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
+        ]));
+    }
+    inputs.push_digest(
+        format!("env-deps ({})", dep.env_deps.len()),
+        h.finalize().into(),
+    );
+    // 8.
+    let mut h = Sha256::new();
+    for e in &job.externs {
+        h.update((e.name.len() as u64).to_le_bytes());
+        h.update(e.name.as_bytes());
+        match &e.path {
+            Some(p) => {
+                let abs = ctx.cwd.join(p);
+                h.update(abs.extension().map(|x| x.as_bytes()).unwrap_or_default());
+                h.update(file_digest(&abs).map_err(io_err("--extern crate", &abs))?);
+            }
+            None => h.update(b"\0sysroot"),
+        }
+    }
+    inputs.push_digest(
+        format!("externs ({})", job.externs.len()),
+        h.finalize().into(),
+    );
+    // 9.
+    let links = job.links();
+    let mut names: Vec<&str> = ctx
+        .env_names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| (n.starts_with("CARGO_") || *n == "CARGO") && *n != "CARGO_MAKEFLAGS")
+        .filter(|n| !dep.env_deps.iter().any(|(k, _)| k == n))
+        .collect();
+    names.push("RUSTC_BOOTSTRAP");
+    if links {
+        names.push("LIBRARY_PATH");
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut h = Sha256::new();
+    for n in names {
+        let v = (ctx.env)(n).map(|v| norm.text(&v.to_string_lossy()));
+        h.update(hash_list([
+            n.as_bytes(),
+            v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
+        ]));
+    }
+    inputs.push_digest("cargo-env", h.finalize().into());
+    // 10.
+    let mut h = Sha256::new();
+    let search: Vec<PathBuf> = job
+        .lib_paths
+        .iter()
+        .filter(|l| matches!(l.kind.as_str(), "native" | "all" | "framework"))
+        .map(|l| ctx.cwd.join(&l.path))
+        .collect();
+    for lib in &job.native_libs {
+        h.update(hash_list([lib.kind.as_bytes(), lib.name.as_bytes()]));
+        if lib.kind.starts_with("link-arg") {
+            continue;
+        }
+        let name = lib.name.split(':').next().unwrap_or(&lib.name);
+        let candidates = [
+            format!("lib{name}.a"),
+            format!("lib{name}.so"),
+            name.to_string(),
+        ];
+        'dirs: for dir in &search {
+            for c in &candidates {
+                let p = dir.join(c);
+                if p.is_file() {
+                    h.update(c.as_bytes());
+                    h.update(file_digest(&p).map_err(io_err("native library", &p))?);
+                    break 'dirs;
+                }
+            }
+        }
+    }
+    inputs.push_digest(
+        format!("native-libs ({})", job.native_libs.len()),
+        h.finalize().into(),
+    );
+    // 11.
+    if links {
+        let name = job.linker.clone().unwrap_or_else(|| PathBuf::from("cc"));
+        let digest = match find_program(&name, ctx.cwd, ctx.env) {
+            Some(p) => {
+                let real = fs::canonicalize(&p).unwrap_or(p);
+                crate::compiler_id::compiler_digest(ctx.distc_dir, &real)
+                    .map_err(io_err("linker", &real))?
+            }
+            // rustc will fail to link and say so; the key just records the absence.
+            None => Sha256::digest(b"\0no linker").into(),
+        };
+        inputs.push_digest("linker", digest);
+    }
+    // 12.
+    if job.debug_info
+        && !job
+            .remap_from
+            .iter()
+            .any(|r| ctx.cwd.starts_with(ctx.cwd.join(r)))
+    {
+        inputs.push("cwd", ctx.cwd.as_os_str().as_bytes());
+    }
+    Ok(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dep_info_parsing() {
+        let text = "/tmp/x/deps.d: src/lib.rs src/a\\ b.rs /reg/itoa/src/udiv128.rs\n\
+                    \n\
+                    src/lib.rs:\n\
+                    src/a\\ b.rs:\n\
+                    \n\
+                    # env-dep:CARGO_PKG_NAME=foo\n\
+                    # env-dep:SOME_VAR=a\\nb\n\
+                    # env-dep:UNSET_ONE\n";
+        let d = parse_dep_info(text);
+        assert_eq!(
+            d.files,
+            vec!["/reg/itoa/src/udiv128.rs", "src/a b.rs", "src/lib.rs"]
+        );
+        assert_eq!(
+            d.env_deps,
+            vec![
+                ("CARGO_PKG_NAME".to_string(), Some("foo".to_string())),
+                ("SOME_VAR".to_string(), Some("a\nb".to_string())),
+                ("UNSET_ONE".to_string(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn normalizer_roots() {
+        let env = |k: &str| -> Option<OsString> {
+            match k {
+                "HOME" => Some("/home/u".into()),
+                _ => None,
+            }
+        };
+        let n = Normalizer::new(
+            Path::new("/home/u/proj"),
+            Some(Path::new("/home/u/proj/target/release/deps")),
+            None,
+            &env,
+        );
+        assert_eq!(n.path("/home/u/proj/src/lib.rs"), "$CWD/src/lib.rs");
+        assert_eq!(
+            n.path("/home/u/proj/target/release/deps/x.rlib"),
+            "$OUT/x.rlib"
+        );
+        assert_eq!(
+            n.path("/home/u/proj/target/release/build/a/out"),
+            "$PROFILE/build/a/out"
+        );
+        assert_eq!(n.path("/home/u/proj/target/tmp"), "$TARGET/tmp");
+        assert_eq!(
+            n.path("/home/u/.cargo/registry/src/x"),
+            "$CARGO_HOME/registry/src/x"
+        );
+        assert_eq!(n.path("/home/u/projection"), "/home/u/projection");
+        assert_eq!(n.text("-Wl,-rpath,/home/u/proj/lib"), "-Wl,-rpath,$CWD/lib");
+        // Another checkout, another user: the same normalised forms.
+        let env2 = |k: &str| -> Option<OsString> {
+            match k {
+                "CARGO_HOME" => Some("/ci/cargo".into()),
+                _ => None,
+            }
+        };
+        let m = Normalizer::new(
+            Path::new("/ci/w"),
+            Some(Path::new("/ci/w/target/release/deps")),
+            None,
+            &env2,
+        );
+        assert_eq!(
+            m.path("/ci/w/src/lib.rs"),
+            n.path("/home/u/proj/src/lib.rs")
+        );
+        assert_eq!(
+            m.path("/ci/cargo/registry/src/x"),
+            "$CARGO_HOME/registry/src/x"
+        );
+    }
+}

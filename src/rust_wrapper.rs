@@ -1,0 +1,476 @@
+//! Wrapper mode for rustc: `RUSTC_WRAPPER=distc cargo build` runs `distc /path/to/rustc ARGS…`.
+//!
+//! Flow: parse ([`crate::compiler::rustc`]); non-compiles (`-vV`, `--print`, stdin) are
+//! `exec`ed at once. Otherwise: rustc identity (memoised) -> rustc's dep-info pass -> key
+//! ([`crate::rust_key`]) -> the tiered lookup of [`crate::cache::Cache`] -> replay, or compile,
+//! collect every output of the crate, store. Like the C wrapper, every cache fault degrades to
+//! running rustc, and no tokio or clap is involved.
+//!
+//! Outputs are stored by file name relative to the output directory. Text that names paths
+//! (the `.d` file, the diagnostics and cargo's JSON `artifact` notices on stderr) is stored with
+//! the output directory and the working directory replaced by placeholders, and replayed with
+//! the requester's own.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use distc_peer::Key;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
+use crate::cache::{Cache, Found};
+use crate::compiler::rustc::{self, CrateType, Emit, RustJob, RustParsed};
+use crate::config::Config;
+use crate::rust_key::{self, DepInfo, KeyContext, RustKeyError, RustcId};
+use crate::stats::Event;
+
+/// Environment variable naming a file to which every rustc invocation appends one line
+/// `<outcome> <crate> <types> <ms>`: how `distc build-project` reports per-crate hits.
+pub const CRATE_LOG_ENV: &str = "DISTC_CRATE_LOG";
+
+/// Placeholder for the output directory in stored text.
+const OUT_TOKEN: &[u8] = b"\x01distc:out-dir\x01";
+/// Placeholder for the working directory in stored text.
+const CWD_TOKEN: &[u8] = b"\x01distc:cwd\x01";
+
+/// Largest encoded file list we decode.
+const MAX_FILES: usize = 1 << 30;
+
+/// The files of one crate compile, as stored in [`Role::RustFiles`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RustFiles {
+    files: Vec<RustFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RustFile {
+    /// Name relative to the output directory (or `-o` for the single link output: empty).
+    name: String,
+    /// Executable (binaries, shared objects).
+    exec: bool,
+    /// Stored with path placeholders (the `.d` file).
+    templated: bool,
+    #[serde(with = "bytes")]
+    data: Vec<u8>,
+}
+
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        <Vec<u8>>::deserialize(d)
+    }
+}
+
+/// Replaces every occurrence of `from` in `data` by `to`.
+fn replace_bytes(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    if from.is_empty() || data.len() < from.len() {
+        return data.to_vec();
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(data[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The two roots that stored text is made independent of.
+struct Roots {
+    out_dir: Vec<u8>,
+    cwd: Vec<u8>,
+}
+
+impl Roots {
+    fn new(cwd: &Path, job: &RustJob) -> Roots {
+        use std::os::unix::ffi::OsStrExt;
+        let out = job
+            .out_dir
+            .as_ref()
+            .map(|o| cwd.join(o))
+            .unwrap_or_else(|| cwd.to_path_buf());
+        Roots {
+            out_dir: out.as_os_str().as_bytes().to_vec(),
+            cwd: cwd.as_os_str().as_bytes().to_vec(),
+        }
+    }
+
+    /// Absolute roots -> placeholders; the longer (more specific) root first.
+    fn template(&self, data: &[u8]) -> Vec<u8> {
+        let mut pairs = [(&self.out_dir, OUT_TOKEN), (&self.cwd, CWD_TOKEN)];
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        let mut d = data.to_vec();
+        for (root, token) in pairs {
+            if root.len() > 1 {
+                d = replace_bytes(&d, root, token);
+            }
+        }
+        d
+    }
+
+    fn instantiate(&self, data: &[u8]) -> Vec<u8> {
+        let d = replace_bytes(data, OUT_TOKEN, &self.out_dir);
+        replace_bytes(&d, CWD_TOKEN, &self.cwd)
+    }
+}
+
+/// Entry point from `crate::wrapper` once argv named rustc. `real` is the rustc to run.
+pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> ExitCode {
+    let started = Instant::now();
+    let job = match rustc::parse(args, &|p| fs::read(p).ok()) {
+        RustParsed::Compile(job) => *job,
+        RustParsed::NotCompile => {
+            // No stats write, no report: cargo probes rustc this way several times per build.
+            return exec(real, args);
+        }
+        RustParsed::Uncacheable(reason) => {
+            return uncacheable(cache, real, args, reason, None, started);
+        }
+    };
+    let cwd = match std::env::current_dir() {
+        Ok(c) => c,
+        Err(_) => return uncacheable(cache, real, args, "no-cwd", Some(&job), started),
+    };
+    let id = match rust_key::rustc_identity(&cfg.dir, real) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!("cannot identify rustc: {e}");
+            cache.count(Event::Error("compiler-id"));
+            return uncacheable(cache, real, args, "compiler-id", Some(&job), started);
+        }
+    };
+    // Compile with the toolchain's rustc itself, not a rustup proxy that could pick another.
+    let real = id.real.as_path();
+    let key = match compute_key(cfg, &cwd, &id, &job) {
+        Ok((key, _)) => key,
+        Err(RustKeyError::DepInfo { .. }) => {
+            // A compile error: the real compile reports it.
+            return uncacheable(cache, real, args, "compile-failed", Some(&job), started);
+        }
+        Err(e) => {
+            tracing::warn!("cannot compute the key of {}: {e}", job.describe());
+            cache.count(Event::Error("rust-key"));
+            return uncacheable(cache, real, args, "no-key", Some(&job), started);
+        }
+    };
+    let roots = Roots::new(&cwd, &job);
+    if let Some(found) = cache.get(&key) {
+        let (bundle, event, word) = match found {
+            Found::Local(b) => (b, Event::LocalHit, "hit"),
+            Found::Remote(b) => (b, Event::RemoteHit, "remote-hit"),
+        };
+        match replay_files(&bundle, &job, &cwd, &roots) {
+            Ok(()) => {
+                cache.count(event);
+                report(word, &job, started);
+                return finish_streams(&bundle, &roots);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot replay cached result {key} for {}: {e}",
+                    job.describe()
+                );
+                cache.count(Event::Error("replay"));
+            }
+        }
+    }
+    miss(real, args, cache, &job, &cwd, &roots, &key, started)
+}
+
+/// The key of `job` and its labelled inputs (for `distc inspect`).
+pub fn compute_key(
+    cfg: &Config,
+    cwd: &Path,
+    id: &RustcId,
+    job: &RustJob,
+) -> Result<(Key, Vec<(String, String)>), RustKeyError> {
+    let dep: DepInfo = rust_key::run_dep_info(&id.real, job, cwd)?;
+    let env_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let env = |k: &str| std::env::var_os(k);
+    let ctx = KeyContext {
+        distc_dir: &cfg.dir,
+        cwd,
+        base_dir: cfg.base_dir.as_deref(),
+        id,
+        env: &env,
+        env_names: &env_names,
+    };
+    let inputs = rust_key::key_inputs(&ctx, job, &dep)?;
+    Ok((inputs.key(), inputs.listing()))
+}
+
+/// Replaces this process with rustc.
+fn exec(real: &Path, args: &[OsString]) -> ExitCode {
+    let err = Command::new(real).args(args).exec();
+    eprintln!("distc: error: cannot run {}: {err}", real.display());
+    ExitCode::from(127)
+}
+
+fn uncacheable(
+    cache: &Cache,
+    real: &Path,
+    args: &[OsString],
+    reason: &str,
+    job: Option<&RustJob>,
+    started: Instant,
+) -> ExitCode {
+    tracing::debug!("rustc compile not cached: {reason}");
+    cache.count(Event::Uncacheable(reason));
+    if let Some(job) = job {
+        report(&format!("uncacheable:{reason}"), job, started);
+    } else if let Some(p) = std::env::var_os(crate::project::RESULT_FILE_ENV) {
+        let _ = fs::write(p, format!("uncacheable {reason}\n"));
+    }
+    exec(real, args)
+}
+
+/// Tells `distc build` (one result line) and `distc build-project` (one line per crate).
+fn report(outcome: &str, job: &RustJob, started: Instant) {
+    if let Some(p) = std::env::var_os(crate::project::RESULT_FILE_ENV) {
+        let line = match outcome.split_once(':') {
+            Some((w, r)) => format!("{w} {r}\n"),
+            None => format!("{outcome}\n"),
+        };
+        let _ = fs::write(p, line);
+    }
+    if let Some(p) = std::env::var_os(CRATE_LOG_ENV) {
+        let types: Vec<&str> = if job.test {
+            vec!["test"]
+        } else {
+            job.crate_types.iter().map(|t| t.name()).collect()
+        };
+        // One short write with O_APPEND: lines from parallel rustc processes never interleave.
+        let line = format!(
+            "{outcome} {} {} {}\n",
+            job.crate_name,
+            types.join(","),
+            started.elapsed().as_millis()
+        );
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(p) {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// Where a stored file goes for this requester.
+fn target_path(job: &RustJob, cwd: &Path, name: &str) -> PathBuf {
+    if name.is_empty()
+        && let Some(o) = &job.out_file
+    {
+        return cwd.join(o);
+    }
+    let dir = job
+        .out_dir
+        .as_ref()
+        .map(|o| cwd.join(o))
+        .unwrap_or_else(|| cwd.to_path_buf());
+    dir.join(name)
+}
+
+/// Writes every stored file of a hit into this requester's output directory.
+fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Result<(), String> {
+    let data = bundle
+        .output(Role::RustFiles)
+        .ok_or("the entry holds no Rust outputs")?;
+    let files: RustFiles = distc_peer::codec::decode(data, MAX_FILES).map_err(|e| e.to_string())?;
+    // The entry must hold exactly what this job writes (names are keyed, so they match).
+    let mut expected = job.output_names();
+    if job.out_file.is_some() {
+        expected.push(String::new());
+    }
+    for name in &expected {
+        if !files.files.iter().any(|f| &f.name == name) {
+            return Err(format!("the entry lacks {name:?}"));
+        }
+    }
+    for f in &files.files {
+        if f.name.contains('/') || f.name == ".." {
+            return Err(format!("refusing output name {:?}", f.name));
+        }
+        let path = target_path(job, cwd, &f.name);
+        let data = if f.templated {
+            roots.instantiate(&f.data)
+        } else {
+            f.data.clone()
+        };
+        crate::bundle::write_atomic(&path, &data)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if f.exec {
+            let mode = fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0o644);
+            // Executable wherever readable (the umask already shaped the read bits).
+            let exec_bits = (mode & 0o444) >> 2;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode | exec_bits))
+                .map_err(|e| format!("cannot make {} executable: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replays stdout/stderr with this requester's paths and exits with the stored status.
+fn finish_streams(bundle: &Bundle, roots: &Roots) -> ExitCode {
+    let out = roots.instantiate(&bundle.stdout);
+    let err = roots.instantiate(&bundle.stderr);
+    let _ = std::io::stdout().lock().write_all(&out);
+    let _ = std::io::stderr().lock().write_all(&err);
+    ExitCode::from(u8::try_from(bundle.exit_code).unwrap_or(1))
+}
+
+/// Compiles for real, stores a complete successful result, replays the streams.
+#[allow(clippy::too_many_arguments)]
+fn miss(
+    real: &Path,
+    args: &[OsString],
+    cache: &Cache,
+    job: &RustJob,
+    cwd: &Path,
+    roots: &Roots,
+    key: &Key,
+    started: Instant,
+) -> ExitCode {
+    // stdin is never read by a compile; the jobserver descriptors cargo passed are inherited.
+    let out = match Command::new(real).args(args).stdin(Stdio::null()).output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("distc: error: cannot run {}: {e}", real.display());
+            return ExitCode::from(127);
+        }
+    };
+    let code = match (out.status.code(), out.status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    };
+    let _ = std::io::stdout().lock().write_all(&out.stdout);
+    let _ = std::io::stderr().lock().write_all(&out.stderr);
+    if !out.status.success() {
+        cache.count(Event::Uncacheable("compile-failed"));
+        report("uncacheable:compile-failed", job, started);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    match collect(job, cwd, roots) {
+        Ok(files) => match distc_peer::codec::encode(&files) {
+            Ok(data) => {
+                let bundle = Bundle {
+                    version: BUNDLE_VERSION,
+                    outputs: vec![Output {
+                        role: Role::RustFiles,
+                        data,
+                    }],
+                    stdout: roots.template(&out.stdout),
+                    stderr: roots.template(&out.stderr),
+                    exit_code: code,
+                };
+                cache.put(key, &bundle);
+                cache.count(Event::Miss);
+                report("miss", job, started);
+            }
+            Err(e) => {
+                tracing::warn!("cannot encode the outputs of {}: {e}", job.describe());
+                cache.count(Event::Error("encode"));
+            }
+        },
+        Err(missing) => {
+            // E.g. a `#![crate_type]` attribute chose other outputs than the command line says.
+            tracing::debug!("{} wrote no {missing}; not cached", job.describe());
+            cache.count(Event::Uncacheable("unexpected-outputs"));
+            report("uncacheable:unexpected-outputs", job, started);
+        }
+    }
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Reads every output of the crate back; `Err(name)` when one is missing.
+fn collect(job: &RustJob, cwd: &Path, roots: &Roots) -> Result<RustFiles, String> {
+    let mut names: Vec<String> = job.output_names();
+    if job.out_file.is_some() {
+        names.push(String::new());
+    }
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let path = target_path(job, cwd, &name);
+        let data = fs::read(&path).map_err(|_| path.display().to_string())?;
+        let is_dep = job.emit.contains(&Emit::DepInfo) && name.ends_with(".d");
+        let exec = if name.is_empty() {
+            job.crate_types.iter().any(|t| t.links())
+        } else {
+            job.crate_types.iter().any(|t| {
+                matches!(
+                    t,
+                    CrateType::Bin | CrateType::Dylib | CrateType::Cdylib | CrateType::ProcMacro
+                )
+            }) && !name.ends_with(".rlib")
+                && !name.ends_with(".rmeta")
+                && !name.ends_with(".d")
+                && !name.ends_with(".a")
+        };
+        files.push(RustFile {
+            data: if is_dep { roots.template(&data) } else { data },
+            name,
+            exec,
+            templated: is_dep,
+        });
+    }
+    Ok(RustFiles { files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_round_trip_to_another_checkout() {
+        let job = match rustc::parse(
+            &[
+                "--crate-name",
+                "a",
+                "src/lib.rs",
+                "--crate-type",
+                "lib",
+                "--emit=dep-info,link",
+                "--out-dir",
+                "/w1/target/debug/deps",
+            ]
+            .map(OsString::from),
+            &|_| None,
+        ) {
+            RustParsed::Compile(j) => *j,
+            other => panic!("{other:?}"),
+        };
+        let a = Roots::new(Path::new("/w1"), &job);
+        let d = b"/w1/target/debug/deps/a.d: src/lib.rs /w1/gen.rs\n";
+        let t = a.template(d);
+        assert!(!t.windows(3).any(|w| w == b"/w1"));
+        let mut job2 = job.clone();
+        job2.out_dir = Some(PathBuf::from("/elsewhere/t/debug/deps"));
+        let b = Roots::new(Path::new("/elsewhere/w2"), &job2);
+        assert_eq!(
+            b.instantiate(&t),
+            b"/elsewhere/t/debug/deps/a.d: src/lib.rs /elsewhere/w2/gen.rs\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn replace_bytes_edges() {
+        assert_eq!(replace_bytes(b"aXbXX", b"X", b"yy"), b"ayybyyyy".to_vec());
+        assert_eq!(replace_bytes(b"ab", b"abc", b"z"), b"ab".to_vec());
+        assert_eq!(replace_bytes(b"", b"a", b"z"), b"".to_vec());
+    }
+}
