@@ -19,7 +19,7 @@ use crate::config::{Config, Raw, Source};
 #[derive(Debug, Parser)]
 #[command(name = "distc", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// More log output (-v: info, -vv: debug, -vvv: trace); overrides DISTC_LOG.
+    /// More log output (-v: info, -vv: debug, -vvv: trace); overrides DISTC_LOG and `log`.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
 
@@ -94,14 +94,30 @@ pub enum Command {
 
     /// Empty the cache: every stored result and direct-mode manifest.
     Flush,
+
+    /// Run this machine's mesh peer in the foreground (see docs/mesh.md).
+    Peer(crate::mesh_cmd::PeerArgs),
+
+    /// Create or join a mesh: its shared key and one-line join token.
+    Mesh {
+        #[command(subcommand)]
+        action: crate::mesh_cmd::MeshAction,
+    },
+
+    /// Show every known peer: state, last seen, entries, bytes, ring share.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// Sets up logging: DISTC_LOG (a tracing filter, e.g. `debug` or `distc=trace`) unless -v is
-/// given, which wins. Logs go to stderr so command output stays parseable.
-fn init_logging(verbose: u8) {
+/// Sets up logging to stderr (command output on stdout stays parseable): `-v` flags win,
+/// else the configured filter (`log` in the config file, or DISTC_LOG).
+fn init_logging(verbose: u8, configured: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match verbose {
-        0 => EnvFilter::try_from_env("DISTC_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        0 => EnvFilter::try_new(configured).unwrap_or_else(|_| EnvFilter::new("warn")),
         1 => EnvFilter::new("info"),
         2 => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),
@@ -116,7 +132,6 @@ fn init_logging(verbose: u8) {
 /// Parses argv and runs the command. Errors are returned to `src/main.rs`, which prints them.
 pub fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
     run(cli)
 }
 
@@ -135,6 +150,10 @@ fn load_config(cli: &Cli) -> Result<Config> {
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
+    // A peer's log is its only output: show its info lines unless configured otherwise.
+    let peer_default = matches!(cli.command, Command::Peer(_)) && config.log == "warn";
+    init_logging(cli.verbose, if peer_default { "info" } else { &config.log });
+    tracing::debug!(dir = %config.dir.display(), "configuration loaded");
     match cli.command {
         Command::Inspect { file, flags } => {
             crate::commands::inspect::inspect(&config, &file, &flags)
@@ -147,6 +166,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             crate::commands::flush::flush(&config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Peer(args) => crate::mesh_cmd::peer(&config, &args),
+        Command::Mesh { action } => crate::mesh_cmd::mesh(&config, &action),
+        Command::Status { json } => crate::mesh_cmd::status(&config, json),
         Command::Build {
             file,
             output,
