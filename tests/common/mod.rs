@@ -31,7 +31,9 @@ pub fn have_tool(tool: &str) -> bool {
 /// The absolute path of `tool` on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths).map(|p| p.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&paths)
+        .map(|p| p.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// Recursively copies `src` into `dst` (created), skipping `build/` directories.
@@ -73,11 +75,27 @@ impl Sandbox {
         let work = root.path().join("work");
         let bin = root.path().join("bin");
         let log = root.path().join("oracle.log");
-        for d in [&work, &bin, &root.path().join("home"), &root.path().join("config")] {
+        for d in [
+            &work,
+            &bin,
+            &root.path().join("home"),
+            &root.path().join("config"),
+        ] {
             std::fs::create_dir_all(d).expect("create sandbox dir");
         }
-        let sandbox = Sandbox { root, distc_dir, work, bin, log };
-        for (name, real) in [("cc", "gcc"), ("gcc", "gcc"), ("c++", "g++"), ("g++", "g++")] {
+        let sandbox = Sandbox {
+            root,
+            distc_dir,
+            work,
+            bin,
+            log,
+        };
+        for (name, real) in [
+            ("cc", "gcc"),
+            ("gcc", "gcc"),
+            ("c++", "g++"),
+            ("g++", "g++"),
+        ] {
             sandbox.add_oracle(name, real);
         }
         sandbox
@@ -93,7 +111,8 @@ impl Sandbox {
             real_path.display()
         );
         std::fs::write(&script, text).expect("write oracle script");
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod oracle");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod oracle");
         script
     }
 
@@ -111,7 +130,8 @@ impl Sandbox {
         let mut cmd = Command::new(program);
         for (key, _) in std::env::vars_os() {
             if let Some(k) = key.to_str()
-                && (k.starts_with("DISTC_") || matches!(k, "CC" | "CXX" | "CFLAGS" | "CXXFLAGS" | "MAKEFLAGS"))
+                && (k.starts_with("DISTC_")
+                    || matches!(k, "CC" | "CXX" | "CFLAGS" | "CXXFLAGS" | "MAKEFLAGS"))
             {
                 cmd.env_remove(&key);
             }
@@ -134,7 +154,11 @@ impl Sandbox {
 
     /// Runs `distc ARGS…` in `cwd` and returns its output.
     pub fn run_distc(&self, cwd: &Path, args: &[&str]) -> Output {
-        self.distc().current_dir(cwd).args(args).output().expect("run distc")
+        self.distc()
+            .current_dir(cwd)
+            .args(args)
+            .output()
+            .expect("run distc")
     }
 
     /// Every oracle invocation so far, one `name args…` line each.
@@ -160,7 +184,9 @@ impl Sandbox {
     /// Copies `demo/<name>` into the work dir and returns its new path.
     pub fn demo(&self, name: &str) -> PathBuf {
         let src = repo_root().join("demo").join(name);
-        let dst = self.work.join(Path::new(name).file_name().expect("demo name"));
+        let dst = self
+            .work
+            .join(Path::new(name).file_name().expect("demo name"));
         if src.is_dir() {
             copy_dir(&src, &dst);
         } else {
@@ -172,12 +198,19 @@ impl Sandbox {
 
 /// Output as text, for assertions and failure messages.
 pub fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Panics with both streams when `out` is not a success.
 pub fn assert_ok(out: &Output, what: &str) -> String {
     let (stdout, stderr) = text(out);
-    assert!(out.status.success(), "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
     stdout
 }
