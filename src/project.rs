@@ -298,6 +298,14 @@ pub fn build(
     let output = output
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(stem));
+    if let (Ok(src), Ok(out)) = (file.canonicalize(), output.canonicalize())
+        && src == out
+    {
+        bail!(
+            "the output {} is the source file itself; choose another -o",
+            output.display()
+        );
+    }
 
     let start = Instant::now();
     let tmp = tempfile::Builder::new()
@@ -339,8 +347,8 @@ pub fn build(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every C/C++ source under `dir` (relative to `dir`), skipping `build/`, `target/` and hidden
-/// directories, sorted so the output is stable.
+/// Every C/C++ source under `dir` (relative to `dir`), skipping directories named `build` or
+/// `target` and hidden ones, at any depth, sorted so the output is stable.
 pub fn find_sources(dir: &Path) -> Result<Vec<(PathBuf, Language)>> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, Language)>) -> Result<()> {
         let here = root.join(rel);
@@ -361,7 +369,8 @@ pub fn find_sources(dir: &Path) -> Result<Vec<(PathBuf, Language)>> {
                 .with_context(|| format!("cannot stat {}", entry.path().display()))?;
             let rel_path = rel.join(&name);
             if file_type.is_dir() {
-                if rel.as_os_str().is_empty() && (name_str == BUILD_DIR || name_str == "target") {
+                // Build output of any tool (ours, CMake's, cargo's) is not source.
+                if name_str == BUILD_DIR || name_str == "target" {
                     continue;
                 }
                 walk(root, &rel_path, out)?;

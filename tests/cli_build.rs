@@ -122,8 +122,10 @@ fn build_rejects_bad_input_clearly() {
         (&["build", "missing.c"], "missing.c"),
         (&["build", "notes.txt"], "unsupported"),
         (&["build", "."], "unsupported"),
+        (&["build", "notes.c", "-o", "notes.c"], "source file itself"),
     ];
     std::fs::write(sb.work.join("notes.txt"), "hi").expect("write");
+    std::fs::write(sb.work.join("notes.c"), "int main(void) { return 0; }\n").expect("write");
     for (args, needle) in cases {
         let out = sb.run_distc(&sb.work, args);
         let (_, stderr) = text(&out);
