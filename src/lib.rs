@@ -16,6 +16,7 @@ pub mod compiler_id;
 pub mod config;
 pub mod direct;
 pub mod fingerprint;
+pub mod mesh_cmd;
 pub mod project;
 pub mod rust_key;
 pub mod rust_wrapper;

@@ -136,6 +136,9 @@ pub fn main(inv: Invocation) -> ExitCode {
         Duration::from_millis(cfg.peer_timeout_ms),
         cfg.max_entry_size,
     );
+    if cfg.auto_start {
+        distc_peer::daemon::auto_start(&cfg.dir); // never waits; no-op when a peer runs
+    }
     let name = Path::new(&inv.compiler)
         .file_name()
         .unwrap_or(inv.compiler.as_os_str());

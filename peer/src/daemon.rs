@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use libp2p::{Multiaddr, identity};
+pub use libp2p::Multiaddr;
+use libp2p::identity;
 
 use crate::ipc::{self, Handler, IpcRequest, IpcResponse};
 use crate::membership::{Liveness, Timing, unix_now};
@@ -26,16 +27,18 @@ use crate::psk;
 use crate::report::{OwnerInfo, PeerStatus, StatusReport};
 use crate::store::Store;
 
-/// The default TCP port of a peer that has a mesh key.
-pub const DEFAULT_PORT: u16 = 7311;
+/// The default TCP port of a peer that has a mesh key (config `port`).
+pub const DEFAULT_PORT: u16 = 7878;
 
 /// Everything `distc peer` needs, resolved from config file, environment and flags.
 #[derive(Debug, Clone)]
 pub struct PeerOptions {
     /// `$DISTC_DIR`: store, socket, lock, identity.
     pub distc_dir: PathBuf,
-    /// Listen addresses; empty = the default for the mode (see [`run`]).
+    /// Listen addresses; empty = the default for the mode (see [`mode`]).
     pub listen: Vec<Multiaddr>,
+    /// Port of the default listen address of a peer with a key (or `--open`).
+    pub port: u16,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
     /// The mesh key file (it may not exist: then the peer has no key).
@@ -61,6 +64,7 @@ impl PeerOptions {
         PeerOptions {
             distc_dir,
             listen: Vec::new(),
+            port: DEFAULT_PORT,
             bootstrap: Vec::new(),
             mdns: true,
             psk_file: None,
@@ -170,7 +174,18 @@ pub fn ensure_started(distc_dir: &Path, exe: &Path) -> io::Result<bool> {
     if is_running(distc_dir) {
         return Ok(false);
     }
+    // A peer that fails at start (bad config, port taken) must not cost every compile a
+    // spawn: try at most once per AUTOSTART_BACKOFF.
+    let marker = distc_dir.join("peer.autostart");
+    if let Ok(age) = fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default())
+        && age < AUTOSTART_BACKOFF
+    {
+        return Ok(false);
+    }
     fs::create_dir_all(distc_dir)?;
+    fs::write(&marker, b"")?;
     let log_path = distc_dir.join("peer.log");
     let log = OpenOptions::new()
         .create(true)
@@ -198,6 +213,20 @@ pub fn ensure_started(distc_dir: &Path, exe: &Path) -> io::Result<bool> {
         let _ = child.wait();
     });
     Ok(true)
+}
+
+/// How often auto-start may try to spawn a peer for one directory.
+pub const AUTOSTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wrapper's one call: when no peer runs for `distc_dir`, start `distc peer` (this very
+/// executable) in the background. Never fails and never waits; problems are logged at debug.
+pub fn auto_start(distc_dir: &Path) {
+    let r = std::env::current_exe().and_then(|exe| ensure_started(distc_dir, &exe));
+    match r {
+        Ok(true) => tracing::debug!("started a peer for {}", distc_dir.display()),
+        Ok(false) => {}
+        Err(e) => tracing::debug!("cannot auto-start a peer: {e}"),
+    }
 }
 
 /// The peer's persistent identity in `$DISTC_DIR/peer.key` (created on first start, 0600).
@@ -248,7 +277,7 @@ pub fn mode(opts: &PeerOptions, keyed: bool) -> Result<Mode, DaemonError> {
             vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")]
         } else {
             vec![
-                format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")
+                format!("/ip4/0.0.0.0/tcp/{}", opts.port)
                     .parse()
                     .expect("static multiaddr"),
             ]

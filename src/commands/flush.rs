@@ -45,5 +45,8 @@ pub fn flush(config: &Config) -> Result<()> {
         report.local.entries,
         crate::project::human_bytes(report.local.bytes)
     );
+    if let Some(mesh) = crate::mesh_cmd::flush_mesh(config)? {
+        crate::mesh_cmd::print_flush(&mesh);
+    }
     Ok(())
 }

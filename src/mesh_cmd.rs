@@ -1,0 +1,285 @@
+//! The mesh commands: `distc peer`, `distc mesh init|join|token`, `distc status`, and the mesh
+//! parts of `distc flush` and `distc inspect`. The node itself lives in `distc_peer`; this
+//! module turns the configuration into its options and prints what it reports.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use distc_peer::daemon::{self, Multiaddr, PeerOptions};
+use distc_peer::ipc::IpcClient;
+use distc_peer::psk;
+use distc_peer::report::{FlushReport, StatusReport};
+
+use crate::config::Config;
+
+/// `distc peer` flags (config file and DISTC_* variables give the defaults).
+#[derive(Debug, Clone, Args)]
+pub struct PeerArgs {
+    /// Listen on this multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/<port> with a mesh
+    /// key, /ip4/127.0.0.1/tcp/0 without].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Dial this multiaddr at start, e.g. /ip4/100.64.0.7/tcp/7878 (repeatable; adds to the
+    /// config's `bootstrap`).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Do not discover peers by mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// The mesh key file [default: <config dir>/swarm.key].
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<std::path::PathBuf>,
+    /// Without a mesh key, still listen beyond loopback: a keyless mesh for a LAN you trust.
+    #[arg(long)]
+    pub open: bool,
+    /// Set by auto-start: a keyless peer then exits after `idle_timeout_secs` without use.
+    #[arg(long, hide = true)]
+    pub auto_started: bool,
+}
+
+/// `distc mesh` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum MeshAction {
+    /// Create a mesh key (owner-only, in the config dir) and print its one-line join token.
+    Init {
+        /// Replace an existing key (every other machine must join again).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Admit this machine to a mesh: store the key from a token printed by `distc mesh init`.
+    Join {
+        /// The token (`distc-mesh:` followed by 64 hex characters).
+        token: String,
+        /// Replace an existing, different key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the join token of this machine's mesh key.
+    Token,
+}
+
+fn parse_addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim().parse::<Multiaddr>().with_context(|| {
+                format!("{what} {s:?} is not a multiaddr (example: /ip4/192.168.1.7/tcp/7878)")
+            })
+        })
+        .collect()
+}
+
+/// The peer's options from the configuration and flags.
+pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
+    let mut o = PeerOptions::new(config.dir.clone());
+    o.listen = if args.listen.is_empty() {
+        parse_addrs(&config.listen, "listen address")?
+    } else {
+        parse_addrs(&args.listen, "--listen")?
+    };
+    o.port = config.port;
+    o.bootstrap = parse_addrs(&config.bootstrap, "bootstrap address")?;
+    o.bootstrap
+        .extend(parse_addrs(&args.bootstrap, "--bootstrap")?);
+    o.mdns = config.mdns && !args.no_mdns;
+    let psk_file = args.psk_file.clone().unwrap_or_else(|| config.psk_path());
+    let keyed = psk::load(&psk_file)?.is_some();
+    o.psk_file = Some(psk_file);
+    o.open = config.open || args.open;
+    o.replication = config.replication.max(1) as usize;
+    o.vnodes = config.vnodes.max(1) as usize;
+    o.max_entry_size = config.max_entry_size;
+    o.max_size = config.max_size;
+    o.get_timeout = Duration::from_millis(config.peer_timeout_ms.clamp(100, 10_000));
+    if args.auto_started && !keyed && config.idle_timeout_secs > 0 {
+        o.idle_timeout = Some(Duration::from_secs(config.idle_timeout_secs));
+    }
+    Ok(o)
+}
+
+/// `distc peer`: runs the node in the foreground until interrupted.
+pub fn peer(config: &Config, args: &PeerArgs) -> Result<ExitCode> {
+    let opts = peer_options(config, args)?;
+    daemon::run(opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `distc mesh …`.
+pub fn mesh(config: &Config, action: &MeshAction) -> Result<ExitCode> {
+    let path = config.psk_path();
+    match action {
+        MeshAction::Init { force } => {
+            if psk::load(&path)?.is_some() && !force {
+                bail!(
+                    "a mesh key already exists at {}; its join token is printed by `distc mesh \
+                     token` (use --force to replace it: every other machine must then join \
+                     again)",
+                    path.display()
+                );
+            }
+            let key = psk::generate().context("cannot generate a mesh key")?;
+            psk::save(&path, key)?;
+            println!("{}", psk::to_token(key));
+            eprintln!(
+                "Created the mesh key {} (owner-only). On every other machine run:\n  distc mesh join <the token above>\nthen (re)start `distc peer` everywhere.",
+                path.display()
+            );
+        }
+        MeshAction::Join { token, force } => {
+            let key = psk::parse_token(token)?;
+            if let Some(existing) = psk::load(&path)?
+                && existing != key
+                && !force
+            {
+                bail!(
+                    "{} already holds a different mesh key; pass --force to replace it",
+                    path.display()
+                );
+            }
+            psk::save(&path, key)?;
+            eprintln!(
+                "Joined mesh {} (key stored in {}). Restart `distc peer` to use it.",
+                psk::fingerprint(key),
+                path.display()
+            );
+        }
+        MeshAction::Token => match psk::load(&path)? {
+            Some(key) => println!("{}", psk::to_token(key)),
+            None => bail!(
+                "no mesh key at {}; create one with `distc mesh init`",
+                path.display()
+            ),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the local peer; with `auto_start`, starts one and waits up to `wait` for it.
+fn client(config: &Config, wait: Duration) -> Option<IpcClient> {
+    let timeout = Duration::from_secs(10);
+    if let Ok(c) = IpcClient::connect(&config.dir, timeout) {
+        return Some(c);
+    }
+    if !config.auto_start {
+        return None;
+    }
+    daemon::auto_start(&config.dir);
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(c) = IpcClient::connect(&config.dir, timeout) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn no_peer_message(config: &Config) -> String {
+    format!(
+        "no peer is running for {} (start one with `distc peer`; see {} if it fails)",
+        config.dir.display(),
+        config.dir.join("peer.log").display()
+    )
+}
+
+fn ago(unix: u64) -> String {
+    let now = distc_peer::membership::unix_now();
+    if unix == 0 {
+        return "never".into();
+    }
+    let s = now.saturating_sub(unix);
+    match s {
+        0..=1 => "now".into(),
+        2..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+/// Human-readable status table.
+pub fn render_status(s: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mesh = match &s.mesh_key {
+        Some(fp) => format!("closed (key {fp})"),
+        None => "no key (this machine only, or --open)".into(),
+    };
+    let _ = writeln!(out, "Mesh: {mesh}; replication R = {}", s.replication);
+    let _ = writeln!(out, "This peer: {} (distc {})", s.id, s.version);
+    let _ = writeln!(
+        out,
+        "{:<54} {:<8} {:>9} {:>8} {:>10} {:>6}  ADDRESSES",
+        "PEER", "STATE", "SEEN", "ENTRIES", "BYTES", "RING"
+    );
+    for p in &s.peers {
+        let _ = writeln!(
+            out,
+            "{:<54} {:<8} {:>9} {:>8} {:>10} {:>5.1}%  {}",
+            p.id,
+            p.state,
+            ago(p.last_seen),
+            p.entries,
+            crate::project::human_bytes(p.bytes),
+            p.ring_share,
+            p.addrs.join(" ")
+        );
+    }
+    out
+}
+
+/// `distc status [--json]`.
+pub fn status(config: &Config, json: bool) -> Result<ExitCode> {
+    let Some(mut c) = client(config, Duration::from_secs(3)) else {
+        if json {
+            println!("{}", serde_json::json!({ "running": false, "peers": [] }));
+        } else {
+            eprintln!("distc: {}", no_peer_message(config));
+        }
+        return Ok(ExitCode::FAILURE);
+    };
+    let s = c.status().context("the local peer did not answer")?;
+    if json {
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("running".into(), serde_json::Value::Bool(true));
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render_status(&s));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The mesh part of `distc flush`: every reachable peer empties its store. `None` when no
+/// local peer runs (then only the local store was flushed).
+pub fn flush_mesh(config: &Config) -> Result<Option<FlushReport>> {
+    let Ok(mut c) = IpcClient::connect(&config.dir, Duration::from_secs(30)) else {
+        return Ok(None);
+    };
+    Ok(Some(c.flush().context("the local peer did not answer")?))
+}
+
+/// Prints a mesh flush report; returns the number of peers that could not be flushed.
+pub fn print_flush(report: &FlushReport) -> usize {
+    let mut failed = 0;
+    for p in report.peers.iter() {
+        match (&p.removed, &p.error) {
+            (Some((entries, bytes)), _) => println!(
+                "Flushed peer {}: removed {entries} entries ({})",
+                p.id,
+                crate::project::human_bytes(*bytes)
+            ),
+            (None, e) => {
+                failed += 1;
+                println!(
+                    "Could not flush peer {}: {}",
+                    p.id,
+                    e.as_deref().unwrap_or("unreachable")
+                );
+            }
+        }
+    }
+    failed
+}
