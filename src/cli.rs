@@ -24,8 +24,8 @@ pub struct Cli {
     pub verbose: u8,
 
     /// Cache directory for this command (overrides DISTC_DIR and `dir` in the config file).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cache_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -138,12 +138,20 @@ pub fn main() -> Result<ExitCode> {
 /// The configuration for this command: defaults < file < environment < global flags.
 fn load_config(cli: &Cli) -> Result<Config> {
     let mut config = Config::load().context("cannot load the distc configuration")?;
-    if let Some(dir) = &cli.dir {
+    if let Some(dir) = &cli.cache_dir {
         let text = dir.to_string_lossy();
         config
-            .set("dir", Raw::Text(&text), &Source::Flag("--dir".into()))
-            .context("bad --dir")?;
+            .set("dir", Raw::Text(&text), &Source::Flag("--cache-dir".into()))
+            .context("bad --cache-dir")?;
     }
+    // Commands run wrapper processes in other directories (build-project): a relative cache
+    // directory must mean the same place for all of them.
+    config.dir = std::path::absolute(&config.dir).with_context(|| {
+        format!(
+            "cannot resolve the cache directory {}",
+            config.dir.display()
+        )
+    })?;
     Ok(config)
 }
 
@@ -213,6 +221,19 @@ mod tests {
                 assert_eq!(output, Some(PathBuf::from("app")));
                 assert_eq!(flags, vec!["-O2".to_string(), "-DX=1".to_string()]);
             }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cache_dir_flag_does_not_capture_the_project_dir() {
+        let cli = Cli::try_parse_from(["distc", "build-project", "proj"]).expect("parse");
+        assert_eq!(cli.cache_dir, None);
+        let cli = Cli::try_parse_from(["distc", "--cache-dir", "/c", "build-project", "proj"])
+            .expect("parse");
+        assert_eq!(cli.cache_dir, Some(PathBuf::from("/c")));
+        match cli.command {
+            Command::BuildProject { dir, .. } => assert_eq!(dir, PathBuf::from("proj")),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -26,6 +26,13 @@ fn build_twice(demo: &str, expected_output: &str, files: usize) {
         "one miss line per file: {stdout}"
     );
     assert_eq!(sb.compiles(), files, "oracle: {:?}", sb.invocations());
+    // The objects went through the sandbox's cache (DISTC_DIR), not some other directory.
+    let out = sb.run_distc(&sb.work, &["stats", "--json"]);
+    let stats: serde_json::Value =
+        serde_json::from_str(&assert_ok(&out, "stats --json")).expect("stats JSON");
+    assert_eq!(stats["misses"].as_u64(), Some(files as u64), "{stats}");
+    assert_eq!(stats["entries"].as_u64(), Some(files as u64), "{stats}");
+    assert!(!dir.join("store").exists(), "no cache inside the project");
     let binary = dir.join("build").join(&name);
     let run = std::process::Command::new(&binary)
         .output()

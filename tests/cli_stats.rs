@@ -142,11 +142,16 @@ fn stats_rejects_conflicting_flags_and_bad_config() {
     let other = sb.root.path().join("other-cache");
     let out = sb.run_distc(
         &sb.work,
-        &["--dir", other.to_str().expect("utf8"), "stats", "--json"],
+        &[
+            "--cache-dir",
+            other.to_str().expect("utf8"),
+            "stats",
+            "--json",
+        ],
     );
-    let stdout = assert_ok(&out, "stats --dir");
+    let stdout = assert_ok(&out, "stats --cache-dir");
     assert!(
         stdout.contains("other-cache"),
-        "--dir wins over DISTC_DIR: {stdout}"
+        "--cache-dir wins over DISTC_DIR: {stdout}"
     );
 }
