@@ -1,0 +1,372 @@
+//! Real `distc peer` processes on 127.0.0.1 joined by bootstrap addresses, driven through the
+//! real wrapper: cross-peer hits, failover to a replica, every peer gone, status and flush
+//! across the mesh, the key boundary and the single-peer-per-directory lock.
+//! Every process started here is killed by pid when its guard drops.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Sandbox, assert_ok, text};
+
+/// A running `distc peer`, killed (SIGKILL) and reaped on drop.
+struct Peer {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Peer {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `distc` in the sandbox with its DISTC_DIR pointed at `dir`.
+fn distc_in(sb: &Sandbox, dir: &Path) -> Command {
+    let mut c = sb.distc();
+    c.env("DISTC_DIR", dir);
+    c
+}
+
+fn start_peer(sb: &Sandbox, name: &str, bootstrap: &[String]) -> Peer {
+    let dir = sb.root.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::File::create(sb.root.path().join(format!("{name}.log"))).unwrap();
+    let mut cmd = distc_in(sb, &dir);
+    cmd.args(["peer", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("DISTC_LOG", "info,distc_peer=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for b in bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    let child = cmd.spawn().expect("spawn distc peer");
+    let peer = Peer {
+        child: Some(child),
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(sb, &peer.dir).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "peer {name} did not start: {}",
+            std::fs::read_to_string(sb.root.path().join(format!("{name}.log"))).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peer
+}
+
+fn status(sb: &Sandbox, dir: &Path) -> Option<serde_json::Value> {
+    let out = distc_in(sb, dir).args(["status", "--json"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// `/ip4/127.0.0.1/tcp/N/p2p/ID` of a running peer.
+fn address(sb: &Sandbox, peer: &Peer) -> String {
+    let s = status(sb, &peer.dir).expect("status");
+    format!(
+        "{}/p2p/{}",
+        s["listen"][0].as_str().expect("listen address"),
+        s["id"].as_str().expect("id")
+    )
+}
+
+fn up_peers(sb: &Sandbox, dir: &Path) -> usize {
+    status(sb, dir)
+        .and_then(|s| {
+            s["peers"]
+                .as_array()
+                .map(|a| a.iter().filter(|p| p["state"] == "up").count())
+        })
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn compile(sb: &Sandbox, dir: &Path, src: &str) -> Output {
+    let obj = format!("{}.o", src.trim_end_matches(".c"));
+    let _ = std::fs::remove_file(sb.work.join(&obj));
+    let out = distc_in(sb, dir)
+        .args(["gcc", "-c", src, "-o", &obj])
+        .output()
+        .expect("run distc gcc");
+    assert_ok(&out, &format!("compile {src}"));
+    assert!(sb.work.join(&obj).is_file(), "{obj} not written");
+    out
+}
+
+fn total_entries(sb: &Sandbox, dir: &Path) -> u64 {
+    status(sb, dir)
+        .and_then(|s| {
+            s["peers"]
+                .as_array()
+                .map(|a| a.iter().map(|p| p["entries"].as_u64().unwrap_or(0)).sum())
+        })
+        .unwrap_or(0)
+}
+
+fn mesh_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    let out = sb.distc().args(["mesh", "init"]).output().unwrap();
+    let token = assert_ok(&out, "mesh init");
+    assert!(token.trim().starts_with("distc-mesh:"), "{token}");
+    sb
+}
+
+#[test]
+fn three_peers_share_hits_survive_a_death_and_compile_with_none() {
+    let sb = mesh_sandbox();
+    std::fs::write(sb.work.join("hello.c"), "int hello(void) { return 42; }\n").unwrap();
+    std::fs::write(sb.work.join("lone.c"), "int lone(void) { return 7; }\n").unwrap();
+
+    let a = start_peer(&sb, "a", &[]);
+    let boot = vec![address(&sb, &a)];
+    let b = start_peer(&sb, "b", &boot);
+    let mut c = start_peer(&sb, "c", &boot);
+    let t0 = Instant::now();
+    for p in [&a, &b, &c] {
+        wait_until("3 peers up", Duration::from_secs(15), || {
+            up_peers(&sb, &p.dir) == 2
+        });
+    }
+    eprintln!("3 processes converged in {:?}", t0.elapsed());
+
+    // A compile through A's dir...
+    compile(&sb, &a.dir, "hello.c");
+    assert_eq!(sb.compiles(), 1);
+    // ...reaches R = 2 peers (A keeps its own copy too).
+    wait_until("replication", Duration::from_secs(10), || {
+        total_entries(&sb, &c.dir) >= 2
+    });
+    // The same compile through C's dir is a hit: the real compiler does not run.
+    compile(&sb, &c.dir, "hello.c");
+    assert_eq!(sb.compiles(), 1, "compile through C was not a hit");
+
+    // Kill A: a peer that never had the entry (D, joining now) still gets a hit from a replica.
+    let mut a = a;
+    a.kill();
+    let mut d = start_peer(&sb, "d", &[address(&sb, &b)]);
+    wait_until("D sees B and C", Duration::from_secs(15), || {
+        up_peers(&sb, &d.dir) >= 2
+    });
+    compile(&sb, &d.dir, "hello.c");
+    assert_eq!(sb.compiles(), 1, "no hit from a replica after A died");
+
+    // Every peer gone: compiles still succeed, locally, without hanging.
+    let mut b = b;
+    b.kill();
+    c.kill();
+    d.kill();
+    let t = Instant::now();
+    compile(&sb, &c.dir, "lone.c");
+    assert_eq!(sb.compiles(), 2);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
+fn status_and_flush_cover_the_mesh() {
+    let sb = mesh_sandbox();
+    std::fs::write(sb.work.join("x.c"), "int x(void) { return 1; }\n").unwrap();
+    let a = start_peer(&sb, "a", &[]);
+    let boot = vec![address(&sb, &a)];
+    let b = start_peer(&sb, "b", &boot);
+    let mut c = start_peer(&sb, "c", &boot);
+    for p in [&a, &b, &c] {
+        wait_until("3 peers up", Duration::from_secs(15), || {
+            up_peers(&sb, &p.dir) == 2
+        });
+    }
+    compile(&sb, &a.dir, "x.c");
+    wait_until("replication", Duration::from_secs(10), || {
+        total_entries(&sb, &b.dir) >= 2
+    });
+
+    // status: every peer with id, addresses, state, last seen, entries, bytes, ring share.
+    let s = status(&sb, &b.dir).unwrap();
+    let peers = s["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3);
+    let share: f64 = peers
+        .iter()
+        .map(|p| p["ring_share"].as_f64().unwrap())
+        .sum();
+    assert!((share - 100.0).abs() < 0.5, "ring shares sum to {share}");
+    for p in peers {
+        assert!(p["id"].as_str().unwrap().starts_with("12D3"));
+        assert!(!p["addrs"].as_array().unwrap().is_empty());
+        assert!(p["last_seen"].as_u64().unwrap() > 0);
+        assert!(p["bytes"].is_u64() && p["entries"].is_u64());
+    }
+    let out = distc_in(&sb, &b.dir).arg("status").output().unwrap();
+    let table = assert_ok(&out, "status");
+    assert!(table.contains("self") && table.contains("up"), "{table}");
+
+    // flush: with C dead, A and B are emptied and C is named.
+    let c_id = status(&sb, &c.dir).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.kill();
+    let out = distc_in(&sb, &b.dir).arg("flush").output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("Could not flush peer {c_id}")),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("Flushed peer").count(), 2, "{stdout}");
+    wait_until("stores empty", Duration::from_secs(5), || {
+        status(&sb, &a.dir).is_some_and(|s| s["peers"][0]["entries"] == 0)
+            && status(&sb, &b.dir).is_some_and(|s| s["peers"][0]["entries"] == 0)
+    });
+}
+
+#[test]
+fn keyless_peer_is_local_only_and_one_peer_per_dir() {
+    let sb = Sandbox::new(); // no mesh key
+    let dir = sb.root.path().join("p");
+    let p = {
+        let log = std::fs::File::create(sb.root.path().join("p.log")).unwrap();
+        let child = distc_in(&sb, &dir)
+            .args(["peer", "--no-mdns"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Peer {
+            child: Some(child),
+            dir: dir.clone(),
+        }
+    };
+    wait_until("keyless peer", Duration::from_secs(15), || {
+        status(&sb, &dir).is_some()
+    });
+    let s = status(&sb, &dir).unwrap();
+    let listen = s["listen"].as_array().unwrap();
+    assert!(!listen.is_empty());
+    for a in listen {
+        assert!(a.as_str().unwrap().starts_with("/ip4/127."), "{a}");
+    }
+    assert!(s["mesh_key"].is_null());
+    let log = std::fs::read_to_string(sb.root.path().join("p.log")).unwrap();
+    assert!(
+        log.contains("distc mesh init"),
+        "no hint how to make a mesh: {log}"
+    );
+
+    // A second peer on the same dir refuses, naming the first.
+    let out = distc_in(&sb, &dir)
+        .args(["peer", "--no-mdns"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("already running") && stderr.contains(&p.pid().to_string()),
+        "{stderr}"
+    );
+
+    // Without a key, listening beyond loopback is refused with the way out.
+    let out = distc_in(&sb, &sb.root.path().join("q"))
+        .args(["peer", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/0"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--open") && stderr.contains("mesh init"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_peer_with_another_key_cannot_join_or_fetch() {
+    let sb = mesh_sandbox();
+    std::fs::write(sb.work.join("s.c"), "int s(void) { return 3; }\n").unwrap();
+    let a = start_peer(&sb, "a", &[]);
+    let boot = vec![address(&sb, &a)];
+    compile(&sb, &a.dir, "s.c");
+    assert_eq!(sb.compiles(), 1);
+
+    // An intruder with its own key, bootstrapping to A.
+    let other_cfg = sb.root.path().join("other-config");
+    let out = sb
+        .distc()
+        .env("DISTC_CONFIG_DIR", &other_cfg)
+        .args(["mesh", "init"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "mesh init (other)");
+    let dir = sb.root.path().join("x");
+    let log = std::fs::File::create(sb.root.path().join("x.log")).unwrap();
+    let child = distc_in(&sb, &dir)
+        .env("DISTC_CONFIG_DIR", &other_cfg)
+        .args([
+            "peer",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &boot[0],
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _x = Peer {
+        child: Some(child),
+        dir: dir.clone(),
+    };
+    wait_until("intruder up", Duration::from_secs(15), || {
+        status(&sb, &dir).is_some()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        status(&sb, &a.dir).unwrap()["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        status(&sb, &dir).unwrap()["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Its compile is a miss (compiled for real) and nothing it stores reaches A.
+    compile(&sb, &dir, "s.c");
+    assert_eq!(sb.compiles(), 2, "a peer without the key got a hit");
+    std::fs::write(sb.work.join("t.c"), "int t(void) { return 4; }\n").unwrap();
+    compile(&sb, &dir, "t.c");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(status(&sb, &a.dir).unwrap()["peers"][0]["entries"], 1);
+}
