@@ -310,7 +310,7 @@ fn a_peer_with_another_key_cannot_join_or_fetch() {
     let sb = mesh_sandbox();
     std::fs::write(sb.work.join("s.c"), "int s(void) { return 3; }\n").unwrap();
     let a = start_peer(&sb, "a", &[]);
-    let boot = vec![address(&sb, &a)];
+    let boot = [address(&sb, &a)];
     compile(&sb, &a.dir, "s.c");
     assert_eq!(sb.compiles(), 1);
 
