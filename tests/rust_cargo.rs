@@ -1,0 +1,540 @@
+//! `RUSTC_WRAPPER=distc cargo …` with real cargo and rustc, on a generated workspace: a
+//! library, a binary, a proc-macro, a crate with a build script, a path dependency and one
+//! small crates.io dependency (`itoa`).
+//!
+//! An oracle `rustc` script (first in `RUSTC`) logs every real compile (it ignores distc's
+//! dep-info passes and cargo's probes) and execs the real rustc: the log is the truth about
+//! which crates were compiled, independent of distc's own counters.
+//!
+//! Every test has its own DISTC_DIR and CARGO_TARGET_DIR; CARGO_HOME is shared by the tests of
+//! this file (under cargo's test tmpdir) so `itoa` is downloaded once. When crates.io cannot
+//! be reached the tests print `SKIP:` and pass.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn distc_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_distc"))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write fixture file");
+}
+
+/// The fixture workspace, written into `dir`.
+fn write_fixture(dir: &Path) {
+    write(
+        &dir.join("Cargo.toml"),
+        r#"[workspace]
+members = ["app", "mylib", "util", "mymacro"]
+resolver = "2"
+"#,
+    );
+    write(
+        &dir.join("util/Cargo.toml"),
+        r#"[package]
+name = "util"
+version = "0.1.0"
+edition = "2021"
+build = "build.rs"
+"#,
+    );
+    write(
+        &dir.join("util/build.rs"),
+        r#"fn main() {
+    println!("cargo:rustc-env=UTIL_BUILD_MESSAGE=built-by-build-rs");
+    println!("cargo:rerun-if-changed=build.rs");
+}
+"#,
+    );
+    write(
+        &dir.join("util/src/lib.rs"),
+        r#"pub fn build_message() -> &'static str {
+    env!("UTIL_BUILD_MESSAGE")
+}
+
+pub fn double(x: u64) -> u64 {
+    x * 2
+}
+"#,
+    );
+    write(
+        &dir.join("mymacro/Cargo.toml"),
+        r#"[package]
+name = "mymacro"
+version = "0.1.0"
+edition = "2021"
+
+[lib]
+proc-macro = true
+"#,
+    );
+    write(
+        &dir.join("mymacro/src/lib.rs"),
+        r#"use proc_macro::TokenStream;
+
+#[proc_macro]
+pub fn answer(_input: TokenStream) -> TokenStream {
+    "42u64".parse().expect("a literal")
+}
+"#,
+    );
+    write(
+        &dir.join("mylib/Cargo.toml"),
+        r#"[package]
+name = "mylib"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+itoa = "1"
+util = { path = "../util" }
+"#,
+    );
+    write(&dir.join("mylib/src/data.txt"), "data-v1\n");
+    write(
+        &dir.join("mylib/src/lib.rs"),
+        r#"pub const LABEL: &str = "v1";
+pub const DATA: &str = include_str!("data.txt");
+
+pub fn render(n: u64) -> String {
+    let mut buf = itoa::Buffer::new();
+    format!("{}:{}", LABEL, buf.format(util::double(n)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders() {
+        assert_eq!(super::render(2), format!("{}:4", super::LABEL));
+    }
+}
+"#,
+    );
+    write(
+        &dir.join("app/Cargo.toml"),
+        r#"[package]
+name = "app"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+mylib = { path = "../mylib" }
+mymacro = { path = "../mymacro" }
+util = { path = "../util" }
+"#,
+    );
+    write(
+        &dir.join("app/src/main.rs"),
+        r#"fn main() {
+    let greeting = option_env!("FIXTURE_GREETING").unwrap_or("hello");
+    println!(
+        "{} {} {} {}",
+        mylib::render(mymacro::answer!()),
+        util::build_message(),
+        greeting,
+        mylib::DATA.trim()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn answer_is_42() {
+        assert_eq!(mymacro::answer!(), 42);
+    }
+}
+"#,
+    );
+}
+
+/// What every test shares: the oracle rustc, CARGO_HOME with `itoa` fetched, the lock file,
+/// and a DISTC_DIR whose memoised rustc identity is copied into each test's own.
+struct Shared {
+    oracle: PathBuf,
+    cargo_home: PathBuf,
+    lock: String,
+    memo_dir: PathBuf,
+}
+
+/// `None` (after printing `SKIP:`) when cargo or crates.io is unavailable.
+fn shared() -> Option<&'static Shared> {
+    static SHARED: OnceLock<Option<Shared>> = OnceLock::new();
+    SHARED.get_or_init(setup).as_ref()
+}
+
+fn setup() -> Option<Shared> {
+    let cargo_ok = Command::new("cargo")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !cargo_ok {
+        println!("SKIP: cargo not found");
+        return None;
+    }
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("distc-rust-tests");
+    std::fs::create_dir_all(&base).expect("mkdir shared");
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("run rustc --print sysroot");
+    let real = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/rustc");
+    // Log real compiles only: cargo's probes (`-vV`, `- --print …`) and distc's dep-info pass
+    // (`-o …/distc-depinfo-…/deps.d`) are not compiles.
+    let oracle = base.join("bin/rustc");
+    write(
+        &oracle,
+        &format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *distc-depinfo-*) ;;\n  *--print*) ;;\n  *--crate-name*) printf '%s\\n' \"$*\" >> \"$DISTC_TEST_RUSTC_LOG\" ;;\nesac\nexec '{}' \"$@\"\n",
+            real.display()
+        ),
+    );
+    std::fs::set_permissions(&oracle, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let cargo_home = base.join("cargo-home");
+    let proto = base.join("fixture-proto");
+    let _ = std::fs::remove_dir_all(&proto);
+    write_fixture(&proto);
+    let fetch = Command::new("cargo")
+        .arg("fetch")
+        .current_dir(&proto)
+        .env("CARGO_HOME", &cargo_home)
+        .output()
+        .expect("run cargo fetch");
+    if !fetch.status.success() {
+        println!(
+            "SKIP: cannot fetch the fixture's crates.io dependency: {}",
+            String::from_utf8_lossy(&fetch.stderr).trim()
+        );
+        return None;
+    }
+    let lock = std::fs::read_to_string(proto.join("Cargo.lock")).expect("read Cargo.lock");
+
+    // Warm a DISTC_DIR once: the rustc identity hashes the whole sysroot (hundreds of MB),
+    // which each test would otherwise repeat.
+    let memo_dir = base.join("memo-distc-dir");
+    let warm = base.join("warm");
+    write(&warm.join("w.rs"), "fn main() {}\n");
+    let out = Command::new(distc_bin())
+        .arg(&oracle)
+        .args([
+            "--crate-name",
+            "w",
+            "--crate-type",
+            "bin",
+            "w.rs",
+            "--out-dir",
+            "out",
+        ])
+        .current_dir(&warm)
+        .env("DISTC_DIR", &memo_dir)
+        .env("DISTC_AUTO_START", "0")
+        .env("DISTC_TEST_RUSTC_LOG", base.join("warm.log"))
+        .output()
+        .expect("run distc rustc");
+    assert!(out.status.success(), "warm-up compile failed: {out:?}");
+    Some(Shared {
+        oracle,
+        cargo_home,
+        lock,
+        memo_dir,
+    })
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(src).expect("read dir") {
+        let entry = entry.expect("entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            if entry.file_name() != "target" {
+                copy_dir(&entry.path(), &to);
+            }
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy");
+        }
+    }
+}
+
+/// One test's world: its own DISTC_DIR, target dir and copy of the fixture.
+struct World {
+    shared: &'static Shared,
+    root: tempfile::TempDir,
+    distc_dir: PathBuf,
+    ws: PathBuf,
+    target: PathBuf,
+    log: PathBuf,
+}
+
+impl World {
+    fn new() -> Option<World> {
+        let shared = shared()?;
+        let root = tempfile::tempdir().expect("tempdir");
+        let distc_dir = root.path().join("distc");
+        for sub in ["rustc", "compilers"] {
+            let from = shared.memo_dir.join(sub);
+            if from.is_dir() {
+                copy_dir(&from, &distc_dir.join(sub));
+            }
+        }
+        let ws = root.path().join("ws");
+        write_fixture(&ws);
+        std::fs::write(ws.join("Cargo.lock"), &shared.lock).expect("write lock");
+        Some(World {
+            shared,
+            target: root.path().join("target"),
+            log: root.path().join("rustc.log"),
+            distc_dir,
+            ws,
+            root,
+        })
+    }
+
+    /// `cargo ARGS…` through distc in `dir`, with `extra` environment.
+    fn cargo_in(&self, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("cargo");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DISTC_")
+                || k.starts_with("CARGO_")
+                || matches!(
+                    k.as_str(),
+                    "RUSTFLAGS" | "RUSTC" | "RUSTC_WRAPPER" | "FIXTURE_GREETING"
+                )
+            {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.args(args)
+            .arg("--offline")
+            .current_dir(dir)
+            .env("RUSTC", &self.shared.oracle)
+            .env("RUSTC_WRAPPER", distc_bin())
+            .env("CARGO_HOME", &self.shared.cargo_home)
+            .env("CARGO_TARGET_DIR", &self.target)
+            .env("CARGO_INCREMENTAL", "0")
+            .env("CARGO_TERM_COLOR", "never")
+            .env("DISTC_DIR", &self.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .env("DISTC_TEST_RUSTC_LOG", &self.log);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run cargo");
+        assert!(
+            out.status.success(),
+            "cargo {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn cargo(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        self.cargo_in(&self.ws, args, extra)
+    }
+
+    /// Crate names of the real compiles logged since the last call (and clears the log).
+    fn take_compiles(&self) -> BTreeMap<String, usize> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == "--crate-name")
+                && let Some(name) = words.get(i + 1)
+            {
+                *out.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    fn clean(&self) {
+        self.cargo(&["clean"], &[]);
+    }
+
+    fn run_app(&self, profile: &str) -> String {
+        let out = Command::new(self.target.join(profile).join("app"))
+            .output()
+            .expect("run the fixture binary");
+        assert!(out.status.success(), "app failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn stats(&self) -> String {
+        let out = Command::new(distc_bin())
+            .args(["stats"])
+            .env("DISTC_DIR", &self.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .output()
+            .expect("run distc stats");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+const ALL_CRATES: [&str; 6] = [
+    "app",
+    "build_script_build",
+    "itoa",
+    "mylib",
+    "mymacro",
+    "util",
+];
+
+fn names(m: &BTreeMap<String, usize>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn warm_build_after_clean_compiles_nothing() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    let again = w.take_compiles();
+    assert!(
+        again.is_empty(),
+        "warm build compiled {again:?}\n{}",
+        w.stats()
+    );
+    // The binary (and through it the proc-macro and the build script's output) came from
+    // the cache and still works.
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+
+    // Editing the library recompiles it and its dependents only.
+    let lib = w.ws.join("mylib/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).expect("read lib");
+    std::fs::write(&lib, text.replace("\"v1\"", "\"v2\"")).expect("edit lib");
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), vec!["app", "mylib"]);
+    assert_eq!(
+        w.run_app("release"),
+        "v2:84 built-by-build-rs hello data-v1"
+    );
+
+    // A file pulled in by include_str! is an input too.
+    std::fs::write(w.ws.join("mylib/src/data.txt"), "data-v2\n").expect("edit data");
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), vec!["app", "mylib"]);
+    assert_eq!(
+        w.run_app("release"),
+        "v2:84 built-by-build-rs hello data-v2"
+    );
+}
+
+#[test]
+fn rustflags_and_env_deps_change_the_key() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build", "--release"], &[]);
+    w.take_compiles();
+
+    // RUSTFLAGS reach rustc as arguments: every crate misses.
+    w.cargo(
+        &["build", "--release"],
+        &[("RUSTFLAGS", "-C overflow-checks=on")],
+    );
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    // Back to the original flags after a clean: all hits.
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+
+    // A variable read with option_env!/env! misses when it changes, and hits when it returns.
+    w.cargo(&["build", "--release"], &[("FIXTURE_GREETING", "bonjour")]);
+    assert_eq!(names(&w.take_compiles()), vec!["app"]);
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs bonjour data-v1"
+    );
+    w.cargo(&["build", "--release"], &[("FIXTURE_GREETING", "hola")]);
+    assert_eq!(names(&w.take_compiles()), vec!["app"]);
+    w.cargo(&["build", "--release"], &[("FIXTURE_GREETING", "bonjour")]);
+    assert!(w.take_compiles().is_empty());
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs bonjour data-v1"
+    );
+}
+
+#[test]
+fn copied_workspace_hits() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(w.take_compiles().len(), ALL_CRATES.len());
+
+    // Another checkout at another path, with its own target directory.
+    let other = w.root.path().join("elsewhere/checkout");
+    copy_dir(&w.ws, &other);
+    let other_target = w.root.path().join("elsewhere/target");
+    let mut cmd_env = vec![];
+    let t = other_target.to_string_lossy().into_owned();
+    cmd_env.push(("CARGO_TARGET_DIR", t.as_str()));
+    w.cargo_in(&other, &["build", "--release"], &cmd_env);
+    let compiles = w.take_compiles();
+    assert!(compiles.is_empty(), "the copy compiled {compiles:?}");
+    let out = Command::new(other_target.join("release/app"))
+        .output()
+        .expect("run copied app");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+    // The .d files name the copy's own paths.
+    let deps = other_target.join("release/deps");
+    let d = std::fs::read_dir(&deps)
+        .expect("deps dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "d")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("mylib-"))
+        })
+        .expect("mylib's .d file");
+    let text = std::fs::read_to_string(d).expect("read .d");
+    assert!(
+        text.contains(&deps.to_string_lossy().into_owned()),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&w.target.to_string_lossy().into_owned()),
+        "{text}"
+    );
+}
+
+#[test]
+fn cargo_test_through_the_wrapper() {
+    let Some(w) = World::new() else { return };
+    // The dev profile (debug info on): hits within one checkout.
+    let out = w.cargo(&["test", "--workspace"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("renders ... ok"), "{text}");
+    assert!(text.contains("answer_is_42 ... ok"), "{text}");
+    assert!(!w.take_compiles().is_empty());
+    w.clean();
+    let out = w.cargo(&["test", "--workspace"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("renders ... ok"), "{text}");
+    let again = w.take_compiles();
+    assert!(again.is_empty(), "warm cargo test compiled {again:?}");
+}
+
+#[test]
+fn incremental_passes_through_with_a_reason() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build"], &[("CARGO_INCREMENTAL", "1")]);
+    w.take_compiles();
+    let stats = w.stats();
+    assert!(stats.contains("incremental"), "{stats}");
+}
