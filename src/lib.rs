@@ -18,6 +18,7 @@ pub mod direct;
 pub mod fingerprint;
 pub mod mesh_cmd;
 pub mod project;
+pub mod project_rust;
 pub mod rust_key;
 pub mod rust_wrapper;
 pub mod stats;

@@ -12,8 +12,8 @@
 //! directory on relative paths, so two checkouts of one project at different places produce the
 //! same keys. `DIR` and `DIR/include` (when present) are on the include path.
 //!
-//! Rust sources and Cargo projects belong to the Rust support; they enter through
-//! [`rust_not_supported`] so that support plugs in at one place.
+//! Rust sources and Cargo projects are handed to [`crate::project_rust`] (rustc through the
+//! wrapper for one file; `cargo build` with distc as `RUSTC_WRAPPER` for a Cargo project).
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -250,23 +250,6 @@ fn millis(d: Duration) -> u128 {
     d.as_millis()
 }
 
-/// The error for Rust inputs until the Rust support lands; the one place it plugs in.
-fn rust_not_supported(what: &Path, project: bool) -> anyhow::Error {
-    if project {
-        anyhow::anyhow!(
-            "{} is a Cargo project: Rust projects are built through cargo, and `distc build-project` \
-             does not drive cargo yet. Meanwhile run `RUSTC_WRAPPER=distc cargo build` in it.",
-            what.display()
-        )
-    } else {
-        anyhow::anyhow!(
-            "{}: building Rust sources with `distc build` is not supported yet; \
-             run `rustc` directly for now (supported here: .c, .cpp, .cc, .cxx)",
-            what.display()
-        )
-    }
-}
-
 /// `distc build FILE [-o OUT] [-- FLAGS…]`.
 pub fn build(
     config: &Config,
@@ -287,7 +270,7 @@ pub fn build(
         bail!("{} is not a regular file", file.display());
     }
     if language == Language::Rust {
-        return Err(rust_not_supported(file, false));
+        return crate::project_rust::build_file(file, output, flags);
     }
     let stem = file.file_stem().with_context(|| {
         format!(
@@ -408,7 +391,7 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
         );
     }
     if dir.join("Cargo.toml").is_file() {
-        return Err(rust_not_supported(dir, true));
+        return crate::project_rust::build_cargo_project(dir, opts.jobs, opts.flags);
     }
     let sources = find_sources(dir)?;
     if sources.is_empty() {

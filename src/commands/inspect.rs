@@ -117,10 +117,7 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
         bail!("{} is not a regular file", file.display());
     }
     if language == Language::Rust {
-        bail!(
-            "{}: inspecting Rust compiles is not supported yet (the Rust support adds it)",
-            file.display()
-        );
+        return crate::project_rust::inspect_file(config, file, flags);
     }
     let driver = language.driver();
     let real = crate::wrapper::resolve_compiler(std::ffi::OsStr::new(&driver))
