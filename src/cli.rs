@@ -125,6 +125,7 @@ fn init_logging(verbose: u8, configured: &str) {
     // A second initialisation (tests calling main twice) is harmless; ignore it.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

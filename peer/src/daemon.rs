@@ -314,7 +314,7 @@ struct PeerHandler {
 pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
     let v = node.view();
     let shares = v.ring.shares();
-    let share = |id| shares.get(id).copied().unwrap_or(0.0) * 100.0;
+    let share = |id| (shares.get(id).copied().unwrap_or(0.0) * 10_000.0).round() / 100.0;
     let mut peers = vec![PeerStatus {
         id: v.me.to_string(),
         addrs: v.listen.iter().map(|a| a.to_string()).collect(),

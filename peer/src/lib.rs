@@ -3,6 +3,15 @@
 //! - [`key`]: the cache key type (SHA-256, shown as 64 hex characters).
 //! - [`codec`]: the single place where values become bytes (bincode 2 + serde), bounded.
 //! - [`store`]: the content-addressed local store shared by the wrapper and the peer.
+//! - [`ring`]: consistent hashing with virtual nodes; `owners(key, R)`.
+//! - [`membership`]: the member table, merged from gossip; liveness (up/suspect/down).
+//! - [`protocol`]: peer-to-peer wire messages and their bounded request-response codec.
+//! - [`node`]: the libp2p node as an actor (cloneable `Node` handle + `EventLoop`), and the
+//!   mesh operations built on it: get from owners, replicate, repair, flush.
+//! - [`ipc`]: the local socket (`$DISTC_DIR/peer.sock`) and the sync `IpcClient` the wrapper uses.
+//! - [`daemon`]: `distc peer` (lock, identity, trust rules, IPC server) and auto-start.
+//! - [`psk`]: the mesh key (swarm.key format) and join tokens.
+//! - [`report`]: what `status`, `flush` and `inspect` receive from the peer.
 
 pub mod codec;
 pub mod daemon;
