@@ -538,3 +538,76 @@ fn incremental_passes_through_with_a_reason() {
     let stats = w.stats();
     assert!(stats.contains("incremental"), "{stats}");
 }
+
+#[test]
+fn build_single_rust_file_miss_then_hit() {
+    let Some(w) = World::new() else { return };
+    let dir = w.root.path().join("single");
+    write(
+        &dir.join("hello.rs"),
+        "fn main() {\n    println!(\"hello from distc build\");\n}\n",
+    );
+    let build = |out: &str| {
+        let o = Command::new(distc_bin())
+            .args(["build", "hello.rs", "-o", out])
+            .current_dir(&dir)
+            .env("RUSTC", &w.shared.oracle)
+            .env("DISTC_DIR", &w.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .env("DISTC_TEST_RUSTC_LOG", &w.log)
+            .output()
+            .expect("run distc build");
+        assert!(o.status.success(), "distc build failed: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = build("hello");
+    assert!(first.contains("cache miss"), "{first}");
+    assert_eq!(names(&w.take_compiles()), vec!["hello"]);
+    let second = build("bin/hello2");
+    assert!(second.contains("cache hit"), "{second}");
+    assert!(w.take_compiles().is_empty());
+    let out = Command::new(dir.join("bin/hello2"))
+        .output()
+        .expect("run hello2");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from distc build\n"
+    );
+}
+
+#[test]
+fn build_project_reports_per_crate_outcomes() {
+    let Some(w) = World::new() else { return };
+    let run = || {
+        let mut cmd = Command::new(distc_bin());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CARGO_") || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER" {
+                cmd.env_remove(&k);
+            }
+        }
+        let o = cmd
+            .args(["build-project", ".", "--", "--release", "--offline"])
+            .current_dir(&w.ws)
+            .env("RUSTC", &w.shared.oracle)
+            .env("CARGO_HOME", &w.shared.cargo_home)
+            .env("CARGO_TARGET_DIR", &w.target)
+            .env("DISTC_DIR", &w.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .env("DISTC_TEST_RUSTC_LOG", &w.log)
+            .output()
+            .expect("run distc build-project");
+        assert!(o.status.success(), "build-project failed: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let cold = run();
+    // mymacro twice: as a workspace member and, with build-override settings, as app's macro.
+    assert!(
+        cold.contains("7 crate compiles: 0 cache hits, 7 compiled and stored"),
+        "{cold}"
+    );
+    assert!(cold.contains("miss         app (bin)"), "{cold}");
+    w.clean();
+    let warm = run();
+    assert!(warm.contains("7 crate compiles: 7 cache hits"), "{warm}");
+    assert!(warm.contains("hit          mymacro (proc-macro)"), "{warm}");
+}
