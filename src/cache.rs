@@ -106,9 +106,14 @@ impl Cache {
         self.get_remote(key).map(Found::Remote)
     }
 
+    /// Whether asking the mesh can help: the local peer has other live members.
+    pub fn mesh_active(&self) -> bool {
+        distc_peer::ipc::mesh_active(&self.dir)
+    }
+
     /// Asks the machine's peer for `key`; verifies and stores what comes back.
     pub fn get_remote(&self, key: &Key) -> Option<Bundle> {
-        if !self.peer_socket().exists() {
+        if !self.mesh_active() {
             return None;
         }
         let raw = peer_get(&self.dir, key, self.peer_timeout)?;

@@ -238,10 +238,10 @@ impl Run {
         }
 
         // Depend mode: no preprocessor on a miss; the compile's own -MD output lists headers.
-        // Only without a peer: a result key known before compiling is what peers are asked for.
+        // Only outside a mesh: a result key known before compiling is what peers are asked for.
         if let Some(d) = &direct
             && self.cfg.depend_mode
-            && !distc_peer::ipc::socket_path(&self.cfg.dir).exists()
+            && !self.cache.mesh_active()
             && direct::depend_eligible(&self.job)
         {
             return self.depend_miss(d, orig_args);

@@ -156,6 +156,12 @@ fn three_peers_share_hits_survive_a_death_and_compile_with_none() {
         });
     }
     eprintln!("3 processes converged in {:?}", t0.elapsed());
+    // Each peer tells its wrappers, by a marker file, that asking the mesh can help.
+    for p in [&a, &b, &c] {
+        wait_until("mesh marker", Duration::from_secs(5), || {
+            distc_peer::ipc::mesh_active(&p.dir)
+        });
+    }
 
     // A compile through A's dir...
     compile(&sb, &a.dir, "hello.c");
@@ -274,6 +280,8 @@ fn keyless_peer_is_local_only_and_one_peer_per_dir() {
         assert!(a.as_str().unwrap().starts_with("/ip4/127."), "{a}");
     }
     assert!(s["mesh_key"].is_null());
+    // Alone, the peer never claims a mesh: its wrappers keep the preprocessor-free miss path.
+    assert!(!distc_peer::ipc::mesh_active(&dir));
     let log = std::fs::read_to_string(sb.root.path().join("p.log")).unwrap();
     assert!(
         log.contains("distc mesh init"),

@@ -466,6 +466,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let listener = ipc::bind(&dir).map_err(io_err("cannot create socket in", &dir))?;
     let activity = Arc::new(AtomicU64::new(unix_now()));
     let ipc_task = tokio::spawn(ipc::serve(listener, handler, activity.clone()));
+    let marker = tokio::spawn(keep_mesh_marker(node.clone(), dir.clone()));
     let pid_path = dir.join("peer.pid");
     fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(io_err("cannot write", &pid_path))?;
@@ -493,11 +494,44 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     }
     ipc_task.abort();
     repair.abort();
+    marker.abort();
+    let _ = fs::remove_file(ipc::mesh_marker_path(&dir));
     let _ = fs::remove_file(ipc::socket_path(&dir));
     let _ = fs::remove_file(&pid_path);
     let _ = tokio::time::timeout(Duration::from_secs(2), node.leave()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), ev_task).await;
     Ok(())
+}
+
+/// Keeps `peer.mesh` present exactly while some other member is routable, so wrappers know
+/// with one `stat` whether the mesh can answer (see [`ipc::mesh_marker_path`]).
+async fn keep_mesh_marker(node: Node, dir: PathBuf) {
+    fn others(view: &node::View) -> bool {
+        view.members
+            .iter()
+            .any(|m| m.id != view.me && view.routable(&m.id))
+    }
+    let path = ipc::mesh_marker_path(&dir);
+    // A marker left by a peer that was killed is stale until we know better.
+    let _ = fs::remove_file(&path);
+    let mut present = false;
+    loop {
+        let want = others(&node.view());
+        if want != present {
+            let r = if want {
+                fs::write(&path, b"")
+            } else {
+                fs::remove_file(&path)
+            };
+            match r {
+                Ok(()) => present = want,
+                Err(e) => tracing::warn!("cannot update {}: {e}", path.display()),
+            }
+        }
+        // Wakes on every published view; the timeout re-checks liveness that ages silently.
+        node.wait_for(Duration::from_secs(1), |v| others(v) != present)
+            .await;
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,22 @@ pub fn socket_path(distc_dir: &Path) -> PathBuf {
     distc_dir.join(SOCKET_NAME)
 }
 
+/// The marker file that exists while the local peer is in a mesh with at least one other
+/// peer that is not believed down. Wrappers check it with one `stat` to decide whether asking
+/// the mesh can help: a peer alone (the usual keyless, loopback-only case) can only answer
+/// "no", so its wrappers skip the question and the preprocessor run that computes the
+/// mesh-wide key.
+pub fn mesh_marker_path(distc_dir: &Path) -> PathBuf {
+    distc_dir.join(MESH_MARKER_NAME)
+}
+
+/// True when the local peer reports other live members (see [`mesh_marker_path`]).
+pub fn mesh_active(distc_dir: &Path) -> bool {
+    mesh_marker_path(distc_dir).exists()
+}
+
+const MESH_MARKER_NAME: &str = "peer.mesh";
+
 /// What a local client asks its peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum IpcRequest {
