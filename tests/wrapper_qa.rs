@@ -1,0 +1,91 @@
+//! Regression tests for ccache-style usage found in hands-on QA, with real gcc. The oracle
+//! (a script logging each real compile) decides hit or miss; outputs are compared with what a
+//! plain compile writes.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+use common::{Sandbox, assert_ok};
+
+/// The key modes: (name, DISTC_DIRECT_MODE, DISTC_DEPEND_MODE).
+const MODES: &[(&str, &str, &str)] = &[
+    ("preprocessor", "0", "0"),
+    ("direct", "1", "0"),
+    ("depend", "1", "1"),
+];
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(p, text).unwrap();
+}
+
+/// `distc ARGS…` in `cwd` with the given key mode.
+fn run_in(sb: &Sandbox, cwd: &Path, mode: &(&str, &str, &str), args: &[&str]) -> Output {
+    sb.distc()
+        .current_dir(cwd)
+        .env("DISTC_DIRECT_MODE", mode.1)
+        .env("DISTC_DEPEND_MODE", mode.2)
+        .args(args)
+        .output()
+        .expect("run distc")
+}
+
+/// A plain compile (no distc) in `cwd`.
+fn plain(cwd: &Path, compiler: &str, args: &[&str]) {
+    let out = std::process::Command::new(compiler)
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run compiler");
+    assert_ok(&out, "plain compile");
+}
+
+#[test]
+fn debug_prefix_map_that_keeps_part_of_the_cwd_misses_in_another_dir() {
+    // `-fdebug-prefix-map=/work=.` run in /work/p1 records `./p1` as the compile directory:
+    // a compile in /work/p2 must not get p1's object.
+    for mode in MODES {
+        let sb = Sandbox::new();
+        let map = format!("-fdebug-prefix-map={}=.", sb.work.display());
+        let args = ["-c", "a.c", "-g", map.as_str(), "-o", "a.o"];
+        for p in ["p1", "p2"] {
+            let dir = sb.work.join(p);
+            write(&dir, "a.c", "int f(int x) { return x + 1; }\n");
+            assert_ok(
+                &run_in(
+                    &sb,
+                    &dir,
+                    mode,
+                    &["gcc"].iter().chain(&args).copied().collect::<Vec<_>>(),
+                ),
+                mode.0,
+            );
+            let mut ref_args = args.to_vec();
+            ref_args[5] = "ref.o";
+            plain(&dir, "gcc", &ref_args);
+            assert_eq!(
+                fs::read(dir.join("a.o")).unwrap(),
+                fs::read(dir.join("ref.o")).unwrap(),
+                "{}: object in {p} differs from a plain compile there",
+                mode.0
+            );
+        }
+        assert_eq!(sb.compiles(), 2, "{}: {:?}", mode.0, sb.invocations());
+        // The same directory again is a hit.
+        let dir = sb.work.join("p2");
+        fs::remove_file(dir.join("a.o")).unwrap();
+        let all: Vec<&str> = ["gcc"].iter().chain(&args).copied().collect();
+        assert_ok(&run_in(&sb, &dir, mode, &all), mode.0);
+        assert_eq!(sb.compiles(), 2, "{}: same dir must hit", mode.0);
+        assert_eq!(
+            fs::read(dir.join("a.o")).unwrap(),
+            fs::read(dir.join("ref.o")).unwrap()
+        );
+    }
+}
