@@ -14,8 +14,8 @@
 //!    and no `-MT`/`-MQ` the object path is included (it is the `.d` file's target).
 //! 5. `env` — CPATH, C_INCLUDE_PATH, CPLUS_INCLUDE_PATH, OBJC_INCLUDE_PATH, SOURCE_DATE_EPOCH,
 //!    LANG, LC_ALL, LC_CTYPE, LC_MESSAGES, GCC_EXEC_PREFIX, COMPILER_PATH (set or unset).
-//! 6. `cwd` — the working directory, only with debug info (`-g`) not covered by
-//!    `-fdebug-prefix-map`/`-ffile-prefix-map` (the object records it).
+//! 6. `cwd` — the working directory, only with debug info (`-g`; the object records it),
+//!    rewritten by `-fdebug-prefix-map`/`-ffile-prefix-map` the way the compiler rewrites it.
 //! 7. One of:
 //!    - `preprocessed` — the output of `compiler -E` with the same preprocessor arguments, line
 //!      markers under `base_dir` made relative (preprocessor and direct mode; `__TIME__` and
@@ -163,8 +163,8 @@ pub fn common_inputs(ctx: &Context, job: &CompileJob) -> io::Result<Inputs> {
         })
         .collect();
     inputs.push_digest("env", hash_list(env.iter().map(|v| v.as_slice())));
-    if job.cwd_matters(&ctx.cwd) {
-        inputs.push("cwd", ctx.cwd.as_os_str().as_bytes());
+    if let Some(cwd) = job.recorded_cwd(&ctx.cwd) {
+        inputs.push("cwd", cwd.as_bytes());
     }
     Ok(inputs)
 }

@@ -336,9 +336,9 @@ fn parse_expanded(args: Vec<OsString>) -> Parsed {
         }
         for p in ["-fdebug-prefix-map=", "-ffile-prefix-map="] {
             if let Some(v) = s.strip_prefix(p)
-                && let Some((old, _)) = v.split_once('=')
+                && let Some((old, new)) = v.split_once('=')
             {
-                prefix_maps.push(PathBuf::from(old));
+                prefix_maps.push((OsString::from(old), OsString::from(new)));
             }
         }
         if s.contains("__TIME__") || s.contains("__DATE__") || s.contains("__TIMESTAMP__") {
@@ -650,11 +650,18 @@ mod tests {
     fn debug_and_prefix_maps() {
         let j = job("-c a.c -g -fdebug-prefix-map=/src=.");
         assert!(j.debug_info);
-        assert_eq!(j.prefix_maps, [PathBuf::from("/src")]);
-        assert!(!j.cwd_matters(Path::new("/src/sub")));
-        assert!(j.cwd_matters(Path::new("/other")));
+        assert_eq!(j.prefix_maps, [("/src".into(), ".".into())]);
+        // The mapped directory is what the object records: two directories under /src differ.
+        assert_eq!(j.recorded_cwd(Path::new("/src")).unwrap(), ".");
+        assert_eq!(j.recorded_cwd(Path::new("/src/sub")).unwrap(), "./sub");
+        assert_eq!(j.recorded_cwd(Path::new("/other")).unwrap(), "/other");
+        // gcc uses the last matching map.
+        let j = job("-c a.c -g -ffile-prefix-map=/src=A -fdebug-prefix-map=/src/sub=B");
+        assert_eq!(j.recorded_cwd(Path::new("/src/sub/x")).unwrap(), "B/x");
+        assert_eq!(j.recorded_cwd(Path::new("/src/x")).unwrap(), "A/x");
         let j = job("-c a.c -g -g0");
         assert!(!j.debug_info);
+        assert!(j.recorded_cwd(Path::new("/src")).is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod gcc;
 pub mod rustc;
 
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// The source language of a translation unit, as gcc's `-x` names it.
@@ -125,8 +126,8 @@ pub struct CompileJob {
     pub args: Vec<OsString>,
     /// Debug info requested (`-g*` other than `-g0`): the object records the working directory.
     pub debug_info: bool,
-    /// `-fdebug-prefix-map=OLD=NEW` / `-ffile-prefix-map=OLD=NEW` OLD values.
-    pub prefix_maps: Vec<PathBuf>,
+    /// `-fdebug-prefix-map=OLD=NEW` / `-ffile-prefix-map=OLD=NEW` as (OLD, NEW), in order.
+    pub prefix_maps: Vec<(OsString, OsString)>,
     /// User include search directories (`-I`, `-iquote`, `-isystem`, `-idirafter`) in order;
     /// direct mode checks them for newly created headers that would shadow known ones.
     pub search_dirs: Vec<PathBuf>,
@@ -135,10 +136,28 @@ pub struct CompileJob {
 }
 
 impl CompileJob {
-    /// Whether the working directory must be part of the key: debug info records it unless a
-    /// prefix map rewrites it.
-    pub fn cwd_matters(&self, cwd: &Path) -> bool {
-        self.debug_info && !self.prefix_maps.iter().any(|old| cwd.starts_with(old))
+    /// The working directory as the object's debug info records it, which then belongs in the
+    /// key: `None` without debug info; otherwise `cwd` rewritten by the prefix map gcc applies
+    /// (the last one given whose OLD is a string prefix of it), e.g. `/src/a` with
+    /// `-fdebug-prefix-map=/src=.` is recorded as `./a`.
+    pub fn recorded_cwd(&self, cwd: &Path) -> Option<OsString> {
+        if !self.debug_info {
+            return None;
+        }
+        let cwd = cwd.as_os_str().as_bytes();
+        let mapped = self
+            .prefix_maps
+            .iter()
+            .rev()
+            .find_map(|(old, new)| {
+                cwd.strip_prefix(old.as_bytes()).map(|rest| {
+                    let mut out = new.as_bytes().to_vec();
+                    out.extend_from_slice(rest);
+                    OsString::from_vec(out)
+                })
+            })
+            .unwrap_or_else(|| OsStr::from_bytes(cwd).to_os_string());
+        Some(mapped)
     }
 }
 
