@@ -88,8 +88,10 @@ impl Stats {
         };
         let _lock = Flock::exclusive(&file)?;
         let mut f = &file;
-        let mut text = String::with_capacity(256);
-        f.read_to_string(&mut text)?;
+        let mut bytes = Vec::with_capacity(256);
+        f.read_to_end(&mut bytes)?;
+        // A damaged shard (not text) loses its unreadable lines and is rewritten clean.
+        let text = String::from_utf8_lossy(&bytes);
         let mut counters = parse_shard(&text);
         *counters.entry(event.counter().into_owned()).or_insert(0) += 1;
         let mut out = String::with_capacity(text.len() + 32);
@@ -120,9 +122,9 @@ impl Stats {
                 continue;
             };
             let _lock = Flock::shared(&file)?;
-            let mut text = String::new();
-            (&file).read_to_string(&mut text)?;
-            for (k, v) in parse_shard(&text) {
+            let mut bytes = Vec::new();
+            (&file).read_to_end(&mut bytes)?;
+            for (k, v) in parse_shard(&String::from_utf8_lossy(&bytes)) {
                 stats.add(&k, v);
             }
         }

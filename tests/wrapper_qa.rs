@@ -89,3 +89,27 @@ fn debug_prefix_map_that_keeps_part_of_the_cwd_misses_in_another_dir() {
         );
     }
 }
+
+#[test]
+fn damaged_statistics_files_do_not_break_stats_or_counting() {
+    let sb = Sandbox::new();
+    write(&sb.work, "a.c", "int x;\n");
+    let mode = &MODES[2];
+    assert_ok(&run_in(&sb, &sb.work, mode, &["gcc", "-c", "a.c"]), "miss");
+    let stats_dir = sb.distc_dir.join("stats");
+    for e in fs::read_dir(&stats_dir).unwrap() {
+        fs::write(e.unwrap().path(), b"\xff\xfe\x00garbage\nmisses x\n").unwrap();
+    }
+    // Every shard, so the next wrapper's counter lands in a damaged one.
+    for i in 0..16 {
+        fs::write(stats_dir.join(format!("{i:x}")), b"\xff\xfe\x00\n").unwrap();
+    }
+    assert_ok(&run_in(&sb, &sb.work, mode, &["gcc", "-c", "a.c"]), "hit");
+    let out = sb.distc().args(["stats", "--json"]).output().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&assert_ok(&out, "distc stats --json")).expect("stats JSON");
+    assert_eq!(json["hits"], 1, "{json}");
+    assert_eq!(json["misses"], 0, "{json}");
+    let out = sb.distc().args(["stats", "--zero"]).output().unwrap();
+    assert_ok(&out, "distc stats --zero");
+}
