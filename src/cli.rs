@@ -33,10 +33,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build one C or C++ source file into an executable, the object step through the cache.
+    /// Build one C, C++ or Rust source file into an executable, through the cache.
     ///
-    /// Prints whether the object was a cache hit or miss, the executable's size and the time
-    /// taken. Rust sources (.rs) are recognised but not supported yet.
+    /// Prints whether the compile was a cache hit or miss, the executable's size and the time
+    /// taken. C and C++ files are compiled to an object (cached) and linked; a .rs file is
+    /// compiled by rustc through the cache.
     Build {
         /// The source file (.c, .cpp, .cc, .cxx, .rs).
         file: PathBuf,
@@ -52,7 +53,8 @@ pub enum Command {
     ///
     /// Sources are found recursively; build/, target/ and hidden directories are skipped.
     /// Objects go to DIR/build/<source path>.o; DIR and DIR/include are on the include path.
-    /// The link uses the C++ driver when any source is C++.
+    /// The link uses the C++ driver when any source is C++. A directory with Cargo.toml is
+    /// built by cargo with distc as its rustc wrapper.
     BuildProject {
         /// The project directory.
         dir: PathBuf,

@@ -113,3 +113,17 @@ fn damaged_statistics_files_do_not_break_stats_or_counting() {
     let out = sb.distc().args(["stats", "--zero"]).output().unwrap();
     assert_ok(&out, "distc stats --zero");
 }
+
+#[test]
+fn help_of_build_commands_describes_rust_as_supported() {
+    let sb = Sandbox::new();
+    for cmd in ["build", "build-project"] {
+        let out = sb.distc().args([cmd, "--help"]).output().unwrap();
+        let help = assert_ok(&out, "distc --help");
+        assert!(!help.contains("not supported"), "{cmd}: {help}");
+        assert!(
+            help.contains("Rust") || help.contains("Cargo.toml"),
+            "{cmd}: {help}"
+        );
+    }
+}
