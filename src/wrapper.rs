@@ -158,6 +158,12 @@ pub fn main(inv: Invocation) -> ExitCode {
         tracing::debug!("{v} is set");
         return uncacheable(&cache, &real, &inv.args, "dependencies-env");
     }
+    // `-o /dev/null` (configure checks) or a FIFO: reading it back stores nothing real, and a
+    // hit would rename a file over the device. Like ccache, only regular files are outputs.
+    let mut outputs = std::iter::once(&job.output).chain(job.dep_file.as_ref().map(|d| &d.path));
+    if outputs.any(|p| fs::metadata(p).is_ok_and(|m| !m.is_file())) {
+        return uncacheable(&cache, &real, &inv.args, "output-not-a-file");
+    }
     let cwd = match std::env::current_dir() {
         Ok(c) => c,
         Err(_) => return uncacheable(&cache, &real, &inv.args, "no-cwd"),

@@ -127,3 +127,34 @@ fn help_of_build_commands_describes_rust_as_supported() {
         );
     }
 }
+
+#[test]
+fn output_to_a_device_is_passed_through_never_replaced() {
+    // `-o /dev/null` is common in configure checks; a symlink to it stands in for it here, so
+    // a regression replaces the link, never the real device.
+    for mode in MODES {
+        let sb = Sandbox::new();
+        write(&sb.work, "a.c", "int x;\n");
+        std::os::unix::fs::symlink("/dev/null", sb.work.join("null.o")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", sb.work.join("null.d")).unwrap();
+        for args in [
+            &["gcc", "-c", "a.c", "-o", "null.o"][..],
+            &["gcc", "-c", "a.c", "-o", "a.o", "-MD", "-MF", "null.d"][..],
+        ] {
+            for _ in 0..2 {
+                assert_ok(&run_in(&sb, &sb.work, mode, args), mode.0);
+            }
+        }
+        for link in ["null.o", "null.d"] {
+            let md = fs::symlink_metadata(sb.work.join(link)).unwrap();
+            assert!(
+                md.file_type().is_symlink(),
+                "{}: {link} was replaced",
+                mode.0
+            );
+        }
+        assert_eq!(sb.compiles(), 4, "{}: never cached", mode.0);
+        let s = distc::stats::Stats::read_all(&sb.distc_dir).unwrap();
+        assert_eq!(s.uncacheable.get("output-not-a-file"), Some(&4), "{s:?}");
+    }
+}
