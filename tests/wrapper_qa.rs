@@ -158,3 +158,35 @@ fn output_to_a_device_is_passed_through_never_replaced() {
         assert_eq!(s.uncacheable.get("output-not-a-file"), Some(&4), "{s:?}");
     }
 }
+
+#[test]
+fn header_shadowed_in_an_earlier_glued_isystem_dir_misses() {
+    for mode in MODES {
+        let sb = Sandbox::new();
+        write(&sb.work, "a.c", "#include <h.h>\nint v = H;\n");
+        write(&sb.work, "second/h.h", "#define H 1\n");
+        fs::create_dir_all(sb.work.join("first")).unwrap();
+        let args = [
+            "gcc",
+            "-c",
+            "a.c",
+            "-isystemfirst",
+            "-isystemsecond",
+            "-o",
+            "a.o",
+        ];
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_eq!(sb.compiles(), 1, "{}: second compile hits", mode.0);
+        write(&sb.work, "first/h.h", "#define H 2\n");
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_eq!(sb.compiles(), 2, "{}: the new header must miss", mode.0);
+        let mut ref_args = args[1..5].to_vec();
+        ref_args.extend(["-o", "ref.o"]);
+        plain(&sb.work, "gcc", &ref_args);
+        assert_eq!(
+            fs::read(sb.work.join("a.o")).unwrap(),
+            fs::read(sb.work.join("ref.o")).unwrap()
+        );
+    }
+}

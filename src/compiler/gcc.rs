@@ -180,10 +180,15 @@ fn parse_expanded(args: Vec<OsString>) -> Parsed {
         }
 
         // Options whose value may be separate.
-        if let Some(&(flag, kind)) = SEPARATE.iter().find(|(f, _)| {
+        if let Some(&(flag, kind)) = SEPARATE.iter().find(|(f, k)| {
             s == *f
                 || (s.starts_with(f)
-                    && (f.len() == 2 || f.starts_with("--"))
+                    // gcc also takes the value glued to the long search-dir flags and
+                    // -imacros (`-isystemdir`); they must be seen as such.
+                    && (f.len() == 2
+                        || f.starts_with("--")
+                        || *k == Val::SearchDir
+                        || *f == "-imacros")
                     && !(f.starts_with("--") && s.as_bytes().get(f.len()) != Some(&b'=')))
         }) {
             let (value, consumed): (OsString, usize) = if s == flag {
@@ -599,6 +604,12 @@ mod tests {
             ]
         );
         assert_eq!(j.search_dirs, [PathBuf::from("inc"), PathBuf::from("sys")]);
+        let j = job("-c a.c -isystemsys -iquoteq -idirafterlate -Iinc -o a.o");
+        assert_eq!(
+            j.search_dirs,
+            ["sys", "q", "late", "inc"].map(PathBuf::from)
+        );
+        assert_eq!(job("-c a.c -imacrosm.h").direct_blocker, Some("imacros"));
     }
 
     #[test]
