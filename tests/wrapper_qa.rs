@@ -190,3 +190,22 @@ fn header_shadowed_in_an_earlier_glued_isystem_dir_misses() {
         );
     }
 }
+
+#[test]
+fn assembler_listing_file_is_written_every_time() {
+    for mode in MODES {
+        let sb = Sandbox::new();
+        write(&sb.work, "a.c", "int f(int x) { return x * 3; }\n");
+        let args = ["gcc", "-c", "a.c", "-Wa,-adhln=a.lst", "-o", "a.o"];
+        for _ in 0..2 {
+            let _ = fs::remove_file(sb.work.join("a.lst"));
+            assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+            assert!(sb.work.join("a.lst").is_file(), "{}: no listing", mode.0);
+        }
+        // A plain assembler option stays cacheable.
+        let args = ["gcc", "-c", "a.c", "-Wa,--noexecstack", "-o", "b.o"];
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_eq!(sb.compiles(), 3, "{}: {:?}", mode.0, sb.invocations());
+    }
+}

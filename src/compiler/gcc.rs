@@ -453,6 +453,15 @@ fn classify_single(s: &str) -> Option<&'static str> {
         ("-aux-info", "dump-files"),
         ("-d", "unknown-option"),
     ];
+    // The assembler writing a listing (`-Wa,-adhln=file.lst`) or dependencies of its own:
+    // files a bundle does not carry.
+    if let Some(rest) = s.strip_prefix("-Wa,")
+        && rest
+            .split(',')
+            .any(|p| (p.starts_with("-a") && p.contains('=')) || p.starts_with("--MD"))
+    {
+        return Some("assembler-output-file");
+    }
     if let Some(native) = ["-march=", "-mcpu=", "-mtune="]
         .iter()
         .find_map(|p| s.strip_prefix(p))
@@ -655,6 +664,12 @@ mod tests {
         assert_eq!(reason("-c a.c @missing"), "response-file");
         assert_eq!(reason("-c a.c -gsplit-dwarf"), "split-dwarf");
         assert_eq!(reason("-c a.c -Wp,-MD,x.d"), "unknown-option");
+        assert_eq!(reason("-c a.c -Wa,-adhln=a.lst"), "assembler-output-file");
+        assert_eq!(
+            reason("-c a.c -Wa,--noexecstack,--MD,a.d"),
+            "assembler-output-file"
+        );
+        job("-c a.c -Wa,--noexecstack");
     }
 
     #[test]
