@@ -19,6 +19,7 @@ pub mod fingerprint;
 pub mod mesh_cmd;
 pub mod project;
 pub mod project_rust;
+pub mod rust_direct;
 pub mod rust_key;
 pub mod rust_wrapper;
 pub mod stats;

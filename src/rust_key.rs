@@ -593,12 +593,23 @@ fn find_program(
         .find(|c| fs::metadata(c).is_ok_and(|m| m.is_file()))
 }
 
-/// Computes the labelled key inputs of `job` (see the module docs for the list).
-pub fn key_inputs(
-    ctx: &KeyContext<'_>,
-    job: &RustJob,
-    dep: &DepInfo,
-) -> Result<Inputs, RustKeyError> {
+/// The key inputs known before the dep-info pass: everything but the sources (6) and the
+/// env-deps (7), which also shape the cargo-env input (9). Computed once per invocation and
+/// shared by the direct-mode manifest key ([`crate::rust_direct`]) and the key itself.
+pub struct KeyParts {
+    pub norm: Normalizer,
+    /// Inputs 1-5.
+    head: Inputs,
+    /// Input 8.
+    externs: Labelled,
+    /// Inputs 10-12.
+    tail: Inputs,
+}
+
+type Labelled = (String, [u8; 32]);
+
+/// Computes [`KeyParts`] of `job` (see the module docs for the list).
+pub fn key_parts(ctx: &KeyContext<'_>, job: &RustJob) -> Result<KeyParts, RustKeyError> {
     let norm = Normalizer::new(ctx.cwd, job.out_dir.as_deref(), ctx.base_dir, ctx.env);
     let mut inputs = Inputs::default();
     // 1.
@@ -636,32 +647,6 @@ pub fn key_inputs(
         }
     }
     inputs.push_digest("crate-root", hash_list(root.iter().map(|s| s.as_bytes())));
-    // 6.
-    let mut h = Sha256::new();
-    for f in &dep.files {
-        let abs = ctx.cwd.join(f);
-        let d = file_digest(&abs).map_err(io_err("source file", &abs))?;
-        let name = norm.path(&abs.to_string_lossy());
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update(d);
-    }
-    inputs.push_digest(
-        format!("sources ({})", dep.files.len()),
-        h.finalize().into(),
-    );
-    // 7.
-    let mut h = Sha256::new();
-    for (k, v) in &dep.env_deps {
-        h.update(hash_list([
-            k.as_bytes(),
-            v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
-        ]));
-    }
-    inputs.push_digest(
-        format!("env-deps ({})", dep.env_deps.len()),
-        h.finalize().into(),
-    );
     // 8.
     let mut h = Sha256::new();
     for e in &job.externs {
@@ -676,34 +661,11 @@ pub fn key_inputs(
             None => h.update(b"\0sysroot"),
         }
     }
-    inputs.push_digest(
+    let externs = (
         format!("externs ({})", job.externs.len()),
         h.finalize().into(),
     );
-    // 9.
-    let links = job.links();
-    let mut names: Vec<&str> = ctx
-        .env_names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| (n.starts_with("CARGO_") || *n == "CARGO") && *n != "CARGO_MAKEFLAGS")
-        .filter(|n| !dep.env_deps.iter().any(|(k, _)| k == n))
-        .collect();
-    names.push("RUSTC_BOOTSTRAP");
-    if links {
-        names.push("LIBRARY_PATH");
-    }
-    names.sort_unstable();
-    names.dedup();
-    let mut h = Sha256::new();
-    for n in names {
-        let v = (ctx.env)(n).map(|v| norm.text(&v.to_string_lossy()));
-        h.update(hash_list([
-            n.as_bytes(),
-            v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
-        ]));
-    }
-    inputs.push_digest("cargo-env", h.finalize().into());
+    let mut tail = Inputs::default();
     // 10.
     let mut h = Sha256::new();
     let search: Vec<PathBuf> = job
@@ -734,12 +696,12 @@ pub fn key_inputs(
             }
         }
     }
-    inputs.push_digest(
+    tail.push_digest(
         format!("native-libs ({})", job.native_libs.len()),
         h.finalize().into(),
     );
     // 11.
-    if links {
+    if job.links() {
         let name = job.linker.clone().unwrap_or_else(|| PathBuf::from("cc"));
         let digest = match find_program(&name, ctx.cwd, ctx.env) {
             Some(p) => {
@@ -750,7 +712,7 @@ pub fn key_inputs(
             // rustc will fail to link and say so; the key just records the absence.
             None => Sha256::digest(b"\0no linker").into(),
         };
-        inputs.push_digest("linker", digest);
+        tail.push_digest("linker", digest);
     }
     // 12.
     if job.debug_info
@@ -759,9 +721,119 @@ pub fn key_inputs(
             .iter()
             .any(|r| ctx.cwd.starts_with(ctx.cwd.join(r)))
     {
-        inputs.push("cwd", ctx.cwd.as_os_str().as_bytes());
+        tail.push("cwd", ctx.cwd.as_os_str().as_bytes());
     }
-    Ok(inputs)
+    Ok(KeyParts {
+        norm,
+        head: inputs,
+        externs,
+        tail,
+    })
+}
+
+impl KeyParts {
+    /// Input 9 over every `CARGO_*` variable except those named in `exclude` (the env-deps,
+    /// whose exact values input 7 holds).
+    pub fn cargo_env(&self, ctx: &KeyContext<'_>, job: &RustJob, exclude: &[&str]) -> [u8; 32] {
+        let mut names: Vec<&str> = ctx
+            .env_names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| (n.starts_with("CARGO_") || *n == "CARGO") && *n != "CARGO_MAKEFLAGS")
+            .filter(|n| !exclude.contains(n))
+            .collect();
+        names.push("RUSTC_BOOTSTRAP");
+        if job.links() {
+            names.push("LIBRARY_PATH");
+        }
+        names.sort_unstable();
+        names.dedup();
+        let mut h = Sha256::new();
+        for n in names {
+            let v = (ctx.env)(n).map(|v| self.norm.text(&v.to_string_lossy()));
+            h.update(hash_list([
+                n.as_bytes(),
+                v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
+            ]));
+        }
+        h.finalize().into()
+    }
+
+    /// The inputs known before the dep-info pass, for the direct-mode manifest key: inputs
+    /// 1-5, 8, 9 over every `CARGO_*` variable (normalised), 10-12. The caller adds the crate
+    /// root's contents.
+    pub fn pre_dep_info(&self, ctx: &KeyContext<'_>, job: &RustJob) -> Inputs {
+        let mut inputs = self.head.clone();
+        inputs.push_digest(self.externs.0.clone(), self.externs.1);
+        inputs.push_digest("cargo-env", self.cargo_env(ctx, job, &[]));
+        inputs.items.extend(self.tail.items.iter().cloned());
+        inputs
+    }
+
+    /// Digests of the dep-info files (input 6), in `dep.files` order, and the input itself.
+    pub fn sources(
+        &self,
+        ctx: &KeyContext<'_>,
+        dep: &DepInfo,
+    ) -> Result<(Vec<[u8; 32]>, [u8; 32]), RustKeyError> {
+        let mut h = Sha256::new();
+        let mut digests = Vec::with_capacity(dep.files.len());
+        for f in &dep.files {
+            let abs = ctx.cwd.join(f);
+            let d = file_digest(&abs).map_err(io_err("source file", &abs))?;
+            let name = self.norm.path(&abs.to_string_lossy());
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(d);
+            digests.push(d);
+        }
+        Ok((digests, h.finalize().into()))
+    }
+
+    /// The full labelled key inputs (see the module docs), given the dep-info result and
+    /// the sources input from [`KeyParts::sources`].
+    pub fn inputs(
+        &self,
+        ctx: &KeyContext<'_>,
+        job: &RustJob,
+        dep: &DepInfo,
+        sources: [u8; 32],
+    ) -> Inputs {
+        let mut inputs = self.head.clone();
+        // 6.
+        inputs.push_digest(format!("sources ({})", dep.files.len()), sources);
+        // 7.
+        let mut h = Sha256::new();
+        for (k, v) in &dep.env_deps {
+            h.update(hash_list([
+                k.as_bytes(),
+                v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
+            ]));
+        }
+        inputs.push_digest(
+            format!("env-deps ({})", dep.env_deps.len()),
+            h.finalize().into(),
+        );
+        // 8.
+        inputs.push_digest(self.externs.0.clone(), self.externs.1);
+        // 9.
+        let exclude: Vec<&str> = dep.env_deps.iter().map(|(k, _)| k.as_str()).collect();
+        inputs.push_digest("cargo-env", self.cargo_env(ctx, job, &exclude));
+        // 10-12.
+        inputs.items.extend(self.tail.items.iter().cloned());
+        inputs
+    }
+}
+
+/// Computes the labelled key inputs of `job` (see the module docs for the list).
+pub fn key_inputs(
+    ctx: &KeyContext<'_>,
+    job: &RustJob,
+    dep: &DepInfo,
+) -> Result<Inputs, RustKeyError> {
+    let parts = key_parts(ctx, job)?;
+    let (_, sources) = parts.sources(ctx, dep)?;
+    Ok(parts.inputs(ctx, job, dep, sources))
 }
 
 #[cfg(test)]

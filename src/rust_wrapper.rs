@@ -1,9 +1,12 @@
 //! Wrapper mode for rustc: `RUSTC_WRAPPER=distc cargo build` runs `distc /path/to/rustc ARGS…`.
 //!
 //! Flow: parse ([`crate::compiler::rustc`]); non-compiles (`-vV`, `--print`, stdin) are
-//! `exec`ed at once. Otherwise: rustc identity (memoised) -> rustc's dep-info pass -> key
-//! ([`crate::rust_key`]) -> the tiered lookup of [`crate::cache::Cache`] -> replay, or compile,
-//! collect every output of the crate, store. Like the C wrapper, every cache fault degrades to
+//! `exec`ed at once. Otherwise: rustc identity (memoised) -> the key inputs known before
+//! compiling -> direct mode ([`crate::rust_direct`]): the manifest's result key, when its
+//! env-deps and source files still match -> the tiered lookup of [`crate::cache::Cache`] ->
+//! replay. Without a usable manifest entry: rustc's dep-info pass -> key ([`crate::rust_key`])
+//! -> lookup -> replay, or compile, collect every output of the crate, store; both record a
+//! manifest entry. Like the C wrapper, every cache fault degrades to
 //! running rustc, and no tokio or clap is involved.
 //!
 //! Outputs are stored by file name relative to the output directory. Text that names paths
@@ -18,7 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use distc_peer::Key;
 use serde::{Deserialize, Serialize};
@@ -27,6 +30,7 @@ use crate::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
 use crate::cache::{Cache, Found};
 use crate::compiler::rustc::{self, CrateType, Emit, RustJob, RustParsed};
 use crate::config::Config;
+use crate::rust_direct::RustDirect;
 use crate::rust_key::{self, DepInfo, KeyContext, RustKeyError, RustcId};
 use crate::stats::Event;
 
@@ -131,6 +135,8 @@ impl Roots {
 /// Entry point from `crate::wrapper` once argv named rustc. `real` is the rustc to run.
 pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> ExitCode {
     let started = Instant::now();
+    // Files modified from now on may not be what rustc reads: direct mode does not record them.
+    let started_wall = SystemTime::now();
     let job = match rustc::parse(args, &|p| fs::read(p).ok()) {
         RustParsed::Compile(job) => *job,
         RustParsed::NotCompile => {
@@ -155,40 +161,115 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
     };
     // Compile with the toolchain's rustc itself, not a rustup proxy that could pick another.
     let real = id.real.as_path();
-    let key = match compute_key(cfg, &cwd, &id, &job) {
-        Ok((key, _)) => key,
-        Err(RustKeyError::DepInfo { .. }) => {
-            // A compile error: the real compile reports it.
-            return uncacheable(cache, real, args, "compile-failed", Some(&job), started);
-        }
-        Err(e) => {
-            tracing::warn!("cannot compute the key of {}: {e}", job.describe());
-            cache.count(Event::Error("rust-key"));
-            return uncacheable(cache, real, args, "no-key", Some(&job), started);
-        }
+    let env_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let env = |k: &str| std::env::var_os(k);
+    let ctx = KeyContext {
+        distc_dir: &cfg.dir,
+        cwd: &cwd,
+        base_dir: cfg.base_dir.as_deref(),
+        id: &id,
+        env: &env,
+        env_names: &env_names,
+    };
+    let parts = match rust_key::key_parts(&ctx, &job) {
+        Ok(p) => p,
+        Err(e) => return no_key(cache, real, args, &job, e, started),
     };
     let roots = Roots::new(&cwd, &job);
-    if let Some(found) = cache.get(&key) {
-        let (bundle, event, word) = match found {
-            Found::Local(b) => (b, Event::LocalHit, "hit"),
-            Found::Remote(b) => (b, Event::RemoteHit, "remote-hit"),
-        };
-        match replay_files(&bundle, &job, &cwd, &roots) {
-            Ok(()) => {
-                cache.count(event);
-                report(word, &job, started);
-                return finish_streams(&bundle, &roots);
+
+    // Direct mode: a manifest maps what is known now (plus the env-deps and source files it
+    // lists) to the result key, without rustc's dep-info pass.
+    let direct = if cfg.direct_mode {
+        RustDirect::new(&ctx, &job, &parts)
+    } else {
+        None
+    };
+    if let Some(d) = &direct
+        && let Some(key) = d.lookup(&env)
+    {
+        match cache.get(&key) {
+            Some(found) => {
+                tracing::debug!("direct-mode hit {key} for {}", job.describe());
+                if let Some(code) = serve(found, cache, &job, &cwd, &roots, &key, started) {
+                    return code;
+                }
             }
-            Err(e) => {
-                tracing::warn!(
-                    "cannot replay cached result {key} for {}: {e}",
-                    job.describe()
-                );
-                cache.count(Event::Error("replay"));
-            }
+            None => tracing::debug!("direct-mode key {key} is no longer stored"),
         }
     }
-    miss(real, args, cache, &job, &cwd, &roots, &key, started)
+
+    let dep = match rust_key::run_dep_info(&id.real, &job, &cwd) {
+        Ok(d) => d,
+        Err(e) => return no_key(cache, real, args, &job, e, started),
+    };
+    let (digests, sources) = match parts.sources(&ctx, &dep) {
+        Ok(s) => s,
+        Err(e) => return no_key(cache, real, args, &job, e, started),
+    };
+    let key = parts.inputs(&ctx, &job, &dep, sources).key();
+    let record = || {
+        if let Some(d) = &direct {
+            d.record(&dep, &digests, &key, started_wall, &env);
+        }
+    };
+    if let Some(found) = cache.get(&key)
+        && let Some(code) = serve(found, cache, &job, &cwd, &roots, &key, started)
+    {
+        record();
+        return code;
+    }
+    miss(real, args, cache, &job, &cwd, &roots, &key, started, record)
+}
+
+/// The key could not be computed: compile without the cache.
+fn no_key(
+    cache: &Cache,
+    real: &Path,
+    args: &[OsString],
+    job: &RustJob,
+    e: RustKeyError,
+    started: Instant,
+) -> ExitCode {
+    if let RustKeyError::DepInfo { .. } = e {
+        // A compile error: the real compile reports it.
+        return uncacheable(cache, real, args, "compile-failed", Some(job), started);
+    }
+    tracing::warn!("cannot compute the key of {}: {e}", job.describe());
+    cache.count(Event::Error("rust-key"));
+    uncacheable(cache, real, args, "no-key", Some(job), started)
+}
+
+/// Replays a stored result; `None` (counted as a replay error) when it cannot be used.
+fn serve(
+    found: Found,
+    cache: &Cache,
+    job: &RustJob,
+    cwd: &Path,
+    roots: &Roots,
+    key: &Key,
+    started: Instant,
+) -> Option<ExitCode> {
+    let (bundle, event, word) = match found {
+        Found::Local(b) => (b, Event::LocalHit, "hit"),
+        Found::Remote(b) => (b, Event::RemoteHit, "remote-hit"),
+    };
+    match replay_files(&bundle, job, cwd, roots) {
+        Ok(()) => {
+            cache.count(event);
+            report(word, job, started);
+            Some(finish_streams(&bundle, roots))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot replay cached result {key} for {}: {e}",
+                job.describe()
+            );
+            cache.count(Event::Error("replay"));
+            None
+        }
+    }
 }
 
 /// The key of `job` and its labelled inputs (for `distc inspect`).
@@ -344,6 +425,7 @@ fn miss(
     roots: &Roots,
     key: &Key,
     started: Instant,
+    stored: impl FnOnce(),
 ) -> ExitCode {
     // stdin is never read by a compile; the jobserver descriptors cargo passed are inherited.
     let out = match Command::new(real).args(args).stdin(Stdio::null()).output() {
@@ -379,6 +461,7 @@ fn miss(
                     exit_code: code,
                 };
                 cache.put(key, &bundle);
+                stored();
                 cache.count(Event::Miss);
                 report("miss", job, started);
             }

@@ -183,13 +183,13 @@ fn setup() -> Option<Shared> {
         .output()
         .expect("run rustc --print sysroot");
     let real = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/rustc");
-    // Log real compiles only: cargo's probes (`-vV`, `- --print …`) and distc's dep-info pass
-    // (`-o …/distc-depinfo-…/deps.d`) are not compiles.
+    // Log real compiles: cargo's probes (`-vV`, `- --print …`) are not compiles, and distc's
+    // dep-info passes (`-o …/distc-depinfo-…/deps.d`) go to a log of their own.
     let oracle = base.join("bin/rustc");
     write(
         &oracle,
         &format!(
-            "#!/bin/sh\ncase \"$*\" in\n  *distc-depinfo-*) ;;\n  *--print*) ;;\n  *--crate-name*) printf '%s\\n' \"$*\" >> \"$DISTC_TEST_RUSTC_LOG\" ;;\nesac\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\ncase \"$*\" in\n  *distc-depinfo-*) printf '%s\\n' \"$*\" >> \"$DISTC_TEST_RUSTC_LOG.depinfo\" ;;\n  *--print*) ;;\n  *--crate-name*) printf '%s\\n' \"$*\" >> \"$DISTC_TEST_RUSTC_LOG\" ;;\nesac\nexec '{}' \"$@\"\n",
             real.display()
         ),
     );
@@ -338,18 +338,14 @@ impl World {
 
     /// Crate names of the real compiles logged since the last call (and clears the log).
     fn take_compiles(&self) -> BTreeMap<String, usize> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let _ = std::fs::remove_file(&self.log);
-        let mut out = BTreeMap::new();
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if let Some(i) = words.iter().position(|w| *w == "--crate-name")
-                && let Some(name) = words.get(i + 1)
-            {
-                *out.entry(name.to_string()).or_insert(0) += 1;
-            }
-        }
-        out
+        take_log(&self.log)
+    }
+
+    /// Crate names of distc's dep-info passes since the last call (and clears their log).
+    fn take_depinfo(&self) -> BTreeMap<String, usize> {
+        let mut p = self.log.clone().into_os_string();
+        p.push(".depinfo");
+        take_log(Path::new(&p))
     }
 
     fn clean(&self) {
@@ -373,6 +369,22 @@ impl World {
             .expect("run distc stats");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// Crate names in an oracle log (which is then removed), with their counts.
+fn take_log(log: &Path) -> BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "--crate-name")
+            && let Some(name) = words.get(i + 1)
+        {
+            *out.entry(name.to_string()).or_insert(0) += 1;
+        }
+    }
+    out
 }
 
 const ALL_CRATES: [&str; 6] = [
@@ -473,6 +485,7 @@ fn copied_workspace_hits() {
     let Some(w) = World::new() else { return };
     w.cargo(&["build", "--release"], &[]);
     assert_eq!(w.take_compiles().len(), ALL_CRATES.len());
+    w.take_depinfo();
 
     // Another checkout at another path, with its own target directory.
     let other = w.root.path().join("elsewhere/checkout");
@@ -484,6 +497,9 @@ fn copied_workspace_hits() {
     w.cargo_in(&other, &["build", "--release"], &cmd_env);
     let compiles = w.take_compiles();
     assert!(compiles.is_empty(), "the copy compiled {compiles:?}");
+    // Direct mode's manifests serve the copy too: no dep-info pass.
+    let passes = w.take_depinfo();
+    assert!(passes.is_empty(), "the copy ran dep-info for {passes:?}");
     let out = Command::new(other_target.join("release/app"))
         .output()
         .expect("run copied app");
@@ -610,4 +626,142 @@ fn build_project_reports_per_crate_outcomes() {
     let warm = run();
     assert!(warm.contains("7 crate compiles: 7 cache hits"), "{warm}");
     assert!(warm.contains("hit          mymacro (proc-macro)"), "{warm}");
+}
+
+#[test]
+fn direct_mode_hit_runs_no_dep_info_pass() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    assert_eq!(names(&w.take_depinfo()), ALL_CRATES.to_vec());
+
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+    let passes = w.take_depinfo();
+    assert!(
+        passes.is_empty(),
+        "a direct-mode hit ran rustc's dep-info pass for {passes:?}\n{}",
+        w.stats()
+    );
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+
+    // DISTC_DIRECT_MODE=0: every crate pays the dep-info pass, and still hits.
+    w.clean();
+    w.cargo(&["build", "--release"], &[("DISTC_DIRECT_MODE", "0")]);
+    assert!(w.take_compiles().is_empty());
+    assert_eq!(names(&w.take_depinfo()), ALL_CRATES.to_vec());
+}
+
+#[test]
+fn direct_mode_same_size_module_edit_misses() {
+    let Some(w) = World::new() else { return };
+    let lib = w.ws.join("mylib/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).expect("read lib");
+    std::fs::write(&lib, format!("pub mod extra;\n{text}")).expect("edit lib");
+    let extra = w.ws.join("mylib/src/extra.rs");
+    write(&extra, "pub const EXTRA: u32 = 1;\n");
+    // Old enough for direct mode to trust the files' stat data without re-reading them.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    w.take_depinfo();
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+    assert!(w.take_depinfo().is_empty());
+
+    // Same size, same mtime: only the content (and the ctime) tell.
+    let mtime = std::fs::metadata(&extra)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    std::fs::write(&extra, "pub const EXTRA: u32 = 2;\n").expect("edit module");
+    std::fs::File::options()
+        .write(true)
+        .open(&extra)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("restore mtime");
+    // Cargo would trust the mtime too: after a clean it has to ask distc.
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), vec!["app", "mylib"]);
+    w.take_depinfo();
+
+    // Back to the first content: a hit again, from the manifest's other entry.
+    std::fs::write(&extra, "pub const EXTRA: u32 = 1;\n").expect("edit module");
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+    assert!(w.take_depinfo().is_empty());
+}
+
+#[test]
+fn direct_mode_new_included_file_edit_misses() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build", "--release"], &[]);
+    w.take_compiles();
+    w.take_depinfo();
+    // A new file pulled in by include_str!.
+    let lib = w.ws.join("mylib/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).expect("read lib");
+    std::fs::write(
+        &lib,
+        format!("pub const NOTES: &str = include_str!(\"notes.txt\");\n{text}"),
+    )
+    .expect("edit lib");
+    write(&w.ws.join("mylib/src/notes.txt"), "notes-1\n");
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), vec!["app", "mylib"]);
+    w.take_depinfo();
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+    assert!(w.take_depinfo().is_empty());
+
+    write(&w.ws.join("mylib/src/notes.txt"), "notes-2\n");
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), vec!["app", "mylib"]);
+}
+
+#[test]
+fn direct_mode_env_dep_change_misses() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build", "--release"], &[]);
+    w.take_compiles();
+    w.take_depinfo();
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+    assert!(w.take_depinfo().is_empty());
+
+    // The variable option_env! reads was unset when the manifest was recorded.
+    w.cargo(&["build", "--release"], &[("FIXTURE_GREETING", "bonjour")]);
+    assert_eq!(names(&w.take_compiles()), vec!["app"]);
+    w.take_depinfo();
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs bonjour data-v1"
+    );
+    w.clean();
+    w.cargo(&["build", "--release"], &[("FIXTURE_GREETING", "bonjour")]);
+    assert!(w.take_compiles().is_empty());
+    assert!(w.take_depinfo().is_empty());
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs bonjour data-v1"
+    );
+    // Another value misses; unset again hits the first result, with no dep-info pass.
+    w.cargo(&["build", "--release"], &[("FIXTURE_GREETING", "hola")]);
+    assert_eq!(names(&w.take_compiles()), vec!["app"]);
+    w.take_depinfo();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+    assert!(w.take_depinfo().is_empty());
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
 }

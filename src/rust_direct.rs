@@ -1,0 +1,453 @@
+//! Direct mode for rustc: a warm hit without rustc's dep-info pass.
+//!
+//! The dep-info pass (`rustc --emit=dep-info`) expands macros and runs proc-macros to learn
+//! which files and environment variables a crate reads; for small crates it costs about as much
+//! as compiling them. A *manifest* remembers what earlier passes found.
+//!
+//! The manifest key covers everything known before the pass
+//! ([`crate::rust_key::KeyParts::pre_dep_info`]): the rustc identity, the target, the
+//! normalised arguments, the crate root's path and contents, the `--extern` crates' contents,
+//! the `CARGO_*` environment (normalised), native libraries, the linker and (with debug info)
+//! the working directory. Each entry records, for one result key:
+//!
+//! - every env-dep the pass reported, by name, with the exact value (or its absence);
+//! - every source file the pass listed: path, SHA-256, size, mtime and ctime. A file whose stat
+//!   matches and which was already old when recorded is trusted without reading it; otherwise
+//!   it is re-hashed;
+//! - probes: `foo/mod.rs` for each `foo.rs` (and the reverse), whose existence decides how
+//!   rustc resolves `mod foo;` (both existing is an error).
+//!
+//! A lookup trusts an entry only if every env value, file and probe matches; anything else falls
+//! back to the dep-info pass, which then records a new entry. Nothing is recorded when a file
+//! was modified after the invocation began (it may not be what rustc read), or when an env-dep
+//! value rustc reported differs from the environment distc sees.
+//!
+//! File paths are stored relative to the working directory when rustc reported them so,
+//! relative to the package directory (`CARGO_MANIFEST_DIR`, else the crate root's directory)
+//! when they lie under it (crates.io sources), and absolute otherwise; the normalised crate
+//! root and package directory are part of the manifest key, so the same manifest serves
+//! another checkout or `CARGO_HOME` with the same layout.
+//!
+//! Manifests live in `$DISTC_DIR/manifests/r<2 hex>/<62 hex>`, bincode via
+//! `distc_peer::codec`.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use distc_peer::Key;
+use serde::{Deserialize, Serialize};
+
+use crate::compiler::rustc::RustJob;
+use crate::rust_key::{self, DepInfo, KeyContext, KeyParts};
+
+const MANIFEST_VERSION: u32 = 1;
+/// Entries kept per manifest (newest first).
+const MAX_ENTRIES: usize = 16;
+const MAX_MANIFEST: usize = 64 << 20;
+/// A file's stat is trusted only if it was this much older than the recording invocation: a
+/// later same-size edit then necessarily changes mtime, even on coarse-timestamp filesystems.
+const TRUST_AGE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    version: u32,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Entry {
+    /// Env-deps: name and exact value (`None`: unset).
+    env: Vec<(String, Option<Vec<u8>>)>,
+    files: Vec<FileRec>,
+    /// (path, existed).
+    probes: Vec<(StoredPath, bool)>,
+    result: [u8; 32],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+enum Base {
+    /// Relative to the working directory.
+    Cwd,
+    /// Relative to the package directory.
+    Package,
+    /// Absolute, verbatim.
+    Absolute,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct StoredPath {
+    base: Base,
+    path: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct FileRec {
+    path: StoredPath,
+    digest: [u8; 32],
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    /// Stat equality alone proves the content unchanged.
+    trusted: bool,
+}
+
+/// The direct-mode identity of one rustc invocation.
+pub struct RustDirect {
+    pub manifest_key: Key,
+    path: PathBuf,
+    cwd: PathBuf,
+    /// The package directory (absolute).
+    package: PathBuf,
+}
+
+fn stat_tuple(md: &fs::Metadata) -> ((i64, i64), (i64, i64)) {
+    ((md.mtime(), md.mtime_nsec()), (md.ctime(), md.ctime_nsec()))
+}
+
+fn secs(t: SystemTime) -> (i64, i64) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+        Err(_) => (0, 0),
+    }
+}
+
+impl RustDirect {
+    /// `None` when the crate root cannot be read (the dep-info path then says why).
+    pub fn new(ctx: &KeyContext<'_>, job: &RustJob, parts: &KeyParts) -> Option<RustDirect> {
+        let root = ctx.cwd.join(&job.input);
+        let root_digest = rust_key::file_digest(&root).ok()?;
+        let mut inputs = parts.pre_dep_info(ctx, job);
+        inputs.push("manifest", format!("rust {MANIFEST_VERSION}").as_bytes());
+        inputs.push_digest("crate-root-content", root_digest);
+        let manifest_key = inputs.key();
+        let package = match (ctx.env)("CARGO_MANIFEST_DIR").map(PathBuf::from) {
+            Some(p) if p.is_absolute() && root.starts_with(&p) => p,
+            _ => root.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let hex = manifest_key.to_hex();
+        let path = ctx
+            .distc_dir
+            .join("manifests")
+            .join(format!("r{}", &hex[..2]))
+            .join(&hex[2..]);
+        Some(RustDirect {
+            manifest_key,
+            path,
+            cwd: ctx.cwd.to_path_buf(),
+            package,
+        })
+    }
+
+    fn read(&self) -> Option<Manifest> {
+        let bytes = fs::read(&self.path).ok()?;
+        let m: Manifest = distc_peer::codec::decode(&bytes, MAX_MANIFEST).ok()?;
+        (m.version == MANIFEST_VERSION).then_some(m)
+    }
+
+    fn resolve(&self, p: &StoredPath) -> PathBuf {
+        let rel = Path::new(OsStr::from_bytes(&p.path));
+        match p.base {
+            Base::Cwd => self.cwd.join(rel),
+            Base::Package => self.package.join(rel),
+            Base::Absolute => rel.to_path_buf(),
+        }
+    }
+
+    /// How `file` (as rustc's dep-info wrote it) is stored.
+    fn store_path(&self, file: &str) -> StoredPath {
+        let p = Path::new(file);
+        if p.is_relative() {
+            return StoredPath {
+                base: Base::Cwd,
+                path: file.as_bytes().to_vec(),
+            };
+        }
+        if !self.package.as_os_str().is_empty()
+            && let Ok(rel) = p.strip_prefix(&self.package)
+            && !rel.as_os_str().is_empty()
+        {
+            return StoredPath {
+                base: Base::Package,
+                path: rel.as_os_str().as_bytes().to_vec(),
+            };
+        }
+        StoredPath {
+            base: Base::Absolute,
+            path: file.as_bytes().to_vec(),
+        }
+    }
+
+    /// The result key of the first entry that matches the environment and files now.
+    /// `env` reads a variable (a parameter so tests control it).
+    pub fn lookup(&self, env: &dyn Fn(&str) -> Option<OsString>) -> Option<Key> {
+        let m = self.read()?;
+        m.entries
+            .iter()
+            .find(|e| self.matches(e, env))
+            .map(|e| Key(e.result))
+    }
+
+    fn matches(&self, e: &Entry, env: &dyn Fn(&str) -> Option<OsString>) -> bool {
+        for (name, value) in &e.env {
+            let now = env(name);
+            if now.as_ref().map(|v| v.as_bytes()) != value.as_deref() {
+                return false;
+            }
+        }
+        for f in &e.files {
+            let path = self.resolve(&f.path);
+            let Ok(md) = fs::metadata(&path) else {
+                return false;
+            };
+            if !md.is_file() || md.len() != f.size {
+                return false;
+            }
+            let (m, c) = stat_tuple(&md);
+            if f.trusted && m == f.mtime && c == f.ctime {
+                continue;
+            }
+            match rust_key::file_digest(&path) {
+                Ok(d) if d == f.digest => {}
+                _ => return false,
+            }
+        }
+        e.probes
+            .iter()
+            .all(|(p, existed)| self.resolve(p).exists() == *existed)
+    }
+
+    /// Records that `dep` (with `digests`, from [`KeyParts::sources`]) gave `result`. Best
+    /// effort: nothing is recorded when a file changed after `started`, cannot be read, or an
+    /// env-dep value differs from what `env` says.
+    pub fn record(
+        &self,
+        dep: &DepInfo,
+        digests: &[[u8; 32]],
+        result: &Key,
+        started: SystemTime,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) {
+        let Some(entry) = self.make_entry(dep, digests, result, started, env) else {
+            tracing::debug!("no direct-mode entry recorded for {}", self.manifest_key);
+            return;
+        };
+        let mut m = self.read().unwrap_or(Manifest {
+            version: MANIFEST_VERSION,
+            entries: Vec::new(),
+        });
+        m.entries.retain(|e| e != &entry);
+        m.entries.insert(0, entry);
+        m.entries.truncate(MAX_ENTRIES);
+        let Ok(bytes) = distc_peer::codec::encode(&m) else {
+            return;
+        };
+        if let Some(dir) = self.path.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        let _ = crate::bundle::write_atomic(&self.path, &bytes);
+    }
+
+    fn make_entry(
+        &self,
+        dep: &DepInfo,
+        digests: &[[u8; 32]],
+        result: &Key,
+        started: SystemTime,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Option<Entry> {
+        if digests.len() != dep.files.len() {
+            return None;
+        }
+        let mut vars = Vec::with_capacity(dep.env_deps.len());
+        for (name, reported) in &dep.env_deps {
+            let now = env(name).map(|v| v.as_bytes().to_vec());
+            // rustc saw another value (`--env-set`, a lossy escape): not ours to predict.
+            if now.as_deref() != reported.as_deref().map(str::as_bytes) {
+                return None;
+            }
+            vars.push((name.clone(), now));
+        }
+        let start = secs(started);
+        let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
+        let mut files = Vec::with_capacity(dep.files.len());
+        let mut probes: Vec<(StoredPath, bool)> = Vec::new();
+        for (f, digest) in dep.files.iter().zip(digests) {
+            let abs = self.cwd.join(f);
+            let md = fs::metadata(&abs).ok()?;
+            let (m, c) = stat_tuple(&md);
+            if m >= start || c >= start {
+                // Modified while we ran: what we hashed may not be what rustc read.
+                return None;
+            }
+            files.push(FileRec {
+                path: self.store_path(f),
+                digest: *digest,
+                size: md.len(),
+                mtime: m,
+                ctime: c,
+                trusted: m < trust_before && c < trust_before,
+            });
+            if let Some(alt) = module_alternative(f) {
+                let sp = self.store_path(&alt);
+                if !probes.iter().any(|(p, _)| *p == sp) {
+                    let exists = self.resolve(&sp).exists();
+                    probes.push((sp, exists));
+                }
+            }
+        }
+        Some(Entry {
+            env: vars,
+            files,
+            probes,
+            result: result.0,
+        })
+    }
+}
+
+/// The other file `mod name;` could resolve to: `dir/name.rs` <-> `dir/name/mod.rs`.
+fn module_alternative(file: &str) -> Option<String> {
+    let stem = file.strip_suffix(".rs")?;
+    if let Some(dir) = stem.strip_suffix("/mod") {
+        if dir.is_empty() || dir.ends_with('/') {
+            return None;
+        }
+        return Some(format!("{dir}.rs"));
+    }
+    if stem.is_empty() || stem.ends_with('/') {
+        return None;
+    }
+    Some(format!("{stem}/mod.rs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_alternatives() {
+        assert_eq!(
+            module_alternative("src/foo.rs").as_deref(),
+            Some("src/foo/mod.rs")
+        );
+        assert_eq!(
+            module_alternative("src/foo/mod.rs").as_deref(),
+            Some("src/foo.rs")
+        );
+        assert_eq!(module_alternative("mod.rs").as_deref(), Some("mod/mod.rs"));
+        assert_eq!(module_alternative("data.txt"), None);
+    }
+
+    fn direct(cwd: &Path, package: &Path) -> RustDirect {
+        RustDirect {
+            manifest_key: Key([7; 32]),
+            path: cwd.join("manifest"),
+            cwd: cwd.to_path_buf(),
+            package: package.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn record_then_lookup_and_changes_miss() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cwd = tmp.path();
+        fs::create_dir_all(cwd.join("src")).expect("mkdir");
+        fs::write(cwd.join("src/lib.rs"), "mod a;\n").expect("write");
+        fs::write(cwd.join("src/a.rs"), "pub const X: u8 = 1;\n").expect("write");
+        let d = direct(cwd, &cwd.join("src"));
+        let dep = DepInfo {
+            files: vec!["src/a.rs".into(), "src/lib.rs".into()],
+            env_deps: vec![("V".into(), Some("1".into())), ("U".into(), None)],
+        };
+        let digests: Vec<[u8; 32]> = dep
+            .files
+            .iter()
+            .map(|f| rust_key::file_digest(&cwd.join(f)).expect("digest"))
+            .collect();
+        let env1 = |k: &str| (k == "V").then(|| OsString::from("1"));
+        let later = SystemTime::now() + Duration::from_secs(5);
+        d.record(&dep, &digests, &Key([1; 32]), later, &env1);
+        assert_eq!(d.lookup(&env1), Some(Key([1; 32])));
+        // An env-dep changes, or an unset one appears.
+        assert_eq!(d.lookup(&|k| (k == "V").then(|| OsString::from("2"))), None);
+        assert_eq!(
+            d.lookup(&|k| Some(OsString::from(if k == "V" { "1" } else { "x" }))),
+            None
+        );
+        // A same-size edit.
+        fs::write(cwd.join("src/a.rs"), "pub const X: u8 = 2;\n").expect("write");
+        assert_eq!(d.lookup(&env1), None);
+        fs::write(cwd.join("src/a.rs"), "pub const X: u8 = 1;\n").expect("write");
+        assert_eq!(d.lookup(&env1), Some(Key([1; 32])));
+        // The other module file appearing changes how `mod a;` resolves.
+        fs::create_dir_all(cwd.join("src/a")).expect("mkdir");
+        fs::write(cwd.join("src/a/mod.rs"), "").expect("write");
+        assert_eq!(d.lookup(&env1), None);
+    }
+
+    #[test]
+    fn files_newer_than_the_start_are_not_recorded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cwd = tmp.path();
+        fs::write(cwd.join("lib.rs"), "").expect("write");
+        let d = direct(cwd, cwd);
+        let dep = DepInfo {
+            files: vec!["lib.rs".into()],
+            env_deps: vec![],
+        };
+        let digests = vec![rust_key::file_digest(&cwd.join("lib.rs")).expect("digest")];
+        let earlier = SystemTime::now() - Duration::from_secs(60);
+        d.record(&dep, &digests, &Key([1; 32]), earlier, &|_| None);
+        assert_eq!(d.lookup(&|_| None), None);
+        // An env-dep value rustc saw that the environment does not have.
+        let dep2 = DepInfo {
+            files: vec![],
+            env_deps: vec![("V".into(), Some("1".into()))],
+        };
+        d.record(&dep2, &[], &Key([2; 32]), SystemTime::now(), &|_| None);
+        assert_eq!(d.lookup(&|_| None), None);
+    }
+
+    #[test]
+    fn package_relative_paths_follow_the_package() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let a = tmp.path().join("home-a/registry/foo-1.0");
+        let b = tmp.path().join("home-b/registry/foo-1.0");
+        for p in [&a, &b] {
+            fs::create_dir_all(p.join("src")).expect("mkdir");
+            fs::write(p.join("src/lib.rs"), "x").expect("write");
+            fs::write(p.join("README.md"), "readme").expect("write");
+        }
+        let cwd = tmp.path().join("ws");
+        fs::create_dir_all(&cwd).expect("mkdir");
+        let da = direct(&cwd, &a);
+        let files: Vec<String> = ["src/lib.rs", "README.md"]
+            .iter()
+            .map(|f| a.join(f).to_string_lossy().into_owned())
+            .collect();
+        let dep = DepInfo {
+            files,
+            env_deps: vec![],
+        };
+        let digests: Vec<[u8; 32]> = dep
+            .files
+            .iter()
+            .map(|f| rust_key::file_digest(Path::new(f)).expect("digest"))
+            .collect();
+        let mut m = direct(&cwd, &b);
+        m.path = da.path.clone();
+        da.record(
+            &dep,
+            &digests,
+            &Key([3; 32]),
+            SystemTime::now() + Duration::from_secs(5),
+            &|_| None,
+        );
+        assert_eq!(m.lookup(&|_| None), Some(Key([3; 32])));
+        fs::write(b.join("README.md"), "README").expect("write");
+        assert_eq!(m.lookup(&|_| None), None);
+    }
+}
