@@ -216,7 +216,7 @@ fn build_transport(
     let upgrade_timeout = Duration::from_secs(10);
     Ok(match psk {
         Some(psk) => tcp
-            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+            .and_then(move |socket, _| crate::pnet::handshake(crate::psk::key_bytes(psk), socket))
             .upgrade(upgrade::Version::V1)
             .authenticate(noise)
             .multiplex(yamux_cfg)
@@ -1012,21 +1012,29 @@ impl Node {
         sent
     }
 
-    /// Runs [`Node::repair`] whenever the ring's member set changes (after it has been
-    /// stable for `settle`) and every `period`. Ends when the node stops.
+    /// Runs [`Node::repair`] (a full scan of the local store) when the ring's member set has
+    /// changed and then stayed the same for `settle`, and every `period`. Gossip updates the
+    /// view every round; only a change of the ring's members counts. Ends when the node stops.
     pub async fn repair_loop(self, settle: Duration, period: Duration) {
-        let mut rx = self.view.clone();
+        let poll = (settle / 4).max(Duration::from_millis(10));
         let mut done_for: Vec<PeerId> = vec![self.view().me];
+        let mut seen = done_for.clone();
+        let mut stable_since = Instant::now();
         let mut last = Instant::now();
         loop {
-            let changed = tokio::time::timeout(settle, rx.changed()).await;
-            if let Ok(Err(_)) = changed {
-                return;
-            }
-            if changed.is_ok() {
-                continue; // still changing: wait until it settles
+            tokio::time::sleep(poll).await;
+            if self.view.has_changed().is_err() {
+                return; // the event loop has stopped
             }
             let members = self.view().ring.members().to_vec();
+            if members != seen {
+                seen = members;
+                stable_since = Instant::now();
+                continue;
+            }
+            if stable_since.elapsed() < settle {
+                continue;
+            }
             if members != done_for || last.elapsed() >= period {
                 self.repair().await;
                 done_for = members;

@@ -141,13 +141,23 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max_frame: usize) -> i
             "frame of {len} bytes exceeds the limit of {max_frame} bytes"
         )));
     }
-    let mut buf = Vec::with_capacity(len.min(FRAME_OVERHEAD));
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("frame truncated: {} of {len} bytes", buf.len()),
-        ));
+    // Grow geometrically as bytes arrive (at most twice what was received), zero-filling
+    // each byte once and reading straight into place.
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        let filled = buf.len();
+        let next = filled.max(FRAME_OVERHEAD).saturating_mul(2).min(len);
+        buf.resize(next, 0);
+        if let Err(e) = io.read_exact(&mut buf[filled..]).await {
+            return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("frame truncated: fewer than {next} of {len} bytes"),
+                )
+            } else {
+                e
+            });
+        }
     }
     Ok(buf)
 }

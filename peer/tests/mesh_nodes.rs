@@ -193,6 +193,46 @@ async fn join_hands_keys_to_the_new_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_loop_runs_after_a_join_while_gossip_keeps_ticking() {
+    // The view changes every gossip round (100 ms here); the loop must still notice that the
+    // ring's members changed and settled (300 ms), and hand the keys over on its own.
+    let key = psk::generate().unwrap();
+    let a = spawn(Some(key), vec![]).await;
+    let mut keys = Vec::new();
+    for i in 0..20u32 {
+        let payload = format!("loop entry {i}");
+        let k = Key::digest(payload.as_bytes());
+        a.node.store().put(&k, payload.as_bytes()).unwrap();
+        keys.push(k);
+    }
+    let repair = tokio::spawn(
+        a.node
+            .clone()
+            .repair_loop(Duration::from_millis(300), Duration::from_secs(3600)),
+    );
+    let b = spawn(Some(key), vec![a.addr.clone()]).await;
+    for n in [&a, &b] {
+        assert!(n.node.wait_for(Duration::from_secs(10), ring_size(2)).await);
+    }
+    let b_id = b.node.view().me;
+    let want: Vec<Key> = keys
+        .iter()
+        .copied()
+        .filter(|k| a.node.owners(k).contains(&b_id))
+        .collect();
+    assert!(!want.is_empty());
+    let t = Instant::now();
+    while !want.iter().all(|k| b.node.store().contains(k)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the repair loop did not hand the keys to the new owner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    repair.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_or_no_key_cannot_read_or_write() {
     let key = psk::generate().unwrap();
     let a = spawn(Some(key), vec![]).await;
