@@ -378,3 +378,84 @@ fn a_peer_with_another_key_cannot_join_or_fetch() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(status(&sb, &a.dir).unwrap()["peers"][0]["entries"], 1);
 }
+
+/// Kills (SIGKILL) the process whose pid is in a file when dropped, if it still runs: the
+/// peer a wrapper auto-starts is not our child, so it is stopped by the pid it wrote.
+struct PidFileGuard(PathBuf, Option<u32>);
+
+impl PidFileGuard {
+    fn pid(&mut self) -> Option<u32> {
+        if self.1.is_none() {
+            self.1 = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        }
+        self.1
+    }
+}
+
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid()
+            && alive(pid)
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by init) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn auto_started_keyless_peer_exits_when_idle() {
+    let sb = Sandbox::new(); // no mesh key: the auto-started peer serves this machine only
+    std::fs::write(sb.work.join("idle.c"), "int idle(void) { return 3; }\n").unwrap();
+    let mut guard = PidFileGuard(sb.distc_dir.join("peer.pid"), None);
+    let out = sb
+        .distc()
+        .env("DISTC_AUTO_START", "1")
+        .env("DISTC_IDLE_TIMEOUT_SECS", "2")
+        .args(["gcc", "-c", "idle.c", "-o", "idle.o"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "compile that auto-starts a peer");
+    wait_until("the auto-started peer", Duration::from_secs(15), || {
+        guard.pid().is_some() && ipc_socket(&sb.distc_dir).exists()
+    });
+    let pid = guard.pid().expect("peer.pid");
+    assert!(alive(pid), "auto-started peer {pid} is not running");
+    let started = Instant::now();
+    // No local use: it leaves within the timeout plus its 1 s check and a clean leave.
+    wait_until("the idle peer to exit", Duration::from_secs(15), || {
+        !alive(pid)
+    });
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after only {took:?}"
+    );
+    let log = std::fs::read_to_string(sb.distc_dir.join("peer.log")).unwrap_or_default();
+    assert!(log.contains("no local activity"), "{log}");
+    assert!(
+        !ipc_socket(&sb.distc_dir).exists(),
+        "the socket outlived the peer"
+    );
+    assert!(!sb.distc_dir.join("peer.pid").exists());
+}
+
+fn ipc_socket(dir: &Path) -> PathBuf {
+    distc_peer::ipc::socket_path(dir)
+}
