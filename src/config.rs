@@ -9,7 +9,7 @@
 //! naming where it came from, the key, and what is accepted — whatever layer it came from.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The documented default configuration file, shipped inside the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/distc.toml");
@@ -219,13 +219,13 @@ impl Config {
             expected,
         };
         match key {
-            "dir" => self.dir = PathBuf::from(string(&raw).ok_or_else(|| bad("a path"))?),
+            "dir" => self.dir = expand_home(&string(&raw).ok_or_else(|| bad("a path"))?),
             "max_size" => self.max_size = size(&raw).ok_or_else(|| bad(SIZE))?,
             "base_dir" => {
                 let s = string(&raw).ok_or_else(|| bad("an absolute path"))?;
-                self.base_dir = match s.as_str() {
-                    "" => None,
-                    s if Path::new(s).is_absolute() => Some(PathBuf::from(s)),
+                self.base_dir = match expand_home(&s) {
+                    p if p.as_os_str().is_empty() => None,
+                    p if p.is_absolute() => Some(p),
                     _ => return Err(bad("an absolute path (or \"\" for off)")),
                 };
             }
@@ -256,7 +256,7 @@ impl Config {
             "mdns" => self.mdns = boolean(&raw).ok_or_else(|| bad(BOOL))?,
             "psk_file" => {
                 let s = string(&raw).ok_or_else(|| bad("a path"))?;
-                self.psk_file = (!s.is_empty()).then(|| PathBuf::from(s));
+                self.psk_file = (!s.is_empty()).then(|| expand_home(&s));
             }
             "open" => self.open = boolean(&raw).ok_or_else(|| bad(BOOL))?,
             "max_entry_size" => self.max_entry_size = size(&raw).ok_or_else(|| bad(SIZE))?,
@@ -280,6 +280,12 @@ impl Config {
             self.dir = directories::BaseDirs::new()
                 .map(|b| b.cache_dir().join("distc"))
                 .ok_or(ConfigError::NoHome)?;
+        } else if self.dir.is_relative()
+            && let Ok(cwd) = std::env::current_dir()
+        {
+            // Relative to where distc runs; absolute from here on, so that children (a peer,
+            // wrapped compiles in other directories) use the same directory.
+            self.dir = cwd.join(&self.dir);
         }
         Ok(self)
     }
@@ -328,24 +334,41 @@ fn string(raw: &Raw<'_>) -> Option<String> {
 }
 
 fn boolean(raw: &Raw<'_>) -> Option<bool> {
-    match raw {
-        Raw::Toml(toml::Value::Boolean(b)) => Some(*b),
-        Raw::Toml(_) => None,
-        Raw::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Some(true),
-            "0" | "false" | "no" | "off" | "" => Some(false),
-            _ => None,
-        },
+    let text = match raw {
+        Raw::Toml(toml::Value::Boolean(b)) => return Some(*b),
+        Raw::Toml(toml::Value::Integer(0)) => return Some(false),
+        Raw::Toml(toml::Value::Integer(1)) => return Some(true),
+        Raw::Toml(toml::Value::String(s)) => s.as_str(),
+        Raw::Toml(_) => return None,
+        Raw::Text(s) => s,
+    };
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
     }
 }
 
 fn integer(raw: &Raw<'_>, min: u64, max: u64) -> Option<u64> {
     let n = match raw {
         Raw::Toml(toml::Value::Integer(i)) => u64::try_from(*i).ok()?,
+        Raw::Toml(toml::Value::String(s)) => s.trim().parse().ok()?,
         Raw::Toml(_) => return None,
         Raw::Text(s) => s.trim().parse().ok()?,
     };
     (min..=max).contains(&n).then_some(n)
+}
+
+/// `~` and `~/…` mean the home directory, as in a shell.
+fn expand_home(s: &str) -> PathBuf {
+    let home = || directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf());
+    if s == "~" {
+        return home().unwrap_or_else(|| PathBuf::from(s));
+    }
+    match (s.strip_prefix("~/"), home()) {
+        (Some(rest), Some(h)) => h.join(rest),
+        _ => PathBuf::from(s),
+    }
 }
 
 fn size(raw: &Raw<'_>) -> Option<u64> {
@@ -464,7 +487,7 @@ mod tests {
             .to_string();
         assert!(e.contains("max_size") && e.contains("K, M, G"), "{e}");
         let e = cfg
-            .apply_toml("disable = 1", file())
+            .apply_toml("disable = 2", file())
             .unwrap_err()
             .to_string();
         assert!(e.contains("disable") && e.contains("true or false"), "{e}");
@@ -478,6 +501,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn lenient_spellings_and_home_paths() {
+        let mut cfg = Config::default();
+        cfg.apply_toml(
+            "direct_mode = \"no\"\nauto_start = 0\nreplication = \"3\"",
+            file(),
+        )
+        .unwrap();
+        assert!(!cfg.direct_mode && !cfg.auto_start);
+        assert_eq!(cfg.replication, 3);
+        if let Some(home) = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf()) {
+            cfg.apply_toml("dir = \"~/dcache\"\nbase_dir = \"~\"", file())
+                .unwrap();
+            assert_eq!(cfg.dir, home.join("dcache"));
+            assert_eq!(cfg.base_dir, Some(home));
+        }
     }
 
     #[test]

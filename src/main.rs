@@ -11,8 +11,25 @@ fn main() -> std::process::ExitCode {
     match distc::cli::main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("distc: error: {e:#}");
+            eprintln!("distc: error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause that an outer message already
+/// quotes (many errors here say "cannot read X: <os error>" and also carry that error).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
