@@ -29,6 +29,9 @@ pub struct Cache {
     warned: std::cell::Cell<bool>,
 }
 
+/// Directories of `$DISTC_DIR` that grow with the store and are trimmed with it.
+const AUX_DIRS: &[&str] = &["manifests", "misses", "locks"];
+
 /// What a lookup found.
 pub enum Found {
     Local(Bundle),
@@ -46,7 +49,7 @@ impl Cache {
         };
         match Store::open(&dir.join("store"), max_size) {
             Ok(s) => Cache {
-                store: Some(s),
+                store: Some(s.with_aux_dirs(AUX_DIRS.iter().map(|d| dir.join(d)).collect())),
                 ..cache
             },
             Err(e) => {

@@ -94,7 +94,16 @@ pub struct Usage {
 pub struct Store {
     root: PathBuf,
     max_size: u64,
+    /// Directories of small files that live alongside the store (direct-mode manifests, miss
+    /// records, lock files): trimmed whenever the store evicts, so the whole cache directory
+    /// stays bounded, not just the entries.
+    aux: Vec<PathBuf>,
 }
+
+/// Share of `max_size` that auxiliary directories may take together.
+const AUX_SHARE: u64 = 10;
+/// Empty files (locks) older than this are removed when auxiliary directories are trimmed.
+const STALE_LOCK: Duration = Duration::from_secs(3600);
 
 impl Store {
     /// Opens (creating if needed) the store at `dir`, capped at `max_size` bytes on disk.
@@ -103,7 +112,15 @@ impl Store {
         Ok(Store {
             root: dir.to_path_buf(),
             max_size,
+            aux: Vec::new(),
         })
+    }
+
+    /// Names directories whose files are trimmed (oldest first) when the store evicts, to at
+    /// most a tenth of `max_size` together; empty files in them older than an hour go too.
+    pub fn with_aux_dirs(mut self, dirs: Vec<PathBuf>) -> Store {
+        self.aux = dirs;
+        self
     }
 
     /// The directory this store lives in.
@@ -374,7 +391,40 @@ impl Store {
         }
         tracing::debug!(evicted, ?total, "cache store evicted old entries");
         self.adjust_usage(|u| *u = total)?;
+        self.trim_aux(now);
         Ok(())
+    }
+
+    /// Keeps the auxiliary directories under their share of the cap (best effort).
+    fn trim_aux(&self, now: SystemTime) {
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for dir in &self.aux {
+            walk_files(dir, 2, &mut |path, meta| {
+                let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                if meta.len() == 0 {
+                    if now.duration_since(modified).is_ok_and(|a| a > STALE_LOCK) {
+                        let _ = fs::remove_file(path);
+                    }
+                    return;
+                }
+                total += meta.len();
+                files.push((modified, meta.len(), path.to_path_buf()));
+            });
+        }
+        let budget = self.max_size / AUX_SHARE;
+        if total <= budget {
+            return;
+        }
+        files.sort();
+        for (_, size, path) in files {
+            if total <= budget {
+                break;
+            }
+            if fs::remove_file(&path).is_ok() {
+                total -= size;
+            }
+        }
     }
 
     /// All files under the store's 256 fan-out directories: (path, metadata, is_temp).
@@ -468,6 +518,21 @@ impl Store {
             Ok(()) => Ok(Some(file)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+}
+
+/// Calls `f` for every regular file under `dir`, at most `depth` directory levels down.
+fn walk_files(dir: &Path, depth: u32, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.is_dir() && depth > 0 {
+            walk_files(&e.path(), depth - 1, f);
+        } else if meta.is_file() {
+            f(&e.path(), &meta);
         }
     }
 }
@@ -629,6 +694,42 @@ mod tests {
         // The newest entry survives.
         assert!(s.contains(&keys[9]));
         assert!(!s.contains(&keys[0]));
+    }
+
+    #[test]
+    fn eviction_also_trims_auxiliary_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        let locks = dir.path().join("locks");
+        fs::create_dir_all(manifests.join("ab")).unwrap();
+        fs::create_dir_all(&locks).unwrap();
+        for i in 0..50 {
+            fs::write(manifests.join("ab").join(format!("m{i}")), [0u8; 1000]).unwrap();
+        }
+        let old_lock = locks.join("old");
+        fs::write(&old_lock, b"").unwrap();
+        File::options()
+            .write(true)
+            .open(&old_lock)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        fs::write(locks.join("fresh"), b"").unwrap();
+        let s = Store::open(&dir.path().join("store"), 20_000)
+            .unwrap()
+            .with_aux_dirs(vec![manifests.clone(), locks.clone()]);
+        // Push the store over its cap so that it evicts.
+        for i in 0..30u32 {
+            let payload: Vec<u8> = (0..2000u32)
+                .map(|j| (j * 7 + i * 13) as u8 ^ (j >> 3) as u8)
+                .collect();
+            s.put(&Key::digest(&i.to_le_bytes()), &payload).unwrap();
+        }
+        let mut aux = 0;
+        walk_files(&manifests, 2, &mut |_, m| aux += m.len());
+        assert!(aux <= 2_000, "manifests not trimmed: {aux} bytes");
+        assert!(!old_lock.exists(), "stale lock kept");
+        assert!(locks.join("fresh").exists(), "fresh lock removed");
     }
 
     #[test]
