@@ -305,7 +305,7 @@ impl Store {
 
     /// Removes every entry. Returns what was removed.
     pub fn clear(&self) -> Result<Usage, StoreError> {
-        let _guard = self.lock_file(EVICT_LOCK, true)?;
+        let _guard = self.lock_file(EVICT_LOCK)?;
         let mut removed = Usage::default();
         for (path, meta, is_temp) in self.scan()? {
             if fs::remove_file(&path).is_ok() && !is_temp {
@@ -343,7 +343,7 @@ impl Store {
 
     /// Recounts the store from disk, repairing the counter file.
     pub fn recount(&self) -> Result<Usage, StoreError> {
-        let _guard = self.lock_file(EVICT_LOCK, true)?;
+        let _guard = self.lock_file(EVICT_LOCK)?;
         let mut usage = Usage::default();
         for (_, meta, is_temp) in self.scan()? {
             if !is_temp {
@@ -489,7 +489,7 @@ impl Store {
         // The lock is released when `file` is closed.
     }
 
-    fn lock_file(&self, name: &str, exclusive: bool) -> Result<File, StoreError> {
+    fn open_lock_file(&self, name: &str) -> Result<(File, PathBuf), StoreError> {
         let path = self.root.join(name);
         let file = OpenOptions::new()
             .write(true)
@@ -497,23 +497,19 @@ impl Store {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        flock(&file, op).map_err(|e| StoreError::io(&path, e))?;
+        Ok((file, path))
+    }
+
+    /// Waits for an exclusive lock on `name`; released when the file is dropped.
+    fn lock_file(&self, name: &str) -> Result<File, StoreError> {
+        let (file, path) = self.open_lock_file(name)?;
+        flock(&file, libc::LOCK_EX).map_err(|e| StoreError::io(&path, e))?;
         Ok(file)
     }
 
+    /// The exclusive lock on `name` if nobody holds it, else `None`.
     fn try_lock_file(&self, name: &str) -> Result<Option<File>, StoreError> {
-        let path = self.root.join(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
+        let (file, path) = self.open_lock_file(name)?;
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => Ok(Some(file)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
