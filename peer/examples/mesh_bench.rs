@@ -186,27 +186,6 @@ async fn converge(n: usize, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pnet keystream alone: this crate's XSalsa20 against the reference implementation.
-fn cipher(mb: usize) {
-    use salsa20::cipher::{KeyIvInit, StreamCipher};
-    let mut buf = vec![0u8; mb * 1_000_000];
-    let (key, nonce) = ([7u8; 32], [9u8; 24]);
-    for _ in 0..3 {
-        let t = Instant::now();
-        let mut c = distc_peer::pnet::XSalsa20::new(&key, &nonce);
-        for chunk in buf.chunks_mut(65536) {
-            c.apply_keystream(chunk);
-        }
-        line("xsalsa20-distc", t.elapsed(), Some(buf.len()), "");
-        let t = Instant::now();
-        let mut r = salsa20::XSalsa20::new((&key).into(), (&nonce).into());
-        for chunk in buf.chunks_mut(65536) {
-            r.apply_keystream(chunk);
-        }
-        line("xsalsa20-reference", t.elapsed(), Some(buf.len()), "");
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -220,10 +199,6 @@ async fn main() -> anyhow::Result<()> {
     };
     match args.first().map(String::as_str) {
         Some("transfer") => transfer(num(1, 20)?, num(2, 7)?.max(1)).await,
-        Some("cipher") => {
-            cipher(num(1, 64)?);
-            Ok(())
-        }
         Some("converge") => converge(num(1, 3)?.max(2), num(2, 5)?.max(1)).await,
         _ => anyhow::bail!("usage: mesh_bench transfer [MB] [RUNS] | converge N [RUNS]"),
     }

@@ -11,7 +11,6 @@
 //! - [`ipc`]: the local socket (`$DISTC_DIR/peer.sock`) and the sync `IpcClient` the wrapper uses.
 //! - [`daemon`]: `distc peer` (lock, identity, trust rules, IPC server) and auto-start.
 //! - [`psk`]: the mesh key (swarm.key format) and join tokens.
-//! - [`pnet`]: libp2p's private-network layer (wire-compatible, faster keystream).
 //! - [`report`]: what `status`, `flush` and `inspect` receive from the peer.
 
 pub mod codec;
@@ -20,7 +19,6 @@ pub mod ipc;
 pub mod key;
 pub mod membership;
 pub mod node;
-pub mod pnet;
 pub mod protocol;
 pub mod psk;
 pub mod report;

@@ -216,7 +216,7 @@ fn build_transport(
     let upgrade_timeout = Duration::from_secs(10);
     Ok(match psk {
         Some(psk) => tcp
-            .and_then(move |socket, _| crate::pnet::handshake(crate::psk::key_bytes(psk), socket))
+            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
             .upgrade(upgrade::Version::V1)
             .authenticate(noise)
             .multiplex(yamux_cfg)

@@ -68,17 +68,6 @@ fn key_hex(key: PreSharedKey) -> Option<String> {
         .map(|l| l.trim().to_ascii_lowercase())
 }
 
-/// The 32 raw key bytes (what the pnet cipher is keyed with).
-pub fn key_bytes(key: PreSharedKey) -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    if let Some(h) = key_hex(key) {
-        // The key file always holds 64 hex characters: `PreSharedKey` was parsed or built from
-        // 32 bytes.
-        let _ = hex::decode_to_slice(h, &mut bytes);
-    }
-    bytes
-}
-
 /// The one-line join token for `key`.
 pub fn to_token(key: PreSharedKey) -> String {
     format!("{TOKEN_PREFIX}{}", key_hex(key).unwrap_or_default())
