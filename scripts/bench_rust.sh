@@ -101,7 +101,7 @@ wrapper_of() {
 clear_cache() {
   case $1 in
     sccache) rm -rf "${SCCACHE_DIR:?}"/* ;;
-    distc) rm -rf "$DISTC_DIR/store" "$DISTC_DIR/stats" ;;  # keep the memoised rustc identity
+    distc) rm -rf "$DISTC_DIR/store" "$DISTC_DIR/stats" "$DISTC_DIR/manifests" ;;  # keep the memoised rustc identity
   esac
 }
 

@@ -37,6 +37,10 @@
 //!     linker driver (`-C linker`, else `cc`, as found on PATH).
 //! 12. `cwd` — the working directory, only with debug info not covered by
 //!     `--remap-path-prefix` (debug info records it).
+//!
+//! Inputs 1-5 and 8-12 are known before the dep-info pass ([`KeyParts`]): direct mode
+//! ([`crate::rust_direct`]) keys its manifests by them, with input 9 over every `CARGO_*`
+//! variable, so a hit needs no rustc process.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
