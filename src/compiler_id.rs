@@ -1,11 +1,15 @@
 //! The identity of a compiler binary: a content digest, memoised by path/size/mtime/ctime/inode
 //! under `$DISTC_DIR/compilers/` so it is computed once per compiler install, not per call.
+//! Also the compiler's own `#include <...>` search directories (see [`system_include_dirs`]),
+//! memoised there per compiler identity, language and the arguments that change them.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
@@ -50,9 +54,213 @@ pub fn compiler_digest(distc_dir: &Path, real: &Path) -> io::Result<[u8; 32]> {
     Ok(digest)
 }
 
+/// Options that change the compiler's built-in include search list, with whether they take a
+/// value (next argument, or glued: `--sysroot DIR`, `--sysroot=DIR`, `-isysrootDIR`). Longer
+/// flags come before their prefixes.
+const INCLUDE_LIST_FLAGS: &[(&str, bool)] = &[
+    ("-nostdinc++", false),
+    ("-nostdinc", false),
+    ("-nostdlibinc", false),
+    ("-nobuiltininc", false),
+    ("--no-standard-includes", false),
+    ("--sysroot", true),
+    ("-isysroot", true),
+    ("-target", true),
+    ("--target", true),
+    ("-arch", true),
+    ("-imultilib", true),
+    ("-imultiarch", true),
+    ("-iprefix", true),
+    ("-iwithprefixbefore", true),
+    ("-iwithprefix", true),
+    ("-gcc-toolchain", true),
+    ("--gcc-toolchain", true),
+    ("-resource-dir", true),
+    ("-cxx-isystem", true),
+    ("-Xclang", true),
+    ("-B", true),
+    ("-stdlib", false),
+    ("-m32", false),
+    ("-m64", false),
+    ("-mx32", false),
+    ("-m16", false),
+    ("-mabi", false),
+];
+
+/// The arguments among `args` that can change the built-in include search list.
+pub fn include_list_args(args: &[OsString]) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_bytes();
+        i += 1;
+        for (flag, separate) in INCLUDE_LIST_FLAGS {
+            let f = flag.as_bytes();
+            if a == f {
+                out.push(args[i - 1].clone());
+                if *separate && let Some(v) = args.get(i) {
+                    out.push(v.clone());
+                    i += 1;
+                }
+                break;
+            }
+            // Glued values: `--sysroot=DIR`, `-stdlib=libc++`, `-mabi=lp64`, `-isysrootDIR`.
+            if let Some(rest) = a.strip_prefix(f)
+                && (rest.first() == Some(&b'=') || (*separate && !flag.starts_with("--")))
+            {
+                out.push(args[i - 1].clone());
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The compiler's `#include <...>` search directories for `language` under `args` (only the
+/// ones [`include_list_args`] picks), in search order, as the compiler prints them (so they
+/// prefix the header paths it reports). `identity` must cover the compiler binary and the
+/// environment that changes the list (CPATH and friends). Memoised under
+/// `$DISTC_DIR/compilers/`; runs `compiler -x LANG -E -v -` once per memo key. `None` when the
+/// compiler does not say.
+pub fn system_include_dirs(
+    distc_dir: &Path,
+    compiler: &Path,
+    identity: &[u8; 32],
+    language: &str,
+    args: &[OsString],
+) -> Option<Vec<PathBuf>> {
+    let list_args = include_list_args(args);
+    let mut h = Sha256::new();
+    h.update(b"include-dirs 1\0");
+    h.update(identity);
+    h.update(compiler.as_os_str().as_bytes());
+    h.update([0]);
+    h.update(language.as_bytes());
+    for a in &list_args {
+        h.update([0]);
+        h.update(a.as_bytes());
+    }
+    let memo = distc_dir
+        .join("compilers")
+        .join(format!("inc-{}", hex::encode(&h.finalize()[..16])));
+    if let Ok(bytes) = fs::read(&memo)
+        && let Some(body) = bytes.strip_prefix(b"ok\n")
+    {
+        return Some(
+            body.split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| PathBuf::from(OsStr::from_bytes(l)))
+                .collect(),
+        );
+    }
+    let out = Command::new(compiler)
+        .args(&list_args)
+        .args(["-x", language, "-E", "-v", "-"])
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dirs = parse_search_list(&out.stderr)?;
+    let mut text = b"ok\n".to_vec();
+    for d in &dirs {
+        text.extend_from_slice(d.as_os_str().as_bytes());
+        text.push(b'\n');
+    }
+    let _ = fs::create_dir_all(memo.parent().unwrap_or(distc_dir))
+        .and_then(|()| crate::bundle::write_atomic(&memo, &text));
+    Some(dirs)
+}
+
+/// The `#include <...>` list of `cc -v` output. `None` without one (or with a directory whose
+/// name has a newline, which the memo could not hold).
+fn parse_search_list(stderr: &[u8]) -> Option<Vec<PathBuf>> {
+    let mut lines = stderr.split(|&b| b == b'\n');
+    lines.find(|l| l.starts_with(b"#include <...> search starts here:"))?;
+    let mut dirs = Vec::new();
+    for l in lines {
+        if l.starts_with(b"End of search list.") {
+            return Some(dirs);
+        }
+        let d = l.strip_prefix(b" ")?;
+        // clang marks macOS framework directories; they hold no plain headers.
+        if d.ends_with(b" (framework directory)") {
+            continue;
+        }
+        dirs.push(PathBuf::from(OsString::from_vec(d.to_vec())));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_list_parsed() {
+        let err = [
+            "ignoring nonexistent directory \"/x\"",
+            "#include \"...\" search starts here:",
+            "#include <...> search starts here:",
+            " /usr/lib/gcc/x86_64-linux-gnu/12/include",
+            " /usr/include",
+            " /S/System/Library/Frameworks (framework directory)",
+            "End of search list.",
+            "",
+        ]
+        .join("\n");
+        let err = err.as_bytes();
+        assert_eq!(
+            parse_search_list(err).unwrap(),
+            [
+                PathBuf::from("/usr/lib/gcc/x86_64-linux-gnu/12/include"),
+                PathBuf::from("/usr/include")
+            ]
+        );
+        assert!(parse_search_list(b"no list\n").is_none());
+    }
+
+    #[test]
+    fn include_list_args_picked() {
+        let args: Vec<OsString> = [
+            "-O2",
+            "-I",
+            "inc",
+            "-m64",
+            "--sysroot",
+            "/sr",
+            "-isysroot/x",
+            "-nostdinc",
+            "-Dx",
+            "-stdlib=libc++",
+            "-march=x86-64",
+            "--target=arm",
+            "-mavx",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let got: Vec<String> = include_list_args(&args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "-m64",
+                "--sysroot",
+                "/sr",
+                "-isysroot/x",
+                "-nostdinc",
+                "-stdlib=libc++",
+                "--target=arm"
+            ]
+        );
+    }
 
     #[test]
     fn memoised_and_invalidated() {

@@ -2,8 +2,12 @@
 //!
 //! A *manifest* per (compiler, args, environment, source path + contents) lists, for each
 //! result seen, every header the compile read (path, digest, stat) and a set of *probes*: paths
-//! where a newly created header would shadow one of them (same name in another `-I`/`-iquote`/
-//! `-isystem` directory or the source's directory) with whether each existed. A lookup trusts an
+//! where a newly created header would shadow one of them (same name in the source's directory,
+//! any `-I`/`-iquote`/`-isystem`/`-idirafter` directory, or a system include directory searched
+//! before the one it was found in; the compiler's list is learnt once per compiler, language
+//! and search-list options, see [`crate::compiler_id::system_include_dirs`]) with whether each
+//! existed. Probes are grouped under the directory that decides them: while that directory's
+//! stat is unchanged (and was old enough when recorded), none of its probes needs a stat. A lookup trusts an
 //! entry only if every header still has its digest (re-hashed unless its stat matches and it was
 //! old enough when recorded to be trusted) and every probe gives the same answer; otherwise the
 //! wrapper falls back to the preprocessor. Sources or headers that mention `__TIME__`,
@@ -26,7 +30,8 @@ use sha2::{Digest, Sha256};
 use crate::compiler::CompileJob;
 use crate::fingerprint::{self, Context, Fingerprint, Inputs};
 
-const MANIFEST_VERSION: u32 = 1;
+/// 2: probes also cover the compiler's system include directories; directory stamps.
+const MANIFEST_VERSION: u32 = 2;
 /// Entries kept per manifest (newest first); old header states fall off.
 const MAX_ENTRIES: usize = 16;
 const MAX_MANIFEST: usize = 64 << 20;
@@ -43,10 +48,31 @@ struct Manifest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Entry {
     headers: Vec<Header>,
-    /// (path, existed): a change in existence means include resolution may differ.
-    probes: Vec<(Vec<u8>, bool)>,
+    /// Directories whose unchanged stat proves that no entry in them was created or removed
+    /// since recording: the probes they guard need no stat of their own.
+    dirs: Vec<DirStamp>,
+    /// A change in a probe's existence means include resolution may differ.
+    probes: Vec<Probe>,
     result: [u8; 32],
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct DirStamp {
+    path: Vec<u8>,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Probe {
+    path: Vec<u8>,
+    existed: bool,
+    /// Index into `dirs` of the directory whose entries decide this path's existence (its
+    /// parent, or the deepest ancestor that existed), or `NO_GUARD`.
+    guard: u32,
+}
+
+const NO_GUARD: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Header {
@@ -130,7 +156,15 @@ impl DirectKey {
         result: &Key,
         started: SystemTime,
     ) {
-        let Some(entry) = make_entry(ctx, job, &self.norm_source, headers, result, started) else {
+        let Some(entry) = make_entry(
+            ctx,
+            job,
+            &self.common,
+            &self.norm_source,
+            headers,
+            result,
+            started,
+        ) else {
             return;
         };
         let mut m = self.read(ctx).unwrap_or(Manifest {
@@ -211,9 +245,70 @@ fn entry_matches(cwd: &Path, e: &Entry) -> bool {
             _ => return false,
         }
     }
-    e.probes
-        .iter()
-        .all(|(p, existed)| resolve(p).exists() == *existed)
+    // Each guarding directory is stat'ed at most once; a changed one means stat its probes.
+    let mut unchanged: Vec<Option<bool>> = vec![None; e.dirs.len()];
+    e.probes.iter().all(|p| {
+        if let Some(slot) = unchanged.get_mut(p.guard as usize) {
+            let ok = *slot.get_or_insert_with(|| {
+                let d = &e.dirs[p.guard as usize];
+                fs::metadata(resolve(&d.path)).is_ok_and(|md| stat_tuple(&md) == (d.mtime, d.ctime))
+            });
+            if ok {
+                return true;
+            }
+        }
+        resolve(&p.path).exists() == p.existed
+    })
+}
+
+/// Groups probes under the directories that decide them. A directory guards only when its
+/// mtime and ctime were older than `trust_before`: any later entry created or removed in it
+/// then necessarily gives it a different stat.
+fn guard_probes(
+    cwd: &Path,
+    probes: Vec<(Vec<u8>, bool)>,
+    trust_before: (i64, i64),
+) -> (Vec<DirStamp>, Vec<Probe>) {
+    let mut dirs: Vec<DirStamp> = Vec::new();
+    let mut index: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(probes.len());
+    for (path, existed) in probes {
+        let mut guard = NO_GUARD;
+        let mut dir = Path::new(OsStr::from_bytes(&path)).parent();
+        while let Some(d) = dir {
+            let key = d.as_os_str().as_bytes().to_vec();
+            if let Some(&i) = index.get(&key) {
+                guard = i;
+                break;
+            }
+            match fs::metadata(cwd.join(d)) {
+                Ok(md) if md.is_dir() => {
+                    let (m, c) = stat_tuple(&md);
+                    if m < trust_before && c < trust_before && dirs.len() < NO_GUARD as usize {
+                        guard = dirs.len() as u32;
+                        dirs.push(DirStamp {
+                            path: key.clone(),
+                            mtime: m,
+                            ctime: c,
+                        });
+                    }
+                    index.insert(key, guard);
+                    break;
+                }
+                // Missing: its creation shows in the nearest existing ancestor.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !existed => {
+                    dir = d.parent();
+                }
+                _ => break,
+            }
+        }
+        out.push(Probe {
+            path,
+            existed,
+            guard,
+        });
+    }
+    (dirs, out)
 }
 
 fn secs(t: SystemTime) -> (i64, i64) {
@@ -226,6 +321,7 @@ fn secs(t: SystemTime) -> (i64, i64) {
 fn make_entry(
     ctx: &Context,
     job: &CompileJob,
+    common: &Inputs,
     norm_source: &OsStr,
     headers: &[PathBuf],
     result: &Key,
@@ -257,49 +353,130 @@ fn make_entry(
             trusted: m < trust_before && c < trust_before,
         });
     }
-    // Candidate include directories: the source's own, then the user's search dirs.
+    // Candidate include directories, in search order: the source's own, the user's search dirs
+    // (-iquote/-I/-isystem; their mutual order depends on the include form, so each one is
+    // probed for every header), the compiler's system dirs, then -idirafter dirs.
     let src_dir = Path::new(norm_source)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = vec![src_dir];
+    let identity = identity_of(common);
+    let system = crate::compiler_id::system_include_dirs(
+        &ctx.distc_dir,
+        &ctx.compiler,
+        &identity,
+        job.language.name(),
+        &job.args,
+    )?;
+    let after = idirafter_dirs(&job.args);
+    let mut dirs: Vec<(PathBuf, Tier)> = vec![(src_dir, Tier::User)];
     for d in &job.search_dirs {
-        dirs.push(PathBuf::from(OsString::from_vec(norm(d))));
-    }
-    let mut probes: Vec<(Vec<u8>, bool)> = Vec::new();
-    for h in &out {
-        let hp = Path::new(OsStr::from_bytes(&h.path));
-        // The directory the header was found in: the longest candidate that prefixes it.
-        let Some((found_in, rel)) = dirs
-            .iter()
-            .filter_map(|d| {
-                if d.as_os_str().is_empty() {
-                    (hp.is_relative()).then_some((d, hp))
-                } else {
-                    hp.strip_prefix(d).ok().map(|r| (d, r))
-                }
-            })
-            .max_by_key(|(d, _)| d.as_os_str().len())
-        else {
-            continue; // a system header: resolution there is the compiler's own business
-        };
-        for d in &dirs {
-            if d == found_in {
-                continue;
-            }
-            let probe = d.join(rel);
-            let bytes = probe.as_os_str().as_bytes().to_vec();
-            if !probes.iter().any(|(p, _)| *p == bytes) {
-                let exists = ctx.cwd.join(&probe).exists();
-                probes.push((bytes, exists));
-            }
+        if !after.contains(d) {
+            dirs.push((PathBuf::from(OsString::from_vec(norm(d))), Tier::User));
         }
     }
+    for d in &system {
+        dirs.push((PathBuf::from(OsString::from_vec(norm(d))), Tier::System));
+    }
+    for d in &after {
+        dirs.push((PathBuf::from(OsString::from_vec(norm(d))), Tier::After));
+    }
+    let probes = shadow_probes(&ctx.cwd, &dirs, out.iter().map(|h| h.path.as_slice()));
+    let (dirs, probes) = guard_probes(&ctx.cwd, probes, trust_before);
     Some(Entry {
         headers: out,
+        dirs,
         probes,
         result: result.0,
     })
+}
+
+/// Where a candidate include directory sits in the search order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// The source's directory, -iquote, -I, -isystem: probed for every header.
+    User,
+    /// The compiler's own directories: searched after the user's, in their listed order.
+    System,
+    /// -idirafter: searched last.
+    After,
+}
+
+/// The compiler identity and the environment that shapes its search list, from the common
+/// inputs (which always hold both).
+fn identity_of(common: &Inputs) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for i in &common.items {
+        if i.label == "compiler" || i.label == "env" {
+            h.update(i.label.as_bytes());
+            h.update(i.digest);
+        }
+    }
+    h.finalize().into()
+}
+
+/// The `-idirafter` directories of a command line (separate or glued value).
+fn idirafter_dirs(args: &[OsString]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "-idirafter" {
+            if let Some(v) = it.next() {
+                out.push(PathBuf::from(v));
+            }
+        } else if let Some(v) = a.as_bytes().strip_prefix(b"-idirafter") {
+            out.push(PathBuf::from(OsStr::from_bytes(v)));
+        }
+    }
+    out
+}
+
+/// Paths where a new file would change which file an include of one of `headers` resolves to,
+/// with whether each exists now. A header may have been found through any candidate directory
+/// that prefixes it (`/usr/include/x86_64-linux-gnu/bits/types.h` is `bits/types.h` there and
+/// `x86_64-linux-gnu/bits/types.h` under `/usr/include`); for each such reading its name is
+/// probed in every user directory and every directory searched before the one it was found in.
+/// Stat only: this list is what a hit re-checks.
+fn shadow_probes<'a>(
+    cwd: &Path,
+    dirs: &[(PathBuf, Tier)],
+    headers: impl Iterator<Item = &'a [u8]>,
+) -> Vec<(Vec<u8>, bool)> {
+    let mut probes: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for hp in headers {
+        let hp = Path::new(OsStr::from_bytes(hp));
+        for (k, (found_in, tier)) in dirs.iter().enumerate() {
+            let rel = if found_in.as_os_str().is_empty() {
+                if hp.is_absolute() {
+                    continue;
+                }
+                hp
+            } else {
+                match hp.strip_prefix(found_in) {
+                    Ok(r) if !r.as_os_str().is_empty() => r,
+                    _ => continue,
+                }
+            };
+            for (j, (d, t)) in dirs.iter().enumerate() {
+                let earlier = match (tier, t) {
+                    (_, Tier::User) => true,
+                    (Tier::User, _) => false,
+                    _ => j < k,
+                };
+                if j == k || !earlier || d == found_in {
+                    continue;
+                }
+                let probe = d.join(rel);
+                let bytes = probe.into_os_string().into_vec();
+                if bytes.as_slice() != hp.as_os_str().as_bytes() && seen.insert(bytes.clone()) {
+                    let exists = cwd.join(OsStr::from_bytes(&bytes)).exists();
+                    probes.push((bytes, exists));
+                }
+            }
+        }
+    }
+    probes
 }
 
 /// The prerequisites of the first rule of a make dependency file.
@@ -347,6 +524,85 @@ pub fn parse_depfile(text: &[u8]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_cover_earlier_system_dirs_and_every_user_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs = [
+            (PathBuf::new(), Tier::User),
+            (PathBuf::from("inc"), Tier::User),
+            (PathBuf::from("/sys/gcc"), Tier::System),
+            (PathBuf::from("/sys/usr"), Tier::System),
+            (PathBuf::from("/sys/usr/multi"), Tier::System),
+            (PathBuf::from("late"), Tier::After),
+        ];
+        let probes = shadow_probes(
+            d.path(),
+            &dirs,
+            [&b"/sys/usr/stdio.h"[..], b"inc/h.h"].into_iter(),
+        );
+        let names: Vec<&str> = probes
+            .iter()
+            .map(|(p, _)| std::str::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "stdio.h",
+                "inc/stdio.h",
+                "/sys/gcc/stdio.h",
+                // inc/h.h read as relative to the source dir, then as found in inc. The
+                // -idirafter dir is searched after both: a file there shadows neither.
+                "inc/inc/h.h",
+                "h.h",
+            ]
+        );
+        assert!(probes.iter().all(|(_, e)| !e));
+    }
+
+    #[test]
+    fn directory_stamps_guard_probes() {
+        let d = tempfile::tempdir().unwrap();
+        let inc = d.path().join("inc");
+        fs::create_dir(&inc).unwrap();
+        fs::write(inc.join("x.h"), "").unwrap();
+        let p = |rel: &str| inc.join(rel).into_os_string().into_vec();
+        let probes = vec![(p("x.h"), true), (p("y.h"), false), (p("sub/z.h"), false)];
+        let future = secs(SystemTime::now() + Duration::from_secs(60));
+        let (dirs, guarded) = guard_probes(d.path(), probes.clone(), future);
+        assert_eq!(dirs.len(), 1);
+        assert!(guarded.iter().all(|p| p.guard == 0));
+        let mut e = Entry {
+            headers: vec![],
+            dirs,
+            probes: guarded,
+            result: [0; 32],
+        };
+        assert!(entry_matches(d.path(), &e));
+        // A directory stamp that no longer matches: every probe is stat'ed, and they agree.
+        e.dirs[0].mtime.0 -= 1;
+        assert!(entry_matches(d.path(), &e));
+        e.dirs[0].mtime.0 += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        fs::create_dir(inc.join("sub")).unwrap();
+        fs::write(inc.join("sub/z.h"), "").unwrap();
+        assert!(!entry_matches(d.path(), &e), "sub/z.h appeared");
+        // Too recent to trust: no guard.
+        let (dirs, guarded) = guard_probes(d.path(), probes, (0, 0));
+        assert!(dirs.is_empty() && guarded.iter().all(|p| p.guard == NO_GUARD));
+    }
+
+    #[test]
+    fn idirafter_collected() {
+        let args: Vec<OsString> = ["-Ia", "-idirafter", "x", "-idirafter/y", "-c"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(
+            idirafter_dirs(&args),
+            [PathBuf::from("x"), PathBuf::from("/y")]
+        );
+    }
 
     #[test]
     fn depfile_parsing() {

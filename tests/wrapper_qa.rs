@@ -209,3 +209,44 @@ fn assembler_listing_file_is_written_every_time() {
         assert_eq!(sb.compiles(), 3, "{}: {:?}", mode.0, sb.invocations());
     }
 }
+
+#[test]
+fn new_header_shadowing_a_system_header_misses() {
+    for mode in MODES {
+        let sb = Sandbox::new();
+        write(
+            &sb.work,
+            "m.c",
+            "#include \"h.h\"\n#include <stdio.h>\nint v = H + EOF;\n",
+        );
+        write(&sb.work, "b/h.h", "#define H 1\n");
+        fs::create_dir_all(sb.work.join("a")).unwrap();
+        let args = ["gcc", "-c", "m.c", "-Ia", "-Ib", "-o", "m.o"];
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_eq!(sb.compiles(), 1, "{}: second compile hits", mode.0);
+        // An -I directory now holds a stdio.h: it wins over the system one.
+        write(&sb.work, "a/stdio.h", "#define EOF 3\n");
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_eq!(
+            sb.compiles(),
+            2,
+            "{}: the shadowing header must miss",
+            mode.0
+        );
+        plain(&sb.work, "gcc", &["-c", "m.c", "-Ia", "-Ib", "-o", "ref.o"]);
+        assert_eq!(
+            fs::read(sb.work.join("m.o")).unwrap(),
+            fs::read(sb.work.join("ref.o")).unwrap(),
+            "{}",
+            mode.0
+        );
+        // Gone again: the first result is right again. Then in the other -I directory.
+        fs::remove_file(sb.work.join("a/stdio.h")).unwrap();
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_eq!(sb.compiles(), 2, "{}: back to the first state", mode.0);
+        write(&sb.work, "b/stdio.h", "#define EOF 4\n");
+        assert_ok(&run_in(&sb, &sb.work, mode, &args), mode.0);
+        assert_eq!(sb.compiles(), 3, "{}: {:?}", mode.0, sb.invocations());
+    }
+}
