@@ -105,6 +105,12 @@ impl Bundle {
 
     /// Writes stdout and stderr byte for byte.
     pub fn replay_streams(&self) -> io::Result<()> {
+        self.replay_streams_with(false)
+    }
+
+    /// Writes stdout and stderr; with `strip_colours`, stderr without ANSI colour sequences
+    /// (a result compiled for a terminal, replayed into a file or pipe).
+    pub fn replay_streams_with(&self, strip_colours: bool) -> io::Result<()> {
         if !self.stdout.is_empty() {
             let mut o = io::stdout().lock();
             o.write_all(&self.stdout)?;
@@ -112,11 +118,37 @@ impl Bundle {
         }
         if !self.stderr.is_empty() {
             let mut e = io::stderr().lock();
-            e.write_all(&self.stderr)?;
+            if strip_colours {
+                e.write_all(&strip_ansi_colours(&self.stderr))?;
+            } else {
+                e.write_all(&self.stderr)?;
+            }
             e.flush()?;
         }
         Ok(())
     }
+}
+
+/// `text` without the SGR and erase-line sequences (`ESC [ 01;31 m`, `ESC [ K`) that gcc and
+/// clang colour diagnostics with; every other byte is kept.
+pub fn strip_ansi_colours(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == 0x1b && text.get(i + 1) == Some(&b'[') {
+            let params = text[i + 2..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit() || **c == b';')
+                .count();
+            if let Some(b'm' | b'K') = text.get(i + 2 + params) {
+                i += 3 + params;
+                continue;
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, then rename.
@@ -173,6 +205,17 @@ mod tests {
         let enc = b.encode().unwrap();
         assert_eq!(Bundle::decode(&enc).unwrap(), b);
         assert!(Bundle::decode(&enc[..enc.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn colours_stripped() {
+        let coloured =
+            b"\x1b[01m\x1b[Ka.c:1:5:\x1b[m\x1b[K \x1b[01;35m\x1b[Kwarning: \x1b[m\x1b[Kx\n\x1b[2J";
+        assert_eq!(
+            strip_ansi_colours(coloured),
+            b"a.c:1:5: warning: x\n\x1b[2J".to_vec()
+        );
+        assert_eq!(strip_ansi_colours(b"plain \x1b"), b"plain \x1b".to_vec());
     }
 
     #[test]

@@ -95,6 +95,22 @@ struct Run {
     job: CompileJob,
     /// When the wrapper started: files modified after it are not trusted in manifests.
     started: SystemTime,
+    /// The user left diagnostics colour to the compiler's default (colour on a terminal).
+    /// Captured stderr is no terminal, so a compile for a terminal gets `-fdiagnostics-color`
+    /// (not in the key) and a replay to anything else strips the colour sequences.
+    auto_colour: bool,
+    stderr_is_tty: bool,
+}
+
+/// Whether `args` choose diagnostics colouring themselves (gcc or clang spelling).
+pub fn colour_chosen(args: &[OsString]) -> bool {
+    args.iter().any(|a| {
+        let a = a.as_bytes();
+        a.starts_with(b"-fdiagnostics-color")
+            || a.starts_with(b"-fno-diagnostics-color")
+            || a == b"-fcolor-diagnostics"
+            || a == b"-fno-color-diagnostics"
+    })
 }
 
 /// Wrapper entry point; never returns an error to the caller's build beyond the compiler's own.
@@ -175,12 +191,15 @@ pub fn main(inv: Invocation) -> ExitCode {
         compiler: real,
         invoked_as: name.to_os_string(),
     };
+    let auto_colour = !colour_chosen(&job.args);
     let run = Run {
         cfg,
         cache,
         ctx,
         job,
         started,
+        auto_colour,
+        stderr_is_tty: auto_colour && io::IsTerminal::is_terminal(&io::stderr()),
     };
     run.cached(&inv.args)
 }
@@ -311,7 +330,7 @@ impl Run {
             report_result("uncacheable compile-failed");
         }
         drop(lock);
-        finish_streams(&compiled.bundle, compiled.code)
+        finish_streams(&compiled.bundle, compiled.code, self.strip_colours())
     }
 
     /// Depend mode miss: compile with `-MD` to learn the headers, key from their contents.
@@ -367,12 +386,18 @@ impl Run {
             report_result("uncacheable compile-failed");
         }
         drop(lock);
-        finish_streams(&compiled.bundle, compiled.code)
+        finish_streams(&compiled.bundle, compiled.code, self.strip_colours())
     }
 
     /// Runs the real compiler with stdout/stderr captured; outputs read back into a bundle.
     fn compile(&self, args: &[OsString], extra: &[OsString]) -> Result<Compiled, ExitCode> {
+        let colour: &[&str] = if self.auto_colour && self.stderr_is_tty {
+            &["-fdiagnostics-color"]
+        } else {
+            &[]
+        };
         let out = match Command::new(&self.ctx.compiler)
+            .args(colour)
             .args(args)
             .args(extra)
             .output()
@@ -433,6 +458,11 @@ impl Run {
         }
     }
 
+    /// A stored result may hold colours added for a terminal; not for this stderr.
+    fn strip_colours(&self) -> bool {
+        self.auto_colour && !self.stderr_is_tty
+    }
+
     fn compile_uncached(&self, args: &[OsString]) -> ExitCode {
         report_result("uncacheable no-key");
         exec(&self.ctx.compiler, args)
@@ -455,7 +485,7 @@ impl Run {
             Event::LocalHit
         });
         report_result(if remote { "remote-hit" } else { "hit" });
-        finish_streams(&bundle, bundle.exit_code)
+        finish_streams(&bundle, bundle.exit_code, self.strip_colours())
     }
 
     fn write_outputs(&self, bundle: &Bundle) -> io::Result<()> {
@@ -473,8 +503,8 @@ impl Run {
 }
 
 /// Replays stdout/stderr and turns the recorded status into our exit code.
-fn finish_streams(bundle: &Bundle, code: i32) -> ExitCode {
-    let _ = bundle.replay_streams();
+fn finish_streams(bundle: &Bundle, code: i32, strip_colours: bool) -> ExitCode {
+    let _ = bundle.replay_streams_with(strip_colours);
     let _ = io::stdout().flush();
     ExitCode::from(code.clamp(0, 255) as u8)
 }

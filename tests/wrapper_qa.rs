@@ -250,3 +250,57 @@ fn new_header_shadowing_a_system_header_misses() {
         assert_eq!(sb.compiles(), 3, "{}: {:?}", mode.0, sb.invocations());
     }
 }
+
+#[test]
+fn diagnostics_are_coloured_on_a_terminal_and_plain_elsewhere() {
+    if !common::have_tool("script") {
+        println!("SKIP: script (util-linux) not installed; no pseudo-terminal for this test");
+        return;
+    }
+    for mode in MODES {
+        let sb = Sandbox::new();
+        write(&sb.work, "w.c", "int f(void) { int unused; return 0; }\n");
+        let line = format!("{} gcc -Wall -c w.c -o w.o", common::distc_bin().display());
+        // On a (pseudo) terminal: coloured, as gcc itself would show it there.
+        let tty = sb
+            .command("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("DISTC_DIRECT_MODE", mode.1)
+            .env("DISTC_DEPEND_MODE", mode.2)
+            .env("TERM", "xterm")
+            .output()
+            .expect("run script");
+        let shown = assert_ok(&tty, mode.0);
+        assert!(shown.contains("\x1b["), "{}: no colour: {shown:?}", mode.0);
+        assert_eq!(sb.compiles(), 1, "{}", mode.0);
+        // Replayed into a pipe: a hit, and no colour sequences.
+        let args = ["gcc", "-Wall", "-c", "w.c", "-o", "w.o"];
+        let piped = run_in(&sb, &sb.work, mode, &args);
+        assert_ok(&piped, mode.0);
+        assert_eq!(sb.compiles(), 1, "{}: a hit", mode.0);
+        let plain_err = std::process::Command::new("gcc")
+            .current_dir(&sb.work)
+            .args(&args[1..4])
+            .args(["-o", "ref.o"])
+            .output()
+            .expect("run gcc")
+            .stderr;
+        assert!(!piped.stderr.contains(&0x1b), "{}", mode.0);
+        assert_eq!(
+            String::from_utf8_lossy(&piped.stderr),
+            String::from_utf8_lossy(&plain_err),
+            "{}",
+            mode.0
+        );
+        // An explicit choice is the user's: kept in the key and replayed as is.
+        let args = ["gcc", "-Wall", "-fdiagnostics-color=always", "-c", "w.c"];
+        let a = run_in(&sb, &sb.work, mode, &args);
+        let b = run_in(&sb, &sb.work, mode, &args);
+        assert_eq!(sb.compiles(), 2, "{}", mode.0);
+        assert!(
+            a.stderr.contains(&0x1b) && a.stderr == b.stderr,
+            "{}",
+            mode.0
+        );
+    }
+}
