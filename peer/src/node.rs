@@ -249,7 +249,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
     let transport = build_transport(&cfg.keypair, cfg.psk)?;
     let rr = request_response::Behaviour::with_codec(
         Codec::new(cfg.max_entry_size),
-        [(protocol::PROTOCOL, request_response::ProtocolSupport::Full)],
+        protocol::PROTOCOLS.map(|p| (p, request_response::ProtocolSupport::Full)),
         request_response::Config::default()
             .with_request_timeout(cfg.request_timeout)
             .with_max_concurrent_streams(256),
@@ -669,13 +669,17 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                if !info.protocols.contains(&protocol::PROTOCOL) {
+                if !protocol::PROTOCOLS
+                    .iter()
+                    .any(|p| info.protocols.contains(p))
+                {
                     if self.incompatible.insert(peer_id) {
                         tracing::warn!(
                             %peer_id,
                             agent = %info.agent_version,
-                            "peer does not speak {}: ignored (its entries are misses)",
-                            protocol::PROTOCOL
+                            "peer speaks neither {} nor {}: ignored (its entries are misses)",
+                            protocol::PROTOCOL,
+                            protocol::PROTOCOL_1_0
                         );
                     }
                 } else if self.membership.get(&peer_id).is_none() {
@@ -883,7 +887,22 @@ impl Node {
                 .await
             {
                 Ok(Response::Entry(Some(entry))) => {
-                    if let Err(e) = Store::verify_raw(&entry.0, self.max_entry_size) {
+                    // Decompressing and hashing a large entry takes milliseconds: off the
+                    // async workers, which also run the connections.
+                    let max = self.max_entry_size;
+                    let (entry, verdict) = match tokio::task::spawn_blocking(move || {
+                        let verdict = Store::verify_raw(&entry.0, max).map(drop);
+                        (entry, verdict)
+                    })
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(%key, "entry check did not finish: {e}");
+                            return None;
+                        }
+                    };
+                    if let Err(e) = verdict {
                         tracing::warn!(%peer, %key, "peer sent a bad entry: {e}");
                         answered += 1;
                         continue;

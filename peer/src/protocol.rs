@@ -1,13 +1,24 @@
 //! What peers say to each other, and how it is framed on a libp2p stream.
 //!
-//! One request-response protocol, versioned in its name ([`PROTOCOL`]). A peer of another
-//! version does not speak it: negotiation fails and the caller treats that as a miss.
+//! One request-response protocol, versioned in its name. A peer speaks [`PROTOCOL`]
+//! (`/distc/1.1.0`) and still answers and asks in [`PROTOCOL_1_0`] (`/distc/1.0.0`), so older
+//! peers keep interoperating; stream negotiation picks the newest both sides speak. A peer that
+//! speaks neither does not speak distc: negotiation fails and the caller treats that as a miss.
 //!
-//! Framing: `u32` little-endian length, then the message encoded by [`crate::codec`]. Reading
-//! is split in two, like every frame reader here: first the length is checked against the
-//! limit (`max_entry_size` plus a small overhead), then at most that many bytes are read into a
-//! buffer that grows with the bytes actually received — a peer that claims a huge length and
-//! sends nothing costs nothing.
+//! Framing of `/distc/1.0.0`: `u32` little-endian length, then the message encoded by
+//! [`crate::codec`]. An entry travels inside the message, so the sender copies it into the
+//! encoding and the receiver copies it out again.
+//!
+//! Framing of `/distc/1.1.0`: a 12-byte prefix — `u32` LE header length, `u64` LE body length —
+//! then the header (the message encoded by [`crate::codec`], with the entry left empty), then
+//! the body: the raw entry bytes of a [`Request::Put`] or [`Response::Entry`], written straight
+//! from the buffer that holds them. Other messages carry an empty body.
+//!
+//! Every length is checked before anything is read into memory: header and body against the
+//! limit (`max_entry_size` plus a small overhead). The header is read into a buffer that grows
+//! only as bytes arrive. The body is read in 1 MiB steps: its full (already checked) length is
+//! reserved only once the first MiB has arrived, and memory is touched only as bytes arrive, so
+//! a peer that claims a large length and sends nothing costs nothing.
 
 use std::io;
 
@@ -19,8 +30,18 @@ use crate::codec;
 use crate::key::Key;
 use crate::store::Usage;
 
-/// The protocol name. Bump the version when a wire type changes incompatibly.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/1.0.0");
+/// The protocol name this version prefers. Bump the version when a wire type or the framing
+/// changes incompatibly, and keep answering the previous one while it is cheap to.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/1.1.0");
+
+/// The previous protocol: the whole message in one frame (entries copied into it).
+pub const PROTOCOL_1_0: StreamProtocol = StreamProtocol::new("/distc/1.0.0");
+
+/// Every protocol this peer speaks, preferred first.
+pub const PROTOCOLS: [StreamProtocol; 2] = [PROTOCOL, PROTOCOL_1_0];
+
+/// Bytes of a body read before its full length is reserved, and the step in which it is read.
+const BODY_STEP: usize = 1 << 20;
 
 /// Room for everything in a frame that is not the entry itself.
 pub const FRAME_OVERHEAD: usize = 64 * 1024;
@@ -170,22 +191,169 @@ pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, body: &[u8]) -> io::
     io.flush().await
 }
 
-async fn read_msg<T, M>(io: &mut T, max_frame: usize) -> io::Result<M>
-where
-    T: AsyncRead + Unpin + Send,
-    M: serde::de::DeserializeOwned,
-{
-    let buf = read_frame(io, max_frame).await?;
-    codec::decode(&buf, max_frame).map_err(|e| invalid(e.to_string()))
+fn truncated(e: io::Error, what: &str, want: usize) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{what} truncated: fewer than {want} bytes arrived"),
+        )
+    } else {
+        e
+    }
 }
 
-async fn write_msg<T, M>(io: &mut T, msg: &M) -> io::Result<()>
-where
-    T: AsyncWrite + Unpin + Send,
-    M: Serialize,
-{
-    let body = codec::encode(msg).map_err(|e| invalid(e.to_string()))?;
-    write_frame(io, &body).await
+/// Reads a body of `len` bytes (already checked against the limit): the first [`BODY_STEP`]
+/// bytes into a buffer of that size; only once they have arrived is the rest reserved, and
+/// each step is zero-filled just before it is read into, so memory follows the bytes received.
+pub async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
+    let oom = |_| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("cannot reserve {len} bytes for an entry"),
+        )
+    };
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len.min(BODY_STEP)).map_err(oom)?;
+    while buf.len() < len {
+        let filled = buf.len();
+        if filled >= BODY_STEP && buf.capacity() < len {
+            buf.try_reserve_exact(len - filled).map_err(oom)?;
+        }
+        let next = filled.saturating_add(BODY_STEP).min(len);
+        buf.resize(next, 0);
+        io.read_exact(&mut buf[filled..next])
+            .await
+            .map_err(|e| truncated(e, "entry", len))?;
+    }
+    Ok(buf)
+}
+
+/// A message whose entry travels as the body of a `/distc/1.1.0` frame.
+trait WithBody: Sized {
+    /// Moves the entry out (leaving it empty); empty if the message carries none.
+    fn take_body(&mut self) -> Vec<u8>;
+    /// Puts a received body back; `false` if the message carries no entry.
+    fn set_body(&mut self, body: Vec<u8>) -> bool;
+}
+
+impl WithBody for Request {
+    fn take_body(&mut self) -> Vec<u8> {
+        match self {
+            Request::Put { entry, .. } => std::mem::take(&mut entry.0),
+            _ => Vec::new(),
+        }
+    }
+    fn set_body(&mut self, body: Vec<u8>) -> bool {
+        match self {
+            Request::Put { entry, .. } if entry.0.is_empty() => {
+                entry.0 = body;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl WithBody for Response {
+    fn take_body(&mut self) -> Vec<u8> {
+        match self {
+            Response::Entry(Some(entry)) => std::mem::take(&mut entry.0),
+            _ => Vec::new(),
+        }
+    }
+    fn set_body(&mut self, body: Vec<u8>) -> bool {
+        match self {
+            Response::Entry(Some(entry)) if entry.0.is_empty() => {
+                entry.0 = body;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Codec {
+    async fn read_msg<T, M>(&self, protocol: &StreamProtocol, io: &mut T) -> io::Result<M>
+    where
+        T: AsyncRead + Unpin + Send,
+        M: serde::de::DeserializeOwned + WithBody,
+    {
+        if *protocol == PROTOCOL_1_0 {
+            let buf = read_frame(io, self.max_frame).await?;
+            return codec::decode(&buf, self.max_frame).map_err(|e| invalid(e.to_string()));
+        }
+        let mut prefix = [0u8; 12];
+        io.read_exact(&mut prefix).await?;
+        let (head_len, body_len) = prefix.split_at(4);
+        let head_len = u32::from_le_bytes(head_len.try_into().expect("4 bytes")) as usize;
+        let body_len = u64::from_le_bytes(body_len.try_into().expect("8 bytes"));
+        if head_len > self.max_frame {
+            return Err(invalid(format!(
+                "message header of {head_len} bytes exceeds the limit of {} bytes",
+                self.max_frame
+            )));
+        }
+        let body_len = match usize::try_from(body_len) {
+            Ok(n) if n <= self.max_frame => n,
+            _ => {
+                return Err(invalid(format!(
+                    "entry of {body_len} bytes exceeds the limit of {} bytes",
+                    self.max_frame
+                )));
+            }
+        };
+        let mut head = Vec::new();
+        while head.len() < head_len {
+            let filled = head.len();
+            let next = filled.max(FRAME_OVERHEAD).saturating_mul(2).min(head_len);
+            head.resize(next, 0);
+            io.read_exact(&mut head[filled..])
+                .await
+                .map_err(|e| truncated(e, "message header", head_len))?;
+        }
+        let mut msg: M =
+            codec::decode(&head, self.max_frame).map_err(|e| invalid(e.to_string()))?;
+        if body_len > 0 {
+            // Check the header before reading (and reserving) anything for the body.
+            if !msg.set_body(Vec::new()) {
+                return Err(invalid(format!(
+                    "message carries a body of {body_len} bytes it has no place for"
+                )));
+            }
+            let body = read_body(io, body_len).await?;
+            msg.set_body(body);
+        }
+        Ok(msg)
+    }
+
+    async fn write_msg<T, M>(
+        &self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+        mut msg: M,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+        M: Serialize + WithBody,
+    {
+        if *protocol == PROTOCOL_1_0 {
+            let frame = codec::encode(&msg).map_err(|e| invalid(e.to_string()))?;
+            return write_frame(io, &frame).await;
+        }
+        let body = msg.take_body();
+        let head = codec::encode(&msg).map_err(|e| invalid(e.to_string()))?;
+        let head_len =
+            u32::try_from(head.len()).map_err(|_| invalid("message header too large".into()))?;
+        let mut out = Vec::with_capacity(12 + head.len());
+        out.extend_from_slice(&head_len.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&head);
+        io.write_all(&out).await?;
+        if !body.is_empty() {
+            io.write_all(&body).await?;
+        }
+        io.flush().await
+    }
 }
 
 impl libp2p::request_response::Codec for Codec {
@@ -193,42 +361,42 @@ impl libp2p::request_response::Codec for Codec {
     type Request = Request;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Request>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_msg(io, self.max_frame).await
+        self.read_msg(p, io).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_msg(io, self.max_frame).await
+        self.read_msg(p, io).await
     }
 
     async fn write_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        p: &StreamProtocol,
         io: &mut T,
         req: Request,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_msg(io, &req).await
+        self.write_msg(p, io, req).await
     }
 
     async fn write_response<T>(
         &mut self,
-        _: &StreamProtocol,
+        p: &StreamProtocol,
         io: &mut T,
         res: Response,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_msg(io, &res).await
+        self.write_msg(p, io, res).await
     }
 }
 
@@ -237,30 +405,120 @@ mod tests {
     use super::*;
     use futures::executor::block_on;
     use libp2p::request_response::Codec as _;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
 
+    /// Records the largest single allocation each thread asks for, so a test can show that a
+    /// claimed length was never allocated.
+    struct Largest;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator.
+    unsafe impl GlobalAlloc for Largest {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Largest = Largest;
+
+    /// Runs `f` and returns its result with the largest allocation it made on this thread.
+    fn largest_alloc<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        LARGEST.with(|l| l.set(0));
+        let r = f();
+        (r, LARGEST.with(Cell::get))
+    }
+
+    /// A `/distc/1.0.0` frame.
     fn frame(body: &[u8]) -> Vec<u8> {
         let mut v = (body.len() as u32).to_le_bytes().to_vec();
         v.extend_from_slice(body);
         v
     }
 
-    #[test]
-    fn round_trip_put() {
-        let mut c = Codec::new(1 << 20);
-        let mut buf = Vec::new();
-        let req = Request::Put {
+    /// A `/distc/1.1.0` frame with lengths as given (they may lie).
+    fn frame11(head_len: u32, body_len: u64, rest: &[u8]) -> Vec<u8> {
+        let mut v = head_len.to_le_bytes().to_vec();
+        v.extend_from_slice(&body_len.to_le_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+
+    fn put(len: usize) -> Request {
+        Request::Put {
             key: Key::digest(b"k"),
-            entry: Bytes(vec![7; 5000]),
+            entry: Bytes((0..len).map(|i| (i * 7 + i / 251) as u8).collect()),
+        }
+    }
+
+    #[test]
+    fn round_trip_put_in_both_versions() {
+        let mut c = Codec::new(16 << 20);
+        // Larger than one body step, so the body is read in several steps.
+        let len = 3 * BODY_STEP + 12345;
+        let Request::Put { entry: want, .. } = put(len) else {
+            unreachable!()
         };
-        block_on(c.write_request(&PROTOCOL, &mut buf, req)).unwrap();
-        // A byte buffer costs its length plus a small prefix, not a byte per element.
-        assert!(buf.len() < 5000 + 64, "{}", buf.len());
-        let back = block_on(c.read_request(&PROTOCOL, &mut &buf[..])).unwrap();
-        match back {
-            Request::Put { key, entry } => {
-                assert_eq!(key, Key::digest(b"k"));
-                assert_eq!(entry.0, vec![7; 5000]);
+        for p in PROTOCOLS {
+            let mut buf = Vec::new();
+            block_on(c.write_request(&p, &mut buf, put(len))).unwrap();
+            // A byte buffer costs its length plus a small prefix, not a byte per element.
+            assert!(buf.len() < len + 64, "{p}: {}", buf.len());
+            match block_on(c.read_request(&p, &mut &buf[..])).unwrap() {
+                Request::Put { key, entry } => {
+                    assert_eq!(key, Key::digest(b"k"));
+                    assert!(entry == want, "{p}: entry differs");
+                }
+                other => panic!("unexpected {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn round_trip_responses_in_both_versions() {
+        let mut c = Codec::new(1 << 20);
+        for p in PROTOCOLS {
+            for res in [
+                Response::Entry(Some(Bytes(vec![9; 70_000]))),
+                Response::Entry(Some(Bytes(Vec::new()))),
+                Response::Entry(None),
+                Response::Want(vec![Key::digest(b"a")]),
+                Response::Error("disk full".into()),
+            ] {
+                let want = format!("{res:?}");
+                let mut buf = Vec::new();
+                block_on(c.write_response(&p, &mut buf, res)).unwrap();
+                let back = block_on(c.read_response(&p, &mut &buf[..])).unwrap();
+                assert_eq!(format!("{back:?}"), want, "{p}");
+            }
+        }
+        // The body itself round-trips byte for byte.
+        let body: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        let mut buf = Vec::new();
+        let res = Response::Entry(Some(Bytes(body.clone())));
+        block_on(c.write_response(&PROTOCOL, &mut buf, res)).unwrap();
+        match block_on(c.read_response(&PROTOCOL, &mut &buf[..])).unwrap() {
+            Response::Entry(Some(b)) => assert!(b.0 == body),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -270,9 +528,70 @@ mod tests {
         let mut c = Codec::new(1024);
         // Claims 4 GiB - 1 and carries nothing: rejected on the length alone.
         let bytes = u32::MAX.to_le_bytes().to_vec();
-        let r = block_on(c.read_request(&PROTOCOL, &mut &bytes[..]));
+        let r = block_on(c.read_request(&PROTOCOL_1_0, &mut &bytes[..]));
         let e = r.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // The same for a 1.1.0 header or body: the prefix alone is enough to refuse it (had
+        // the reader gone on, it would have hit the end of input instead).
+        for bytes in [frame11(u32::MAX, 0, &[]), frame11(10, u64::MAX, &[])] {
+            let e = block_on(c.read_request(&PROTOCOL, &mut &bytes[..])).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            let e = block_on(c.read_response(&PROTOCOL, &mut &bytes[..])).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        }
+    }
+
+    #[test]
+    fn lying_body_length_is_not_allocated() {
+        // The limit allows 256 MiB entries; the frame claims 200 MiB and carries 100 bytes.
+        let mut c = Codec::new(256 << 20);
+        let mut head = Vec::new();
+        block_on(c.write_response(&PROTOCOL, &mut head, Response::Entry(Some(Bytes(vec![])))))
+            .unwrap();
+        let head_len = u32::from_le_bytes(head[..4].try_into().unwrap());
+        let mut bytes = frame11(head_len, 200 << 20, &head[12..]);
+        bytes.extend_from_slice(&[5u8; 100]);
+        let (r, largest) = largest_alloc(|| block_on(c.read_response(&PROTOCOL, &mut &bytes[..])));
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(
+            largest <= BODY_STEP + 4096,
+            "allocated {largest} bytes for a body that sent 100"
+        );
+        // Over the limit by one byte: refused before the header is even read.
+        let limit = c.max_frame as u64;
+        let bytes = frame11(head_len, limit + 1, &head[12..]);
+        let e = block_on(c.read_response(&PROTOCOL, &mut &bytes[..])).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[test]
+    fn body_on_a_message_without_one_is_refused_before_reading_it() {
+        let mut c = Codec::new(1 << 20);
+        for (msg, is_request) in [
+            (codec::encode(&Request::Flush).unwrap(), true),
+            (
+                codec::encode(&Request::Get(Key::digest(b"k"))).unwrap(),
+                true,
+            ),
+            (codec::encode(&Response::Entry(None)).unwrap(), false),
+            (codec::encode(&Response::Stored).unwrap(), false),
+            // An entry in the header and a body as well.
+            (
+                codec::encode(&Response::Entry(Some(Bytes(vec![1, 2, 3])))).unwrap(),
+                false,
+            ),
+        ] {
+            // Claims a body but carries none: the error names the body, not a truncation.
+            let bytes = frame11(msg.len() as u32, 1000, &msg);
+            let r = if is_request {
+                block_on(c.read_request(&PROTOCOL, &mut &bytes[..])).map(|_| ())
+            } else {
+                block_on(c.read_response(&PROTOCOL, &mut &bytes[..])).map(|_| ())
+            };
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        }
     }
 
     #[test]
@@ -280,18 +599,28 @@ mod tests {
         let mut c = Codec::new(1 << 20);
         // Length within the limit but body missing.
         let bytes = 1000u32.to_le_bytes().to_vec();
-        assert!(block_on(c.read_request(&PROTOCOL, &mut &bytes[..])).is_err());
-        // Garbage bodies of every small size.
+        assert!(block_on(c.read_request(&PROTOCOL_1_0, &mut &bytes[..])).is_err());
+        assert!(block_on(c.read_request(&PROTOCOL, &mut &frame11(1000, 0, &[])[..])).is_err());
+        // Garbage bodies of every small size, in both framings.
         for n in 0..200u32 {
             let body: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
-            let _ = block_on(c.read_request(&PROTOCOL, &mut &frame(&body)[..]));
-            let _ = block_on(c.read_response(&PROTOCOL, &mut &frame(&body)[..]));
+            let _ = block_on(c.read_request(&PROTOCOL_1_0, &mut &frame(&body)[..]));
+            let _ = block_on(c.read_response(&PROTOCOL_1_0, &mut &frame(&body)[..]));
+            let _ = block_on(c.read_request(&PROTOCOL, &mut &body[..]));
+            let _ = block_on(c.read_response(&PROTOCOL, &mut &body[..]));
+            for body_len in [0, 1, u64::from(n)] {
+                let f = frame11(n, body_len, &body);
+                let _ = block_on(c.read_request(&PROTOCOL, &mut &f[..]));
+                let _ = block_on(c.read_response(&PROTOCOL, &mut &f[..]));
+            }
         }
         // A Put whose entry claims far more bytes than the frame holds.
         let mut body = vec![2u8]; // variant index of Put
         body.extend_from_slice(&[0u8; 32]);
         body.push(253);
         body.extend_from_slice(&(u64::MAX / 4).to_le_bytes());
-        assert!(block_on(c.read_request(&PROTOCOL, &mut &frame(&body)[..])).is_err());
+        assert!(block_on(c.read_request(&PROTOCOL_1_0, &mut &frame(&body)[..])).is_err());
+        let f = frame11(body.len() as u32, 0, &body);
+        assert!(block_on(c.read_request(&PROTOCOL, &mut &f[..])).is_err());
     }
 }
