@@ -8,8 +8,12 @@
 //! `transfer`: two nodes on 127.0.0.1 sharing a mesh key (pnet, as in a closed mesh); node A
 //! holds one entry of MB megabytes (default 20) of incompressible data; node B fetches it
 //! RUNS times (default 7). Prints one line per measure: the raw transfer of the entry (one
-//! `Get` request/response) and `Node::get` (the transfer plus the digest check a remote hit
-//! pays), as median milliseconds and MB/s (1 MB = 10^6 bytes).
+//! `Get` request/response over `/distc/1.1.0`), `Node::get` (the transfer plus the digest check
+//! a remote hit pays) and, for comparison, the raw transfer between a second pair of nodes that
+//! speak only `/distc/1.0.0` (the entry copied into and out of one encoded message). The three
+//! are measured in turn within each run, so they see the same machine load. Each line gives
+//! the median milliseconds, MB/s (1 MB = 10^6 bytes) and, in the detail, the median CPU time
+//! the process (both nodes) spent per transfer.
 //!
 //! `converge`: starts N nodes at once (each bootstrapping from the first, the daemon's gossip
 //! timing) and measures the time from the first node's start until every node's ring holds
@@ -22,10 +26,10 @@ use std::time::{Duration, Instant};
 use distc_peer::Key;
 use distc_peer::membership::Timing;
 use distc_peer::node::{self, Node, NodeConfig};
-use distc_peer::protocol::{Request, Response};
+use distc_peer::protocol::{PROTOCOL_1_0, PROTOCOLS, Request, Response};
 use distc_peer::psk;
 use distc_peer::store::Store;
-use libp2p::{Multiaddr, identity};
+use libp2p::{Multiaddr, StreamProtocol, identity};
 
 struct Bench {
     node: Node,
@@ -40,9 +44,18 @@ impl Drop for Bench {
 }
 
 fn config(key: Option<psk::PreSharedKey>, bootstrap: Vec<Multiaddr>) -> NodeConfig {
+    config_with(key, bootstrap, &PROTOCOLS)
+}
+
+fn config_with(
+    key: Option<psk::PreSharedKey>,
+    bootstrap: Vec<Multiaddr>,
+    protocols: &[StreamProtocol],
+) -> NodeConfig {
     let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
     cfg.psk = key;
     cfg.bootstrap = bootstrap;
+    cfg.protocols = protocols.to_vec();
     // The daemon's defaults (see daemon::run_async).
     cfg.timing = Timing {
         suspect_after: cfg.gossip_interval * 5,
@@ -105,11 +118,24 @@ fn line(measure: &str, d: Duration, bytes: Option<usize>, detail: &str) {
     println!("{measure}\t{ms:.1}\t{rate}\t{detail}");
 }
 
-async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
-    let key = psk::generate()?;
-    let a = start(config(Some(key), vec![]))?;
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Two nodes sharing a mesh key and speaking `protocols`, in one ring.
+async fn pair(key: psk::PreSharedKey, protocols: &[StreamProtocol]) -> anyhow::Result<[Bench; 2]> {
+    let a = start(config_with(Some(key), vec![], protocols))?;
     let a_addr = address(&a).await?;
-    let b = start(config(Some(key), vec![a_addr]))?;
+    let b = start(config_with(Some(key), vec![a_addr], protocols))?;
     for n in [&a, &b] {
         if !n
             .node
@@ -119,35 +145,79 @@ async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
             anyhow::bail!("the two nodes did not form a ring within 10 s");
         }
     }
+    Ok([a, b])
+}
+
+/// Wall and CPU time of one future.
+async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration, Duration) {
+    let (t, c) = (Instant::now(), cpu_time());
+    let r = f.await;
+    (r, t.elapsed(), cpu_time().saturating_sub(c))
+}
+
+async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
+    let key = psk::generate()?;
+    let [a, b] = pair(key, &PROTOCOLS).await?;
+    let [a10, b10] = pair(key, &[PROTOCOL_1_0]).await?;
     let payload = noise(mb * 1_000_000);
     let k = Key::digest(&payload);
     let size = a.node.store().put(&k, &payload)?;
+    a10.node.store().put(&k, &payload)?;
     let entry_len = a.node.store().get_raw(&k)?.map(|e| e.len()).unwrap_or(0);
-    let a_id = a.node.view().me;
     let timeout = Duration::from_secs(60);
-
-    let mut raw = Vec::new();
-    let mut full = Vec::new();
-    for i in 0..runs + 1 {
-        let t = Instant::now();
-        match b.node.request(a_id, Request::Get(k), timeout).await {
-            Ok(Response::Entry(Some(e))) if e.0.len() == entry_len => {}
-            other => anyhow::bail!("raw get failed: {other:?}"),
+    let raw_get = |from: &Bench, to: &Bench| {
+        let (node, peer) = (to.node.clone(), from.node.view().me);
+        async move {
+            match node.request(peer, Request::Get(k), timeout).await {
+                Ok(Response::Entry(Some(e))) if e.0.len() == entry_len => Ok(()),
+                other => Err(anyhow::anyhow!("raw get failed: {other:?}")),
+            }
         }
-        let d1 = t.elapsed();
-        let t = Instant::now();
-        if b.node.get(&k).await.is_none() {
+    };
+
+    // (wall, cpu) per measure: raw 1.1.0, Node::get, raw 1.0.0.
+    let mut m: [(Vec<Duration>, Vec<Duration>); 3] = Default::default();
+    for i in 0..runs + 1 {
+        let (r, w0, c0) = timed(raw_get(&a, &b)).await;
+        r?;
+        let (r, w1, c1) = timed(b.node.get(&k)).await;
+        if r.is_none() {
             anyhow::bail!("Node::get missed an entry node A holds");
         }
-        let d2 = t.elapsed();
+        let (r, w2, c2) = timed(raw_get(&a10, &b10)).await;
+        r?;
         if i > 0 {
-            raw.push(d1);
-            full.push(d2);
+            for (j, (w, c)) in [(w0, c0), (w1, c1), (w2, c2)].into_iter().enumerate() {
+                m[j].0.push(w);
+                m[j].1.push(c);
+            }
         }
     }
-    let detail = format!("{runs} runs, entry {entry_len} bytes ({size} on disk), pnet key");
-    line("transfer", median(raw), Some(entry_len), &detail);
-    line("get+verify", median(full), Some(entry_len), &detail);
+    let [raw, full, old] = m;
+    let detail = |cpu: Vec<Duration>, what: &str| {
+        format!(
+            "{runs} runs, entry {entry_len} bytes ({size} on disk), pnet key, {what}, cpu {:.0} ms",
+            median(cpu).as_secs_f64() * 1000.0
+        )
+    };
+    line(
+        "transfer",
+        median(raw.0),
+        Some(entry_len),
+        &detail(raw.1, "/distc/1.1.0"),
+    );
+    line(
+        "get+verify",
+        median(full.0),
+        Some(entry_len),
+        &detail(full.1, "/distc/1.1.0"),
+    );
+    line(
+        "transfer-1.0",
+        median(old.0),
+        Some(entry_len),
+        &detail(old.1, "/distc/1.0.0"),
+    );
     Ok(())
 }
 

@@ -20,8 +20,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, Transport, identify, identity, mdns, noise, pnet, request_response,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, identity, mdns, noise, pnet,
+    request_response, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Connections without traffic are closed after this long.
     pub idle_connection_timeout: Duration,
+    /// Protocol versions spoken, preferred first ([`protocol::PROTOCOLS`]; tests and the
+    /// benchmark pin one to measure or check interoperation).
+    pub protocols: Vec<StreamProtocol>,
 }
 
 impl NodeConfig {
@@ -79,6 +82,7 @@ impl NodeConfig {
             gossip_interval: Duration::from_millis(500),
             timing: Timing::default(),
             idle_connection_timeout: Duration::from_secs(300),
+            protocols: protocol::PROTOCOLS.to_vec(),
         }
     }
 }
@@ -190,6 +194,8 @@ pub struct EventLoop {
     loopback_peers: HashSet<PeerId>,
     /// Peers that do not speak our protocol version: never gossiped with.
     incompatible: HashSet<PeerId>,
+    /// The protocol versions we speak.
+    protocols: Vec<StreamProtocol>,
     /// Bootstrap addresses and, once dialed, the peer behind each.
     bootstrap: Vec<(Multiaddr, Option<PeerId>)>,
     /// Addresses of peers found by mDNS/identify that are not members yet.
@@ -249,7 +255,9 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
     let transport = build_transport(&cfg.keypair, cfg.psk)?;
     let rr = request_response::Behaviour::with_codec(
         Codec::new(cfg.max_entry_size),
-        protocol::PROTOCOLS.map(|p| (p, request_response::ProtocolSupport::Full)),
+        cfg.protocols
+            .iter()
+            .map(|p| (p.clone(), request_response::ProtocolSupport::Full)),
         request_response::Config::default()
             .with_request_timeout(cfg.request_timeout)
             .with_max_concurrent_streams(256),
@@ -319,6 +327,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         store,
         loopback_peers: HashSet::new(),
         incompatible: HashSet::new(),
+        protocols: cfg.protocols.clone(),
         bootstrap: cfg.bootstrap.iter().map(strip_p2p).collect(),
         hints: HashMap::new(),
         listen_addrs: Vec::new(),
@@ -669,17 +678,13 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                if !protocol::PROTOCOLS
-                    .iter()
-                    .any(|p| info.protocols.contains(p))
-                {
+                if !self.protocols.iter().any(|p| info.protocols.contains(p)) {
                     if self.incompatible.insert(peer_id) {
                         tracing::warn!(
                             %peer_id,
                             agent = %info.agent_version,
-                            "peer speaks neither {} nor {}: ignored (its entries are misses)",
-                            protocol::PROTOCOL,
-                            protocol::PROTOCOL_1_0
+                            "peer speaks none of {:?}: ignored (its entries are misses)",
+                            self.protocols
                         );
                     }
                 } else if self.membership.get(&peer_id).is_none() {
@@ -1125,5 +1130,65 @@ impl Node {
         if self.cmd.send(Command::Leave(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn spawn(
+        protocols: &[StreamProtocol],
+        bootstrap: Vec<Multiaddr>,
+    ) -> (Node, tokio::task::JoinHandle<()>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store"), 1 << 30).expect("store");
+        let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
+        cfg.bootstrap = bootstrap;
+        cfg.gossip_interval = Duration::from_millis(100);
+        cfg.protocols = protocols.to_vec();
+        let (node, ev) = new(cfg, store).expect("node");
+        let task = tokio::spawn(ev.run());
+        assert!(
+            node.wait_for(Duration::from_secs(5), |v| !v.listen.is_empty())
+                .await,
+            "node never listened"
+        );
+        (node, task, dir)
+    }
+
+    /// A peer that speaks only `/distc/1.0.0` and one that prefers 1.1.0 form one ring and
+    /// fetch each other's entries (1.0.0 is negotiated).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_and_new_protocol_versions_interoperate() {
+        let (old, old_task, _d1) = spawn(&[protocol::PROTOCOL_1_0], vec![]).await;
+        let v = old.view();
+        let addr = v.listen[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(v.me));
+        let (new_, new_task, _d2) = spawn(&protocol::PROTOCOLS, vec![addr]).await;
+        for n in [&old, &new_] {
+            assert!(
+                n.wait_for(Duration::from_secs(10), |v| v.ring.len() == 2)
+                    .await,
+                "no ring of two"
+            );
+        }
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let k1 = Key::digest(&payload);
+        old.store().put(&k1, &payload).expect("put");
+        let got = new_
+            .get(&k1)
+            .await
+            .expect("new peer fetches from the old one");
+        assert_eq!(Store::verify_raw(&got, 1 << 30).expect("valid"), payload);
+        let k2 = Key::digest(b"the other way");
+        new_.store().put(&k2, b"the other way").expect("put");
+        assert!(
+            old.get(&k2).await.is_some(),
+            "old peer fetches from the new one"
+        );
+        old_task.abort();
+        new_task.abort();
     }
 }
