@@ -10,8 +10,9 @@
 //! RUNS times (default 7). Prints one line per measure: the raw transfer of the entry (one
 //! `Get` request/response over `/distc/1.1.0`), `Node::get` (the transfer plus the digest check
 //! a remote hit pays) and, for comparison, the raw transfer between a second pair of nodes that
-//! speak only `/distc/1.0.0` (the entry copied into and out of one encoded message). The three
-//! are measured in turn within each run, so they see the same machine load. Each line gives
+//! speak only `/distc/1.0.0` (the entry copied into and out of one encoded message) and between
+//! a third pair without a mesh key (Noise + Yamux, no pnet). The four are measured in turn
+//! within each run, so they see the same machine load. Each line gives
 //! the median milliseconds, MB/s (1 MB = 10^6 bytes) and, in the detail, the median CPU time
 //! the process (both nodes) spent per transfer.
 //!
@@ -131,11 +132,14 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Two nodes sharing a mesh key and speaking `protocols`, in one ring.
-async fn pair(key: psk::PreSharedKey, protocols: &[StreamProtocol]) -> anyhow::Result<[Bench; 2]> {
-    let a = start(config_with(Some(key), vec![], protocols))?;
+/// Two nodes sharing a mesh key (or none) and speaking `protocols`, in one ring.
+async fn pair(
+    key: Option<psk::PreSharedKey>,
+    protocols: &[StreamProtocol],
+) -> anyhow::Result<[Bench; 2]> {
+    let a = start(config_with(key, vec![], protocols))?;
     let a_addr = address(&a).await?;
-    let b = start(config_with(Some(key), vec![a_addr], protocols))?;
+    let b = start(config_with(key, vec![a_addr], protocols))?;
     for n in [&a, &b] {
         if !n
             .node
@@ -157,12 +161,14 @@ async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration, Duration) {
 
 async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
     let key = psk::generate()?;
-    let [a, b] = pair(key, &PROTOCOLS).await?;
-    let [a10, b10] = pair(key, &[PROTOCOL_1_0]).await?;
+    let [a, b] = pair(Some(key), &PROTOCOLS).await?;
+    let [a10, b10] = pair(Some(key), &[PROTOCOL_1_0]).await?;
+    let [an, bn] = pair(None, &PROTOCOLS).await?;
     let payload = noise(mb * 1_000_000);
     let k = Key::digest(&payload);
     let size = a.node.store().put(&k, &payload)?;
     a10.node.store().put(&k, &payload)?;
+    an.node.store().put(&k, &payload)?;
     let entry_len = a.node.store().get_raw(&k)?.map(|e| e.len()).unwrap_or(0);
     let timeout = Duration::from_secs(60);
     let raw_get = |from: &Bench, to: &Bench| {
@@ -175,8 +181,8 @@ async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
         }
     };
 
-    // (wall, cpu) per measure: raw 1.1.0, Node::get, raw 1.0.0.
-    let mut m: [(Vec<Duration>, Vec<Duration>); 3] = Default::default();
+    // (wall, cpu) per measure: raw 1.1.0, Node::get, raw 1.0.0, raw 1.1.0 without a key.
+    let mut m: [(Vec<Duration>, Vec<Duration>); 4] = Default::default();
     for i in 0..runs + 1 {
         let (r, w0, c0) = timed(raw_get(&a, &b)).await;
         r?;
@@ -186,17 +192,20 @@ async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
         }
         let (r, w2, c2) = timed(raw_get(&a10, &b10)).await;
         r?;
+        let (r, w3, c3) = timed(raw_get(&an, &bn)).await;
+        r?;
         if i > 0 {
-            for (j, (w, c)) in [(w0, c0), (w1, c1), (w2, c2)].into_iter().enumerate() {
+            let all = [(w0, c0), (w1, c1), (w2, c2), (w3, c3)];
+            for (j, (w, c)) in all.into_iter().enumerate() {
                 m[j].0.push(w);
                 m[j].1.push(c);
             }
         }
     }
-    let [raw, full, old] = m;
+    let [raw, full, old, open] = m;
     let detail = |cpu: Vec<Duration>, what: &str| {
         format!(
-            "{runs} runs, entry {entry_len} bytes ({size} on disk), pnet key, {what}, cpu {:.0} ms",
+            "{runs} runs, entry {entry_len} bytes ({size} on disk), {what}, cpu {:.0} ms",
             median(cpu).as_secs_f64() * 1000.0
         )
     };
@@ -204,19 +213,25 @@ async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
         "transfer",
         median(raw.0),
         Some(entry_len),
-        &detail(raw.1, "/distc/1.1.0"),
+        &detail(raw.1, "pnet key, /distc/1.1.0"),
     );
     line(
         "get+verify",
         median(full.0),
         Some(entry_len),
-        &detail(full.1, "/distc/1.1.0"),
+        &detail(full.1, "pnet key, /distc/1.1.0"),
     );
     line(
         "transfer-1.0",
         median(old.0),
         Some(entry_len),
-        &detail(old.1, "/distc/1.0.0"),
+        &detail(old.1, "pnet key, /distc/1.0.0"),
+    );
+    line(
+        "transfer-nokey",
+        median(open.0),
+        Some(entry_len),
+        &detail(open.1, "no key (Noise only), /distc/1.1.0"),
     );
     Ok(())
 }
