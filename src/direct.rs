@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::compiler::CompileJob;
-use crate::fingerprint::{self, Context, Fingerprint, Inputs};
+use crate::fingerprint::{self, Context, Fingerprint, HeaderState, Inputs};
 
 /// 2: probes also cover the compiler's system include directories; directory stamps.
 const MANIFEST_VERSION: u32 = 2;
@@ -148,23 +148,8 @@ impl DirectKey {
 
     /// Adds an entry mapping the current state of `headers` to `result`. Best effort: nothing
     /// is recorded when a header cannot be read, mentions a time macro or is too new.
-    pub fn record(
-        &self,
-        ctx: &Context,
-        job: &CompileJob,
-        headers: &[PathBuf],
-        result: &Key,
-        started: SystemTime,
-    ) {
-        let Some(entry) = make_entry(
-            ctx,
-            job,
-            &self.common,
-            &self.norm_source,
-            headers,
-            result,
-            started,
-        ) else {
+    pub fn record(&self, ctx: &Context, job: &CompileJob, fp: &Fingerprint, started: SystemTime) {
+        let Some(entry) = make_entry(ctx, job, &self.common, &self.norm_source, fp, started) else {
             return;
         };
         let mut m = self.read(ctx).unwrap_or(Manifest {
@@ -192,34 +177,71 @@ impl DirectKey {
         job: &CompileJob,
         dep_file: &Path,
     ) -> Option<Fingerprint> {
-        let text = fs::read(dep_file).ok()?;
+        self.depend_fingerprint_since(ctx, job, dep_file, None).ok()
+    }
+
+    /// [`DirectKey::depend_fingerprint`] for a compile that began at `started`: a header
+    /// modified since then may not be what the compiler read, so nothing is keyed (the reason
+    /// is the error, a stats label).
+    pub fn depend_fingerprint_since(
+        &self,
+        ctx: &Context,
+        job: &CompileJob,
+        dep_file: &Path,
+        started: Option<SystemTime>,
+    ) -> Result<Fingerprint, &'static str> {
+        let text = fs::read(dep_file).map_err(|_| "no-dependency-file")?;
         let deps = parse_depfile(&text);
-        let mut headers = Vec::new();
+        let start = started.map_or((i64::MAX, 0), secs);
+        let mut headers = Vec::with_capacity(deps.len());
+        let mut states = Vec::with_capacity(deps.len());
         let mut h = Sha256::new();
         for d in deps {
             if d == job.source {
                 continue;
             }
-            let content = fs::read(&d).ok()?;
-            if fingerprint::mentions_time_macros(&content) {
-                return None;
-            }
+            let state = header_state(&d, start)?;
             let norm = fingerprint::rewrite_arg(d.as_os_str(), ctx.base_dir.as_deref(), &ctx.cwd);
             h.update((norm.len() as u64).to_le_bytes());
             h.update(norm.as_bytes());
-            h.update(Sha256::digest(&content));
+            h.update(state.digest);
             headers.push(d);
+            states.push(state);
         }
         let mut inputs = self.common.clone();
         inputs.push("source-path", self.norm_source.as_bytes());
         inputs.push_digest("source", self.source_digest);
         inputs.push_digest("headers", h.finalize().into());
-        Some(Fingerprint {
+        Ok(Fingerprint {
             key: inputs.key(),
             inputs,
             headers,
+            header_states: states,
         })
     }
+}
+
+/// Reads and hashes a header, then stats the open file: a change after `start` (or during
+/// the read) shows in the stat, so the digest is what the compile that began at `start` read.
+fn header_state(path: &Path, start: (i64, i64)) -> Result<HeaderState, &'static str> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).map_err(|_| "unreadable-header")?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(|_| "unreadable-header")?;
+    let md = f.metadata().map_err(|_| "unreadable-header")?;
+    let (mtime, ctime) = stat_tuple(&md);
+    if mtime >= start || ctime >= start || md.len() != bytes.len() as u64 {
+        return Err("header-modified");
+    }
+    if fingerprint::mentions_time_macros(&bytes) {
+        return Err("time-macro");
+    }
+    Ok(HeaderState {
+        digest: Sha256::digest(&bytes).into(),
+        size: md.len(),
+        mtime,
+        ctime,
+    })
 }
 
 fn stat_tuple(md: &fs::Metadata) -> ((i64, i64), (i64, i64)) {
@@ -261,6 +283,64 @@ fn entry_matches(cwd: &Path, e: &Entry) -> bool {
     })
 }
 
+/// Existence checks answered from one directory listing per parent directory: most probes
+/// name files that do not exist, often many in one directory, and a listing is a few syscalls
+/// where a stat per probe is one each.
+#[derive(Default)]
+struct Listings {
+    dirs: std::collections::HashMap<PathBuf, Listing>,
+    /// Probes per parent directory: only directories with several are listed.
+    wanted: std::collections::HashMap<PathBuf, usize>,
+}
+
+/// A directory is listed when at least this many probes fall in it...
+const LIST_MIN_PROBES: usize = 6;
+/// ...and it is small enough that listing beats one stat per probe.
+const LIST_MAX_DIR_BYTES: u64 = 64 << 10;
+
+enum Listing {
+    Names(std::collections::HashSet<OsString>),
+    /// The parent does not exist (or is no directory): neither does anything under it.
+    Missing,
+    /// Not listed: ask stat.
+    Unknown,
+}
+
+impl Listings {
+    /// Same answer as `cwd.join(p).exists()`.
+    fn exists(&mut self, cwd: &Path, p: &Path) -> bool {
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+            return cwd.join(p).exists();
+        };
+        let many = self
+            .wanted
+            .get(parent)
+            .is_some_and(|&n| n >= LIST_MIN_PROBES);
+        let listing = self.dirs.entry(parent.to_path_buf()).or_insert_with(|| {
+            let dir = cwd.join(parent);
+            match fs::metadata(&dir) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    Listing::Missing
+                }
+                Ok(md) if !md.is_dir() => Listing::Missing,
+                Ok(md) if many && md.len() <= LIST_MAX_DIR_BYTES => match fs::read_dir(&dir) {
+                    Ok(rd) => {
+                        Listing::Names(rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+                    }
+                    Err(_) => Listing::Unknown,
+                },
+                _ => Listing::Unknown,
+            }
+        });
+        match listing {
+            // Listed: a stat decides (a dangling symlink is listed but does not exist).
+            Listing::Names(names) if names.contains(name) => cwd.join(p).exists(),
+            Listing::Names(_) | Listing::Missing => false,
+            Listing::Unknown => cwd.join(p).exists(),
+        }
+    }
+}
+
 /// Groups probes under the directories that decide them. A directory guards only when its
 /// mtime and ctime were older than `trust_before`: any later entry created or removed in it
 /// then necessarily gives it a different stat.
@@ -275,6 +355,8 @@ fn guard_probes(
     for (path, existed) in probes {
         let mut guard = NO_GUARD;
         let mut dir = Path::new(OsStr::from_bytes(&path)).parent();
+        // Missing directories on the way share the guard of their nearest existing ancestor.
+        let mut missing: Vec<Vec<u8>> = Vec::new();
         while let Some(d) = dir {
             let key = d.as_os_str().as_bytes().to_vec();
             if let Some(&i) = index.get(&key) {
@@ -297,10 +379,14 @@ fn guard_probes(
                 }
                 // Missing: its creation shows in the nearest existing ancestor.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !existed => {
+                    missing.push(key);
                     dir = d.parent();
                 }
                 _ => break,
             }
+        }
+        for m in missing {
+            index.insert(m, guard);
         }
         out.push(Probe {
             path,
@@ -323,8 +409,7 @@ fn make_entry(
     job: &CompileJob,
     common: &Inputs,
     norm_source: &OsStr,
-    headers: &[PathBuf],
-    result: &Key,
+    fp: &Fingerprint,
     started: SystemTime,
 ) -> Option<Entry> {
     let norm = |p: &Path| -> Vec<u8> {
@@ -332,25 +417,26 @@ fn make_entry(
     };
     let start = secs(started);
     let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
-    let mut out = Vec::with_capacity(headers.len());
-    for p in headers {
-        let md = fs::metadata(p).ok()?;
-        let (m, c) = stat_tuple(&md);
-        if m >= start || c >= start {
-            // Modified while we compiled: what we hash may not be what the compiler read.
-            return None;
-        }
-        let bytes = fs::read(p).ok()?;
-        if bytes.len() as u64 != md.len() || fingerprint::mentions_time_macros(&bytes) {
-            return None;
-        }
+    let known = fp.header_states.len() == fp.headers.len();
+    let mut out = Vec::with_capacity(fp.headers.len());
+    for (i, p) in fp.headers.iter().enumerate() {
+        // Modified since the compile began: what we hash may not be what the compiler read.
+        let st = if known {
+            let st = fp.header_states[i].clone();
+            if st.mtime >= start || st.ctime >= start {
+                return None;
+            }
+            st
+        } else {
+            header_state(p, start).ok()?
+        };
         out.push(Header {
             path: norm(p),
-            digest: Sha256::digest(&bytes).into(),
-            size: md.len(),
-            mtime: m,
-            ctime: c,
-            trusted: m < trust_before && c < trust_before,
+            digest: st.digest,
+            size: st.size,
+            mtime: st.mtime,
+            ctime: st.ctime,
+            trusted: st.mtime < trust_before && st.ctime < trust_before,
         });
     }
     // Candidate include directories, in search order: the source's own, the user's search dirs
@@ -387,7 +473,7 @@ fn make_entry(
         headers: out,
         dirs,
         probes,
-        result: result.0,
+        result: fp.key.0,
     })
 }
 
@@ -470,11 +556,19 @@ fn shadow_probes<'a>(
                 let probe = d.join(rel);
                 let bytes = probe.into_os_string().into_vec();
                 if bytes.as_slice() != hp.as_os_str().as_bytes() && seen.insert(bytes.clone()) {
-                    let exists = cwd.join(OsStr::from_bytes(&bytes)).exists();
-                    probes.push((bytes, exists));
+                    probes.push((bytes, false));
                 }
             }
         }
+    }
+    let mut listings = Listings::default();
+    for (p, _) in &probes {
+        if let Some(parent) = Path::new(OsStr::from_bytes(p)).parent() {
+            *listings.wanted.entry(parent.to_path_buf()).or_insert(0) += 1;
+        }
+    }
+    for (p, exists) in &mut probes {
+        *exists = listings.exists(cwd, Path::new(OsStr::from_bytes(p)));
     }
     probes
 }
@@ -590,6 +684,35 @@ mod tests {
         // Too recent to trust: no guard.
         let (dirs, guarded) = guard_probes(d.path(), probes, (0, 0));
         assert!(dirs.is_empty() && guarded.iter().all(|p| p.guard == NO_GUARD));
+    }
+
+    #[test]
+    fn listings_agree_with_stat() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("inc")).unwrap();
+        fs::write(d.path().join("inc/x.h"), "").unwrap();
+        fs::write(d.path().join("file"), "").unwrap();
+        std::os::unix::fs::symlink("nowhere", d.path().join("inc/dangling.h")).unwrap();
+        let names = [
+            "inc/x.h",
+            "inc/dangling.h",
+            "inc/y.h",
+            "inc/a.h",
+            "inc/b.h",
+            "inc/c.h",
+            "inc/d.h",
+            "missing/x.h",
+            "file/x.h",
+            "x.h",
+            "file",
+        ];
+        let mut l = Listings::default();
+        l.wanted.insert(PathBuf::from("inc"), names.len());
+        for n in names {
+            let p = Path::new(n);
+            assert_eq!(l.exists(d.path(), p), d.path().join(p).exists(), "{n}");
+        }
+        assert!(matches!(l.dirs[Path::new("inc")], Listing::Names(_)));
     }
 
     #[test]

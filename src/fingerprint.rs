@@ -370,12 +370,24 @@ fn split_marker(line: &[u8]) -> Option<(&[u8], Vec<u8>, &[u8])> {
 /// Whether `bytes` mentions a macro that expands differently on every compile.
 pub fn mentions_time_macros(bytes: &[u8]) -> bool {
     const NEEDLES: [&[u8]; 3] = [b"__TIME__", b"__DATE__", b"__TIMESTAMP__"];
-    // Cheap prefilter: all three start with "__" followed by 'T' or 'D'.
-    bytes.windows(8).any(|w| {
-        w[0] == b'_' && w[1] == b'_' && (w[2] == b'T' || w[2] == b'D') && {
-            NEEDLES.iter().any(|n| w.starts_with(&n[..8]))
+    let hit = |s: usize| {
+        let w = &bytes[s..];
+        w.len() >= 8
+            && w[0] == b'_'
+            && w[1] == b'_'
+            && matches!(w[2], b'T' | b'D')
+            && NEEDLES.iter().any(|n| w.starts_with(&n[..8]))
+    };
+    // Every needle starts with "__", so one of any two adjacent bytes of a match is at an odd
+    // offset: look at every second byte only.
+    let mut i = 1;
+    while i < bytes.len() {
+        if bytes[i] == b'_' && (hit(i - 1) || hit(i)) {
+            return true;
         }
-    })
+        i += 2;
+    }
+    false
 }
 
 /// The full fingerprint of a job: key, inputs and the headers found.
@@ -384,6 +396,18 @@ pub struct Fingerprint {
     pub key: Key,
     pub inputs: Inputs,
     pub headers: Vec<PathBuf>,
+    /// What each of `headers` was when hashed, when known (depend mode): one entry per header,
+    /// or empty. Spares later readers (manifest, miss record) hashing the headers again.
+    pub header_states: Vec<HeaderState>,
+}
+
+/// A header's content digest and the stat taken right after reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderState {
+    pub digest: [u8; 32],
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
 }
 
 /// Preprocessor-mode fingerprint: inputs 1–6 plus the preprocessed output.
@@ -409,6 +433,7 @@ pub fn preprocessor_fingerprint(
         key: inputs.key(),
         inputs,
         headers,
+        header_states: Vec::new(),
     })
 }
 
@@ -430,14 +455,21 @@ pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
     for i in &fp.inputs.items {
         text.push_str(&format!("{} {}\n", hex::encode(i.digest), i.label));
     }
-    for hdr in &fp.headers {
-        if let Ok(bytes) = fs::read(hdr) {
-            text.push_str(&format!(
-                "{} header {}\n",
-                hex::encode(Sha256::digest(&bytes)),
-                hdr.display()
-            ));
-        }
+    let known = fp.header_states.len() == fp.headers.len();
+    for (i, hdr) in fp.headers.iter().enumerate() {
+        let digest: [u8; 32] = if known {
+            fp.header_states[i].digest
+        } else {
+            match fs::read(hdr) {
+                Ok(bytes) => Sha256::digest(&bytes).into(),
+                Err(_) => continue,
+            }
+        };
+        text.push_str(&format!(
+            "{} header {}\n",
+            hex::encode(digest),
+            hdr.display()
+        ));
     }
     if let Some(dir) = path.parent() {
         let _ = fs::create_dir_all(dir);
@@ -543,5 +575,11 @@ mod tests {
         assert!(mentions_time_macros(b"__DATE__"));
         assert!(mentions_time_macros(b"x __TIMESTAMP__"));
         assert!(!mentions_time_macros(b"__TIM__ __DAT__ int x;"));
+        for pad in 0..4 {
+            let mut t = " ".repeat(pad).into_bytes();
+            t.extend_from_slice(b"__TIME__");
+            assert!(mentions_time_macros(&t), "offset {pad}");
+            assert!(!mentions_time_macros(&t[..t.len() - 1]), "offset {pad}");
+        }
     }
 }

@@ -282,13 +282,13 @@ impl Run {
         };
         if let Some(found) = self.cache.get(&fp.key) {
             if let Some(d) = &direct {
-                d.record(&self.ctx, &self.job, &fp.headers, &fp.key, self.started);
+                d.record(&self.ctx, &self.job, &fp, self.started);
             }
             return self.replay(found, &fp.key);
         }
         self.miss(&fp.key.to_string(), fp.key, orig_args, |run, _| {
             if let Some(d) = &direct {
-                d.record(&run.ctx, &run.job, &fp.headers, &fp.key, run.started);
+                d.record(&run.ctx, &run.job, &fp, run.started);
             }
             fingerprint::record_inputs(&run.ctx, &run.job.source, &fp);
             Some(fp.key)
@@ -367,18 +367,21 @@ impl Run {
                 .as_ref()
                 .map(|t| t.path().to_path_buf())
                 .or_else(|| self.job.dep_file.as_ref().map(|d| d.path.clone()));
-            let fp = dep_path.and_then(|p| d.depend_fingerprint(&self.ctx, &self.job, &p));
+            let fp = match dep_path {
+                Some(p) => d.depend_fingerprint_since(&self.ctx, &self.job, &p, Some(self.started)),
+                None => Err("no-dependency-file"),
+            };
             match fp {
-                Some(fp) => {
+                Ok(fp) => {
                     self.cache.put(&fp.key, &compiled.bundle);
-                    d.record(&self.ctx, &self.job, &fp.headers, &fp.key, self.started);
+                    d.record(&self.ctx, &self.job, &fp, self.started);
                     fingerprint::record_inputs(&self.ctx, &self.job.source, &fp);
                     self.cache.count(Event::Miss);
                     report_result("miss");
                 }
-                None => {
-                    self.cache.count(Event::Uncacheable("time-macro"));
-                    report_result("uncacheable time-macro");
+                Err(reason) => {
+                    self.cache.count(Event::Uncacheable(reason));
+                    report_result(&format!("uncacheable {reason}"));
                 }
             }
         } else {
