@@ -128,6 +128,8 @@ for line in open(os.path.join(work, "node.tsv")):
     m, ms, rate, detail = line.rstrip("\n").split("\t")
     label = {"transfer": "20 MB entry, one Get between two peers",
              "get+verify": "20 MB entry, Node::get (transfer + digest check)",
+             "transfer-1.0": "20 MB entry, one Get, /distc/1.0.0 framing",
+             "transfer-nokey": "20 MB entry, one Get, no mesh key (Noise + Yamux only)",
              "converge-3": "start to stable ring, 3 peers",
              "converge-10": "start to stable ring, 10 peers"}.get(m, m)
     print(f"| {label} | {ms} ms | {rate + ' MB/s' if rate else ''} | {detail} |")
