@@ -50,6 +50,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -785,6 +786,43 @@ impl KeyParts {
         for f in &dep.files {
             let abs = ctx.cwd.join(f);
             let d = file_digest(&abs).map_err(io_err("source file", &abs))?;
+            let name = self.norm.path(&abs.to_string_lossy());
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(d);
+            digests.push(d);
+        }
+        Ok((digests, h.finalize().into()))
+    }
+
+    /// [`KeyParts::sources`] for the files a compile that began at `started` read (depend
+    /// mode: the key is computed after the compile). Each file is hashed, then its open
+    /// handle is stat'ed: a file modified since `started` (or while being read) may not be
+    /// what rustc read, so nothing is keyed. The error is a stats label.
+    pub fn sources_read_before(
+        &self,
+        ctx: &KeyContext<'_>,
+        dep: &DepInfo,
+        started: SystemTime,
+    ) -> Result<(Vec<[u8; 32]>, [u8; 32]), &'static str> {
+        let start = match started.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+            Err(_) => return Err("source-modified"),
+        };
+        let mut h = Sha256::new();
+        let mut digests = Vec::with_capacity(dep.files.len());
+        for f in &dep.files {
+            let abs = ctx.cwd.join(f);
+            let mut file = fs::File::open(&abs).map_err(|_| "unreadable-source")?;
+            let mut fh = Sha256::new();
+            let read = io::copy(&mut file, &mut fh).map_err(|_| "unreadable-source")?;
+            let md = file.metadata().map_err(|_| "unreadable-source")?;
+            let mtime = (md.mtime(), md.mtime_nsec());
+            let ctime = (md.ctime(), md.ctime_nsec());
+            if mtime >= start || ctime >= start || md.len() != read {
+                return Err("source-modified");
+            }
+            let d: [u8; 32] = fh.finalize().into();
             let name = self.norm.path(&abs.to_string_lossy());
             h.update((name.len() as u64).to_le_bytes());
             h.update(name.as_bytes());

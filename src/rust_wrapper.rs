@@ -200,6 +200,38 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
         }
     }
 
+    // Depend mode: a miss outside a mesh compiles at once and learns the sources from the
+    // compile's own dep-info, so a cold build pays rustc's front end once. Inside a mesh the
+    // key must be known before compiling: it is what peers are asked for.
+    if let Some(d) = &direct
+        && cfg.depend_mode
+        && !cache.mesh_active()
+        && let Some(out) = DependOut::new(&job, &cwd)
+    {
+        let compile = Compile {
+            real,
+            args,
+            extra: out.extra.as_slice(),
+            hide: out.temp.as_ref().map(|_| out.path.as_path()),
+        };
+        return miss(
+            &compile,
+            cache,
+            &job,
+            &cwd,
+            &roots,
+            started,
+            || {
+                let text = fs::read_to_string(&out.path).map_err(|_| "no-dep-info")?;
+                let dep = rust_key::parse_dep_info(&text);
+                let (digests, sources) = parts.sources_read_before(&ctx, &dep, started_wall)?;
+                let key = parts.inputs(&ctx, &job, &dep, sources).key();
+                Ok((key, (dep, digests)))
+            },
+            |key, (dep, digests)| d.record(&dep, &digests, key, started_wall, &env),
+        );
+    }
+
     let dep = match rust_key::run_dep_info(&id.real, &job, &cwd) {
         Ok(d) => d,
         Err(e) => return no_key(cache, real, args, &job, e, started),
@@ -220,7 +252,93 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
         record();
         return code;
     }
-    miss(real, args, cache, &job, &cwd, &roots, &key, started, record)
+    let compile = Compile {
+        real,
+        args,
+        extra: &[],
+        hide: None,
+    };
+    miss(
+        &compile,
+        cache,
+        &job,
+        &cwd,
+        &roots,
+        started,
+        || Ok((key, ())),
+        |_, ()| record(),
+    )
+}
+
+/// Where depend mode finds the dep-info of the compile itself.
+struct DependOut {
+    /// The dep-info file rustc writes.
+    path: PathBuf,
+    /// Extra arguments for rustc (empty when the job asks for dep-info itself).
+    extra: Vec<OsString>,
+    /// Our own directory for it (removed on drop), when the job asks for none.
+    temp: Option<tempfile::TempDir>,
+}
+
+impl DependOut {
+    /// `None` when depend mode cannot learn this job's sources without changing its outputs:
+    /// then the dep-info pass runs first, as inside a mesh.
+    fn new(job: &RustJob, cwd: &Path) -> Option<DependOut> {
+        if let Some(name) = job.dep_info_name() {
+            return Some(DependOut {
+                path: target_path(job, cwd, &name),
+                extra: Vec::new(),
+                temp: None,
+            });
+        }
+        if !job.extra_dep_info_is_neutral() {
+            return None;
+        }
+        // Not named like the dep-info pass's directory (`distc-depinfo-`): this is a compile.
+        let temp = tempfile::Builder::new()
+            .prefix("distc-rustdep-")
+            .tempdir()
+            .ok()?;
+        let path = temp.path().join("crate.d");
+        let emit = job.emit_with_dep_info(&path)?;
+        Some(DependOut {
+            path,
+            extra: vec![emit],
+            temp: Some(temp),
+        })
+    }
+}
+
+/// How a miss runs rustc.
+struct Compile<'a> {
+    real: &'a Path,
+    args: &'a [OsString],
+    /// Appended to `args` (depend mode's own dep-info output).
+    extra: &'a [OsString],
+    /// A file of ours rustc writes: its JSON artifact notice (`--json=artifacts`) is dropped
+    /// from stderr, so the requester sees exactly what it asked for.
+    hide: Option<&'a Path>,
+}
+
+/// `stderr` without cargo-JSON artifact notices naming `path`.
+fn drop_artifact_notice(stderr: Vec<u8>, path: Option<&Path>) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = path else {
+        return stderr;
+    };
+    let needle = path.as_os_str().as_bytes();
+    if !stderr.windows(needle.len()).any(|w| w == needle) {
+        return stderr;
+    }
+    let mut out = Vec::with_capacity(stderr.len());
+    for line in stderr.split_inclusive(|b| *b == b'\n') {
+        let notice = line.starts_with(b"{\"$message_type\":\"artifact\"")
+            && line.windows(needle.len()).any(|w| w == needle);
+        if !notice {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 /// The key could not be computed: compile without the cache.
@@ -414,21 +532,28 @@ fn finish_streams(bundle: &Bundle, roots: &Roots) -> ExitCode {
     ExitCode::from(u8::try_from(bundle.exit_code).unwrap_or(1))
 }
 
-/// Compiles for real, stores a complete successful result, replays the streams.
+/// Compiles for real, stores a complete successful result, replays the streams. `keying`
+/// gives the key once rustc has run (and what `stored` needs), or a stats label saying why
+/// the result is not stored; `stored` runs after a successful store.
 #[allow(clippy::too_many_arguments)]
-fn miss(
-    real: &Path,
-    args: &[OsString],
+fn miss<R>(
+    compile: &Compile<'_>,
     cache: &Cache,
     job: &RustJob,
     cwd: &Path,
     roots: &Roots,
-    key: &Key,
     started: Instant,
-    stored: impl FnOnce(),
+    keying: impl FnOnce() -> Result<(Key, R), &'static str>,
+    stored: impl FnOnce(&Key, R),
 ) -> ExitCode {
+    let real = compile.real;
     // stdin is never read by a compile; the jobserver descriptors cargo passed are inherited.
-    let out = match Command::new(real).args(args).stdin(Stdio::null()).output() {
+    let out = match Command::new(real)
+        .args(compile.args)
+        .args(compile.extra)
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(o) => o,
         Err(e) => {
             eprintln!("distc: error: cannot run {}: {e}", real.display());
@@ -440,41 +565,53 @@ fn miss(
         (None, Some(sig)) => 128 + sig,
         (None, None) => 1,
     };
+    let stderr = drop_artifact_notice(out.stderr, compile.hide);
     let _ = std::io::stdout().lock().write_all(&out.stdout);
-    let _ = std::io::stderr().lock().write_all(&out.stderr);
+    let _ = std::io::stderr().lock().write_all(&stderr);
     if !out.status.success() {
         cache.count(Event::Uncacheable("compile-failed"));
         report("uncacheable:compile-failed", job, started);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    match collect(job, cwd, roots) {
-        Ok(files) => match distc_peer::codec::encode(&files) {
-            Ok(data) => {
-                let bundle = Bundle {
-                    version: BUNDLE_VERSION,
-                    outputs: vec![Output {
-                        role: Role::RustFiles,
-                        data,
-                    }],
-                    stdout: roots.template(&out.stdout),
-                    stderr: roots.template(&out.stderr),
-                    exit_code: code,
-                };
-                cache.put(key, &bundle);
-                stored();
-                cache.count(Event::Miss);
-                report("miss", job, started);
-            }
-            Err(e) => {
-                tracing::warn!("cannot encode the outputs of {}: {e}", job.describe());
-                cache.count(Event::Error("encode"));
-            }
-        },
+    let files = match collect(job, cwd, roots) {
+        Ok(f) => f,
         Err(missing) => {
             // E.g. a `#![crate_type]` attribute chose other outputs than the command line says.
             tracing::debug!("{} wrote no {missing}; not cached", job.describe());
             cache.count(Event::Uncacheable("unexpected-outputs"));
             report("uncacheable:unexpected-outputs", job, started);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
+    let (key, extra) = match keying() {
+        Ok(k) => k,
+        Err(reason) => {
+            tracing::debug!("{} not cached: {reason}", job.describe());
+            cache.count(Event::Uncacheable(reason));
+            report(&format!("uncacheable:{reason}"), job, started);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
+    match distc_peer::codec::encode(&files) {
+        Ok(data) => {
+            let bundle = Bundle {
+                version: BUNDLE_VERSION,
+                outputs: vec![Output {
+                    role: Role::RustFiles,
+                    data,
+                }],
+                stdout: roots.template(&out.stdout),
+                stderr: roots.template(&stderr),
+                exit_code: code,
+            };
+            cache.put(&key, &bundle);
+            stored(&key, extra);
+            cache.count(Event::Miss);
+            report("miss", job, started);
+        }
+        Err(e) => {
+            tracing::warn!("cannot encode the outputs of {}: {e}", job.describe());
+            cache.count(Event::Error("encode"));
         }
     }
     ExitCode::from(u8::try_from(code).unwrap_or(1))

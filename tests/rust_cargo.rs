@@ -631,7 +631,8 @@ fn build_project_reports_per_crate_outcomes() {
 #[test]
 fn direct_mode_hit_runs_no_dep_info_pass() {
     let Some(w) = World::new() else { return };
-    w.cargo(&["build", "--release"], &[]);
+    // Without depend mode, a miss runs the dep-info pass first.
+    w.cargo(&["build", "--release"], &[("DISTC_DEPEND_MODE", "0")]);
     assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
     assert_eq!(names(&w.take_depinfo()), ALL_CRATES.to_vec());
 
@@ -764,4 +765,130 @@ fn direct_mode_env_dep_change_misses() {
         w.run_app("release"),
         "v1:84 built-by-build-rs hello data-v1"
     );
+}
+
+#[test]
+fn depend_mode_cold_build_runs_no_dep_info_pass() {
+    let Some(w) = World::new() else { return };
+    // Cold: every crate compiled once, learning its sources from its own dep-info output.
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    let passes = w.take_depinfo();
+    assert!(
+        passes.is_empty(),
+        "a cold build ran dep-info for {passes:?}"
+    );
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+    // mymacro is compiled twice (a workspace member, and with build-override settings).
+    let stats = w.stats();
+    assert!(stats.contains("Misses             7"), "{stats}");
+    assert!(stats.contains("Errors             0"), "{stats}");
+
+    // Warm, after cargo clean: every crate a direct-mode hit, still no rustc at all.
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    let again = w.take_compiles();
+    assert!(
+        again.is_empty(),
+        "warm build compiled {again:?}\n{}",
+        w.stats()
+    );
+    assert!(w.take_depinfo().is_empty());
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+
+    // An edit: the edited crate and its dependents recompile, again without a dep-info pass,
+    // and the new results hit after a clean.
+    std::fs::write(w.ws.join("mylib/src/data.txt"), "data-v2\n").expect("edit data");
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), vec!["app", "mylib"]);
+    assert!(w.take_depinfo().is_empty());
+    w.clean();
+    w.cargo(&["build", "--release"], &[]);
+    assert!(w.take_compiles().is_empty());
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v2"
+    );
+
+    // The dev profile (check and test included) works the same way.
+    w.cargo(&["check", "--workspace", "--tests"], &[]);
+    assert!(!w.take_compiles().is_empty());
+    assert!(w.take_depinfo().is_empty());
+    w.clean();
+    w.cargo(&["check", "--workspace", "--tests"], &[]);
+    assert!(w.take_compiles().is_empty());
+
+    // DISTC_DEPEND_MODE=0 restores the dep-info pass before every miss.
+    for sub in ["store", "manifests"] {
+        let _ = std::fs::remove_dir_all(w.distc_dir.join(sub));
+    }
+    w.clean();
+    w.cargo(&["build", "--release"], &[("DISTC_DEPEND_MODE", "0")]);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    assert_eq!(names(&w.take_depinfo()), ALL_CRATES.to_vec());
+}
+
+#[test]
+fn depend_mode_single_file_leaves_no_extra_files() {
+    let Some(w) = World::new() else { return };
+    let dir = w.root.path().join("single");
+    write(
+        &dir.join("hi.rs"),
+        "fn main() {\n    println!(\"hi\");\n}\n",
+    );
+    // A plain rustc invocation asking for no dep-info: distc adds its own, elsewhere.
+    let run = |args: &[&str]| {
+        let o = Command::new(distc_bin())
+            .arg(&w.shared.oracle)
+            .args(args)
+            .current_dir(&dir)
+            .env("DISTC_DIR", &w.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .env("DISTC_TEST_RUSTC_LOG", &w.log)
+            .output()
+            .expect("run distc rustc");
+        assert!(o.status.success(), "distc rustc failed: {o:?}");
+        o
+    };
+    let args = [
+        "hi.rs",
+        "--crate-name",
+        "hi",
+        "--crate-type",
+        "bin",
+        "-o",
+        "hi",
+        "--error-format=json",
+        "--json=artifacts",
+    ];
+    let cold = run(&args);
+    assert_eq!(names(&w.take_compiles()), vec!["hi"]);
+    assert!(w.take_depinfo().is_empty());
+    let listing = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listing(&dir), vec!["hi", "hi.rs"]);
+    // Only the artifact the requester asked for is reported.
+    let err = String::from_utf8_lossy(&cold.stderr).into_owned();
+    assert!(!err.contains("dep-info"), "{err}");
+    assert!(err.contains("\"emit\":\"link\""), "{err}");
+    std::fs::remove_file(dir.join("hi")).expect("rm hi");
+    let warm = run(&args);
+    assert!(w.take_compiles().is_empty());
+    assert_eq!(String::from_utf8_lossy(&warm.stderr), err);
+    assert_eq!(listing(&dir), vec!["hi", "hi.rs"]);
+    let out = Command::new(dir.join("hi")).output().expect("run hi");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 }

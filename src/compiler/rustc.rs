@@ -169,6 +169,17 @@ pub enum Emit {
     DepInfo,
 }
 
+impl Emit {
+    /// The name `--emit` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Emit::Link => "link",
+            Emit::Metadata => "metadata",
+            Emit::DepInfo => "dep-info",
+        }
+    }
+}
+
 impl RustJob {
     /// Whether rustc runs the linker for this job.
     pub fn links(&self) -> bool {
@@ -200,6 +211,43 @@ impl RustJob {
             names.push(format!("{stem}.d"));
         }
         names
+    }
+
+    /// The dep-info file this job asks rustc for, relative to the output directory.
+    pub fn dep_info_name(&self) -> Option<String> {
+        self.emit
+            .contains(&Emit::DepInfo)
+            .then(|| format!("{}.d", self.stem()))
+    }
+
+    /// Whether asking rustc for dep-info as well leaves every output of this job
+    /// byte-identical. The crate metadata rustc writes (`.rmeta`, and inside `.rlib`, dylibs
+    /// and proc-macros) differs when dep-info is emitted too, so only jobs that write no
+    /// metadata qualify: executables (`--test` harnesses included) and cdylibs.
+    pub fn extra_dep_info_is_neutral(&self) -> bool {
+        self.emit.contains(&Emit::Link)
+            && !self.emit.contains(&Emit::Metadata)
+            && self
+                .crate_types
+                .iter()
+                .all(|t| matches!(t, CrateType::Bin | CrateType::Cdylib))
+    }
+
+    /// `--emit` naming every kind this job emits, plus dep-info written to `path`: the extra
+    /// argument that makes rustc report the crate's sources during the compile itself.
+    pub fn emit_with_dep_info(&self, path: &Path) -> Option<OsString> {
+        let p = path.to_str()?;
+        if p.contains(',') {
+            return None;
+        }
+        let mut kinds: Vec<String> = self
+            .emit
+            .iter()
+            .filter(|e| **e != Emit::DepInfo)
+            .map(|e| e.name().to_string())
+            .collect();
+        kinds.push(format!("dep-info={p}"));
+        Some(OsString::from(format!("--emit={}", kinds.join(","))))
     }
 
     /// A short description for logs and `build-project`: `name (rlib)`.
@@ -635,14 +683,7 @@ fn parse_expanded(args: Vec<OsString>) -> RustParsed {
     }
     let types: Vec<&str> = crate_types.iter().map(|t| t.name()).collect();
     key_args.push(KeyArg::Plain(format!("--crate-type={}", types.join(","))));
-    let emits: Vec<&str> = emit
-        .iter()
-        .map(|e| match e {
-            Emit::Link => "link",
-            Emit::Metadata => "metadata",
-            Emit::DepInfo => "dep-info",
-        })
-        .collect();
+    let emits: Vec<&str> = emit.iter().map(|e| e.name()).collect();
     key_args.push(KeyArg::Plain(format!("--emit={}", emits.join(","))));
     sorted_args.sort();
     key_args.extend(sorted_args.into_iter().map(KeyArg::Plain));
@@ -855,5 +896,24 @@ mod tests {
         assert!(matches!(r.key_args[0], KeyArg::WithPaths(_)));
         let nd = job("a.rs -C debuginfo=0");
         assert!(!nd.debug_info);
+    }
+
+    #[test]
+    fn dep_info_for_depend_mode() {
+        let lib = job(CARGO_LIB);
+        assert_eq!(lib.dep_info_name().as_deref(), Some("foo-c7705a44.d"));
+        assert!(!lib.extra_dep_info_is_neutral());
+        let hello = job("hello.rs -o bin/hello");
+        assert_eq!(hello.dep_info_name(), None);
+        assert!(hello.extra_dep_info_is_neutral());
+        assert_eq!(
+            hello.emit_with_dep_info(Path::new("/t/x=1/d.d")),
+            Some(OsString::from("--emit=link,dep-info=/t/x=1/d.d"))
+        );
+        assert_eq!(hello.emit_with_dep_info(Path::new("/t/a,b/d.d")), None);
+        assert!(!job("l.rs --crate-type lib").extra_dep_info_is_neutral());
+        assert!(!job("m.rs --crate-type proc-macro").extra_dep_info_is_neutral());
+        assert!(job("t.rs --test").extra_dep_info_is_neutral());
+        assert!(job("c.rs --crate-type cdylib").extra_dep_info_is_neutral());
     }
 }
