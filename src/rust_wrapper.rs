@@ -135,6 +135,9 @@ impl Roots {
 /// Entry point from `crate::wrapper` once argv named rustc. `real` is the rustc to run.
 pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> ExitCode {
     let started = Instant::now();
+    if !is_rustc(real) {
+        return driver(real, args, cache, started);
+    }
     // Files modified from now on may not be what rustc reads: direct mode does not record them.
     let started_wall = SystemTime::now();
     let job = match rustc::parse(args, &|p| fs::read(p).ok()) {
@@ -339,6 +342,37 @@ fn drop_artifact_notice(stderr: Vec<u8>, path: Option<&Path>) -> Vec<u8> {
         }
     }
     out
+}
+
+fn is_rustc(program: &Path) -> bool {
+    program
+        .file_name()
+        .and_then(crate::compiler::family_of)
+        .is_some_and(|f| f == crate::compiler::Family::Rustc)
+        && program.file_name().is_some_and(|n| n != "clippy-driver")
+}
+
+/// A driver in front of rustc: `cargo clippy` runs `distc clippy-driver /path/to/rustc ARGS…`
+/// for workspace members (RUSTC_WORKSPACE_WRAPPER). Its output (lints) is not rustc's, so it
+/// is never cached and never served from rustc's results: probes are `exec`ed uncounted,
+/// compiles pass through as `clippy`.
+fn driver(real: &Path, args: &[OsString], cache: &Cache, started: Instant) -> ExitCode {
+    let rest = match args.first() {
+        Some(first)
+            if Path::new(first)
+                .file_name()
+                .and_then(crate::compiler::family_of)
+                == Some(crate::compiler::Family::Rustc) =>
+        {
+            &args[1..]
+        }
+        _ => args,
+    };
+    match rustc::parse(rest, &|p| fs::read(p).ok()) {
+        RustParsed::NotCompile => exec(real, args),
+        RustParsed::Compile(job) => uncacheable(cache, real, args, "clippy", Some(&job), started),
+        RustParsed::Uncacheable(_) => uncacheable(cache, real, args, "clippy", None, started),
+    }
 }
 
 /// The key could not be computed: compile without the cache.

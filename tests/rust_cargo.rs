@@ -892,3 +892,47 @@ fn depend_mode_single_file_leaves_no_extra_files() {
     let out = Command::new(dir.join("hi")).output().expect("run hi");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 }
+
+#[test]
+fn clippy_passes_through_and_never_shares_results_with_rustc() {
+    let Some(w) = World::new() else { return };
+    let clippy_ok = Command::new("cargo")
+        .args(["clippy", "-V"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !clippy_ok {
+        println!("SKIP: cargo clippy not installed");
+        return;
+    }
+    let lib = w.ws.join("util/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).expect("read util");
+    std::fs::write(
+        &lib,
+        format!("{text}\npub fn lint_me(x: u32) -> bool {{\n    x == 5 && true\n}}\n"),
+    )
+    .expect("edit util");
+    let lint = "this boolean expression can be simplified";
+    // A check first: its results must not be served to clippy (lints would go missing).
+    let out = w.cargo(&["check", "--workspace"], &[]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(lint));
+    for _ in 0..2 {
+        let out = w.cargo(&["clippy", "--workspace"], &[]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(lint), "clippy's lint is missing:\n{err}");
+        w.clean();
+    }
+    let stats = w.stats();
+    assert!(stats.contains("clippy"), "{stats}");
+    // Nor are clippy's results served to rustc: a check after clippy has no lint.
+    let out = w.cargo(&["check", "--workspace"], &[]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(lint));
+    // Members never went through the C/C++ parser.
+    let json = Command::new(distc_bin())
+        .args(["stats", "--json"])
+        .env("DISTC_DIR", &w.distc_dir)
+        .output()
+        .expect("run distc stats --json");
+    let json = String::from_utf8_lossy(&json.stdout).into_owned();
+    assert!(!json.contains("unknown-option"), "{json}");
+    assert!(!json.contains("stdin-source"), "{json}");
+}

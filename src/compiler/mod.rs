@@ -191,7 +191,9 @@ pub fn family_of(name: &OsStr) -> Option<Family> {
         }
         _ => name,
     };
-    if base == "rustc" {
+    // clippy-driver: `cargo clippy` runs `distc clippy-driver rustc ARGS…` for workspace
+    // members (RUSTC_WORKSPACE_WRAPPER); the Rust wrapper passes it through.
+    if base == "rustc" || base == "clippy-driver" {
         return Some(Family::Rustc);
     }
     const GCC_LIKE: [&str; 6] = ["gcc", "g++", "cc", "c++", "clang", "clang++"];
@@ -231,6 +233,7 @@ mod tests {
             assert_eq!(family_of(OsStr::new(n)), Some(Family::Gcc), "{n}");
         }
         assert_eq!(family_of(OsStr::new("rustc")), Some(Family::Rustc));
+        assert_eq!(family_of(OsStr::new("clippy-driver")), Some(Family::Rustc));
         for n in ["distc", "make", "ld", "gcc-ar", "-gcc", "cmake", "ccache"] {
             assert_eq!(family_of(OsStr::new(n)), None, "{n}");
         }
