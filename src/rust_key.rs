@@ -1,6 +1,6 @@
 //! The key of a rustc compile: everything that can change what rustc writes, hashed.
 //!
-//! # Key inputs (RUST_FORMAT_VERSION 1)
+//! # Key inputs (RUST_FORMAT_VERSION 2)
 //! Each input is hashed on its own and labelled ([`crate::fingerprint::Inputs`]), so
 //! `distc inspect` can list them.
 //!
@@ -28,8 +28,9 @@
 //! 8. `externs` — for each `--extern`: the name and the SHA-256 of the crate file (`.rlib`,
 //!    `.rmeta`, `.so`). Transitive dependencies are covered through them: every crate file
 //!    records the hashes (SVH) of the crates it was built against.
-//! 9. `cargo-env` — every other `CARGO_*` variable (except `CARGO_MAKEFLAGS`, the jobserver),
-//!    `RUSTC_BOOTSTRAP`, and `LIBRARY_PATH` for linking crates, set or unset, with absolute
+//! 9. `cargo-env` — every other `CARGO_*` variable (except cargo's own settings that never
+//!    reach the output: `CARGO_MAKEFLAGS`, the jobserver, `CARGO_TERM_*`, `CARGO_BUILD_JOBS`,
+//!    `CARGO_INCREMENTAL`, logging, network and registry settings), `RUSTC_BOOTSTRAP`, and `LIBRARY_PATH` for linking crates, set or unset, with absolute
 //!    paths normalised: proc-macros may read them without rustc knowing.
 //! 10. `native-libs` — each `-l` with the contents of the library file found in the `-L
 //!     native=`/`-L all=` directories (system libraries not found there: the name only).
@@ -58,7 +59,7 @@ use crate::compiler::rustc::{KeyArg, RustJob};
 use crate::fingerprint::Inputs;
 
 /// Version of the list above. Bump on any change to what is hashed or how.
-pub const RUST_FORMAT_VERSION: u32 = 1;
+pub const RUST_FORMAT_VERSION: u32 = 2;
 
 /// Errors computing a Rust key. Each one means "compile without the cache".
 #[derive(Debug, thiserror::Error)]
@@ -736,6 +737,31 @@ pub fn key_parts(ctx: &KeyContext<'_>, job: &RustJob) -> Result<KeyParts, RustKe
     })
 }
 
+/// `CARGO_*` variables that configure cargo itself and never change what rustc writes:
+/// terminal output, parallelism and the jobserver, logging, the network and registries.
+/// Cargo turns the settings that matter (profiles, RUSTFLAGS, incremental) into rustc
+/// arguments, which are keyed. Keying these would make `CARGO_TERM_COLOR=always` in CI or
+/// `CARGO_BUILD_JOBS=1` miss every crate a developer's build stored.
+fn cargo_own_setting(name: &str) -> bool {
+    const EXACT: [&str; 5] = [
+        "CARGO_MAKEFLAGS",
+        "CARGO_BUILD_JOBS",
+        "CARGO_INCREMENTAL",
+        "CARGO_LOG",
+        "CARGO_FUTURE_INCOMPAT_REPORT_FREQUENCY",
+    ];
+    const PREFIXES: [&str; 7] = [
+        "CARGO_TERM_",
+        "CARGO_LOG_",
+        "CARGO_HTTP_",
+        "CARGO_NET_",
+        "CARGO_REGISTRY_",
+        "CARGO_REGISTRIES_",
+        "CARGO_ALIAS_",
+    ];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 impl KeyParts {
     /// Input 9 over every `CARGO_*` variable except those named in `exclude` (the env-deps,
     /// whose exact values input 7 holds).
@@ -744,7 +770,7 @@ impl KeyParts {
             .env_names
             .iter()
             .map(String::as_str)
-            .filter(|n| (n.starts_with("CARGO_") || *n == "CARGO") && *n != "CARGO_MAKEFLAGS")
+            .filter(|n| (n.starts_with("CARGO_") || *n == "CARGO") && !cargo_own_setting(n))
             .filter(|n| !exclude.contains(n))
             .collect();
         names.push("RUSTC_BOOTSTRAP");
@@ -905,6 +931,29 @@ mod tests {
                 ("UNSET_ONE".to_string(), None),
             ]
         );
+    }
+
+    #[test]
+    fn cargo_settings_are_not_keyed() {
+        for n in [
+            "CARGO_TERM_COLOR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_INCREMENTAL",
+            "CARGO_MAKEFLAGS",
+            "CARGO_NET_OFFLINE",
+        ] {
+            assert!(cargo_own_setting(n), "{n}");
+        }
+        for n in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_HOME",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CARGO",
+        ] {
+            assert!(!cargo_own_setting(n), "{n}");
+        }
     }
 
     #[test]

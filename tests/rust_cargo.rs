@@ -936,3 +936,22 @@ fn clippy_passes_through_and_never_shares_results_with_rustc() {
     assert!(!json.contains("unknown-option"), "{json}");
     assert!(!json.contains("stdin-source"), "{json}");
 }
+
+#[test]
+fn cargo_settings_in_the_environment_still_hit() {
+    let Some(w) = World::new() else { return };
+    w.cargo(&["build", "--release"], &[]);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    // CI-style settings of cargo itself change nothing rustc writes.
+    w.clean();
+    w.cargo(
+        &["build", "--release"],
+        &[("CARGO_TERM_COLOR", "always"), ("CARGO_BUILD_JOBS", "1")],
+    );
+    let again = w.take_compiles();
+    assert!(again.is_empty(), "cargo settings missed {again:?}");
+    assert_eq!(
+        w.run_app("release"),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+}
