@@ -114,20 +114,32 @@ impl Cache {
         distc_peer::ipc::mesh_active(&self.dir)
     }
 
-    /// Asks the machine's peer for `key`; verifies and stores what comes back.
-    pub fn get_remote(&self, key: &Key) -> Option<Bundle> {
+    /// Asks the machine's peer for `key` (only while the mesh is active); returns the raw
+    /// entry and its verified payload, at most `max_payload` bytes.
+    fn fetch_remote(&self, key: &Key, max_payload: u64) -> Option<(Vec<u8>, Vec<u8>)> {
         if !self.mesh_active() {
             return None;
         }
         let raw = peer_get(&self.dir, key, self.peer_timeout)?;
-        let payload = match Store::verify_raw(&raw, self.max_entry_size) {
-            Ok(p) => p,
+        match Store::verify_raw(&raw, max_payload.min(self.max_entry_size)) {
+            Ok(p) => Some((raw, p)),
             Err(e) => {
                 tracing::warn!("entry {key} from the mesh rejected: {e}");
                 self.count(Event::Error("remote-corrupt"));
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// The payload of an auxiliary entry (a shared manifest) from the mesh, verified and at
+    /// most `max_payload` bytes; not kept in the local store (the caller keeps what it uses).
+    pub fn get_remote_payload(&self, key: &Key, max_payload: u64) -> Option<Vec<u8>> {
+        self.fetch_remote(key, max_payload).map(|(_, p)| p)
+    }
+
+    /// Asks the machine's peer for `key`; verifies and stores what comes back.
+    pub fn get_remote(&self, key: &Key) -> Option<Bundle> {
+        let (raw, payload) = self.fetch_remote(key, self.max_entry_size)?;
         let bundle = Bundle::decode(&payload).ok()?;
         if let Some(store) = &self.store
             && let Err(e) = store.put_raw(key, &raw)
@@ -139,9 +151,9 @@ impl Cache {
 
     /// Stores a result and tells the local peer about it. Failures warn once and are counted.
     pub fn put(&self, key: &Key, bundle: &Bundle) {
-        let Some(store) = &self.store else {
+        if self.store.is_none() {
             return;
-        };
+        }
         let payload = match bundle.encode() {
             Ok(p) => p,
             Err(e) => {
@@ -150,7 +162,16 @@ impl Cache {
                 return;
             }
         };
-        match store.put(key, &payload) {
+        self.put_payload(key, &payload);
+    }
+
+    /// Stores an opaque payload (an encoded bundle, a shared manifest) and tells the local
+    /// peer, which replicates it like any entry.
+    pub fn put_payload(&self, key: &Key, payload: &[u8]) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        match store.put(key, payload) {
             Ok(_) => {
                 if self.peer_socket().exists() {
                     peer_announce(&self.dir, key, self.peer_timeout);

@@ -35,6 +35,11 @@ const MANIFEST_VERSION: u32 = 2;
 /// Entries kept per manifest (newest first); old header states fall off.
 const MAX_ENTRIES: usize = 16;
 const MAX_MANIFEST: usize = 64 << 20;
+/// Largest manifest accepted from the mesh (16 entries of a few thousand headers and probes
+/// each fit many times over).
+pub const MAX_SHARED_MANIFEST: usize = 16 << 20;
+/// Headers or probes per entry accepted from the mesh: each costs a syscall or a read here.
+const MAX_SHARED_ITEMS: usize = 1 << 16;
 /// A header's stat is trusted only if it was this much older than the recording compile:
 /// a later same-size edit then necessarily changes mtime, even on coarse-timestamp filesystems.
 const TRUST_AGE: Duration = Duration::from_secs(2);
@@ -148,10 +153,15 @@ impl DirectKey {
 
     /// Adds an entry mapping the current state of `headers` to `result`. Best effort: nothing
     /// is recorded when a header cannot be read, mentions a time macro or is too new.
-    pub fn record(&self, ctx: &Context, job: &CompileJob, fp: &Fingerprint, started: SystemTime) {
-        let Some(entry) = make_entry(ctx, job, &self.common, &self.norm_source, fp, started) else {
-            return;
-        };
+    /// Returns the manifest's bytes as written (for sharing), `None` when nothing was written.
+    pub fn record(
+        &self,
+        ctx: &Context,
+        job: &CompileJob,
+        fp: &Fingerprint,
+        started: SystemTime,
+    ) -> Option<Vec<u8>> {
+        let entry = make_entry(ctx, job, &self.common, &self.norm_source, fp, started)?;
         let mut m = self.read(ctx).unwrap_or(Manifest {
             version: MANIFEST_VERSION,
             entries: Vec::new(),
@@ -159,14 +169,62 @@ impl DirectKey {
         m.entries.retain(|e| e != &entry);
         m.entries.insert(0, entry);
         m.entries.truncate(MAX_ENTRIES);
-        let Ok(bytes) = distc_peer::codec::encode(&m) else {
-            return;
-        };
+        self.write(ctx, &m)
+    }
+
+    /// Writes `m` as this key's manifest; returns the bytes written (the payload shared with
+    /// the mesh), `None` when it could not be written.
+    fn write(&self, ctx: &Context, m: &Manifest) -> Option<Vec<u8>> {
+        let bytes = distc_peer::codec::encode(m).ok()?;
         let path = self.path(ctx);
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
-        let _ = crate::bundle::write_atomic(&path, &bytes);
+        crate::bundle::write_atomic(&path, &bytes).ok()?;
+        Some(bytes)
+    }
+
+    /// The key this manifest is shared under in the mesh (an ordinary store entry whose
+    /// payload is the manifest file's bytes). The manifest format is part of it: peers with
+    /// another format never see each other's manifests.
+    pub fn shared_key(&self) -> Key {
+        let mut b = format!("distc-manifest-v{MANIFEST_VERSION}\0").into_bytes();
+        b.extend_from_slice(&self.manifest_key.0);
+        Key::digest(&b)
+    }
+
+    /// Merges a manifest another machine shared (the payload under [`DirectKey::shared_key`])
+    /// and looks it up. Nothing in it is trusted but paths, digests and probe answers: every
+    /// header is re-hashed here and every probe stat'ed (another machine's stats mean nothing
+    /// on this one). The first entry that matches this machine's files is re-stamped with this
+    /// machine's stats, kept in the local manifest (so the next hit is an ordinary local one)
+    /// and its result key returned. `Ok(None)`: no entry matches (headers differ here).
+    pub fn merge_shared(
+        &self,
+        ctx: &Context,
+        payload: &[u8],
+        started: SystemTime,
+    ) -> Result<Option<Key>, SharedError> {
+        let shared = decode_shared(payload, MAX_SHARED_MANIFEST)?;
+        let start = secs(started);
+        let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
+        let Some(entry) = shared
+            .entries
+            .iter()
+            .find_map(|e| localize(&ctx.cwd, e, start, trust_before))
+        else {
+            return Ok(None);
+        };
+        let result = Key(entry.result);
+        let mut m = self.read(ctx).unwrap_or(Manifest {
+            version: MANIFEST_VERSION,
+            entries: Vec::new(),
+        });
+        m.entries.retain(|e| !same_state(e, &entry));
+        m.entries.insert(0, entry);
+        m.entries.truncate(MAX_ENTRIES);
+        let _ = self.write(ctx, &m);
+        Ok(Some(result))
     }
 
     /// Depend-mode fingerprint: common inputs + source + every header listed in `dep_file`.
@@ -219,6 +277,108 @@ impl DirectKey {
             header_states: states,
         })
     }
+}
+
+/// Why a manifest from the mesh was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("shared manifest does not decode: {0}")]
+    Decode(#[from] distc_peer::codec::CodecError),
+    #[error("shared manifest has version {0} (this distc reads {MANIFEST_VERSION})")]
+    Version(u32),
+    #[error("shared manifest is implausibly large ({0} entries, headers or probes)")]
+    TooLarge(usize),
+}
+
+/// Bounded decode of a manifest from the network: the limit caps what the decoder may
+/// allocate, and counts that no local manifest can exceed are rejected.
+fn decode_shared(payload: &[u8], limit: usize) -> Result<Manifest, SharedError> {
+    let m: Manifest = distc_peer::codec::decode(payload, limit)?;
+    if m.version != MANIFEST_VERSION {
+        return Err(SharedError::Version(m.version));
+    }
+    if m.entries.len() > MAX_ENTRIES {
+        return Err(SharedError::TooLarge(m.entries.len()));
+    }
+    for e in &m.entries {
+        let n = e.headers.len().max(e.probes.len()).max(e.dirs.len());
+        if n > MAX_SHARED_ITEMS {
+            return Err(SharedError::TooLarge(n));
+        }
+    }
+    Ok(m)
+}
+
+/// Same result from the same header contents (stats aside).
+fn same_state(a: &Entry, b: &Entry) -> bool {
+    a.result == b.result
+        && a.headers.len() == b.headers.len()
+        && a.probes.len() == b.probes.len()
+        && a.probes
+            .iter()
+            .zip(&b.probes)
+            .all(|(x, y)| x.path == y.path && x.existed == y.existed)
+        && a.headers
+            .iter()
+            .zip(&b.headers)
+            .all(|(x, y)| x.path == y.path && x.digest == y.digest)
+}
+
+/// Checks an entry from another machine against this machine's files and returns it with
+/// this machine's stats, or `None` when any header differs or any probe answers otherwise.
+/// Every header is read (a regular file only, no more than its recorded size) and hashed;
+/// one modified since `start` makes the entry unusable, as in a local recording.
+fn localize(cwd: &Path, e: &Entry, start: (i64, i64), trust_before: (i64, i64)) -> Option<Entry> {
+    use std::io::Read;
+    let mut headers = Vec::with_capacity(e.headers.len());
+    for h in &e.headers {
+        let path = cwd.join(OsStr::from_bytes(&h.path));
+        let md = fs::metadata(&path).ok()?;
+        if !md.is_file() || md.len() != h.size {
+            return None;
+        }
+        let mut f = fs::File::open(&path).ok()?;
+        let mut bytes = Vec::with_capacity(md.len() as usize);
+        (&mut f).take(h.size + 1).read_to_end(&mut bytes).ok()?;
+        if bytes.len() as u64 != h.size || <[u8; 32]>::from(Sha256::digest(&bytes)) != h.digest {
+            return None;
+        }
+        let md = f.metadata().ok()?;
+        let (mtime, ctime) = stat_tuple(&md);
+        if md.len() != h.size || mtime >= start || ctime >= start {
+            return None;
+        }
+        headers.push(Header {
+            path: h.path.clone(),
+            digest: h.digest,
+            size: h.size,
+            mtime,
+            ctime,
+            trusted: mtime < trust_before && ctime < trust_before,
+        });
+    }
+    // Probes first, directory stamps after: a file created in between makes its directory
+    // too recent to guard anything.
+    let mut listings = Listings::default();
+    for p in &e.probes {
+        if let Some(parent) = Path::new(OsStr::from_bytes(&p.path)).parent() {
+            *listings.wanted.entry(parent.to_path_buf()).or_insert(0) += 1;
+        }
+    }
+    let mut probes = Vec::with_capacity(e.probes.len());
+    for p in &e.probes {
+        if listings.exists(cwd, Path::new(OsStr::from_bytes(&p.path))) != p.existed {
+            return None;
+        }
+        probes.push((p.path.clone(), p.existed));
+    }
+    let (dirs, probes) = guard_probes(cwd, probes, trust_before);
+    Some(Entry {
+        headers,
+        dirs,
+        probes,
+        result: e.result,
+    })
 }
 
 /// Reads and hashes a header, then stats the open file: a change after `start` (or during
@@ -713,6 +873,130 @@ mod tests {
             assert_eq!(l.exists(d.path(), p), d.path().join(p).exists(), "{n}");
         }
         assert!(matches!(l.dirs[Path::new("inc")], Listing::Names(_)));
+    }
+
+    fn shared(entries: Vec<Entry>) -> Vec<u8> {
+        distc_peer::codec::encode(&Manifest {
+            version: MANIFEST_VERSION,
+            entries,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn shared_manifest_decode_is_bounded() {
+        // Garbage, truncated, and a claimed length far beyond the input: errors, no panic.
+        assert!(decode_shared(b"", MAX_SHARED_MANIFEST).is_err());
+        assert!(decode_shared(&[0xff; 64], MAX_SHARED_MANIFEST).is_err());
+        let mut huge = vec![MANIFEST_VERSION as u8, 253];
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            decode_shared(&huge, MAX_SHARED_MANIFEST),
+            Err(SharedError::Decode(_))
+        ));
+        let entry = Entry {
+            headers: vec![],
+            dirs: vec![],
+            probes: vec![],
+            result: [7; 32],
+        };
+        let ok = shared(vec![entry.clone()]);
+        assert_eq!(
+            decode_shared(&ok, 1 << 10).unwrap().entries,
+            std::slice::from_ref(&entry)
+        );
+        // Over the size limit, another version, more entries than a manifest keeps.
+        assert!(decode_shared(&ok, ok.len() - 1).is_err());
+        let other = distc_peer::codec::encode(&Manifest {
+            version: MANIFEST_VERSION + 1,
+            entries: vec![],
+        })
+        .unwrap();
+        assert!(matches!(
+            decode_shared(&other, MAX_SHARED_MANIFEST),
+            Err(SharedError::Version(_))
+        ));
+        let many = shared(vec![entry; MAX_ENTRIES + 1]);
+        assert!(matches!(
+            decode_shared(&many, MAX_SHARED_MANIFEST),
+            Err(SharedError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn shared_entries_are_checked_against_local_files() {
+        let d = tempfile::tempdir().unwrap();
+        let cwd = d.path().join("work");
+        fs::create_dir_all(&cwd).unwrap();
+        fs::write(cwd.join("h.h"), "#define X 1\n").unwrap();
+        let ctx = Context {
+            distc_dir: d.path().join("cache"),
+            cwd: cwd.clone(),
+            base_dir: None,
+            compiler: PathBuf::from("cc"),
+            invoked_as: "cc".into(),
+        };
+        let dk = DirectKey {
+            manifest_key: Key([1; 32]),
+            common: Inputs::default(),
+            norm_source: "a.c".into(),
+            source_digest: [0; 32],
+        };
+        let header = |path: &[u8], text: &[u8]| Header {
+            path: path.to_vec(),
+            digest: Sha256::digest(text).into(),
+            size: text.len() as u64,
+            // Another machine's stats, claimed trusted: ignored here.
+            mtime: (1, 0),
+            ctime: (1, 0),
+            trusted: true,
+        };
+        let entry = |h: Header, probe: &[u8], existed: bool| Entry {
+            headers: vec![h],
+            dirs: vec![DirStamp {
+                path: b".".to_vec(),
+                mtime: (1, 0),
+                ctime: (1, 0),
+            }],
+            probes: vec![Probe {
+                path: probe.to_vec(),
+                existed,
+                guard: 0,
+            }],
+            result: [9; 32],
+        };
+        let later = SystemTime::now() + Duration::from_secs(10);
+        // Different header contents here, a probe that answers otherwise, a device file:
+        // all miss, and nothing is written.
+        for e in [
+            entry(header(b"h.h", b"#define X 2\n"), b"inc/h.h", false),
+            entry(header(b"h.h", b"#define X 1\n"), b"inc/h.h", true),
+            entry(header(b"/dev/zero", b""), b"inc/h.h", false),
+        ] {
+            assert_eq!(
+                dk.merge_shared(&ctx, &shared(vec![e]), later).unwrap(),
+                None
+            );
+        }
+        assert!(dk.lookup(&ctx, &dummy_job()).is_none());
+        // The same contents: a hit, kept locally with this machine's stats.
+        let good = entry(header(b"h.h", b"#define X 1\n"), b"inc/h.h", false);
+        let got = dk.merge_shared(&ctx, &shared(vec![good]), later).unwrap();
+        assert_eq!(got, Some(Key([9; 32])));
+        let m = dk.read(&ctx).unwrap();
+        let md = fs::metadata(cwd.join("h.h")).unwrap();
+        assert_eq!(m.entries[0].headers[0].mtime, stat_tuple(&md).0);
+        assert_eq!(dk.lookup(&ctx, &dummy_job()), Some(Key([9; 32])));
+        // Garbage is an error.
+        assert!(dk.merge_shared(&ctx, b"garbage", later).is_err());
+    }
+
+    fn dummy_job() -> CompileJob {
+        let args: Vec<OsString> = ["-c", "a.c"].iter().map(OsString::from).collect();
+        match crate::compiler::gcc::parse(&args, &|_| None) {
+            crate::compiler::Parsed::Compile(j) => *j,
+            crate::compiler::Parsed::Uncacheable(r) => panic!("{r}"),
+        }
     }
 
     #[test]

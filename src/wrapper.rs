@@ -261,6 +261,12 @@ impl Run {
         {
             return self.replay(found, &key);
         }
+        // Nothing usable here: another machine may have shared its manifest for this compile.
+        if let Some(d) = &direct
+            && let Some((key, found)) = self.shared_manifest_hit(d)
+        {
+            return self.replay(found, &key);
+        }
 
         // Depend mode: no preprocessor on a miss; the compile's own -MD output lists headers.
         // Only outside a mesh: a result key known before compiling is what peers are asked for.
@@ -282,17 +288,48 @@ impl Run {
         };
         if let Some(found) = self.cache.get(&fp.key) {
             if let Some(d) = &direct {
-                d.record(&self.ctx, &self.job, &fp, self.started);
+                self.record_manifest(d, &fp);
             }
             return self.replay(found, &fp.key);
         }
         self.miss(&fp.key.to_string(), fp.key, orig_args, |run, _| {
             if let Some(d) = &direct {
-                d.record(&run.ctx, &run.job, &fp, run.started);
+                run.record_manifest(d, &fp);
             }
             fingerprint::record_inputs(&run.ctx, &run.job.source, &fp);
             Some(fp.key)
         })
+    }
+
+    /// Records the direct-mode manifest and, in a mesh, shares it: stored under its shared
+    /// key and announced, so the peer replicates it like any entry.
+    fn record_manifest(&self, d: &direct::DirectKey, fp: &fingerprint::Fingerprint) {
+        if let Some(bytes) = d.record(&self.ctx, &self.job, fp, self.started)
+            && self.cache.mesh_active()
+        {
+            self.cache.put_payload(&d.shared_key(), &bytes);
+        }
+    }
+
+    /// In a mesh: the manifest another machine shared for this compile, checked against this
+    /// machine's files, then the result it names (local store, then mesh). Any doubt is a
+    /// `None`, and the caller takes the preprocessor path.
+    fn shared_manifest_hit(&self, d: &direct::DirectKey) -> Option<(Key, Found)> {
+        let payload = self
+            .cache
+            .get_remote_payload(&d.shared_key(), direct::MAX_SHARED_MANIFEST as u64)?;
+        match d.merge_shared(&self.ctx, &payload, self.started) {
+            Ok(Some(key)) => {
+                let found = self.cache.get(&key)?;
+                Some((key, found))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("manifest from the mesh rejected: {e}");
+                self.cache.count(Event::Error("remote-manifest"));
+                None
+            }
+        }
     }
 
     /// Compile under the per-key lock; `finish` returns the key to store under (computed after
@@ -374,7 +411,7 @@ impl Run {
             match fp {
                 Ok(fp) => {
                     self.cache.put(&fp.key, &compiled.bundle);
-                    d.record(&self.ctx, &self.job, &fp, self.started);
+                    self.record_manifest(d, &fp);
                     fingerprint::record_inputs(&self.ctx, &self.job.source, &fp);
                     self.cache.count(Event::Miss);
                     report_result("miss");

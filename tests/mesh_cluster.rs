@@ -166,9 +166,9 @@ fn three_peers_share_hits_survive_a_death_and_compile_with_none() {
     // A compile through A's dir...
     compile(&sb, &a.dir, "hello.c");
     assert_eq!(sb.compiles(), 1);
-    // ...reaches R = 2 peers (A keeps its own copy too).
+    // ...reaches R = 2 peers (A keeps its own copy too), as does its shared manifest.
     wait_until("replication", Duration::from_secs(10), || {
-        total_entries(&sb, &c.dir) >= 2
+        total_entries(&sb, &c.dir) >= 4
     });
     // The same compile through C's dir is a hit: the real compiler does not run.
     compile(&sb, &c.dir, "hello.c");
@@ -193,6 +193,123 @@ fn three_peers_share_hits_survive_a_death_and_compile_with_none() {
     compile(&sb, &c.dir, "lone.c");
     assert_eq!(sb.compiles(), 2);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// One checkout of a tiny project under `base`: `src/hello.c` including `inc/config.h`
+/// (whose `V` is `v`) and a system header.
+fn checkout(base: &Path, name: &str, v: u32) -> PathBuf {
+    let dir = base.join(name);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("inc")).unwrap();
+    std::fs::write(
+        dir.join("src/hello.c"),
+        "#include <stddef.h>\n#include \"config.h\"\nsize_t hello(void) { return V; }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("inc/config.h"), format!("#define V {v}\n")).unwrap();
+    dir
+}
+
+/// `gcc -c <abs>/src/hello.c -I<abs>/inc -o hello.o` in `checkout` through `dir`'s wrapper,
+/// with `base` as base_dir; returns the wrapper's result line and the object.
+fn compile_checkout(sb: &Sandbox, dir: &Path, base: &Path, checkout: &Path) -> (String, Vec<u8>) {
+    let obj = checkout.join("hello.o");
+    let _ = std::fs::remove_file(&obj);
+    let result = checkout.join("result");
+    let out = distc_in(sb, dir)
+        .current_dir(checkout)
+        .env("DISTC_BASE_DIR", base)
+        .env("DISTC_RESULT_FILE", &result)
+        .arg("gcc")
+        .arg("-c")
+        .arg(checkout.join("src/hello.c"))
+        .arg(format!("-I{}", checkout.join("inc").display()))
+        .args(["-o", "hello.o"])
+        .output()
+        .expect("run distc gcc");
+    assert_ok(&out, &format!("compile in {}", checkout.display()));
+    let line = std::fs::read_to_string(&result).unwrap_or_default();
+    (
+        line.trim().to_string(),
+        std::fs::read(&obj).expect("object"),
+    )
+}
+
+#[test]
+fn shared_manifests_give_a_first_remote_hit_without_any_compiler_run() {
+    let sb = mesh_sandbox();
+    let a = start_peer(&sb, "a", &[]);
+    let boot = vec![address(&sb, &a)];
+    let b = start_peer(&sb, "b", &boot);
+    let c = start_peer(&sb, "c", &boot);
+    for p in [&a, &b, &c] {
+        wait_until("3 peers up", Duration::from_secs(15), || {
+            up_peers(&sb, &p.dir) == 2
+        });
+        wait_until("mesh marker", Duration::from_secs(5), || {
+            distc_peer::ipc::mesh_active(&p.dir)
+        });
+    }
+    // Three "machines": each peer's dir, each with a checkout of its own under one base_dir.
+    let base = sb.root.path().join("src");
+    let on_a = checkout(&base, "a", 1);
+    let on_c = checkout(&base, "c", 1);
+    let (line, obj_a) = compile_checkout(&sb, &a.dir, &base, &on_a);
+    assert_eq!(line, "miss");
+    assert_eq!(sb.compiles(), 1);
+
+    // C never compiled this file: the manifest A shared names the result, C's own headers
+    // match it, and neither the compiler nor its preprocessor runs. C's store is emptied of
+    // any replicas first, so both the manifest and the result come from other peers.
+    wait_until("replication", Duration::from_secs(10), || {
+        total_entries(&sb, &c.dir) >= 4
+    });
+    assert!(!c.dir.join("manifests").exists());
+    for e in std::fs::read_dir(c.dir.join("store")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && p.file_name().is_some_and(|n| n.len() == 2) {
+            std::fs::remove_dir_all(p).unwrap();
+        }
+    }
+    let runs = sb.compiler_runs();
+    let (line, obj_c) = compile_checkout(&sb, &c.dir, &base, &on_c);
+    assert_eq!(line, "remote-hit");
+    assert_eq!(
+        sb.compiler_runs(),
+        runs,
+        "compiler ran on C: {:?}",
+        &sb.invocations()[runs..]
+    );
+    assert_eq!(obj_c, obj_a);
+    // The manifest is now C's own: the next compile is a local hit.
+    let (line, _) = compile_checkout(&sb, &c.dir, &base, &on_c);
+    assert_eq!(line, "hit");
+    assert_eq!(sb.compiler_runs(), runs);
+
+    // B's copy of the header differs (same size, other value): A's manifest must miss there,
+    // and B compiles for real and gets its own, correct object.
+    let on_b = checkout(&base, "b", 2);
+    let (line, obj_b) = compile_checkout(&sb, &b.dir, &base, &on_b);
+    assert_eq!(line, "miss");
+    assert_eq!(sb.compiles(), 2);
+    assert_ne!(obj_b, obj_a);
+    let plain = on_b.join("plain.o");
+    let out = sb
+        .command("gcc")
+        .current_dir(&on_b)
+        .arg("-c")
+        .arg(on_b.join("src/hello.c"))
+        .arg(format!("-I{}", on_b.join("inc").display()))
+        .arg("-o")
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_ok(&out, "plain gcc");
+    assert_eq!(
+        obj_b,
+        std::fs::read(&plain).unwrap(),
+        "B's object is not gcc's"
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! The oracle is a shell script per compiler name (`cc`, `c++`, `gcc`, `g++`) placed first on
 //! PATH: it appends its arguments to a log and execs the real compiler. Counting the logged
 //! compiles (`-c` without `-E`) tells whether the real compiler ran, independently of distc's
-//! own counters.
+//! own counters; [`Sandbox::preprocessor_runs`] and [`Sandbox::compiler_runs`] count `-E` runs
+//! and runs of any kind.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -179,6 +180,19 @@ impl Sandbox {
                 words.contains(&"-c") && !words.contains(&"-E")
             })
             .count()
+    }
+
+    /// Preprocessor runs so far: oracle invocations with `-E`.
+    pub fn preprocessor_runs(&self) -> usize {
+        self.invocations()
+            .iter()
+            .filter(|l| l.split_whitespace().any(|w| w == "-E"))
+            .count()
+    }
+
+    /// Every real compiler run so far, of any kind (compile, `-E`, probes of the compiler).
+    pub fn compiler_runs(&self) -> usize {
+        self.invocations().len()
     }
 
     /// Copies `demo/<name>` into the work dir and returns its new path.
