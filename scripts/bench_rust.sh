@@ -31,7 +31,10 @@ have_sccache=0; command -v sccache >/dev/null 2>&1 && have_sccache=1
 [ $have_sccache = 1 ] || echo "bench_rust: sccache unavailable, its column stays empty" >&2
 
 cargo build --release --quiet
-distc=$root/target/release/distc
+# A private copy: the shared target dir may be rebuilt by someone else mid-run.
+mkdir -p "$work/bin"
+cp "$root/target/release/distc" "$work/bin/distc"
+distc=$work/bin/distc
 
 export DISTC_DIR=$work/distc DISTC_AUTO_START=0
 export SCCACHE_DIR=$work/sccache SCCACHE_SERVER_PORT=$((20000 + RANDOM % 20000)) SCCACHE_IDLE_TIMEOUT=0
