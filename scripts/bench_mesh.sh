@@ -8,10 +8,16 @@
 #     <map>, <iostream>…), side by side in one hyperfine run each, against a 3-peer mesh on
 #     127.0.0.1 (scripts/run_nodes.sh: one shared key, own dirs and ports):
 #       - distc local hit: node1 holds the entry (and its direct-mode manifest);
-#       - distc remote hit, manifest: node3's wrapper has the manifest but not the entry, so its
-#         peer fetches the entry from another peer (node3's store is emptied before each run);
-#       - distc remote hit, preprocessor: node3 has neither, so the wrapper runs the
-#         preprocessor for the key first, then asks its peer (store and manifests emptied);
+#       - distc remote hit, own manifest: node3's wrapper has the direct-mode manifest but not
+#         the entry, so its peer fetches the entry from another peer (node3's store is emptied
+#         before each run);
+#       - distc remote hit, shared manifest: node3 has neither (store and manifests emptied
+#         before each run: the first compile of the file on this machine), so the wrapper
+#         fetches the manifest node1 shared through the mesh, checks every header against its
+#         own files, then fetches the entry;
+#       - distc remote hit, preprocessor: the same with DISTC_DIRECT_MODE=0, the wrapper runs
+#         the preprocessor for the key first, then asks its peer (how a first remote hit was
+#         served before manifests were shared);
 #       - ccache local hit.
 # (b) Throughput of one 20 MB entry between two nodes on loopback with a mesh key (pnet +
 #     Noise + Yamux), node level: the `mesh_bench` example of distc-peer.
@@ -86,16 +92,19 @@ hits() { # hits LABEL COMPILER SOURCE
   before=$(grep -c "remote hit" "$n3/peer.log" || true)
   hyperfine -N --warmup 2 --runs "$runs" --style basic --export-json "$work/$label.json" \
     --prepare true --prepare "sh -c 'rm -rf $n3/store/??'" \
+    --prepare "sh -c 'rm -rf $n3/store/?? $n3/manifests'" \
     --prepare "sh -c 'rm -rf $n3/store/?? $n3/manifests'" --prepare true \
-    -n local -n remote-manifest -n remote-preprocessor -n ccache \
+    -n local -n remote-manifest -n remote-shared -n remote-preprocessor -n ccache \
     "env DISTC_DIR=$n1 $bin $c $label-1.o" \
     "env DISTC_DIR=$n3 $bin $c $label-3.o" \
     "env DISTC_DIR=$n3 $bin $c $label-3.o" \
+    "env DISTC_DIR=$n3 DISTC_DIRECT_MODE=0 $bin $c $label-3.o" \
     "env CCACHE_DIR=$work/ccache ccache $c $label-c.o" \
     >"$work/$label.log" 2>&1 || { cat "$work/$label.log" >&2; exit 1; }
-  # Every remote run must have been served by another peer (node3's peer logs each one).
+  # Every remote run must have been served by another peer (node3's peer logs each one): one
+  # entry per run, two (manifest + entry) per shared-manifest run.
   after=$(grep -c "remote hit" "$n3/peer.log" || true)
-  echo "$label: $((after - before)) remote hits served to node3 for $((2 * (runs + 2))) remote runs" >"$work/$label.check"
+  echo "$label: $((after - before)) remote hits served to node3, $((4 * (runs + 2))) expected" >"$work/$label.check"
 }
 echo "bench_mesh: hello.c hits" >&2
 hits hello gcc hello.c
@@ -112,13 +121,13 @@ echo "bench_mesh: ring convergence, 3 and 10 nodes" >&2
 python3 - "$work" "$runs" <<'EOF'
 import json, os, statistics, sys
 work, runs = sys.argv[1], sys.argv[2]
-print(f"| hit (median ms, {runs} runs) | distc local | distc remote, manifest | distc remote, preprocessor | ccache local | remote+manifest / ccache | remote+preproc / ccache | local / ccache |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| hit (median ms, {runs} runs) | distc local | distc remote, own manifest | distc remote, shared manifest | distc remote, preprocessor | ccache local | local / ccache | remote+own / ccache | remote+shared / ccache | remote+preproc / ccache |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for label, name in [("hello", "hello.c (gcc -O2)"), ("large", "large C++ TU (g++ -O2)")]:
     res = {r["command"]: statistics.median(r["times"]) * 1000
            for r in json.load(open(os.path.join(work, label + ".json")))["results"]}
-    l, rm, rp, c = res["local"], res["remote-manifest"], res["remote-preprocessor"], res["ccache"]
-    print(f"| {name} | {l:.1f} | {rm:.1f} | {rp:.1f} | {c:.1f} | {rm / c:.2f} | {rp / c:.2f} | {l / c:.2f} |")
+    l, rm, rs, rp, c = (res[k] for k in ("local", "remote-manifest", "remote-shared", "remote-preprocessor", "ccache"))
+    print(f"| {name} | {l:.1f} | {rm:.1f} | {rs:.1f} | {rp:.1f} | {c:.1f} | {l / c:.2f} | {rm / c:.2f} | {rs / c:.2f} | {rp / c:.2f} |")
 for label in ("hello", "large"):
     print("\n" + open(os.path.join(work, label + ".check")).read().strip(), end="")
 print("\n")

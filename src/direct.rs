@@ -15,6 +15,18 @@
 //! began are not recorded (they may not be what the compiler read).
 //!
 //! Manifests live in `$DISTC_DIR/manifests/<2 hex>/<62 hex>`, bincode via `distc_peer::codec`.
+//!
+//! In a mesh a manifest is also shared: each time it is written, its bytes are stored as an
+//! ordinary entry under [`DirectKey::shared_key`] (derived from the manifest key and the
+//! manifest format) and announced, so the peer replicates it like a result. The manifest key is
+//! as machine-independent as the result key (paths under `base_dir` are relative to the
+//! working directory; system headers keep their absolute paths and must exist here). A machine
+//! with no usable manifest of its own fetches the shared one and trusts none of its stats:
+//! every header is re-hashed here and every probe stat'ed ([`DirectKey::merge_shared`]); the
+//! entry that matches is kept with this machine's stats. A peer keeps the first copy of a key
+//! it receives, so later entries of a manifest recorded elsewhere reach the mesh only through
+//! owners that had none; a machine whose headers match none of the shared entries takes the
+//! preprocessor path, exactly as without sharing.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
