@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::compiler::rustc::RustJob;
 use crate::rust_key::{self, DepInfo, KeyContext, KeyParts};
 
-const MANIFEST_VERSION: u32 = 1;
+const MANIFEST_VERSION: u32 = 2;
 /// Entries kept per manifest (newest first).
 const MAX_ENTRIES: usize = 16;
 const MAX_MANIFEST: usize = 64 << 20;
@@ -56,6 +56,8 @@ const TRUST_AGE: Duration = Duration::from_secs(2);
 struct Manifest {
     version: u32,
     entries: Vec<Entry>,
+    /// Zeros that make the manifest decodable, see [`encode_decodable`].
+    pad: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -184,7 +186,10 @@ impl RustDirect {
     /// The result key of the first entry that matches the environment and files now.
     /// `env` reads a variable (a parameter so tests control it).
     pub fn lookup(&self, env: &dyn Fn(&str) -> Option<OsString>) -> Option<Key> {
-        let m = self.read()?;
+        let Some(m) = self.read() else {
+            tracing::debug!("no manifest {}", self.manifest_key);
+            return None;
+        };
         m.entries
             .iter()
             .find(|e| self.matches(e, env))
@@ -195,15 +200,18 @@ impl RustDirect {
         for (name, value) in &e.env {
             let now = env(name);
             if now.as_ref().map(|v| v.as_bytes()) != value.as_deref() {
+                tracing::debug!("manifest entry: env-dep {name} differs");
                 return false;
             }
         }
         for f in &e.files {
             let path = self.resolve(&f.path);
             let Ok(md) = fs::metadata(&path) else {
+                tracing::debug!("manifest entry: {} is gone", path.display());
                 return false;
             };
             if !md.is_file() || md.len() != f.size {
+                tracing::debug!("manifest entry: {} changed size", path.display());
                 return false;
             }
             let (m, c) = stat_tuple(&md);
@@ -212,12 +220,22 @@ impl RustDirect {
             }
             match rust_key::file_digest(&path) {
                 Ok(d) if d == f.digest => {}
-                _ => return false,
+                _ => {
+                    tracing::debug!("manifest entry: {} changed", path.display());
+                    return false;
+                }
             }
         }
-        e.probes
-            .iter()
-            .all(|(p, existed)| self.resolve(p).exists() == *existed)
+        e.probes.iter().all(|(p, existed)| {
+            let same = self.resolve(p).exists() == *existed;
+            if !same {
+                tracing::debug!(
+                    "manifest entry: {} appeared or went",
+                    self.resolve(p).display()
+                );
+            }
+            same
+        })
     }
 
     /// Records that `dep` (with `digests`, from [`KeyParts::sources`]) gave `result`. Best
@@ -238,11 +256,13 @@ impl RustDirect {
         let mut m = self.read().unwrap_or(Manifest {
             version: MANIFEST_VERSION,
             entries: Vec::new(),
+            pad: Vec::new(),
         });
         m.entries.retain(|e| e != &entry);
         m.entries.insert(0, entry);
         m.entries.truncate(MAX_ENTRIES);
-        let Ok(bytes) = distc_peer::codec::encode(&m) else {
+        let Some(bytes) = encode_decodable(&mut m) else {
+            tracing::debug!("manifest {} cannot be encoded", self.manifest_key);
             return;
         };
         if let Some(dir) = self.path.parent() {
@@ -306,6 +326,26 @@ impl RustDirect {
             result: result.0,
         })
     }
+}
+
+/// Encodes `m` so that [`distc_peer::codec::decode`] reads it back. The codec bounds a
+/// decode by the smallest limit of its ladder at or above the input's size, while bincode
+/// counts each integer at its in-memory size (a `u64` claims 8 bytes for its 1-byte varint),
+/// so a manifest of many files just below a rung fails with `LimitExceeded` and direct mode
+/// would never hit for that crate. Zeros in `pad` move such a manifest past the rung.
+fn encode_decodable(m: &mut Manifest) -> Option<Vec<u8>> {
+    m.pad.clear();
+    for _ in 0..8 {
+        let bytes = distc_peer::codec::encode(m).ok()?;
+        if bytes.len() > MAX_MANIFEST {
+            return None;
+        }
+        if distc_peer::codec::decode::<Manifest>(&bytes, MAX_MANIFEST).is_ok() {
+            return Some(bytes);
+        }
+        m.pad.resize(m.pad.len() + bytes.len(), 0);
+    }
+    None
 }
 
 /// The other file `mod name;` could resolve to: `dir/name.rs` <-> `dir/name/mod.rs`.
@@ -386,6 +426,37 @@ mod tests {
         fs::create_dir_all(cwd.join("src/a")).expect("mkdir");
         fs::write(cwd.join("src/a/mod.rs"), "").expect("write");
         assert_eq!(d.lookup(&env1), None);
+    }
+
+    #[test]
+    fn manifests_of_many_files_read_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cwd = tmp.path();
+        for n in [1usize, 20, 34, 40, 60, 500, 700] {
+            let files: Vec<String> = (0..n).map(|i| format!("src/m{i}.rs")).collect();
+            for f in &files {
+                write_file(&cwd.join(f), f);
+            }
+            let d = direct(cwd, cwd);
+            let _ = fs::remove_file(&d.path);
+            let digests: Vec<[u8; 32]> = files
+                .iter()
+                .map(|f| rust_key::file_digest(&cwd.join(f)).expect("digest"))
+                .collect();
+            let dep = DepInfo {
+                files,
+                env_deps: vec![("CARGO_PKG_NAME".into(), Some("x".into()))],
+            };
+            let env = |k: &str| (k == "CARGO_PKG_NAME").then(|| OsString::from("x"));
+            let later = SystemTime::now() + Duration::from_secs(5);
+            d.record(&dep, &digests, &Key([9; 32]), later, &env);
+            assert_eq!(d.lookup(&env), Some(Key([9; 32])), "{n} files");
+        }
+    }
+
+    fn write_file(p: &Path, text: &str) {
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, text).expect("write");
     }
 
     #[test]
