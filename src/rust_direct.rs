@@ -183,6 +183,12 @@ impl RustDirect {
         }
     }
 
+    /// A manifest exists but cannot be read back (corrupt, or another format): depend mode
+    /// would then compile on every build, so the caller computes the key first instead.
+    pub fn unreadable(&self) -> bool {
+        self.path.exists() && self.read().is_none()
+    }
+
     /// The result key of the first entry that matches the environment and files now.
     /// `env` reads a variable (a parameter so tests control it).
     pub fn lookup(&self, env: &dyn Fn(&str) -> Option<OsString>) -> Option<Key> {

@@ -209,6 +209,7 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
     if let Some(d) = &direct
         && cfg.depend_mode
         && !cache.mesh_active()
+        && !d.unreadable()
         && let Some(out) = DependOut::new(&job, &cwd)
     {
         let compile = Compile {
