@@ -195,6 +195,44 @@ fn compile_object(
     })
 }
 
+/// The language of the one source file `distc {command}` was given, after checking it is a
+/// readable regular file: each error says what is wrong and what is accepted.
+pub(crate) fn source_language(file: &Path, command: &str) -> Result<Language> {
+    if file.is_dir() {
+        bail!(
+            "{} is a directory; `distc {command}` takes one source file ({}), \
+             `distc build-project DIR` builds a directory",
+            file.display(),
+            Language::ACCEPTED
+        );
+    }
+    let language = Language::of(file).with_context(|| {
+        format!(
+            "{}: unsupported file type; `distc {command}` accepts {}",
+            file.display(),
+            Language::ACCEPTED
+        )
+    })?;
+    let meta = std::fs::metadata(file)
+        .with_context(|| format!("cannot read source file {}", file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", file.display());
+    }
+    Ok(language)
+}
+
+/// The size of a linked executable; a link that reported success without one is an error.
+fn linked_size(output: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(output)
+        .with_context(|| {
+            format!(
+                "the linker reported success but {} is missing",
+                output.display()
+            )
+        })?
+        .len())
+}
+
 /// Links `objects` into `output` with the driver of `language`.
 fn link(
     cwd: &Path,
@@ -257,18 +295,7 @@ pub fn build(
     output: Option<&Path>,
     flags: &[String],
 ) -> Result<ExitCode> {
-    let language = Language::of(file).with_context(|| {
-        format!(
-            "{}: unsupported file type; `distc build` accepts {}",
-            file.display(),
-            Language::ACCEPTED
-        )
-    })?;
-    let meta = std::fs::metadata(file)
-        .with_context(|| format!("cannot read source file {}", file.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", file.display());
-    }
+    let language = source_language(file, "build")?;
     if language == Language::Rust {
         return crate::project_rust::build_file(file, output, flags);
     }
@@ -311,14 +338,7 @@ pub fn build(
         );
     }
     link(&cwd, language, &[object], &output, flags)?;
-    let size = std::fs::metadata(&output)
-        .with_context(|| {
-            format!(
-                "the linker reported success but {} is missing",
-                output.display()
-            )
-        })?
-        .len();
+    let size = linked_size(&output)?;
     println!(
         "Built {} ({}) from {}: cache {} in {} ms",
         output.display(),
@@ -547,14 +567,7 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
     };
     let objects: Vec<PathBuf> = jobs_list.iter().map(|j| j.object.clone()).collect();
     link(&dir_abs, language, &objects, &output, opts.flags)?;
-    let size = std::fs::metadata(&output)
-        .with_context(|| {
-            format!(
-                "the linker reported success but {} is missing",
-                output.display()
-            )
-        })?
-        .len();
+    let size = linked_size(&output)?;
     println!("{summary}");
     println!(
         "Linked {} ({}) in {} ms total",

@@ -121,7 +121,9 @@ fn build_rejects_bad_input_clearly() {
     let cases: &[(&[&str], &str)] = &[
         (&["build", "missing.c"], "missing.c"),
         (&["build", "notes.txt"], "unsupported"),
-        (&["build", "."], "unsupported"),
+        (&["build", "."], "is a directory"),
+        (&["inspect", "."], "is a directory"),
+        (&["inspect", "notes.txt"], "unsupported"),
         (&["build", "notes.c", "-o", "notes.c"], "source file itself"),
     ];
     std::fs::write(sb.work.join("notes.txt"), "hi").expect("write");

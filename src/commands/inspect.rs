@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use distc_peer::Key;
 use distc_peer::store::Store;
 
@@ -105,17 +105,7 @@ fn short(hex: &str) -> &str {
 
 /// `distc inspect FILE [-- FLAGS…]`.
 pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCode> {
-    let language = Language::of(file).with_context(|| {
-        format!(
-            "{}: unsupported file type; `distc inspect` accepts .c, .cpp, .cc, .cxx",
-            file.display()
-        )
-    })?;
-    let meta = std::fs::metadata(file)
-        .with_context(|| format!("cannot read source file {}", file.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", file.display());
-    }
+    let language = crate::project::source_language(file, "inspect")?;
     if language == Language::Rust {
         return crate::project_rust::inspect_file(config, file, flags);
     }
