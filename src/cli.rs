@@ -71,12 +71,12 @@ pub enum Command {
 
     /// Show what the cache sees for one compile: key, inputs, headers, owners, why it missed.
     ///
-    /// Inspects the object step `distc build` runs (`cc -c FILE -o STEM.o FLAGS`, `c++` for
-    /// C++) without compiling: the key it would look up, the inputs the key covers, the headers
-    /// found, whether the result is stored, the peers that own it, why it is not cacheable, and
-    /// which inputs changed since the last stored result for this source.
+    /// Inspects the compile `distc build` runs (`cc -c FILE -o STEM.o FLAGS`, `c++` for C++,
+    /// rustc for a .rs file) without compiling: the key it would look up, the inputs the key
+    /// covers, the headers found, whether the result is stored, the peers that own it, why it
+    /// is not cacheable, and which inputs changed since the last stored result for this source.
     Inspect {
-        /// The source file (.c, .cpp, .cc, .cxx).
+        /// The source file (.c, .cpp, .cc, .cxx, .rs).
         file: PathBuf,
         /// Compiler flags of the compile to inspect, after `--` (e.g. `-- -O2 -Iinclude`).
         #[arg(last = true, value_name = "FLAGS", allow_hyphen_values = true)]
@@ -94,7 +94,10 @@ pub enum Command {
         zero: bool,
     },
 
-    /// Empty the cache: every stored result and direct-mode manifest.
+    /// Empty the cache: every stored result and direct-mode manifest, here and on every peer.
+    ///
+    /// The local store is emptied first; when a local peer runs, it asks every reachable peer of
+    /// the mesh to empty its store too and names the ones it could not reach.
     Flush,
 
     /// Run this machine's mesh peer in the foreground (see docs/mesh.md).
