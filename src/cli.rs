@@ -137,6 +137,18 @@ fn init_logging(verbose: u8, configured: &str) {
 
 /// Parses argv and runs the command. Errors are returned to `src/main.rs`, which prints them.
 pub fn main() -> Result<ExitCode> {
+    // `src/main.rs` takes an executable path as a compiler to wrap; any other path is a
+    // compiler that does not exist (or a file given without a command), not a subcommand.
+    if let Some(first) = std::env::args_os().nth(1)
+        && !first.as_encoded_bytes().starts_with(b"-")
+        && first.as_encoded_bytes().contains(&b'/')
+    {
+        anyhow::bail!(
+            "{} is not an executable file: to wrap a compile, give a compiler first \
+             (`distc gcc -c a.c`, `distc /usr/bin/cc -c a.c`); `distc --help` lists the commands",
+            std::path::Path::new(&first).display()
+        );
+    }
     let cli = Cli::parse();
     run(cli)
 }

@@ -124,6 +124,7 @@ fn build_rejects_bad_input_clearly() {
         (&["build", "."], "is a directory"),
         (&["inspect", "."], "is a directory"),
         (&["inspect", "notes.txt"], "unsupported"),
+        (&["./no-such-cc", "-c", "notes.c"], "not an executable file"),
         (&["build", "notes.c", "-o", "notes.c"], "source file itself"),
     ];
     std::fs::write(sb.work.join("notes.txt"), "hi").expect("write");
