@@ -13,8 +13,9 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-/// The stat fields that must all be unchanged for a memoised digest to be trusted.
-fn stamp(md: &fs::Metadata) -> String {
+/// The stat fields that must all be unchanged for a memoised digest to be trusted: size,
+/// mtime, ctime (both with nanoseconds) and inode. Shared by every memo of a file's digest.
+pub(crate) fn stamp(md: &fs::Metadata) -> String {
     format!(
         "{} {} {} {} {} {}",
         md.len(),

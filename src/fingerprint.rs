@@ -119,8 +119,8 @@ impl Inputs {
     }
 }
 
-/// Length-prefixed concatenation, so `["ab","c"]` and `["a","bc"]` differ.
-fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+/// SHA-256 of a length-prefixed concatenation, so `["ab","c"]` and `["a","bc"]` differ.
+pub(crate) fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     let mut h = Sha256::new();
     for it in items {
         h.update((it.len() as u64).to_le_bytes());
