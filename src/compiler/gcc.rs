@@ -368,10 +368,11 @@ fn parse_expanded(args: Vec<OsString>) -> Parsed {
         // -M/-MM together with -c: gcc writes the dependency list instead of the object.
         return Parsed::Uncacheable("dependencies-only");
     }
-    let (source, lang, explicit) = match sources.len() {
-        0 => return Parsed::Uncacheable("no-source"),
-        1 => sources.pop().expect("one source"),
-        _ => return Parsed::Uncacheable("multiple-sources"),
+    if sources.len() > 1 {
+        return Parsed::Uncacheable("multiple-sources");
+    }
+    let Some((source, lang, explicit)) = sources.pop() else {
+        return Parsed::Uncacheable("no-source");
     };
     let language = match lang.or_else(|| Language::from_path(&source)) {
         Some(LangGuess::Lang(l)) => l,
