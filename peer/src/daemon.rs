@@ -273,14 +273,15 @@ pub struct Mode {
 pub fn mode(opts: &PeerOptions, keyed: bool) -> Result<Mode, DaemonError> {
     let loopback_only = !keyed && !opts.open;
     let listen = if opts.listen.is_empty() {
+        let tcp = |ip: std::net::Ipv4Addr, port: u16| {
+            Multiaddr::empty()
+                .with(libp2p::multiaddr::Protocol::Ip4(ip))
+                .with(libp2p::multiaddr::Protocol::Tcp(port))
+        };
         if loopback_only {
-            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")]
+            vec![tcp(std::net::Ipv4Addr::LOCALHOST, 0)]
         } else {
-            vec![
-                format!("/ip4/0.0.0.0/tcp/{}", opts.port)
-                    .parse()
-                    .expect("static multiaddr"),
-            ]
+            vec![tcp(std::net::Ipv4Addr::UNSPECIFIED, opts.port)]
         }
     } else {
         opts.listen.clone()

@@ -70,7 +70,13 @@ impl NodeConfig {
     pub fn new(keypair: identity::Keypair) -> NodeConfig {
         NodeConfig {
             keypair,
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+            listen: vec![
+                Multiaddr::empty()
+                    .with(libp2p::multiaddr::Protocol::Ip4(
+                        std::net::Ipv4Addr::LOCALHOST,
+                    ))
+                    .with(libp2p::multiaddr::Protocol::Tcp(0)),
+            ],
             bootstrap: Vec::new(),
             mdns: false,
             psk: None,

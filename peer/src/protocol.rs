@@ -284,9 +284,9 @@ impl Codec {
         }
         let mut prefix = [0u8; 12];
         io.read_exact(&mut prefix).await?;
-        let (head_len, body_len) = prefix.split_at(4);
-        let head_len = u32::from_le_bytes(head_len.try_into().expect("4 bytes")) as usize;
-        let body_len = u64::from_le_bytes(body_len.try_into().expect("8 bytes"));
+        let [h0, h1, h2, h3, body_len @ ..] = prefix;
+        let head_len = u32::from_le_bytes([h0, h1, h2, h3]) as usize;
+        let body_len = u64::from_le_bytes(body_len);
         if head_len > self.max_frame {
             return Err(invalid(format!(
                 "message header of {head_len} bytes exceeds the limit of {} bytes",
