@@ -122,7 +122,13 @@ pub enum Command {
 fn init_logging(verbose: u8, configured: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match verbose {
-        0 => EnvFilter::try_new(configured).unwrap_or_else(|_| EnvFilter::new("warn")),
+        0 => EnvFilter::try_new(configured).unwrap_or_else(|e| {
+            eprintln!(
+                "distc: warning: log filter {configured:?} (DISTC_LOG or `log`) is not valid: \
+                 {e}; using \"warn\". Examples: info, debug, distc=debug,distc_peer=trace"
+            );
+            EnvFilter::new("warn")
+        }),
         1 => EnvFilter::new("info"),
         2 => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),
