@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::compiler::rustc::RustJob;
 use crate::rust_key::{self, DepInfo, KeyContext, KeyParts};
 
-const MANIFEST_VERSION: u32 = 2;
+const MANIFEST_VERSION: u32 = 3;
 /// Entries kept per manifest (newest first).
 const MAX_ENTRIES: usize = 16;
 const MAX_MANIFEST: usize = 64 << 20;
@@ -56,8 +56,6 @@ const TRUST_AGE: Duration = Duration::from_secs(2);
 struct Manifest {
     version: u32,
     entries: Vec<Entry>,
-    /// Zeros that make the manifest decodable, see [`encode_decodable`].
-    pad: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -262,12 +260,14 @@ impl RustDirect {
         let mut m = self.read().unwrap_or(Manifest {
             version: MANIFEST_VERSION,
             entries: Vec::new(),
-            pad: Vec::new(),
         });
         m.entries.retain(|e| e != &entry);
         m.entries.insert(0, entry);
         m.entries.truncate(MAX_ENTRIES);
-        let Some(bytes) = encode_decodable(&mut m) else {
+        let Some(bytes) = distc_peer::codec::encode(&m)
+            .ok()
+            .filter(|b| b.len() <= MAX_MANIFEST)
+        else {
             tracing::debug!("manifest {} cannot be encoded", self.manifest_key);
             return;
         };
@@ -332,26 +332,6 @@ impl RustDirect {
             result: result.0,
         })
     }
-}
-
-/// Encodes `m` so that [`distc_peer::codec::decode`] reads it back. The codec bounds a
-/// decode by the smallest limit of its ladder at or above the input's size, while bincode
-/// counts each integer at its in-memory size (a `u64` claims 8 bytes for its 1-byte varint),
-/// so a manifest of many files just below a rung fails with `LimitExceeded` and direct mode
-/// would never hit for that crate. Zeros in `pad` move such a manifest past the rung.
-fn encode_decodable(m: &mut Manifest) -> Option<Vec<u8>> {
-    m.pad.clear();
-    for _ in 0..8 {
-        let bytes = distc_peer::codec::encode(m).ok()?;
-        if bytes.len() > MAX_MANIFEST {
-            return None;
-        }
-        if distc_peer::codec::decode::<Manifest>(&bytes, MAX_MANIFEST).is_ok() {
-            return Some(bytes);
-        }
-        m.pad.resize(m.pad.len() + bytes.len(), 0);
-    }
-    None
 }
 
 /// The other file `mod name;` could resolve to: `dir/name.rs` <-> `dir/name/mod.rs`.

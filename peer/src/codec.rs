@@ -37,10 +37,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
             limit,
         });
     }
+    // bincode counts every decoded value at its in-memory size (a `u64` claims 8 bytes for its
+    // 1-byte varint, a `char` 4), never more than 16 times what it read; byte buffers and
+    // containers claim their length. So a limit of 16 times the input never refuses an
+    // honest value, and bounds what a lying length can make us allocate by the same factor.
+    let need = bytes.len().saturating_mul(CLAIM_FACTOR);
     macro_rules! ladder {
         ($($rung:literal),*) => {
             $(
-                if bytes.len() <= $rung {
+                if need <= $rung {
                     return finish(bytes.len(), bincode::serde::decode_from_slice(
                         bytes,
                         config::standard().with_limit::<$rung>(),
@@ -49,14 +54,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
             )*
         };
     }
-    ladder!(
-        4096, 65536, 1048576, 16777216, 268435456, 1073741824, 4294967296
-    );
+    ladder!(65536, 1048576, 16777216, 268435456, 4294967296, 68719476736);
     Err(CodecError::TooLarge {
         len: bytes.len(),
-        limit: 1 << 32,
+        limit: 68719476736 / CLAIM_FACTOR,
     })
 }
+
+/// Largest ratio between what bincode claims for a value and the bytes it was decoded from.
+const CLAIM_FACTOR: usize = 16;
 
 fn finish<T>(
     total: usize,
@@ -122,6 +128,27 @@ mod tests {
         bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
         let r = decode::<Msg>(&bytes, 1 << 20);
         assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn integer_heavy_values_decode_at_every_size() {
+        // Varints of small numbers: 1 byte on the wire, 8 bytes of claim each.
+        for n in [0usize, 1, 100, 511, 512, 4000, 8191, 8192, 70_000, 140_000] {
+            let v: Vec<u64> = (0..n as u64).map(|i| i % 100).collect();
+            let bytes = encode(&v).unwrap();
+            assert_eq!(
+                decode::<Vec<u64>>(&bytes, usize::MAX).unwrap(),
+                v,
+                "n = {n}"
+            );
+            let c: Vec<char> = "a".repeat(n).chars().collect();
+            let bytes = encode(&c).unwrap();
+            assert_eq!(
+                decode::<Vec<char>>(&bytes, usize::MAX).unwrap(),
+                c,
+                "n = {n}"
+            );
+        }
     }
 
     #[test]
