@@ -56,7 +56,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::compiler::rustc::{KeyArg, RustJob};
+use crate::compiler_id::stamp;
 use crate::fingerprint::Inputs;
+use crate::fingerprint::hash_list;
 
 /// Version of the list above. Bump on any change to what is hashed or how.
 pub const RUST_FORMAT_VERSION: u32 = 2;
@@ -102,19 +104,6 @@ pub struct RustcId {
     pub version: String,
     /// SHA-256 over the binary, the version text and the sysroot's compiler libraries.
     pub digest: [u8; 32],
-}
-
-/// Stat fields that must be unchanged for a memo to be trusted.
-fn stamp(md: &fs::Metadata) -> String {
-    format!(
-        "{} {} {} {} {} {}",
-        md.len(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec(),
-        md.ino()
-    )
 }
 
 fn memo_path(distc_dir: &Path, kind: &str, id: &[u8]) -> PathBuf {
@@ -573,15 +562,6 @@ pub struct KeyContext<'a> {
     pub env: &'a dyn Fn(&str) -> Option<OsString>,
     /// All environment variable names (for the `CARGO_*` scan).
     pub env_names: &'a [String],
-}
-
-fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for it in items {
-        h.update((it.len() as u64).to_le_bytes());
-        h.update(it);
-    }
-    h.finalize().into()
 }
 
 /// Finds the linker driver: a path (relative to the working directory) or a name on PATH.
