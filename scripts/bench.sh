@@ -45,7 +45,11 @@ cleanup() {
 trap cleanup EXIT
 if [ $have_sccache = 1 ]; then sccache --start-server >/dev/null 2>&1 || have_sccache=0; fi
 
-clear_caches="rm -rf $DISTC_DIR $CCACHE_DIR && mkdir -p $CCACHE_DIR"
+# A miss is measured as in a real build: no stored results, but the tools themselves warm.
+# For distc that keeps $DISTC_DIR/compilers (the memoised compiler identity and include
+# directories, computed once per compiler install); ccache keeps no such state (it checks
+# the compiler by mtime), and sccache's server stays up.
+clear_caches="rm -rf $DISTC_DIR/store $DISTC_DIR/manifests $DISTC_DIR/misses $DISTC_DIR/locks $CCACHE_DIR && mkdir -p $CCACHE_DIR"
 [ $have_sccache = 1 ] && clear_caches="$clear_caches && rm -rf $SCCACHE_DIR/*"
 
 # --- inputs --------------------------------------------------------------------------------
