@@ -48,8 +48,8 @@ fn plain(cwd: &Path, compiler: &str, args: &[&str]) {
 
 #[test]
 fn debug_prefix_map_that_keeps_part_of_the_cwd_misses_in_another_dir() {
-    // `-fdebug-prefix-map=/work=.` run in /work/p1 records `./p1` as the compile directory:
-    // a compile in /work/p2 must not get p1's object.
+    // `-fdebug-prefix-map=/src=.` run in /src/p1 records `./p1` as the compile directory:
+    // a compile in /src/p2 must not get p1's object.
     for mode in MODES {
         let sb = Sandbox::new();
         let map = format!("-fdebug-prefix-map={}=.", sb.work.display());
