@@ -792,13 +792,18 @@ impl KeyParts {
         for f in &dep.files {
             let abs = ctx.cwd.join(f);
             let d = file_digest(&abs).map_err(io_err("source file", &abs))?;
-            let name = self.norm.path(&abs.to_string_lossy());
-            h.update((name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update(d);
+            self.add_source(&mut h, &abs, d);
             digests.push(d);
         }
         Ok((digests, h.finalize().into()))
+    }
+
+    /// One source file's contribution to the `sources` input: its normalised name and digest.
+    fn add_source(&self, h: &mut Sha256, abs: &Path, digest: [u8; 32]) {
+        let name = self.norm.path(&abs.to_string_lossy());
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(digest);
     }
 
     /// [`KeyParts::sources`] for the files a compile that began at `started` read (depend
@@ -829,10 +834,7 @@ impl KeyParts {
                 return Err("source-modified");
             }
             let d: [u8; 32] = fh.finalize().into();
-            let name = self.norm.path(&abs.to_string_lossy());
-            h.update((name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update(d);
+            self.add_source(&mut h, &abs, d);
             digests.push(d);
         }
         Ok((digests, h.finalize().into()))

@@ -164,9 +164,7 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
     };
     // Compile with the toolchain's rustc itself, not a rustup proxy that could pick another.
     let real = id.real.as_path();
-    let env_names: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .collect();
+    let env_names = env_names();
     let env = |k: &str| std::env::var_os(k);
     let ctx = KeyContext {
         distc_dir: &cfg.dir,
@@ -433,9 +431,7 @@ pub fn compute_key(
     job: &RustJob,
 ) -> Result<(Key, Vec<(String, String)>), RustKeyError> {
     let dep: DepInfo = rust_key::run_dep_info(&id.real, job, cwd)?;
-    let env_names: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .collect();
+    let env_names = env_names();
     let env = |k: &str| std::env::var_os(k);
     let ctx = KeyContext {
         distc_dir: &cfg.dir,
@@ -684,6 +680,13 @@ fn collect(job: &RustJob, cwd: &Path, roots: &Roots) -> Result<RustFiles, String
         });
     }
     Ok(RustFiles { files })
+}
+
+/// Names of this process's environment variables (the key inspects some of them).
+fn env_names() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect()
 }
 
 #[cfg(test)]
