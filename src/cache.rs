@@ -222,10 +222,11 @@ fn peer_announce(dir: &Path, key: &Key, timeout: Duration) {
 // One compile per key across processes.
 
 /// An exclusive `flock` on `$DISTC_DIR/locks/<key>`, released on drop (and by the kernel if the
-/// holder dies, so a crashed compile never blocks others).
+/// holder dies, so a crashed compile never blocks others). The lock file stays: removing it
+/// while locked could let a newcomer lock a fresh inode while a waiter still locks the old one
+/// (both would compile; harmless but wasted). Stale lock files are trimmed with the store.
 pub struct KeyLock {
     _file: File,
-    path: PathBuf,
 }
 
 /// How long a process waits for another one compiling the same key before compiling itself.
@@ -265,7 +266,7 @@ impl KeyLock {
             // SAFETY: flock on a descriptor we own.
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if r == 0 {
-                return Ok((Some(KeyLock { _file: file, path }), waited));
+                return Ok((Some(KeyLock { _file: file }), waited));
             }
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) && e.kind() != io::ErrorKind::Interrupted
@@ -279,15 +280,6 @@ impl KeyLock {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for KeyLock {
-    fn drop(&mut self) {
-        // Removing the file while holding the lock could let a newcomer lock a fresh inode
-        // while a waiter still locks the old one; both would then compile, which is harmless
-        // (the same result is stored twice). Lock files are tiny; leave them.
-        let _ = &self.path;
     }
 }
 
