@@ -12,7 +12,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// The documented default configuration file, shipped inside the binary.
-pub const DEFAULT_TOML: &str = include_str!("../config/distc.toml");
+#[cfg(test)]
+const DEFAULT_TOML: &str = include_str!("../config/distc.toml");
 
 /// Every configuration key, in documentation order.
 pub const KEYS: &[&str] = &[

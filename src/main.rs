@@ -5,8 +5,8 @@
 
 fn main() -> std::process::ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(invocation) = distc::wrapper::detect(&argv) {
-        return distc::wrapper::main(invocation);
+    if let Some(invocation) = distc::pipeline::detect(&argv) {
+        return distc::pipeline::main(invocation);
     }
     match distc::cli::main() {
         Ok(code) => code,

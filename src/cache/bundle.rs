@@ -21,7 +21,7 @@ pub enum Role {
     Object,
     DepFile,
     /// Every file a rustc compile wrote for its crate, named relative to its output directory
-    /// (`.rlib`, `.rmeta`, `.d`, binaries, `.so`): encoded by `crate::rust_wrapper`.
+    /// (`.rlib`, `.rmeta`, `.d`, binaries, `.so`): encoded by `crate::pipeline::rust`.
     RustFiles,
 }
 

@@ -3,6 +3,9 @@
 //! Every fault here degrades to "not cached": a build never fails because of the cache. The
 //! only visible effect of a broken cache directory is one warning per process.
 
+pub mod bundle;
+pub mod stats;
+
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -12,8 +15,8 @@ use std::time::{Duration, Instant};
 use distc_peer::Key;
 use distc_peer::store::{Store, StoreError};
 
-use crate::bundle::Bundle;
-use crate::stats::{Event, Stats};
+use crate::cache::bundle::Bundle;
+use crate::cache::stats::{Event, Stats};
 
 /// The wrapper's handle on the cache of one `$DISTC_DIR`.
 pub struct Cache {
@@ -306,7 +309,7 @@ mod tests {
         let cache = Cache::open(d.path(), 1 << 30, Duration::from_millis(10), 1 << 30);
         let key = Key::digest(b"x");
         let b = Bundle {
-            version: crate::bundle::BUNDLE_VERSION,
+            version: crate::cache::bundle::BUNDLE_VERSION,
             outputs: vec![],
             stdout: vec![],
             stderr: vec![],

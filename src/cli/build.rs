@@ -12,7 +12,7 @@
 //! directory on relative paths, so two checkouts of one project at different places produce the
 //! same keys. `DIR` and `DIR/include` (when present) are on the include path.
 //!
-//! Rust sources and Cargo projects are handed to [`crate::project_rust`] (rustc through the
+//! Rust sources and Cargo projects are handed to [`crate::cli::build_rust`] (rustc through the
 //! wrapper for one file; `cargo build` with distc as `RUSTC_WRAPPER` for a Cargo project).
 
 use std::fmt;
@@ -26,10 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
-
-/// Environment variable naming a file in which the wrapper writes the outcome of one compile:
-/// a single line `hit`, `remote-hit`, `miss`, `uncacheable <reason>` or `error <text>`.
-pub const RESULT_FILE_ENV: &str = "DISTC_RESULT_FILE";
+use crate::pipeline::RESULT_FILE_ENV;
 
 /// Directory under a project where `build-project` writes its objects.
 pub const BUILD_DIR: &str = "build";
@@ -297,7 +294,7 @@ pub fn build(
 ) -> Result<ExitCode> {
     let language = source_language(file, "build")?;
     if language == Language::Rust {
-        return crate::project_rust::build_file(file, output, flags);
+        return crate::cli::build_rust::build_file(file, output, flags);
     }
     let stem = file.file_stem().with_context(|| {
         format!(
@@ -411,7 +408,7 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
         );
     }
     if dir.join("Cargo.toml").is_file() {
-        return crate::project_rust::build_cargo_project(dir, opts.jobs, opts.flags);
+        return crate::cli::build_rust::build_cargo_project(dir, opts.jobs, opts.flags);
     }
     let sources = find_sources(dir)?;
     if sources.is_empty() {

@@ -17,10 +17,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::compiler::rustc::{self, RustParsed};
+use crate::cli::build::human_bytes;
+use crate::compiler::rust::args::{self as rustc, RustParsed};
 use crate::config::Config;
-use crate::project::{RESULT_FILE_ENV, human_bytes};
-use crate::rust_wrapper::CRATE_LOG_ENV;
+use crate::pipeline::RESULT_FILE_ENV;
+use crate::pipeline::rust::CRATE_LOG_ENV;
 
 /// The rustc `distc build` runs: `$RUSTC` when set, else `rustc` on PATH.
 fn rustc_program() -> OsString {
@@ -253,7 +254,7 @@ pub fn build_cargo_project(dir: &Path, jobs: Option<usize>, flags: &[String]) ->
 pub fn inspect_file(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let rustc = rustc_program();
-    let real = crate::wrapper::resolve_compiler(&rustc)
+    let real = crate::pipeline::c::resolve_compiler(&rustc)
         .with_context(|| format!("cannot find {rustc:?} on PATH"))?;
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let (_, args) = build_args(file, flags, tmp.path())?;
@@ -265,9 +266,9 @@ pub fn inspect_file(config: &Config, file: &Path, flags: &[String]) -> Result<Ex
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let id = crate::rust_key::rustc_identity(&config.dir, &real)
+    let id = crate::compiler::rust::key::rustc_identity(&config.dir, &real)
         .with_context(|| format!("cannot identify {}", real.display()))?;
-    let (key, inputs) = crate::rust_wrapper::compute_key(config, &cwd, &id, &job)
+    let (key, inputs) = crate::pipeline::rust::compute_key(config, &cwd, &id, &job)
         .with_context(|| format!("cannot compute the key of {}", file.display()))?;
     println!("key:    {key}");
     println!(

@@ -43,10 +43,10 @@ pub fn flush(config: &Config) -> Result<()> {
         "Flushed the local cache in {}: removed {} entries ({})",
         config.dir.display(),
         report.local.entries,
-        crate::project::human_bytes(report.local.bytes)
+        crate::cli::build::human_bytes(report.local.bytes)
     );
-    if let Some(mesh) = crate::mesh_cmd::flush_mesh(config)? {
-        crate::mesh_cmd::print_flush(&mesh);
+    if let Some(mesh) = crate::cli::mesh::flush_mesh(config)? {
+        crate::cli::mesh::print_flush(&mesh);
     }
     Ok(())
 }

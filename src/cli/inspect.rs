@@ -2,7 +2,7 @@
 //!
 //! The compile inspected is the object step `distc build` runs (`cc -c FILE -o STEM.o FLAGS`,
 //! `c++` for C++), parsed and keyed by the wrapper's own code ([`crate::compiler`],
-//! [`crate::fingerprint`], [`crate::direct`]), so what is shown is what a wrapped compile would
+//! [`crate::compiler::c::key`], [`crate::compiler::c::direct`]), so what is shown is what a wrapped compile would
 //! do now: the key it would look up and in which mode, the inputs the key covers, the headers
 //! found, whether the result is stored, the peers that own the key, and — when a result for this
 //! source was stored before — which inputs changed since (why it would miss).
@@ -17,11 +17,11 @@ use anyhow::{Context as _, Result};
 use distc_peer::Key;
 use distc_peer::store::Store;
 
-use crate::compiler::{self, CompileJob, Parsed};
+use crate::cli::build::Language;
+use crate::compiler::c::direct::{self, DirectKey};
+use crate::compiler::c::key::{self as fingerprint, Context, Fingerprint};
+use crate::compiler::c::{self as compiler, CompileJob, Parsed};
 use crate::config::Config;
-use crate::direct::{self, DirectKey};
-use crate::fingerprint::{self, Context, Fingerprint};
-use crate::project::Language;
 
 /// How the wrapper would key this compile right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,12 +105,12 @@ fn short(hex: &str) -> &str {
 
 /// `distc inspect FILE [-- FLAGS…]`.
 pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCode> {
-    let language = crate::project::source_language(file, "inspect")?;
+    let language = crate::cli::build::source_language(file, "inspect")?;
     if language == Language::Rust {
-        return crate::project_rust::inspect_file(config, file, flags);
+        return crate::cli::build_rust::inspect_file(config, file, flags);
     }
     let driver = language.driver();
-    let real = crate::wrapper::resolve_compiler(std::ffi::OsStr::new(&driver))
+    let real = crate::pipeline::c::resolve_compiler(std::ffi::OsStr::new(&driver))
         .with_context(|| format!("cannot find the compiler `{driver}` on PATH"))?;
     let stem = file
         .file_stem()
@@ -128,7 +128,7 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
     let _ = writeln!(out, "Compiler      {} (as {driver})", real.display());
     let _ = writeln!(out, "Command       {driver} {}", command.join(" "));
 
-    let job = match compiler::gcc::parse(&args, &|p| std::fs::read(p).ok()) {
+    let job = match compiler::args::parse(&args, &|p| std::fs::read(p).ok()) {
         Parsed::Compile(job) => *job,
         Parsed::Uncacheable(reason) => {
             let _ = writeln!(out, "Cacheable     no: {reason}");
@@ -172,7 +172,7 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
     };
     let _ = writeln!(out, "Cacheable     yes");
 
-    // The same choice the wrapper makes (src/wrapper.rs, Run::cached).
+    // The same choice the wrapper makes (src/pipeline/c.rs, Run::cached).
     let direct = if config.direct_mode {
         DirectKey::new(&ctx, &job, &common)
     } else {

@@ -221,7 +221,7 @@ pub fn render_status(s: &StatusReport) -> String {
             p.state,
             ago(p.last_seen),
             p.entries,
-            crate::project::human_bytes(p.bytes),
+            crate::cli::build::human_bytes(p.bytes),
             p.ring_share,
             p.addrs.join(" ")
         );
@@ -269,7 +269,7 @@ pub fn print_flush(report: &FlushReport) -> usize {
             (Some((entries, bytes)), _) => println!(
                 "Flushed peer {}: removed {entries} entries ({})",
                 p.id,
-                crate::project::human_bytes(*bytes)
+                crate::cli::build::human_bytes(*bytes)
             ),
             (None, e) => {
                 failed += 1;

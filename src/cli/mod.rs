@@ -1,8 +1,16 @@
 //! The `distc` command line: clap definitions and dispatch only.
 //!
 //! `src/main.rs` decides whether argv is a compiler invocation (wrapper mode) or a command; for
-//! commands it calls [`main`]. Each subcommand's work lives in its own module
-//! ([`crate::project`], [`crate::commands`]).
+//! commands it calls [`main`]. Each subcommand's work lives in its own module: [`build`] and
+//! [`build_rust`] (`build`, `build-project`), [`inspect`], [`stats`], [`flush`], and [`mesh`]
+//! (`peer`, `mesh`, `status`). Each takes a loaded [`Config`].
+
+mod build;
+mod build_rust;
+mod flush;
+mod inspect;
+mod mesh;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,12 +109,12 @@ pub enum Command {
     Flush,
 
     /// Run this machine's mesh peer in the foreground (see docs/mesh.md).
-    Peer(crate::mesh_cmd::PeerArgs),
+    Peer(crate::cli::mesh::PeerArgs),
 
     /// Create or join a mesh: its shared key and one-line join token.
     Mesh {
         #[command(subcommand)]
-        action: crate::mesh_cmd::MeshAction,
+        action: crate::cli::mesh::MeshAction,
     },
 
     /// Show every known peer: state, last seen, entries, bytes, ring share.
@@ -187,31 +195,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     init_logging(cli.verbose, if peer_default { "info" } else { &config.log });
     tracing::debug!(dir = %config.dir.display(), "configuration loaded");
     match cli.command {
-        Command::Inspect { file, flags } => {
-            crate::commands::inspect::inspect(&config, &file, &flags)
-        }
+        Command::Inspect { file, flags } => crate::cli::inspect::inspect(&config, &file, &flags),
         Command::Stats { json, zero } => {
-            crate::commands::stats::stats(&config, json, zero)?;
+            crate::cli::stats::stats(&config, json, zero)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Flush => {
-            crate::commands::flush::flush(&config)?;
+            crate::cli::flush::flush(&config)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Peer(args) => crate::mesh_cmd::peer(&config, &args),
-        Command::Mesh { action } => crate::mesh_cmd::mesh(&config, &action),
-        Command::Status { json } => crate::mesh_cmd::status(&config, json),
+        Command::Peer(args) => crate::cli::mesh::peer(&config, &args),
+        Command::Mesh { action } => crate::cli::mesh::mesh(&config, &action),
+        Command::Status { json } => crate::cli::mesh::status(&config, json),
         Command::Build {
             file,
             output,
             flags,
-        } => crate::project::build(&config, &file, output.as_deref(), &flags),
+        } => crate::cli::build::build(&config, &file, output.as_deref(), &flags),
         Command::BuildProject {
             dir,
             output,
             jobs,
             flags,
-        } => crate::project::build_project(&crate::project::ProjectOptions {
+        } => crate::cli::build::build_project(&crate::cli::build::ProjectOptions {
             config: &config,
             dir: &dir,
             output: output.as_deref(),

@@ -1,11 +1,11 @@
-//! `distc stats`: the wrapper's counters (src/stats.rs) plus what the local store holds.
+//! `distc stats`: the wrapper's counters (src/cache/stats.rs) plus what the local store holds.
 
 use anyhow::{Context, Result};
 use distc_peer::store::{Store, Usage};
 
+use crate::cache::stats::Stats;
+use crate::cli::build::human_bytes;
 use crate::config::Config;
-use crate::project::human_bytes;
-use crate::stats::Stats;
 
 /// Everything `distc stats` reports.
 #[derive(Debug, Clone)]

@@ -16,13 +16,14 @@ use std::time::{Duration, SystemTime};
 
 use distc_peer::Key;
 
-use crate::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
+use crate::cache::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
+use crate::cache::stats::Event;
 use crate::cache::{Cache, Found, KeyLock, LOCK_WAIT};
-use crate::compiler::{self, CompileJob, Family, Parsed};
+use crate::compiler::c::direct;
+use crate::compiler::c::key::{self as fingerprint, Context};
+use crate::compiler::c::{self as compiler, CompileJob, Parsed};
+use crate::compiler::{Family, family_of};
 use crate::config::Config;
-use crate::direct;
-use crate::fingerprint::{self, Context};
-use crate::stats::Event;
 
 /// A compiler invocation recognised in `argv`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub struct Invocation {
 pub fn detect(argv: &[OsString]) -> Option<Invocation> {
     let argv0 = argv.first()?;
     let base = Path::new(argv0).file_name().unwrap_or(argv0);
-    if base != "distc" && compiler::family_of(base).is_some() {
+    if base != "distc" && family_of(base).is_some() {
         // Masquerading: a symlink named like a compiler.
         return Some(Invocation {
             compiler: base.to_os_string(),
@@ -45,7 +46,7 @@ pub fn detect(argv: &[OsString]) -> Option<Invocation> {
         });
     }
     let first = argv.get(1)?;
-    let is_name = compiler::family_of(first).is_some() && !first.as_bytes().contains(&b'/');
+    let is_name = family_of(first).is_some() && !first.as_bytes().contains(&b'/');
     let is_path = first.as_bytes().contains(&b'/') && is_executable(Path::new(first));
     (is_name || is_path).then(|| Invocation {
         compiler: first.clone(),
@@ -158,10 +159,10 @@ pub fn main(inv: Invocation) -> ExitCode {
     let name = Path::new(&inv.compiler)
         .file_name()
         .unwrap_or(inv.compiler.as_os_str());
-    let parsed = match compiler::family_of(name) {
-        Some(Family::Rustc) => return crate::rust_wrapper::main(&real, &inv.args, &cfg, &cache),
+    let parsed = match family_of(name) {
+        Some(Family::Rustc) => return crate::pipeline::rust::main(&real, &inv.args, &cfg, &cache),
         // A path to some other program (e.g. CMake's launcher with /usr/bin/cc): gcc rules.
-        _ => compiler::gcc::parse(&inv.args, &|p| fs::read(p).ok()),
+        _ => compiler::args::parse(&inv.args, &|p| fs::read(p).ok()),
     };
     let job = match parsed {
         Parsed::Compile(job) => *job,
@@ -224,7 +225,7 @@ fn uncacheable(cache: &Cache, real: &Path, args: &[OsString], reason: &str) -> E
 
 /// Tells `distc build`/`build-project` what happened, when they asked.
 fn report_result(line: &str) {
-    if let Some(p) = std::env::var_os(crate::project::RESULT_FILE_ENV) {
+    if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
         let _ = fs::write(p, format!("{line}\n"));
     }
 }
@@ -536,9 +537,9 @@ impl Run {
             let data = bundle
                 .output(Role::DepFile)
                 .ok_or_else(|| io::Error::other("cached result has no dependency file"))?;
-            crate::bundle::write_atomic(&dep.path, data)?;
+            crate::cache::bundle::write_atomic(&dep.path, data)?;
         }
-        crate::bundle::write_atomic(&self.job.output, obj)
+        crate::cache::bundle::write_atomic(&self.job.output, obj)
     }
 }
 

@@ -1,10 +1,10 @@
 //! Wrapper mode for rustc: `RUSTC_WRAPPER=distc cargo build` runs `distc /path/to/rustc ARGS…`.
 //!
-//! Flow: parse ([`crate::compiler::rustc`]); non-compiles (`-vV`, `--print`, stdin) are
+//! Flow: parse ([`crate::compiler::rust::args`]); non-compiles (`-vV`, `--print`, stdin) are
 //! `exec`ed at once. Otherwise: rustc identity (memoised) -> the key inputs known before
-//! compiling -> direct mode ([`crate::rust_direct`]): the manifest's result key, when its
+//! compiling -> direct mode ([`crate::compiler::rust::direct`]): the manifest's result key, when its
 //! env-deps and source files still match -> the tiered lookup of [`crate::cache::Cache`] ->
-//! replay. Without a usable manifest entry: rustc's dep-info pass -> key ([`crate::rust_key`])
+//! replay. Without a usable manifest entry: rustc's dep-info pass -> key ([`crate::compiler::rust::key`])
 //! -> lookup -> replay, or compile, collect every output of the crate, store; both record a
 //! manifest entry. Like the C wrapper, every cache fault degrades to
 //! running rustc, and no tokio or clap is involved.
@@ -26,13 +26,13 @@ use std::time::{Instant, SystemTime};
 use distc_peer::Key;
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
+use crate::cache::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
+use crate::cache::stats::Event;
 use crate::cache::{Cache, Found};
-use crate::compiler::rustc::{self, CrateType, Emit, RustJob, RustParsed};
+use crate::compiler::rust::args::{self as rustc, CrateType, Emit, RustJob, RustParsed};
+use crate::compiler::rust::direct::RustDirect;
+use crate::compiler::rust::key::{self as rust_key, DepInfo, KeyContext, RustKeyError, RustcId};
 use crate::config::Config;
-use crate::rust_direct::RustDirect;
-use crate::rust_key::{self, DepInfo, KeyContext, RustKeyError, RustcId};
-use crate::stats::Event;
 
 /// Environment variable naming a file to which every rustc invocation appends one line
 /// `<outcome> <crate> <types> <ms>`: how `distc build-project` reports per-crate hits.
@@ -132,7 +132,7 @@ impl Roots {
     }
 }
 
-/// Entry point from `crate::wrapper` once argv named rustc. `real` is the rustc to run.
+/// Entry point from `crate::pipeline::c` once argv named rustc. `real` is the rustc to run.
 pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> ExitCode {
     let started = Instant::now();
     if !is_rustc(real) {
@@ -464,7 +464,7 @@ fn uncacheable(
     cache.count(Event::Uncacheable(reason));
     if let Some(job) = job {
         report(&format!("uncacheable:{reason}"), job, started);
-    } else if let Some(p) = std::env::var_os(crate::project::RESULT_FILE_ENV) {
+    } else if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
         let _ = fs::write(p, format!("uncacheable {reason}\n"));
     }
     exec(real, args)
@@ -472,7 +472,7 @@ fn uncacheable(
 
 /// Tells `distc build` (one result line) and `distc build-project` (one line per crate).
 fn report(outcome: &str, job: &RustJob, started: Instant) {
-    if let Some(p) = std::env::var_os(crate::project::RESULT_FILE_ENV) {
+    if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
         let line = match outcome.split_once(':') {
             Some((w, r)) => format!("{w} {r}\n"),
             None => format!("{outcome}\n"),
@@ -539,7 +539,7 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
         } else {
             f.data.clone()
         };
-        crate::bundle::write_atomic(&path, &data)
+        crate::cache::bundle::write_atomic(&path, &data)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         if f.exec {
             let mode = fs::metadata(&path)

@@ -371,7 +371,7 @@ fn parse_expanded(args: Vec<OsString>) -> Parsed {
     if sources.len() > 1 {
         return Parsed::Uncacheable("multiple-sources");
     }
-    let Some((source, lang, explicit)) = sources.pop() else {
+    let Some((source, lang, _)) = sources.pop() else {
         return Parsed::Uncacheable("no-source");
     };
     let language = match lang.or_else(|| Language::from_path(&source)) {
@@ -412,7 +412,6 @@ fn parse_expanded(args: Vec<OsString>) -> Parsed {
     Parsed::Compile(Box::new(CompileJob {
         source,
         language,
-        explicit_language: explicit,
         output,
         dep_file,
         cpp_args,
@@ -600,7 +599,6 @@ mod tests {
         assert_eq!(j.language, Language::Cxx);
         let j = job("-x c++ -c weird.txt -o w.o");
         assert_eq!(j.language, Language::Cxx);
-        assert!(j.explicit_language);
         assert_eq!(strs(&j.cpp_args), ["-x", "c++"]);
     }
 

@@ -5,7 +5,7 @@
 //! where a newly created header would shadow one of them (same name in the source's directory,
 //! any `-I`/`-iquote`/`-isystem`/`-idirafter` directory, or a system include directory searched
 //! before the one it was found in; the compiler's list is learnt once per compiler, language
-//! and search-list options, see [`crate::compiler_id::system_include_dirs`]) with whether each
+//! and search-list options, see [`crate::compiler::c::identity::system_include_dirs`]) with whether each
 //! existed. Probes are grouped under the directory that decides them: while that directory's
 //! stat is unchanged (and was old enough when recorded), none of its probes needs a stat. A lookup trusts an
 //! entry only if every header still has its digest (re-hashed unless its stat matches and it was
@@ -39,8 +39,8 @@ use distc_peer::Key;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::compiler::CompileJob;
-use crate::fingerprint::{self, Context, Fingerprint, HeaderState, Inputs};
+use crate::compiler::c::CompileJob;
+use crate::compiler::c::key::{self as fingerprint, Context, Fingerprint, HeaderState, Inputs};
 
 /// 2: probes also cover the compiler's system include directories; directory stamps.
 const MANIFEST_VERSION: u32 = 2;
@@ -192,7 +192,7 @@ impl DirectKey {
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
-        crate::bundle::write_atomic(&path, &bytes).ok()?;
+        crate::cache::bundle::write_atomic(&path, &bytes).ok()?;
         Some(bytes)
     }
 
@@ -619,7 +619,7 @@ fn make_entry(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let identity = identity_of(common);
-    let system = crate::compiler_id::system_include_dirs(
+    let system = crate::compiler::c::identity::system_include_dirs(
         &ctx.distc_dir,
         &ctx.compiler,
         &identity,
@@ -1005,9 +1005,9 @@ mod tests {
 
     fn dummy_job() -> CompileJob {
         let args: Vec<OsString> = ["-c", "a.c"].iter().map(OsString::from).collect();
-        match crate::compiler::gcc::parse(&args, &|_| None) {
-            crate::compiler::Parsed::Compile(j) => *j,
-            crate::compiler::Parsed::Uncacheable(r) => panic!("{r}"),
+        match crate::compiler::c::args::parse(&args, &|_| None) {
+            crate::compiler::c::Parsed::Compile(j) => *j,
+            crate::compiler::c::Parsed::Uncacheable(r) => panic!("{r}"),
         }
     }
 

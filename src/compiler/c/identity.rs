@@ -47,7 +47,7 @@ pub fn compiler_digest(distc_dir: &Path, real: &Path) -> io::Result<[u8; 32]> {
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
     // Memoising is an optimisation: a read-only cache dir just means hashing every time.
     let _ = fs::create_dir_all(memo.parent().unwrap_or(distc_dir)).and_then(|()| {
-        crate::bundle::write_atomic(
+        crate::cache::bundle::write_atomic(
             &memo,
             format!("{stamp} {}\n", hex::encode(digest)).as_bytes(),
         )
@@ -173,7 +173,7 @@ pub fn system_include_dirs(
         text.push(b'\n');
     }
     let _ = fs::create_dir_all(memo.parent().unwrap_or(distc_dir))
-        .and_then(|()| crate::bundle::write_atomic(&memo, &text));
+        .and_then(|()| crate::cache::bundle::write_atomic(&memo, &text));
     Some(dirs)
 }
 

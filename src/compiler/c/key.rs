@@ -7,7 +7,7 @@
 //! 1. `format` — [`FORMAT_VERSION`], so any change to this list changes every key.
 //! 2. `compiler` — the name the compiler runs under (`clang++` and `clang` are one binary that
 //!    behaves differently) and the SHA-256 of the binary it resolves to (memoised by stat, see
-//!    [`crate::compiler_id`]).
+//!    [`crate::compiler::c::identity`]).
 //! 3. `language` — the source language (`-x` or the extension).
 //! 4. `args` — the normalised arguments: output paths (`-o`, `-MF`) and the source path left
 //!    out; absolute paths under `base_dir` made relative to the working directory. With `-MD`
@@ -35,7 +35,7 @@ use std::process::{Command, Stdio};
 use distc_peer::Key;
 use sha2::{Digest, Sha256};
 
-use crate::compiler::CompileJob;
+use crate::compiler::c::CompileJob;
 
 /// Version of the list above. Bump on any change to what is hashed or how.
 pub const FORMAT_VERSION: u32 = 1;
@@ -134,7 +134,7 @@ pub(crate) fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 3
 pub fn common_inputs(ctx: &Context, job: &CompileJob) -> io::Result<Inputs> {
     let mut inputs = Inputs::default();
     inputs.push("format", &FORMAT_VERSION.to_le_bytes());
-    let binary = crate::compiler_id::compiler_digest(&ctx.distc_dir, &ctx.compiler)?;
+    let binary = crate::compiler::c::identity::compiler_digest(&ctx.distc_dir, &ctx.compiler)?;
     let run_as = ctx
         .compiler
         .file_name()
@@ -474,7 +474,7 @@ pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
     if let Some(dir) = path.parent() {
         let _ = fs::create_dir_all(dir);
     }
-    let _ = crate::bundle::write_atomic(&path, text.as_bytes());
+    let _ = crate::cache::bundle::write_atomic(&path, text.as_bytes());
 }
 
 /// What changed between the last stored result for this source and `fp`: a list of

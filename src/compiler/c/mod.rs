@@ -1,10 +1,11 @@
-//! Compiler families: turning a command line into a [`CompileJob`] or a reason not to cache.
-//!
-//! Only the gcc/clang family is cacheable today ([`gcc`]); everything else is passed straight
-//! to the real compiler with a short, stable reason label that `distc stats` counts.
+//! The gcc/clang family: a command line parsed into a [`CompileJob`] or a reason not to cache
+//! ([`args`]), the compiler's identity ([`identity`]), the key ([`key`]) and direct/depend mode
+//! ([`direct`]).
 
-pub mod gcc;
-pub mod rustc;
+pub mod args;
+pub mod direct;
+pub mod identity;
+pub mod key;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -109,9 +110,6 @@ pub struct CompileJob {
     /// The source file as given on the command line.
     pub source: PathBuf,
     pub language: Language,
-    /// Whether `-x` was given (then it must be repeated for a `-E` run; it already is, in
-    /// `cpp_args`).
-    pub explicit_language: bool,
     /// The object file (`-o`, or the source's stem + `.o` in the working directory).
     pub output: PathBuf,
     /// Dependency file output, when `-MD`/`-MMD` asked for one.
@@ -167,75 +165,4 @@ pub enum Parsed {
     Compile(Box<CompileJob>),
     /// Not cacheable; the label is what `distc stats` shows.
     Uncacheable(&'static str),
-}
-
-/// The compiler family named by a program name (`gcc`, `x86_64-linux-gnu-g++-12`, `rustc`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Gcc,
-    Rustc,
-}
-
-/// Classify a compiler program name (basename, no directory).
-pub fn family_of(name: &OsStr) -> Option<Family> {
-    let name = name.to_str()?;
-    // Strip a version suffix: `gcc-12`, `clang-16`, `clang++-18.1`.
-    let base = match name.rfind('-') {
-        Some(i)
-            if i + 1 < name.len()
-                && name[i + 1..]
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b == b'.') =>
-        {
-            &name[..i]
-        }
-        _ => name,
-    };
-    // clippy-driver: `cargo clippy` runs `distc clippy-driver rustc ARGS…` for workspace
-    // members (RUSTC_WORKSPACE_WRAPPER); the Rust wrapper passes it through.
-    if base == "rustc" || base == "clippy-driver" {
-        return Some(Family::Rustc);
-    }
-    const GCC_LIKE: [&str; 6] = ["gcc", "g++", "cc", "c++", "clang", "clang++"];
-    for c in GCC_LIKE {
-        if base == c {
-            return Some(Family::Gcc);
-        }
-        // Cross compilers: `x86_64-linux-gnu-gcc`, `arm-none-eabi-g++`.
-        if let Some(prefix) = base.strip_suffix(c)
-            && prefix.ends_with('-')
-            && prefix.len() > 1
-        {
-            return Some(Family::Gcc);
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn families() {
-        for n in [
-            "gcc",
-            "g++",
-            "cc",
-            "c++",
-            "clang",
-            "clang++",
-            "gcc-12",
-            "clang++-18.1",
-            "x86_64-linux-gnu-gcc-12",
-            "arm-none-eabi-g++",
-        ] {
-            assert_eq!(family_of(OsStr::new(n)), Some(Family::Gcc), "{n}");
-        }
-        assert_eq!(family_of(OsStr::new("rustc")), Some(Family::Rustc));
-        assert_eq!(family_of(OsStr::new("clippy-driver")), Some(Family::Rustc));
-        for n in ["distc", "make", "ld", "gcc-ar", "-gcc", "cmake", "ccache"] {
-            assert_eq!(family_of(OsStr::new(n)), None, "{n}");
-        }
-    }
 }

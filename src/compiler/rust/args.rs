@@ -8,7 +8,7 @@
 //!
 //! Unlike sccache, every crate type is cacheable: binaries, `dylib`, `cdylib` and `proc-macro`
 //! crates are linked by rustc, so the key of those jobs also covers the linker and the native
-//! libraries named on the command line (see `crate::rust_key`).
+//! libraries named on the command line (see `crate::compiler::rust::key`).
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -111,7 +111,7 @@ pub struct NativeLib {
 }
 
 /// One argument that goes into the key, with its paths still raw: the key builder
-/// (`crate::rust_key`) normalises the paths inside values so two checkouts share keys.
+/// (`crate::compiler::rust::key`) normalises the paths inside values so two checkouts share keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyArg {
     /// An option and its value, key-relevant as written (`--edition 2021`, `-C opt-level=3`).

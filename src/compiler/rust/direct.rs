@@ -5,7 +5,7 @@
 //! as compiling them. A *manifest* remembers what earlier passes found.
 //!
 //! The manifest key covers everything known before the pass
-//! ([`crate::rust_key::KeyParts::pre_dep_info`]): the rustc identity, the target, the
+//! ([`crate::compiler::rust::key::KeyParts::pre_dep_info`]): the rustc identity, the target, the
 //! normalised arguments, the crate root's path and contents, the `--extern` crates' contents,
 //! the `CARGO_*` environment (normalised), native libraries, the linker and (with debug info)
 //! the working directory. Each entry records, for one result key:
@@ -41,8 +41,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use distc_peer::Key;
 use serde::{Deserialize, Serialize};
 
-use crate::compiler::rustc::RustJob;
-use crate::rust_key::{self, DepInfo, KeyContext, KeyParts};
+use crate::compiler::rust::args::RustJob;
+use crate::compiler::rust::key::{self as rust_key, DepInfo, KeyContext, KeyParts};
 
 const MANIFEST_VERSION: u32 = 3;
 /// Entries kept per manifest (newest first).
@@ -274,7 +274,7 @@ impl RustDirect {
         if let Some(dir) = self.path.parent() {
             let _ = fs::create_dir_all(dir);
         }
-        let _ = crate::bundle::write_atomic(&self.path, &bytes);
+        let _ = crate::cache::bundle::write_atomic(&self.path, &bytes);
     }
 
     fn make_entry(

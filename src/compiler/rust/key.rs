@@ -1,7 +1,7 @@
 //! The key of a rustc compile: everything that can change what rustc writes, hashed.
 //!
 //! # Key inputs (RUST_FORMAT_VERSION 2)
-//! Each input is hashed on its own and labelled ([`crate::fingerprint::Inputs`]), so
+//! Each input is hashed on its own and labelled ([`crate::compiler::c::key::Inputs`]), so
 //! `distc inspect` can list them.
 //!
 //! 1. `format` — `rust` + [`RUST_FORMAT_VERSION`]: any change to this list changes every key,
@@ -40,7 +40,7 @@
 //!     `--remap-path-prefix` (debug info records it).
 //!
 //! Inputs 1-5 and 8-12 are known before the dep-info pass ([`KeyParts`]): direct mode
-//! ([`crate::rust_direct`]) keys its manifests by them, with input 9 over every `CARGO_*`
+//! ([`crate::compiler::rust::direct`]) keys its manifests by them, with input 9 over every `CARGO_*`
 //! variable, so a hit needs no rustc process.
 
 use std::collections::BTreeMap;
@@ -55,10 +55,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::compiler::rustc::{KeyArg, RustJob};
-use crate::compiler_id::stamp;
-use crate::fingerprint::Inputs;
-use crate::fingerprint::hash_list;
+use crate::compiler::c::identity::stamp;
+use crate::compiler::c::key::Inputs;
+use crate::compiler::c::key::hash_list;
+use crate::compiler::rust::args::{KeyArg, RustJob};
 
 /// Version of the list above. Bump on any change to what is hashed or how.
 pub const RUST_FORMAT_VERSION: u32 = 2;
@@ -117,7 +117,7 @@ fn write_memo(path: &Path, text: &str) {
     if let Some(parent) = path.parent() {
         let _ = fs::create_dir_all(parent);
     }
-    let _ = crate::bundle::write_atomic(path, text.as_bytes());
+    let _ = crate::cache::bundle::write_atomic(path, text.as_bytes());
 }
 
 fn run_rustc(rustc: &Path, args: &[&str], what: &'static str) -> Result<String, RustKeyError> {
@@ -581,7 +581,7 @@ fn find_program(
 
 /// The key inputs known before the dep-info pass: everything but the sources (6) and the
 /// env-deps (7), which also shape the cargo-env input (9). Computed once per invocation and
-/// shared by the direct-mode manifest key ([`crate::rust_direct`]) and the key itself.
+/// shared by the direct-mode manifest key ([`crate::compiler::rust::direct`]) and the key itself.
 pub struct KeyParts {
     pub norm: Normalizer,
     /// Inputs 1-5.
@@ -692,7 +692,7 @@ pub fn key_parts(ctx: &KeyContext<'_>, job: &RustJob) -> Result<KeyParts, RustKe
         let digest = match find_program(&name, ctx.cwd, ctx.env) {
             Some(p) => {
                 let real = fs::canonicalize(&p).unwrap_or(p);
-                crate::compiler_id::compiler_digest(ctx.distc_dir, &real)
+                crate::compiler::c::identity::compiler_digest(ctx.distc_dir, &real)
                     .map_err(io_err("linker", &real))?
             }
             // rustc will fail to link and say so; the key just records the absence.
