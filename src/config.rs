@@ -185,27 +185,79 @@ impl Config {
         cfg.finish()
     }
 
+    /// Loads like [`Config::load`], but a bad value never stops it: the wrapper, which must
+    /// never fail a build, keeps the default (or the earlier layer's value) for that key and
+    /// gets the errors back to warn about. An unreadable or malformed file is skipped whole.
+    /// Only a missing home directory (no cache directory at all) is an error.
+    pub fn load_lenient() -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let mut cfg = Config::default();
+        let mut problems = Vec::new();
+        if let Some(path) = config_file() {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => cfg.apply_toml_with(&text, Source::File(path), &mut |e| {
+                    problems.push(e);
+                    Ok(())
+                })?,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && std::env::var_os("DISTC_CONFIG").is_none() => {}
+                Err(e) => problems.push(ConfigError::Read { path, source: e }),
+            }
+        }
+        cfg.apply_env_with(&mut |e| {
+            problems.push(e);
+            Ok(())
+        })?;
+        Ok((cfg.finish()?, problems))
+    }
+
     /// Applies one TOML document (a config file's text).
     pub fn apply_toml(&mut self, text: &str, source: Source) -> Result<(), ConfigError> {
-        let table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+        self.apply_toml_with(text, source, &mut Err)
+    }
+
+    /// [`Config::apply_toml`], handing each bad key to `on_error` (which may stop the load by
+    /// returning the error, or skip the key).
+    fn apply_toml_with(
+        &mut self,
+        text: &str,
+        source: Source,
+        on_error: &mut dyn FnMut(ConfigError) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                return on_error(ConfigError::Syntax {
                     source_: source.clone(),
                     message: e.message().to_string(),
-                })?;
+                });
+            }
+        };
         for (key, value) in &table {
-            self.set(key, Raw::Toml(value), &source)?;
+            if let Err(e) = self.set(key, Raw::Toml(value), &source) {
+                on_error(e)?;
+            }
         }
         Ok(())
     }
 
     /// Applies every `DISTC_<KEY>` variable that is set.
     pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        self.apply_env_with(&mut Err)
+    }
+
+    fn apply_env_with(
+        &mut self,
+        on_error: &mut dyn FnMut(ConfigError) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
         for key in KEYS {
             let var = format!("DISTC_{}", key.to_ascii_uppercase());
             if let Some(value) = std::env::var_os(&var) {
                 let value = value.to_string_lossy().into_owned();
-                self.set(key, Raw::Text(&value), &Source::Env(var))?;
+                if let Err(e) = self.set(key, Raw::Text(&value), &Source::Env(var)) {
+                    on_error(e)?;
+                }
             }
         }
         Ok(())
@@ -322,7 +374,7 @@ pub fn config_file() -> Option<PathBuf> {
     }
 }
 
-const BOOL: &str = "true or false (also 1/0, yes/no, on/off)";
+const BOOL: &str = "true or false (also 1/0, yes/no, on/off; empty is false)";
 const SIZE: &str = "a size in bytes, or a number with K, M, G or T (e.g. \"5G\")";
 const LIST: &str = "a list of multiaddrs (comma-separated in the environment)";
 
@@ -343,6 +395,14 @@ fn boolean(raw: &Raw<'_>) -> Option<bool> {
         Raw::Toml(_) => return None,
         Raw::Text(s) => s,
     };
+    parse_bool(text)
+}
+
+/// The one reading of a boolean written as text (environment, flags, strings in the file):
+/// `1`/`true`/`yes`/`on` and `0`/`false`/`no`/`off`, any case, surrounding blanks ignored;
+/// an empty value is false. Anything else is `None`: an error for the CLI and the peer, a
+/// warning and the default for the wrapper.
+pub fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" | "" => Some(false),
@@ -441,6 +501,19 @@ mod tests {
         documented.sort();
         keys.sort();
         assert_eq!(documented, keys);
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["1", "true", "yes", "on", "TRUE", " On "] {
+            assert_eq!(parse_bool(t), Some(true), "{t:?}");
+        }
+        for f in ["0", "false", "no", "off", "Off", ""] {
+            assert_eq!(parse_bool(f), Some(false), "{f:?}");
+        }
+        for bad in ["maybe", "2", "enabled", "y"] {
+            assert_eq!(parse_bool(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

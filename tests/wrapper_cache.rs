@@ -385,21 +385,102 @@ fn unusable_cache_dir_compiles_with_one_warning() {
     assert!(sb.work.join("a.o").exists());
 }
 
+/// Every spelling `config/distc.toml` documents means the same in the wrapper as in the CLI;
+/// a value the parser does not know warns, keeps the default (caching on) and never disables
+/// the cache, while `distc stats` refuses it.
 #[test]
-fn distc_disable_bypasses_the_cache() {
+fn distc_disable_spellings_mean_one_thing_and_a_bad_one_keeps_caching() {
+    let spellings: &[(&str, bool)] = &[
+        ("1", true),
+        ("true", true),
+        ("yes", true),
+        ("on", true),
+        ("TRUE", true),
+        (" On ", true),
+        ("0", false),
+        ("false", false),
+        ("no", false),
+        ("off", false),
+        ("OFF", false),
+        ("", false),
+    ];
+    for &(value, disabled) in spellings {
+        let sb = Sandbox::new();
+        write(&sb, "a.c", "int x;\n");
+        for _ in 0..2 {
+            let out = sb
+                .distc()
+                .env("DISTC_DISABLE", value)
+                .args(["gcc", "-c", "a.c"])
+                .output()
+                .unwrap();
+            assert_ok(&out, value);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("warning"), "{value:?}: {err}");
+        }
+        let expected = if disabled { 2 } else { 1 };
+        assert_eq!(sb.compiles(), expected, "DISTC_DISABLE={value:?}");
+        assert_eq!(
+            sb.distc_dir.join("store").exists(),
+            !disabled,
+            "DISTC_DISABLE={value:?}"
+        );
+        let stats = sb
+            .distc()
+            .env("DISTC_DISABLE", value)
+            .arg("stats")
+            .output()
+            .unwrap();
+        assert_ok(&stats, &format!("stats with DISTC_DISABLE={value:?}"));
+    }
+
     let sb = Sandbox::new();
     write(&sb, "a.c", "int x;\n");
     for _ in 0..2 {
         let out = sb
             .distc()
-            .env("DISTC_DISABLE", "1")
+            .env("DISTC_DISABLE", "maybe")
             .args(["gcc", "-c", "a.c"])
             .output()
             .unwrap();
-        assert_ok(&out, "disabled");
+        assert_ok(&out, "DISTC_DISABLE=maybe");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("warning").count(), 1, "{err}");
+        assert!(
+            err.contains("DISTC_DISABLE") && err.contains("\"maybe\"") && err.contains("default"),
+            "{err}"
+        );
     }
-    assert_eq!(sb.compiles(), 2);
-    assert!(!sb.distc_dir.join("store").exists());
+    assert_eq!(sb.compiles(), 1, "a bad value must not turn caching off");
+    let stats = sb
+        .distc()
+        .env("DISTC_DISABLE", "maybe")
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(!stats.status.success(), "stats accepts DISTC_DISABLE=maybe");
+    let err = String::from_utf8_lossy(&stats.stderr);
+    assert!(
+        err.contains("DISTC_DISABLE") && err.contains("true or false"),
+        "{err}"
+    );
+
+    // The same in a config file: a bad size warns and keeps the default.
+    let cfg = sb.root.path().join("bad.toml");
+    fs::write(&cfg, "max_size = \"lots\"\ndisable = \"sometimes\"\n").unwrap();
+    write(&sb, "b.c", "int y;\n");
+    for _ in 0..2 {
+        let out = sb
+            .distc()
+            .env("DISTC_CONFIG", &cfg)
+            .args(["gcc", "-c", "b.c"])
+            .output()
+            .unwrap();
+        assert_ok(&out, "bad config file");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("max_size") && err.contains("disable"), "{err}");
+    }
+    assert_eq!(sb.compiles(), 2, "b.c compiled once, then a hit");
 }
 
 /// Real compiles given the response file (the oracle logs `@args.rsp`, not its contents).

@@ -134,11 +134,21 @@ pub fn main(inv: Invocation) -> ExitCode {
         );
         return ExitCode::from(127);
     };
-    if env_flag("DISTC_DISABLE") {
+    // Checked before loading anything, so a disabled cache costs nothing; an unreadable value
+    // is left to the load below, which warns and keeps the default (caching on).
+    if std::env::var_os("DISTC_DISABLE")
+        .and_then(|v| v.to_str().and_then(crate::config::parse_bool))
+        == Some(true)
+    {
         return exec(&real, &inv.args);
     }
-    let cfg = match Config::load() {
-        Ok(c) => c,
+    let cfg = match Config::load_lenient() {
+        Ok((c, problems)) => {
+            for e in problems {
+                eprintln!("distc: warning: {e}; using the default for it");
+            }
+            c
+        }
         Err(e) => {
             eprintln!("distc: warning: {e}; compiling without the cache");
             return exec(&real, &inv.args);
@@ -203,10 +213,6 @@ pub fn main(inv: Invocation) -> ExitCode {
         stderr_is_tty: auto_colour && io::IsTerminal::is_terminal(&io::stderr()),
     };
     run.cached(&inv.args)
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0" && v != "false" && v != "no")
 }
 
 /// Replaces this process with the real compiler (no cache).
