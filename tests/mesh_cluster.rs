@@ -430,6 +430,73 @@ fn keyless_peer_is_local_only_and_one_peer_per_dir() {
     );
 }
 
+/// Runs `cmd` to completion, or kills it after `limit` (then the output says so): a command
+/// that should fail at once must not hang the test when it regresses into running.
+fn run_bounded(mut cmd: Command, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, err)
+}
+
+#[test]
+fn a_named_key_file_that_is_missing_is_an_error_not_a_keyless_peer() {
+    let sb = Sandbox::new();
+    let missing = sb.root.path().join("no-such-dir/swarm.key");
+    let missing_s = missing.display().to_string();
+    let cfg = sb.root.path().join("psk.toml");
+    std::fs::write(&cfg, format!("psk_file = \"{missing_s}\"\n")).unwrap();
+    let ways: Vec<(&str, Command)> = vec![
+        ("--psk-file", {
+            let mut c = distc_in(&sb, &sb.root.path().join("p1"));
+            c.args(["peer", "--no-mdns", "--psk-file", &missing_s]);
+            c
+        }),
+        ("DISTC_PSK_FILE", {
+            let mut c = distc_in(&sb, &sb.root.path().join("p2"));
+            c.args(["peer", "--no-mdns"])
+                .env("DISTC_PSK_FILE", &missing);
+            c
+        }),
+        ("psk_file", {
+            let mut c = distc_in(&sb, &sb.root.path().join("p3"));
+            c.args(["peer", "--no-mdns"]).env("DISTC_CONFIG", &cfg);
+            c
+        }),
+    ];
+    for (how, cmd) in ways {
+        let (status, stderr) = run_bounded(cmd, Duration::from_secs(20));
+        let status = status.unwrap_or_else(|| panic!("{how}: the peer ran without its key"));
+        assert!(!status.success(), "{how}: {stderr}");
+        assert!(
+            stderr.contains(&missing_s)
+                && stderr.contains("distc mesh init")
+                && stderr.contains("distc mesh join"),
+            "{how}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_peer_with_another_key_cannot_join_or_fetch() {
     let sb = mesh_sandbox();

@@ -43,6 +43,9 @@ pub struct PeerOptions {
     pub mdns: bool,
     /// The mesh key file (it may not exist: then the peer has no key).
     pub psk_file: Option<PathBuf>,
+    /// The user named `psk_file` (flag, environment or config): then it must exist, and a
+    /// missing file is an error rather than a keyless peer.
+    pub psk_required: bool,
     /// Run without a key on non-loopback interfaces (a LAN the user trusts).
     pub open: bool,
     pub replication: usize,
@@ -68,6 +71,7 @@ impl PeerOptions {
             bootstrap: Vec::new(),
             mdns: true,
             psk_file: None,
+            psk_required: false,
             open: false,
             replication: 2,
             vnodes: crate::ring::DEFAULT_VNODES,
@@ -417,6 +421,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let dir = opts.distc_dir.clone();
     let _lock = lock(&dir)?;
     let key = match &opts.psk_file {
+        Some(p) if opts.psk_required => Some(psk::load_named(p)?),
         Some(p) => psk::load(p)?,
         None => None,
     };

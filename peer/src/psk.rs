@@ -30,6 +30,12 @@ pub enum PskError {
     #[error("not a distc join token: expected `{TOKEN_PREFIX}` followed by 64 hex characters")]
     BadToken,
     #[error(
+        "mesh key file {path} does not exist, but it was named (--psk-file, DISTC_PSK_FILE or \
+         psk_file): fix the path, or create the key there with `distc mesh init` (a new mesh) \
+         or `distc mesh join TOKEN` (an existing one)"
+    )]
+    Missing { path: PathBuf },
+    #[error(
         "mesh key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
     )]
     TooOpen { path: PathBuf, mode: u32 },
@@ -111,6 +117,14 @@ pub fn load(path: &Path) -> Result<Option<PreSharedKey>, PskError> {
         })
 }
 
+/// Reads a key file the user named explicitly: unlike [`load`], a missing file is an error
+/// ([`PskError::Missing`]), never a silent keyless peer.
+pub fn load_named(path: &Path) -> Result<PreSharedKey, PskError> {
+    load(path)?.ok_or_else(|| PskError::Missing {
+        path: path.to_path_buf(),
+    })
+}
+
 /// Writes `key` to `path` owner-only (0600), creating parent directories (0700). Replaces an
 /// existing file atomically.
 pub fn save(path: &Path, key: PreSharedKey) -> Result<(), PskError> {
@@ -166,6 +180,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cfg").join("swarm.key");
         assert!(load(&path).unwrap().is_none());
+        let e = load_named(&path).unwrap_err();
+        assert!(matches!(e, PskError::Missing { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("distc mesh init")
+                && msg.contains("distc mesh join"),
+            "{msg}"
+        );
         let k = generate().unwrap();
         save(&path, k).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;

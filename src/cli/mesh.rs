@@ -85,8 +85,15 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
         .extend(parse_addrs(&args.bootstrap, "--bootstrap")?);
     o.mdns = config.mdns && !args.no_mdns;
     let psk_file = args.psk_file.clone().unwrap_or_else(|| config.psk_path());
-    let keyed = psk::load(&psk_file)?.is_some();
+    // A key file the user named must exist: a typo must not quietly give a keyless peer.
+    let named = args.psk_file.is_some() || config.psk_file.is_some();
+    let keyed = if named {
+        psk::load_named(&psk_file).map(|_| true)?
+    } else {
+        psk::load(&psk_file)?.is_some()
+    };
     o.psk_file = Some(psk_file);
+    o.psk_required = named;
     o.open = config.open || args.open;
     o.replication = config.replication.max(1) as usize;
     o.vnodes = config.vnodes.max(1) as usize;
