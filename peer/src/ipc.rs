@@ -1,11 +1,11 @@
 //! The local socket through which wrapper processes and CLI commands reach their machine's
 //! peer: `$DISTC_DIR/peer.sock`, owner-only (0600).
 //!
-//! Frames are a `u32` little-endian length and a [`crate::codec`] message, the same framing as
-//! between peers. The client ([`IpcClient`]) is synchronous and std-only so the wrapper's hot
+//! Frames ([`crate::frame`]) hold a [`crate::codec`] message, the same framing as between
+//! peers. The client ([`IpcClient`]) is synchronous and std-only so the wrapper's hot
 //! path needs no async runtime; connecting fails at once when no peer is running.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+use crate::frame;
 use crate::key::Key;
 use crate::protocol::Bytes;
 use crate::report::{FlushReport, OwnerInfo, StatusReport};
@@ -93,38 +94,6 @@ pub enum IpcError {
     Unexpected,
 }
 
-/// Reads one frame from a blocking stream.
-fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max} bytes"),
-        ));
-    }
-    let mut buf = Vec::with_capacity(len.min(64 * 1024));
-    r.take(len as u64).read_to_end(&mut buf)?;
-    if buf.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "frame truncated",
-        ));
-    }
-    Ok(buf)
-}
-
-fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(body);
-    w.write_all(&buf)?;
-    w.flush()
-}
-
 /// A synchronous connection to the local peer.
 pub struct IpcClient {
     stream: UnixStream,
@@ -150,8 +119,8 @@ impl IpcClient {
     }
 
     fn call(&mut self, req: &IpcRequest) -> Result<IpcResponse, IpcError> {
-        write_frame(&mut self.stream, &codec::encode(req)?)?;
-        let body = read_frame(&mut self.stream, MAX_FRAME)?;
+        frame::write_sync(&mut self.stream, &codec::encode(req)?)?;
+        let body = frame::read_sync(&mut self.stream, MAX_FRAME)?;
         match codec::decode(&body, MAX_FRAME)? {
             IpcResponse::Error(e) => Err(IpcError::Peer(e)),
             r => Ok(r),
@@ -268,35 +237,25 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// Requests are small (a key at most): larger frames are refused.
+const MAX_REQUEST: usize = 64 * 1024;
+
 async fn serve_conn<H: Handler>(
-    mut stream: tokio::net::UnixStream,
+    stream: tokio::net::UnixStream,
     handler: Arc<H>,
     activity: Arc<AtomicU64>,
 ) -> io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    let mut stream = stream.compat();
     loop {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await?;
-        let len = u32::from_le_bytes(len) as usize;
-        // Requests are small: a key at most.
-        if len > 64 * 1024 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("request frame of {len} bytes refused"),
-            ));
-        }
-        let mut body = vec![0u8; len];
-        stream.read_exact(&mut body).await?;
+        let body = frame::read(&mut stream, MAX_REQUEST).await?;
         activity.store(crate::membership::unix_now(), Ordering::Relaxed);
-        let response = match codec::decode::<IpcRequest>(&body, 64 * 1024) {
+        let response = match codec::decode::<IpcRequest>(&body, MAX_REQUEST) {
             Ok(req) => handler.handle(req).await,
             Err(e) => IpcResponse::Error(format!("malformed request: {e}")),
         };
         let out = codec::encode(&response).map_err(|e| io::Error::other(e.to_string()))?;
-        let mut frame = Vec::with_capacity(4 + out.len());
-        frame.extend_from_slice(&(out.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&out);
-        stream.write_all(&frame).await?;
+        frame::write(&mut stream, &out).await?;
     }
 }
 
@@ -314,15 +273,5 @@ mod tests {
         drop(l);
         assert!(IpcClient::connect(dir.path(), Duration::from_secs(5)).is_err());
         assert!(t.elapsed() < Duration::from_millis(500));
-    }
-
-    #[test]
-    fn frames_are_bounded() {
-        let mut claim = (u32::MAX).to_le_bytes().to_vec();
-        claim.extend_from_slice(&[0; 8]);
-        assert!(read_frame(&mut &claim[..], 1024).is_err());
-        let mut short = 100u32.to_le_bytes().to_vec();
-        short.extend_from_slice(&[0; 8]);
-        assert!(read_frame(&mut &short[..], 1024).is_err());
     }
 }

@@ -6,8 +6,10 @@
 //! - [`ring`]: consistent hashing with virtual nodes; `owners(key, R)`.
 //! - [`membership`]: the member table, merged from gossip; liveness (up/suspect/down).
 //! - [`protocol`]: peer-to-peer wire messages and their bounded request-response codec.
-//! - [`node`]: the libp2p node as an actor (cloneable `Node` handle + `EventLoop`), and the
-//!   mesh operations built on it: get from owners, replicate, repair, flush.
+//! - [`frame`]: length-prefixed framing, the one home of every length on the wire.
+//! - [`node`]: the libp2p node as an actor (cloneable `Node` handle + `EventLoop`): the
+//!   mechanism — one request to one peer, and the latest view of members and ring.
+//! - [`mesh`]: the policy on top: get from owners, replicate, repair, flush, inbound answers.
 //! - [`ipc`]: the local socket (`$DISTC_DIR/peer.sock`) and the sync `IpcClient` the wrapper uses.
 //! - [`daemon`]: `distc peer` (lock, identity, trust rules, IPC server) and auto-start.
 //! - [`psk`]: the mesh key (swarm.key format) and join tokens.
@@ -15,9 +17,11 @@
 
 pub mod codec;
 pub mod daemon;
+pub mod frame;
 pub mod ipc;
 pub mod key;
 pub mod membership;
+pub mod mesh;
 pub mod node;
 pub mod protocol;
 pub mod psk;

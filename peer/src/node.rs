@@ -4,9 +4,10 @@
 //! `Swarm`, the member table and the map of requests in flight, and runs one `select!` over
 //! swarm events, commands from handles, finished inbound work and the gossip timer. Handles
 //! never touch the swarm: they send a [`Command`] carrying a oneshot for the reply, and read
-//! the latest [`View`] (members + ring) from a watch channel. The higher-level operations
-//! (get from the owners, replicate, repair, flush) are plain async code on the handle built
-//! from those two primitives, so the loop itself never waits on anything.
+//! the latest [`View`] (members + ring) from a watch channel. This module is the mechanism
+//! only: the policy built on those two primitives (get from the owners, replicate, repair,
+//! flush, how an inbound request is answered) lives in [`crate::mesh`], so the loop itself
+//! never waits on anything and never decides whom to ask.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::key::Key;
 use crate::membership::{self, Liveness, Membership, Timing};
-use crate::protocol::{self, Bytes, Codec, Request, Response};
+use crate::protocol::{self, Codec, Request, Response};
 use crate::ring::Ring;
 use crate::store::{Store, Usage};
 
@@ -180,10 +181,10 @@ struct Behaviour {
 pub struct Node {
     cmd: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<View>>,
-    store: Store,
-    max_entry_size: u64,
-    get_timeout: Duration,
-    request_timeout: Duration,
+    pub(crate) store: Store,
+    pub(crate) max_entry_size: u64,
+    pub(crate) get_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 /// The actor: owns the swarm. Run it with [`EventLoop::run`].
@@ -347,40 +348,6 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         dirty: true,
     };
     Ok((node, ev))
-}
-
-/// The answer to an inbound request that needs the disk; runs on a blocking thread.
-fn serve(store: &Store, request: Request, max_entry_size: u64) -> Response {
-    match request {
-        Request::Get(key) => match store.get_raw(&key) {
-            Ok(entry) => Response::Entry(entry.map(Bytes)),
-            Err(e) => Response::Error(e.to_string()),
-        },
-        Request::Put { key, entry } => {
-            if store.contains(&key) {
-                return Response::Stored;
-            }
-            if let Err(e) = Store::verify_raw(&entry.0, max_entry_size) {
-                tracing::warn!(%key, "rejected entry from the mesh: {e}");
-                return Response::Error(e.to_string());
-            }
-            match store.put_raw(&key, &entry.0) {
-                Ok(_) => Response::Stored,
-                Err(e) => Response::Error(e.to_string()),
-            }
-        }
-        Request::Offer(keys) => Response::Want(
-            keys.into_iter()
-                .take(protocol::MAX_OFFER)
-                .filter(|k| !store.contains(k))
-                .collect(),
-        ),
-        Request::Flush => match store.clear() {
-            Ok(u) => Response::Flushed(u),
-            Err(e) => Response::Error(e.to_string()),
-        },
-        Request::Gossip(_) => Response::Error("gossip is served by the event loop".into()),
-    }
 }
 
 impl EventLoop {
@@ -753,7 +720,7 @@ impl EventLoop {
                     let done = self.done_tx.clone();
                     let max = self.max_entry_size;
                     tokio::task::spawn_blocking(move || {
-                        let response = serve(&store, other, max);
+                        let response = crate::mesh::serve(&store, other, max);
                         let _ = done.send((channel, response));
                     });
                 }
@@ -807,13 +774,6 @@ impl EventLoop {
     }
 }
 
-/// What happened to a key pushed to its owners.
-#[derive(Debug, Clone, Default)]
-pub struct Replicated {
-    /// Peers that now hold it (including this one when it is an owner).
-    pub holders: Vec<PeerId>,
-}
-
 impl Node {
     /// The latest snapshot of members and ring.
     pub fn view(&self) -> Arc<View> {
@@ -834,6 +794,11 @@ impl Node {
             }
         };
         tokio::time::timeout(timeout, fut).await.unwrap_or(false)
+    }
+
+    /// True once the event loop has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.view.has_changed().is_err()
     }
 
     /// The local store this node serves.
@@ -871,263 +836,6 @@ impl Node {
     pub fn owners(&self, key: &Key) -> Vec<PeerId> {
         let v = self.view();
         v.ring.owners(key, v.replication)
-    }
-
-    /// Fetches the raw entry for `key` from the mesh: the ring owners in order, then the next
-    /// peers on the ring, until one has it or R+1 peers have answered "no". Entries that fail
-    /// verification are discarded. Owners that missed while a later peer hit get a copy.
-    pub async fn get(&self, key: &Key) -> Option<Vec<u8>> {
-        let view = self.view();
-        let order = view.ring.owners(key, usize::MAX);
-        let want_answers = view.replication + 1;
-        let mut answered = 0usize;
-        let mut missed: Vec<PeerId> = Vec::new();
-        for (rank, peer) in order.into_iter().enumerate() {
-            if answered >= want_answers {
-                break;
-            }
-            if peer == view.me {
-                answered += 1;
-                continue;
-            }
-            if !view.routable(&peer) {
-                continue;
-            }
-            match self
-                .request(peer, Request::Get(*key), self.get_timeout)
-                .await
-            {
-                Ok(Response::Entry(Some(entry))) => {
-                    // Decompressing and hashing a large entry takes milliseconds: off the
-                    // async workers, which also run the connections.
-                    let max = self.max_entry_size;
-                    let (entry, verdict) = match tokio::task::spawn_blocking(move || {
-                        let verdict = Store::verify_raw(&entry.0, max).map(drop);
-                        (entry, verdict)
-                    })
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!(%key, "entry check did not finish: {e}");
-                            return None;
-                        }
-                    };
-                    if let Err(e) = verdict {
-                        tracing::warn!(%peer, %key, "peer sent a bad entry: {e}");
-                        answered += 1;
-                        continue;
-                    }
-                    tracing::debug!(%peer, %key, rank, "remote hit");
-                    if !missed.is_empty() {
-                        let node = self.clone();
-                        let entry = entry.clone();
-                        let key = *key;
-                        tokio::spawn(async move {
-                            for p in missed {
-                                let _ = node.put_to(p, key, entry.clone()).await;
-                            }
-                        });
-                    }
-                    return Some(entry.0);
-                }
-                Ok(Response::Entry(None)) => {
-                    answered += 1;
-                    if rank < view.replication {
-                        missed.push(peer);
-                    }
-                }
-                Ok(other) => {
-                    tracing::debug!(%peer, "unexpected answer to get: {other:?}");
-                    answered += 1;
-                }
-                Err(e) => tracing::debug!(%peer, %key, "get failed: {e}"),
-            }
-        }
-        None
-    }
-
-    async fn put_to(&self, peer: PeerId, key: Key, entry: Bytes) -> Result<(), RequestError> {
-        match self
-            .request(peer, Request::Put { key, entry }, self.request_timeout)
-            .await?
-        {
-            Response::Stored => Ok(()),
-            Response::Error(e) => Err(RequestError::Failed(e)),
-            other => Err(RequestError::Failed(format!("unexpected answer {other:?}"))),
-        }
-    }
-
-    /// Pushes the local entry for `key` to its R owners, walking on along the ring past
-    /// owners that cannot be reached so that R peers hold it.
-    pub async fn replicate(&self, key: &Key) -> Replicated {
-        let mut out = Replicated::default();
-        let store = self.store.clone();
-        let k = *key;
-        let entry = match tokio::task::spawn_blocking(move || store.get_raw(&k)).await {
-            Ok(Ok(Some(e))) => Bytes(e),
-            Ok(Ok(None)) => return out,
-            Ok(Err(e)) => {
-                tracing::warn!(%key, "cannot read entry to replicate: {e}");
-                return out;
-            }
-            Err(_) => return out,
-        };
-        if entry.0.len() as u64 > self.max_entry_size + protocol::FRAME_OVERHEAD as u64 {
-            tracing::info!(%key, size = entry.0.len(), "entry larger than max_entry_size: kept local");
-            return out;
-        }
-        let view = self.view();
-        for peer in view.ring.owners(key, usize::MAX) {
-            if out.holders.len() >= view.replication {
-                break;
-            }
-            if peer == view.me {
-                out.holders.push(peer);
-                continue;
-            }
-            if !view.routable(&peer) {
-                continue;
-            }
-            match self.put_to(peer, *key, entry.clone()).await {
-                Ok(()) => out.holders.push(peer),
-                Err(e) => tracing::debug!(%peer, %key, "replication failed: {e}"),
-            }
-        }
-        out
-    }
-
-    /// Brings every key this peer holds to its current owners (after a join or a leave):
-    /// offers the keys, sends those the owner lacks. Returns the number of entries sent.
-    pub async fn repair(&self) -> usize {
-        let store = self.store.clone();
-        let keys = match tokio::task::spawn_blocking(move || store.keys()).await {
-            Ok(Ok(k)) => k,
-            _ => return 0,
-        };
-        let view = self.view();
-        let mut by_owner: BTreeMap<PeerId, Vec<Key>> = BTreeMap::new();
-        for k in keys {
-            for o in view.ring.owners(&k, view.replication) {
-                if o != view.me && view.routable(&o) {
-                    by_owner.entry(o).or_default().push(k);
-                }
-            }
-        }
-        let mut sent = 0;
-        for (owner, keys) in by_owner {
-            for chunk in keys.chunks(protocol::MAX_OFFER) {
-                let want = match self
-                    .request(owner, Request::Offer(chunk.to_vec()), self.request_timeout)
-                    .await
-                {
-                    Ok(Response::Want(w)) => w,
-                    _ => break,
-                };
-                for k in want.into_iter().filter(|k| chunk.contains(k)) {
-                    let store = self.store.clone();
-                    let entry = match tokio::task::spawn_blocking(move || store.get_raw(&k)).await {
-                        Ok(Ok(Some(e))) => e,
-                        _ => continue,
-                    };
-                    if self.put_to(owner, k, Bytes(entry)).await.is_ok() {
-                        sent += 1;
-                    }
-                }
-            }
-        }
-        if sent > 0 {
-            tracing::info!(sent, "repair: entries handed to their owners");
-        }
-        sent
-    }
-
-    /// Runs [`Node::repair`] (a full scan of the local store) when the ring's member set has
-    /// changed and then stayed the same for `settle`, and every `period`. Gossip updates the
-    /// view every round; only a change of the ring's members counts. Ends when the node stops.
-    pub async fn repair_loop(self, settle: Duration, period: Duration) {
-        let poll = (settle / 4).max(Duration::from_millis(10));
-        let mut done_for: Vec<PeerId> = vec![self.view().me];
-        let mut seen = done_for.clone();
-        let mut stable_since = Instant::now();
-        let mut last = Instant::now();
-        loop {
-            tokio::time::sleep(poll).await;
-            if self.view.has_changed().is_err() {
-                return; // the event loop has stopped
-            }
-            let members = self.view().ring.members().to_vec();
-            if members != seen {
-                seen = members;
-                stable_since = Instant::now();
-                continue;
-            }
-            if stable_since.elapsed() < settle {
-                continue;
-            }
-            if members != done_for || last.elapsed() >= period {
-                self.repair().await;
-                done_for = members;
-                last = Instant::now();
-            }
-        }
-    }
-
-    /// Empties every reachable peer's store and this one's. Unreachable peers are listed.
-    pub async fn flush_all(&self) -> crate::report::FlushReport {
-        use crate::report::{FlushReport, FlushedPeer};
-        let view = self.view();
-        let store = self.store.clone();
-        let local = tokio::task::spawn_blocking(move || store.clear()).await;
-        let mut peers = vec![match local {
-            Ok(Ok(u)) => FlushedPeer {
-                id: view.me.to_string(),
-                removed: Some((u.entries, u.bytes)),
-                error: None,
-            },
-            Ok(Err(e)) => FlushedPeer {
-                id: view.me.to_string(),
-                removed: None,
-                error: Some(e.to_string()),
-            },
-            Err(e) => FlushedPeer {
-                id: view.me.to_string(),
-                removed: None,
-                error: Some(e.to_string()),
-            },
-        }];
-        let futs = view.members.iter().map(|m| {
-            let id = m.id;
-            let down = m.liveness == Liveness::Down;
-            async move {
-                if down {
-                    return FlushedPeer {
-                        id: id.to_string(),
-                        removed: None,
-                        error: Some("peer is down".into()),
-                    };
-                }
-                match self.request(id, Request::Flush, self.get_timeout * 2).await {
-                    Ok(Response::Flushed(u)) => FlushedPeer {
-                        id: id.to_string(),
-                        removed: Some((u.entries, u.bytes)),
-                        error: None,
-                    },
-                    Ok(other) => FlushedPeer {
-                        id: id.to_string(),
-                        removed: None,
-                        error: Some(format!("unexpected answer {other:?}")),
-                    },
-                    Err(e) => FlushedPeer {
-                        id: id.to_string(),
-                        removed: None,
-                        error: Some(e.to_string()),
-                    },
-                }
-            }
-        });
-        peers.extend(futures::future::join_all(futs).await);
-        FlushReport { peers }
     }
 
     /// Tells the other peers we leave, then stops the event loop.

@@ -5,8 +5,8 @@
 //! peers keep interoperating; stream negotiation picks the newest both sides speak. A peer that
 //! speaks neither does not speak distc: negotiation fails and the caller treats that as a miss.
 //!
-//! Framing of `/distc/1.0.0`: `u32` little-endian length, then the message encoded by
-//! [`crate::codec`]. An entry travels inside the message, so the sender copies it into the
+//! Framing of `/distc/1.0.0`: one [`crate::frame`] (`u32` little-endian length) holding the
+//! message encoded by [`crate::codec`]. An entry travels inside the message, so the sender copies it into the
 //! encoding and the receiver copies it out again.
 //!
 //! Framing of `/distc/1.1.0`: a 12-byte prefix — `u32` LE header length, `u64` LE body length —
@@ -27,6 +27,7 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::frame::{self, invalid};
 use crate::key::Key;
 use crate::store::Usage;
 
@@ -39,9 +40,6 @@ pub const PROTOCOL_1_0: StreamProtocol = StreamProtocol::new("/distc/1.0.0");
 
 /// Every protocol this peer speaks, preferred first.
 pub const PROTOCOLS: [StreamProtocol; 2] = [PROTOCOL, PROTOCOL_1_0];
-
-/// Bytes of a body read before its full length is reserved, and the step in which it is read.
-const BODY_STEP: usize = 1 << 20;
 
 /// Room for everything in a frame that is not the entry itself.
 pub const FRAME_OVERHEAD: usize = 64 * 1024;
@@ -148,86 +146,6 @@ impl Codec {
     }
 }
 
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-/// Reads one frame: length check first, then a buffer that grows only as bytes arrive.
-pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max_frame: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max_frame {
-        return Err(invalid(format!(
-            "frame of {len} bytes exceeds the limit of {max_frame} bytes"
-        )));
-    }
-    // Grow geometrically as bytes arrive (at most twice what was received), zero-filling
-    // each byte once and reading straight into place.
-    let mut buf = Vec::new();
-    while buf.len() < len {
-        let filled = buf.len();
-        let next = filled.max(FRAME_OVERHEAD).saturating_mul(2).min(len);
-        buf.resize(next, 0);
-        if let Err(e) = io.read_exact(&mut buf[filled..]).await {
-            return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("frame truncated: fewer than {next} of {len} bytes"),
-                )
-            } else {
-                e
-            });
-        }
-    }
-    Ok(buf)
-}
-
-/// Writes one frame.
-pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len()).map_err(|_| invalid("frame too large".into()))?;
-    io.write_all(&len.to_le_bytes()).await?;
-    io.write_all(body).await?;
-    io.flush().await
-}
-
-fn truncated(e: io::Error, what: &str, want: usize) -> io::Error {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{what} truncated: fewer than {want} bytes arrived"),
-        )
-    } else {
-        e
-    }
-}
-
-/// Reads a body of `len` bytes (already checked against the limit): the first [`BODY_STEP`]
-/// bytes into a buffer of that size; only once they have arrived is the rest reserved, and
-/// each step is zero-filled just before it is read into, so memory follows the bytes received.
-pub async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
-    let oom = |_| {
-        io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!("cannot reserve {len} bytes for an entry"),
-        )
-    };
-    let mut buf = Vec::new();
-    buf.try_reserve_exact(len.min(BODY_STEP)).map_err(oom)?;
-    while buf.len() < len {
-        let filled = buf.len();
-        if filled >= BODY_STEP && buf.capacity() < len {
-            buf.try_reserve_exact(len - filled).map_err(oom)?;
-        }
-        let next = filled.saturating_add(BODY_STEP).min(len);
-        buf.resize(next, 0);
-        io.read_exact(&mut buf[filled..next])
-            .await
-            .map_err(|e| truncated(e, "entry", len))?;
-    }
-    Ok(buf)
-}
-
 /// A message whose entry travels as the body of a `/distc/1.1.0` frame.
 trait WithBody: Sized {
     /// Moves the entry out (leaving it empty); empty if the message carries none.
@@ -279,7 +197,7 @@ impl Codec {
         M: serde::de::DeserializeOwned + WithBody,
     {
         if *protocol == PROTOCOL_1_0 {
-            let buf = read_frame(io, self.max_frame).await?;
+            let buf = frame::read(io, self.max_frame).await?;
             return codec::decode(&buf, self.max_frame).map_err(|e| invalid(e.to_string()));
         }
         let mut prefix = [0u8; 12];
@@ -302,15 +220,7 @@ impl Codec {
                 )));
             }
         };
-        let mut head = Vec::new();
-        while head.len() < head_len {
-            let filled = head.len();
-            let next = filled.max(FRAME_OVERHEAD).saturating_mul(2).min(head_len);
-            head.resize(next, 0);
-            io.read_exact(&mut head[filled..])
-                .await
-                .map_err(|e| truncated(e, "message header", head_len))?;
-        }
+        let head = frame::read_growing(io, head_len, "message header").await?;
         let mut msg: M =
             codec::decode(&head, self.max_frame).map_err(|e| invalid(e.to_string()))?;
         if body_len > 0 {
@@ -320,7 +230,7 @@ impl Codec {
                     "message carries a body of {body_len} bytes it has no place for"
                 )));
             }
-            let body = read_body(io, body_len).await?;
+            let body = frame::read_body(io, body_len).await?;
             msg.set_body(body);
         }
         Ok(msg)
@@ -337,8 +247,8 @@ impl Codec {
         M: Serialize + WithBody,
     {
         if *protocol == PROTOCOL_1_0 {
-            let frame = codec::encode(&msg).map_err(|e| invalid(e.to_string()))?;
-            return write_frame(io, &frame).await;
+            let whole = codec::encode(&msg).map_err(|e| invalid(e.to_string()))?;
+            return frame::write(io, &whole).await;
         }
         let body = msg.take_body();
         let head = codec::encode(&msg).map_err(|e| invalid(e.to_string()))?;
@@ -403,6 +313,7 @@ impl libp2p::request_response::Codec for Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::BODY_STEP;
     use futures::executor::block_on;
     use libp2p::request_response::Codec as _;
     use std::alloc::{GlobalAlloc, Layout, System};
