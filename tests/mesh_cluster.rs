@@ -643,3 +643,90 @@ fn auto_started_keyless_peer_exits_when_idle() {
 fn ipc_socket(dir: &Path) -> PathBuf {
     distc_peer::ipc::socket_path(dir)
 }
+
+/// Regular files of a store (`<2 hex>/<62 hex>`), sorted.
+fn store_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir.join("store"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if !sub.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.path().is_file() && !f.file_name().to_string_lossy().starts_with(".tmp") {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A peer whose entries sit under other keys' names (a restored or mixed-up disk) answers
+/// "not found" for them and removes them; the requester compiles the right object itself.
+#[test]
+fn a_peer_holding_another_keys_entry_never_serves_it() {
+    let sb = mesh_sandbox();
+    let a = start_peer(&sb, "a", &[]);
+    let b = start_peer(&sb, "b", &[address(&sb, &a)]);
+    for p in [&a, &b] {
+        wait_until("2 peers up", Duration::from_secs(15), || {
+            up_peers(&sb, &p.dir) == 1
+        });
+        wait_until("mesh marker", Duration::from_secs(10), || {
+            distc_peer::ipc::mesh_active(&p.dir)
+        });
+    }
+    let sources = ["x.c", "y.c"];
+    std::fs::write(sb.work.join("x.c"), "int x(void) { return 1; }\n").unwrap();
+    std::fs::write(sb.work.join("y.c"), "int y(void) { return 2; }\n").unwrap();
+    let mut want = Vec::new();
+    for s in sources {
+        compile(&sb, &a.dir, s);
+        want.push(std::fs::read(sb.work.join(s.replace(".c", ".o"))).unwrap());
+    }
+    // Both results and both shared manifests reach B.
+    wait_until("replication to B", Duration::from_secs(15), || {
+        store_files(&b.dir).len() == 4
+    });
+    // Every entry of B's under another one's name; A keeps nothing of its own.
+    let files = store_files(&b.dir);
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(f, &bytes[(i + 1) % bytes.len()]).unwrap();
+    }
+    for f in store_files(&a.dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for (s, want) in sources.iter().zip(&want) {
+        compile(&sb, &a.dir, s);
+        let got = std::fs::read(sb.work.join(s.replace(".c", ".o"))).unwrap();
+        assert!(&got == want, "{s}: wrong object from the mesh");
+    }
+    assert_eq!(sb.compiles(), 4, "the two compiles were not compiled again");
+    let s = distc::stats::Stats::read_all(&a.dir).unwrap();
+    assert_eq!(s.remote_hits, 0, "{s:?}");
+    // B dropped every entry it was asked for and found under the wrong name (what it holds
+    // now came back from A's compiles).
+    for f in store_files(&b.dir) {
+        let i = files.iter().position(|g| *g == f);
+        let swapped = i.map(|i| &bytes[(i + 1) % bytes.len()]);
+        assert!(
+            swapped.is_none_or(|sw| std::fs::read(&f).unwrap() != *sw),
+            "B kept a swapped entry: {f:?}"
+        );
+    }
+    let log = std::fs::read_to_string(sb.root.path().join("b.log")).unwrap_or_default();
+    assert!(
+        log.contains("was found under key"),
+        "B did not check: {log}"
+    );
+    drop(b);
+}

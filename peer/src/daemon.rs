@@ -349,6 +349,7 @@ pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
         replication: v.replication as u32,
         mesh_key,
         peers,
+        bad_entries: node.bad_entries(),
     }
 }
 

@@ -13,20 +13,25 @@ use crate::key::Key;
 use crate::membership::Liveness;
 use crate::node::{Node, RequestError};
 use crate::protocol::{self, Bytes, Request, Response};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The answer to an inbound request that needs the disk; runs on a blocking thread.
 pub(crate) fn serve(store: &Store, request: Request, max_entry_size: u64) -> Response {
     match request {
-        Request::Get(key) => match store.get_raw(&key) {
-            Ok(entry) => Response::Entry(entry.map(Bytes)),
+        // Checked before serving: a corrupt entry of our own is removed, never sent again.
+        Request::Get(key) => match store.get_checked(&key) {
+            Ok(entry) => Response::Entry(entry.map(|e| Bytes(e.raw))),
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::warn!(%key, "{e}");
+                Response::Entry(None)
+            }
             Err(e) => Response::Error(e.to_string()),
         },
         Request::Put { key, entry } => {
             if store.contains(&key) {
                 return Response::Stored;
             }
-            if let Err(e) = Store::verify_raw(&entry.0, max_entry_size) {
+            if let Err(e) = Store::verify_raw(&entry.0, &key, max_entry_size) {
                 tracing::warn!(%key, "rejected entry from the mesh: {e}");
                 return Response::Error(e.to_string());
             }
@@ -85,8 +90,9 @@ impl Node {
                     // Decompressing and hashing a large entry takes milliseconds: off the
                     // async workers, which also run the connections.
                     let max = self.max_entry_size;
+                    let k = *key;
                     let (entry, verdict) = match tokio::task::spawn_blocking(move || {
-                        let verdict = Store::verify_raw(&entry.0, max).map(drop);
+                        let verdict = Store::verify_raw(&entry.0, &k, max).map(drop);
                         (entry, verdict)
                     })
                     .await
@@ -98,7 +104,11 @@ impl Node {
                         }
                     };
                     if let Err(e) = verdict {
-                        tracing::warn!(%peer, %key, "peer sent a bad entry: {e}");
+                        // A wrong answer (another key's entry, or a corrupt one): that peer is
+                        // no source for this key; the next one is asked.
+                        tracing::warn!(%peer, %key, "peer sent a bad entry, asking the next one: {e}");
+                        self.bad_entries
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         answered += 1;
                         continue;
                     }

@@ -185,6 +185,9 @@ pub struct Node {
     pub(crate) max_entry_size: u64,
     pub(crate) get_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    /// Entries peers sent for a key that failed the check (another key's, or corrupt), since
+    /// start: shown by `distc status`.
+    pub(crate) bad_entries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The actor: owns the swarm. Run it with [`EventLoop::run`].
@@ -322,6 +325,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         max_entry_size: cfg.max_entry_size,
         get_timeout: cfg.get_timeout,
         request_timeout: cfg.request_timeout,
+        bad_entries: Arc::default(),
     };
     let ev = EventLoop {
         swarm,
@@ -806,6 +810,11 @@ impl Node {
         &self.store
     }
 
+    /// How many entries peers sent that failed the check (wrong key, corrupt), since start.
+    pub fn bad_entries(&self) -> u64 {
+        self.bad_entries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sends one request and waits at most `timeout` for the answer.
     pub async fn request(
         &self,
@@ -895,13 +904,28 @@ mod tests {
             .get(&k1)
             .await
             .expect("new peer fetches from the old one");
-        assert_eq!(Store::verify_raw(&got, 1 << 30).expect("valid"), payload);
+        assert_eq!(
+            Store::verify_raw(&got, &k1, 1 << 30).expect("valid"),
+            payload
+        );
         let k2 = Key::digest(b"the other way");
         new_.store().put(&k2, b"the other way").expect("put");
         assert!(
             old.get(&k2).await.is_some(),
             "old peer fetches from the new one"
         );
+        // An entry of the serving peer's own that sits under another key's name (a swapped or
+        // restored file) is never served under that name, and the server drops it.
+        let k3 = Key::digest(b"a third key");
+        let path = |s: &Store, k: &Key| {
+            let hex = k.to_hex();
+            s.root().join(&hex[..2]).join(&hex[2..])
+        };
+        let planted = path(old.store(), &k3);
+        std::fs::create_dir_all(planted.parent().expect("fan-out dir")).expect("mkdir");
+        std::fs::copy(path(old.store(), &k1), &planted).expect("plant");
+        assert!(new_.get(&k3).await.is_none(), "served another key's entry");
+        assert!(!planted.exists(), "the serving peer kept its corrupt entry");
         old_task.abort();
         new_task.abort();
     }

@@ -38,6 +38,9 @@ pub struct StatusReport {
     pub mesh_key: Option<String>,
     /// Every known peer, the local one first.
     pub peers: Vec<PeerStatus>,
+    /// Entries peers sent that were not the entry asked for (another key's, or corrupt) since
+    /// the local peer started; each was refused and the next peer asked.
+    pub bad_entries: u64,
 }
 
 /// What `distc flush` did on one peer.

@@ -4,14 +4,19 @@
 //! operation is safe across processes without a daemon:
 //! - entries are written to a temporary file in the same directory and renamed into place, so a
 //!   reader sees either nothing or a whole entry;
-//! - every entry carries the SHA-256 of its payload and its length, checked on every read; a
-//!   corrupt or truncated entry is deleted and reported, never returned;
+//! - every entry names the key it was stored under and carries the SHA-256 of its header and
+//!   payload, checked on every read: a corrupt or truncated entry, or a valid one under another
+//!   key's name (a swapped or restored file, a peer's wrong answer), is deleted and reported,
+//!   never returned;
 //! - the entry count and byte total live in a small counter file updated under `flock`, so
 //!   `usage()` and the size cap need no directory scan; the scan happens only when a put pushes
 //!   the total over the cap (LRU by modification time, which hits refresh at most once a minute).
 //!
-//! Entry format (all integers little-endian):
-//! `b"DSTC"` | format `u8` | sha256(payload) `[u8; 32]` | payload length `u64` | zstd(payload).
+//! Entry format 2 (all integers little-endian):
+//! `b"DSTC"` | format `u8` | key `[u8; 32]` | payload length `u64` | digest `[u8; 32]` |
+//! zstd(payload), where digest = sha256(magic, format, key, length, payload): the key and the
+//! format are inside the checked bytes. Entries of another format are a miss (removed, not
+//! counted as corruption).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -25,8 +30,12 @@ use sha2::{Digest, Sha256};
 use crate::key::Key;
 
 const MAGIC: &[u8; 4] = b"DSTC";
-const FORMAT: u8 = 1;
-const HEADER_LEN: usize = 4 + 1 + 32 + 8;
+/// 2: the entry names its key, and the digest covers the header.
+const FORMAT: u8 = 2;
+const KEY_AT: usize = 5;
+const LEN_AT: usize = KEY_AT + 32;
+const DIGEST_AT: usize = LEN_AT + 8;
+const HEADER_LEN: usize = DIGEST_AT + 32;
 const USAGE_FILE: &str = "usage";
 const EVICT_LOCK: &str = "evict.lock";
 /// Hits refresh an entry's LRU time only when it is older than this, to keep hits cheap.
@@ -51,6 +60,10 @@ pub enum StoreError {
     Corrupt { key: Key, reason: String },
     #[error("invalid cache entry: {0}")]
     Invalid(String),
+    #[error("cache entry stored for key {found} was found under key {expected}")]
+    WrongKey { expected: Key, found: Key },
+    #[error("cache entry of format {0} (this distc reads format {FORMAT})")]
+    OtherFormat(u8),
     #[error("cache entry of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
 }
@@ -79,6 +92,14 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// An entry read from the store and checked: its on-disk bytes (what peers send) and its
+/// payload.
+#[derive(Debug, Clone)]
+pub struct CheckedEntry {
+    pub raw: Vec<u8>,
+    pub payload: Vec<u8>,
 }
 
 /// Number of entries and bytes on disk.
@@ -133,14 +154,26 @@ impl Store {
         self.root.join(&hex[..2]).join(&hex[2..])
     }
 
-    /// The payload stored under `key`, digest-checked. A corrupt entry is removed and
-    /// reported as [`StoreError::Corrupt`].
+    /// The payload stored under `key`, its digest and key checked. A corrupt entry (or one
+    /// stored for another key) is removed and reported as [`StoreError::Corrupt`]; an entry of
+    /// another format is removed and is a plain miss.
     pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get_checked(key)?.map(|e| e.payload))
+    }
+
+    /// The on-disk bytes of the entry under `key` and its payload, both checked as by
+    /// [`Store::get`]: what a peer serves, so that it never hands out (and drops) an entry of
+    /// its own that is corrupt.
+    pub fn get_checked(&self, key: &Key) -> Result<Option<CheckedEntry>, StoreError> {
         let Some(raw) = self.get_raw(key)? else {
             return Ok(None);
         };
-        match Store::verify_raw(&raw, u64::MAX) {
-            Ok(payload) => Ok(Some(payload)),
+        match Store::verify_raw(&raw, key, u64::MAX) {
+            Ok(payload) => Ok(Some(CheckedEntry { raw, payload })),
+            Err(StoreError::OtherFormat(_)) => {
+                let _ = self.remove(key);
+                Ok(None)
+            }
             Err(e) => {
                 let _ = self.remove(key);
                 Err(StoreError::Corrupt {
@@ -177,9 +210,10 @@ impl Store {
         Ok(Some(raw))
     }
 
-    /// Checks an entry's header, length and digest and returns its payload. Refuses payloads
-    /// that claim more than `max_payload` bytes before decompressing anything.
-    pub fn verify_raw(entry: &[u8], max_payload: u64) -> Result<Vec<u8>, StoreError> {
+    /// Checks that an entry was stored for `key`, its header, length and digest, and returns
+    /// its payload. Refuses payloads that claim more than `max_payload` bytes before
+    /// decompressing anything.
+    pub fn verify_raw(entry: &[u8], key: &Key, max_payload: u64) -> Result<Vec<u8>, StoreError> {
         if entry.len() < HEADER_LEN {
             return Err(StoreError::Invalid(format!(
                 "truncated: {} bytes is shorter than the header",
@@ -190,20 +224,34 @@ impl Store {
             return Err(StoreError::Invalid("bad magic".into()));
         }
         if entry[4] != FORMAT {
-            return Err(StoreError::Invalid(format!(
-                "unknown entry format {} (this distc reads format {FORMAT})",
-                entry[4]
-            )));
+            return Err(StoreError::OtherFormat(entry[4]));
         }
-        let digest = &entry[5..37];
+        let mut found = [0u8; 32];
+        found.copy_from_slice(&entry[KEY_AT..LEN_AT]);
+        if found != key.0 {
+            return Err(StoreError::WrongKey {
+                expected: *key,
+                found: Key(found),
+            });
+        }
         let mut len_bytes = [0u8; 8];
-        len_bytes.copy_from_slice(&entry[37..45]);
+        len_bytes.copy_from_slice(&entry[LEN_AT..DIGEST_AT]);
         let len = u64::from_le_bytes(len_bytes);
         if len > max_payload {
             return Err(StoreError::TooLarge {
                 size: len,
                 limit: max_payload,
             });
+        }
+        // The frame names its content size too: it must agree with the header before a buffer
+        // of that size is allocated (a flipped length bit would ask for an absurd one).
+        match zstd::zstd_safe::get_frame_content_size(&entry[HEADER_LEN..]) {
+            Ok(Some(n)) if n == len => {}
+            _ => {
+                return Err(StoreError::Invalid(format!(
+                    "compressed payload does not hold the {len} bytes the header says"
+                )));
+            }
         }
         let capacity = usize::try_from(len)
             .map_err(|_| StoreError::Invalid(format!("payload length {len} too large")))?;
@@ -215,34 +263,37 @@ impl Store {
                 payload.len()
             )));
         }
-        if Sha256::digest(&payload).as_slice() != digest {
+        if entry_digest(&entry[..DIGEST_AT], &payload) != entry[DIGEST_AT..HEADER_LEN] {
             return Err(StoreError::Invalid("digest mismatch".into()));
         }
         Ok(payload)
     }
 
-    /// Builds the on-disk form of `payload`.
-    pub fn encode_entry(payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// Builds the on-disk form of `payload` stored under `key`.
+    pub fn encode_entry(key: &Key, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
         let compressed = zstd::bulk::compress(payload, ZSTD_LEVEL)
             .map_err(|e| StoreError::Invalid(format!("compression failed: {e}")))?;
         let mut entry = Vec::with_capacity(HEADER_LEN + compressed.len());
         entry.extend_from_slice(MAGIC);
         entry.push(FORMAT);
-        entry.extend_from_slice(&Sha256::digest(payload));
+        entry.extend_from_slice(&key.0);
         entry.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        let digest = entry_digest(&entry, payload);
+        entry.extend_from_slice(&digest);
         entry.extend_from_slice(&compressed);
         Ok(entry)
     }
 
     /// Stores `payload` under `key` atomically. Returns the entry's size on disk.
     pub fn put(&self, key: &Key, payload: &[u8]) -> Result<u64, StoreError> {
-        let entry = Store::encode_entry(payload)?;
+        let entry = Store::encode_entry(key, payload)?;
         self.write_entry(key, &entry)
     }
 
-    /// Stores an entry received from elsewhere, after checking it completely.
+    /// Stores an entry received from elsewhere, after checking it completely (including that
+    /// it was made for `key`).
     pub fn put_raw(&self, key: &Key, entry: &[u8]) -> Result<u64, StoreError> {
-        Store::verify_raw(entry, u64::MAX)?;
+        Store::verify_raw(entry, key, u64::MAX)?;
         self.write_entry(key, entry)
     }
 
@@ -533,6 +584,15 @@ fn walk_files(dir: &Path, depth: u32, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
     }
 }
 
+/// The digest of an entry: its header up to the digest (magic, format, key, length), then the
+/// payload.
+fn entry_digest(head: &[u8], payload: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(head);
+    h.update(payload);
+    h.finalize().into()
+}
+
 fn parse_usage(bytes: &[u8]) -> Usage {
     if bytes.len() < 16 {
         return Usage::default();
@@ -622,25 +682,78 @@ mod tests {
 
     #[test]
     fn truncated_and_garbage_entries_are_rejected() {
-        let entry = Store::encode_entry(b"payload").unwrap();
+        let k = Key::digest(b"k");
+        let entry = Store::encode_entry(&k, b"payload").unwrap();
         for cut in 0..entry.len() {
             assert!(
-                Store::verify_raw(&entry[..cut], u64::MAX).is_err(),
+                Store::verify_raw(&entry[..cut], &k, u64::MAX).is_err(),
                 "cut {cut}"
             );
         }
         assert!(
-            Store::verify_raw(b"DSTC\x01garbage-garbage-garbage-garbage-garbage", 1 << 20).is_err()
+            Store::verify_raw(
+                b"DSTC\x02garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage",
+                &k,
+                1 << 20
+            )
+            .is_err()
         );
-        assert_eq!(Store::verify_raw(&entry, u64::MAX).unwrap(), b"payload");
+        assert_eq!(Store::verify_raw(&entry, &k, u64::MAX).unwrap(), b"payload");
+        // Every byte of the header is checked (the payload by its digest).
+        for i in 0..HEADER_LEN {
+            let mut bad = entry.clone();
+            bad[i] ^= 0x01;
+            assert!(Store::verify_raw(&bad, &k, u64::MAX).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn an_entry_is_bound_to_its_key() {
+        let (_d, s) = store(1 << 30);
+        let (a, b) = (Key::digest(b"a"), Key::digest(b"b"));
+        s.put(&a, b"object of a").unwrap();
+        s.put(&b, b"object of b").unwrap();
+        // Swap the two files on disk: neither is returned under the other's name.
+        let (pa, pb) = (s.entry_path(&a), s.entry_path(&b));
+        let (ea, eb) = (fs::read(&pa).unwrap(), fs::read(&pb).unwrap());
+        fs::write(&pa, &eb).unwrap();
+        fs::write(&pb, &ea).unwrap();
+        assert!(matches!(
+            Store::verify_raw(&eb, &a, u64::MAX),
+            Err(StoreError::WrongKey { .. })
+        ));
+        assert!(matches!(s.get(&a), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(s.get_checked(&b), Err(StoreError::Corrupt { .. })));
+        assert!(!pa.exists() && !pb.exists(), "swapped entries kept");
+        assert_eq!(s.get(&a).unwrap(), None);
+        // An entry received for one key is refused under another.
+        assert!(matches!(
+            s.put_raw(&a, &eb),
+            Err(StoreError::WrongKey { .. })
+        ));
+        assert!(!s.contains(&a));
+    }
+
+    #[test]
+    fn an_entry_of_another_format_is_a_plain_miss() {
+        let (_d, s) = store(1 << 30);
+        let k = Key::digest(b"old");
+        s.put(&k, b"payload").unwrap();
+        let path = s.entry_path(&k);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[4] = 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(s.get(&k).unwrap(), None);
+        assert!(!path.exists());
     }
 
     #[test]
     fn claimed_size_over_limit_is_refused_before_decompressing() {
-        let mut entry = Store::encode_entry(&[0u8; 100]).unwrap();
-        entry[37..45].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let k = Key::digest(b"k");
+        let mut entry = Store::encode_entry(&k, &[0u8; 100]).unwrap();
+        entry[LEN_AT..DIGEST_AT].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         assert!(matches!(
-            Store::verify_raw(&entry, 1 << 20),
+            Store::verify_raw(&entry, &k, 1 << 20),
             Err(StoreError::TooLarge { .. })
         ));
     }
@@ -654,7 +767,7 @@ mod tests {
                 .is_err()
         );
         assert!(!s.contains(&k));
-        let entry = Store::encode_entry(b"x").unwrap();
+        let entry = Store::encode_entry(&k, b"x").unwrap();
         s.put_raw(&k, &entry).unwrap();
         assert_eq!(s.get_raw(&k).unwrap().unwrap(), entry);
     }

@@ -70,7 +70,8 @@ fn ring_size(n: usize) -> impl Fn(&View) -> bool {
 }
 
 fn entry(payload: &[u8]) -> (Key, Vec<u8>) {
-    (Key::digest(payload), Store::encode_entry(payload).unwrap())
+    let key = Key::digest(payload);
+    (key, Store::encode_entry(&key, payload).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +111,7 @@ async fn three_peers_replicate_fail_over_and_repair() {
         };
         let got = got.unwrap_or_else(|| panic!("miss for {k} (owners {owners:?})"));
         assert_eq!(
-            Store::verify_raw(&got, 1 << 20).unwrap(),
+            Store::verify_raw(&got, k, 1 << 20).unwrap(),
             payload.as_bytes()
         );
     }
@@ -292,7 +293,7 @@ async fn garbage_entries_and_garbage_bytes_are_refused() {
     assert!(matches!(r, Response::Error(_)), "{r:?}");
     assert!(!a.node.store().contains(&k));
     // An entry over max_entry_size (1 MiB here) is refused by the frame limit.
-    let big = Store::encode_entry(&vec![0x5au8; 3 << 20]).unwrap();
+    let big = Store::encode_entry(&k, &vec![0x5au8; 3 << 20]).unwrap();
     let mut noisy = big.clone();
     noisy.resize(2 << 20, 0);
     let r = b

@@ -92,7 +92,8 @@ impl Cache {
                 }
             },
             Ok(None) => None,
-            Err(StoreError::Corrupt { .. }) => {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::warn!("{e}");
                 self.count(Event::Error("corrupt"));
                 None
             }
@@ -124,7 +125,8 @@ impl Cache {
             return None;
         }
         let raw = peer_get(&self.dir, key, self.peer_timeout)?;
-        match Store::verify_raw(&raw, max_payload.min(self.max_entry_size)) {
+        // What the mesh sends must be this key's entry, checked like a local one.
+        match Store::verify_raw(&raw, key, max_payload.min(self.max_entry_size)) {
             Ok(p) => Some((raw, p)),
             Err(e) => {
                 tracing::warn!("entry {key} from the mesh rejected: {e}");
@@ -143,7 +145,14 @@ impl Cache {
     /// Asks the machine's peer for `key`; verifies and stores what comes back.
     pub fn get_remote(&self, key: &Key) -> Option<Bundle> {
         let (raw, payload) = self.fetch_remote(key, self.max_entry_size)?;
-        let bundle = Bundle::decode(&payload).ok()?;
+        let bundle = match Bundle::decode(&payload) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("entry {key} from the mesh does not decode: {e}");
+                self.count(Event::Error("remote-corrupt"));
+                return None;
+            }
+        };
         if let Some(store) = &self.store
             && let Err(e) = store.put_raw(key, &raw)
         {
@@ -194,6 +203,14 @@ impl Cache {
     fn peer_socket(&self) -> PathBuf {
         distc_peer::ipc::socket_path(&self.dir)
     }
+}
+
+/// A file of `$DISTC_DIR` (a manifest) that does not hold what its name says: removed so it is
+/// rebuilt, counted under `stats` errors as `corrupt`, and a miss for the caller.
+pub fn discard_corrupt(distc_dir: &Path, path: &Path, why: &str) {
+    tracing::warn!("{}: {why}; removing it", path.display());
+    let _ = fs::remove_file(path);
+    let _ = Stats::record(distc_dir, Event::Error("corrupt"));
 }
 
 // ---------------------------------------------------------------------------------------------

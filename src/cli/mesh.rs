@@ -215,6 +215,13 @@ pub fn render_status(s: &StatusReport) -> String {
     };
     let _ = writeln!(out, "Mesh: {mesh}; replication R = {}", s.replication);
     let _ = writeln!(out, "This peer: {} (distc {})", s.id, s.version);
+    if s.bad_entries > 0 {
+        let _ = writeln!(
+            out,
+            "Refused {} entries from peers that were not the entry asked for (see the peer log)",
+            s.bad_entries
+        );
+    }
     let _ = writeln!(
         out,
         "{:<54} {:<8} {:>9} {:>8} {:>10} {:>6}  ADDRESSES",

@@ -43,7 +43,8 @@ use crate::compiler::c::CompileJob;
 use crate::compiler::c::key::{self as fingerprint, Context, Fingerprint, HeaderState, Inputs};
 
 /// 2: probes also cover the compiler's system include directories; directory stamps.
-const MANIFEST_VERSION: u32 = 2;
+/// 3: a manifest names its manifest key.
+const MANIFEST_VERSION: u32 = 3;
 /// Entries kept per manifest (newest first); old header states fall off.
 const MAX_ENTRIES: usize = 16;
 const MAX_MANIFEST: usize = 64 << 20;
@@ -59,6 +60,9 @@ const TRUST_AGE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
     version: u32,
+    /// The manifest key it was written for: a manifest file under another key's name (a
+    /// swapped or restored file), or shared for another compile, is refused.
+    key: Key,
     entries: Vec<Entry>,
 }
 
@@ -149,9 +153,36 @@ impl DirectKey {
     }
 
     fn read(&self, ctx: &Context) -> Option<Manifest> {
-        let bytes = fs::read(self.path(ctx)).ok()?;
-        let m: Manifest = distc_peer::codec::decode(&bytes, MAX_MANIFEST).ok()?;
-        (m.version == MANIFEST_VERSION).then_some(m)
+        let path = self.path(ctx);
+        let bytes = fs::read(&path).ok()?;
+        let m: Manifest = match distc_peer::codec::decode(&bytes, MAX_MANIFEST) {
+            Ok(m) => m,
+            Err(e) => {
+                crate::cache::discard_corrupt(&ctx.distc_dir, &path, &e.to_string());
+                return None;
+            }
+        };
+        if m.version != MANIFEST_VERSION {
+            return None;
+        }
+        if m.key != self.manifest_key {
+            let why = format!(
+                "manifest of {} under the name of {}",
+                m.key, self.manifest_key
+            );
+            crate::cache::discard_corrupt(&ctx.distc_dir, &path, &why);
+            return None;
+        }
+        Some(m)
+    }
+
+    /// A manifest for this key with no entries yet.
+    fn empty(&self) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            key: self.manifest_key,
+            entries: Vec::new(),
+        }
     }
 
     /// The result key whose recorded header state matches the files now, if any.
@@ -174,10 +205,7 @@ impl DirectKey {
         started: SystemTime,
     ) -> Option<Vec<u8>> {
         let entry = make_entry(ctx, job, &self.common, &self.norm_source, fp, started)?;
-        let mut m = self.read(ctx).unwrap_or(Manifest {
-            version: MANIFEST_VERSION,
-            entries: Vec::new(),
-        });
+        let mut m = self.read(ctx).unwrap_or_else(|| self.empty());
         m.entries.retain(|e| e != &entry);
         m.entries.insert(0, entry);
         m.entries.truncate(MAX_ENTRIES);
@@ -218,6 +246,9 @@ impl DirectKey {
         started: SystemTime,
     ) -> Result<Option<Key>, SharedError> {
         let shared = decode_shared(payload, MAX_SHARED_MANIFEST)?;
+        if shared.key != self.manifest_key {
+            return Err(SharedError::WrongKey(shared.key));
+        }
         let start = secs(started);
         let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
         let Some(entry) = shared
@@ -228,10 +259,7 @@ impl DirectKey {
             return Ok(None);
         };
         let result = Key(entry.result);
-        let mut m = self.read(ctx).unwrap_or(Manifest {
-            version: MANIFEST_VERSION,
-            entries: Vec::new(),
-        });
+        let mut m = self.read(ctx).unwrap_or_else(|| self.empty());
         m.entries.retain(|e| !same_state(e, &entry));
         m.entries.insert(0, entry);
         m.entries.truncate(MAX_ENTRIES);
@@ -300,6 +328,8 @@ pub enum SharedError {
     Version(u32),
     #[error("shared manifest is implausibly large ({0} entries, headers or probes)")]
     TooLarge(usize),
+    #[error("shared manifest was written for another compile (manifest key {0})")]
+    WrongKey(Key),
 }
 
 /// Bounded decode of a manifest from the network: the limit caps what the decoder may
@@ -887,9 +917,11 @@ mod tests {
         assert!(matches!(l.dirs[Path::new("inc")], Listing::Names(_)));
     }
 
+    /// A shared manifest for the test's manifest key, `Key([1; 32])`.
     fn shared(entries: Vec<Entry>) -> Vec<u8> {
         distc_peer::codec::encode(&Manifest {
             version: MANIFEST_VERSION,
+            key: Key([1; 32]),
             entries,
         })
         .unwrap()
@@ -900,7 +932,9 @@ mod tests {
         // Garbage, truncated, and a claimed length far beyond the input: errors, no panic.
         assert!(decode_shared(b"", MAX_SHARED_MANIFEST).is_err());
         assert!(decode_shared(&[0xff; 64], MAX_SHARED_MANIFEST).is_err());
-        let mut huge = vec![MANIFEST_VERSION as u8, 253];
+        let mut huge = vec![MANIFEST_VERSION as u8];
+        huge.extend_from_slice(&[1; 32]);
+        huge.push(253);
         huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(matches!(
             decode_shared(&huge, MAX_SHARED_MANIFEST),
@@ -921,6 +955,7 @@ mod tests {
         assert!(decode_shared(&ok, ok.len() - 1).is_err());
         let other = distc_peer::codec::encode(&Manifest {
             version: MANIFEST_VERSION + 1,
+            key: Key([1; 32]),
             entries: vec![],
         })
         .unwrap();
@@ -978,6 +1013,17 @@ mod tests {
             result: [9; 32],
         };
         let later = SystemTime::now() + Duration::from_secs(10);
+        // A manifest shared for another compile is refused, however well its entries match.
+        let foreign = distc_peer::codec::encode(&Manifest {
+            version: MANIFEST_VERSION,
+            key: Key([2; 32]),
+            entries: vec![entry(header(b"h.h", b"#define X 1\n"), b"inc/h.h", false)],
+        })
+        .unwrap();
+        assert!(matches!(
+            dk.merge_shared(&ctx, &foreign, later),
+            Err(SharedError::WrongKey(_))
+        ));
         // Different header contents here, a probe that answers otherwise, a device file:
         // all miss, and nothing is written.
         for e in [

@@ -44,7 +44,8 @@ use serde::{Deserialize, Serialize};
 use crate::compiler::rust::args::RustJob;
 use crate::compiler::rust::key::{self as rust_key, DepInfo, KeyContext, KeyParts};
 
-const MANIFEST_VERSION: u32 = 3;
+/// 4: a manifest names its manifest key.
+const MANIFEST_VERSION: u32 = 4;
 /// Entries kept per manifest (newest first).
 const MAX_ENTRIES: usize = 16;
 const MAX_MANIFEST: usize = 64 << 20;
@@ -55,6 +56,8 @@ const TRUST_AGE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
     version: u32,
+    /// The manifest key it was written for: a file under another key's name is refused.
+    key: Key,
     entries: Vec<Entry>,
 }
 
@@ -98,6 +101,8 @@ struct FileRec {
 /// The direct-mode identity of one rustc invocation.
 pub struct RustDirect {
     pub manifest_key: Key,
+    /// `$DISTC_DIR`, where a manifest found corrupt is counted.
+    distc_dir: PathBuf,
     path: PathBuf,
     cwd: PathBuf,
     /// The package directory (absolute).
@@ -136,6 +141,7 @@ impl RustDirect {
             .join(&hex[2..]);
         Some(RustDirect {
             manifest_key,
+            distc_dir: ctx.distc_dir.to_path_buf(),
             path,
             cwd: ctx.cwd.to_path_buf(),
             package,
@@ -144,8 +150,25 @@ impl RustDirect {
 
     fn read(&self) -> Option<Manifest> {
         let bytes = fs::read(&self.path).ok()?;
-        let m: Manifest = distc_peer::codec::decode(&bytes, MAX_MANIFEST).ok()?;
-        (m.version == MANIFEST_VERSION).then_some(m)
+        let m: Manifest = match distc_peer::codec::decode(&bytes, MAX_MANIFEST) {
+            Ok(m) => m,
+            Err(e) => {
+                crate::cache::discard_corrupt(&self.distc_dir, &self.path, &e.to_string());
+                return None;
+            }
+        };
+        if m.version != MANIFEST_VERSION {
+            return None;
+        }
+        if m.key != self.manifest_key {
+            let why = format!(
+                "manifest of {} under the name of {}",
+                m.key, self.manifest_key
+            );
+            crate::cache::discard_corrupt(&self.distc_dir, &self.path, &why);
+            return None;
+        }
+        Some(m)
     }
 
     fn resolve(&self, p: &StoredPath) -> PathBuf {
@@ -259,6 +282,7 @@ impl RustDirect {
         };
         let mut m = self.read().unwrap_or(Manifest {
             version: MANIFEST_VERSION,
+            key: self.manifest_key,
             entries: Vec::new(),
         });
         m.entries.retain(|e| e != &entry);
@@ -370,6 +394,7 @@ mod tests {
     fn direct(cwd: &Path, package: &Path) -> RustDirect {
         RustDirect {
             manifest_key: Key([7; 32]),
+            distc_dir: cwd.join("cache"),
             path: cwd.join("manifest"),
             cwd: cwd.to_path_buf(),
             package: package.to_path_buf(),
@@ -412,6 +437,18 @@ mod tests {
         fs::create_dir_all(cwd.join("src/a")).expect("mkdir");
         fs::write(cwd.join("src/a/mod.rs"), "").expect("write");
         assert_eq!(d.lookup(&env1), None);
+        fs::remove_file(cwd.join("src/a/mod.rs")).expect("rm");
+        assert_eq!(d.lookup(&env1), Some(Key([1; 32])));
+        // The same manifest file read for another manifest key is refused and removed.
+        let other = RustDirect {
+            manifest_key: Key([8; 32]),
+            ..direct(cwd, &cwd.join("src"))
+        };
+        assert_eq!(other.lookup(&env1), None);
+        assert!(
+            !d.path.exists(),
+            "a manifest under another key's name was kept"
+        );
     }
 
     #[test]
