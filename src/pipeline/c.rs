@@ -178,6 +178,24 @@ pub fn main(inv: Invocation) -> ExitCode {
         Parsed::Compile(job) => *job,
         Parsed::Uncacheable(reason) => return uncacheable(&cache, &real, &inv.args, reason),
     };
+    let cwd = match std::env::current_dir() {
+        Ok(c) => c,
+        Err(_) => return uncacheable(&cache, &real, &inv.args, "no-cwd"),
+    };
+    // With base_dir, the compiler runs with the paths under it relative to the working
+    // directory (response files expanded), so what it records (debug info, __FILE__, the
+    // object's file symbol, the .d file) is the same in every checkout; the key sees the same.
+    let (job, args) = match cfg
+        .base_dir
+        .as_deref()
+        .and_then(|base| fingerprint::compile_args(&job.args, base, &cwd))
+    {
+        Some(rel) => match compiler::gcc::parse(&rel, &|_| None) {
+            Parsed::Compile(j) => (*j, rel),
+            Parsed::Uncacheable(_) => (job, inv.args.clone()),
+        },
+        None => (job, inv.args.clone()),
+    };
     if let Some(v) = fingerprint::REFUSED_ENV
         .iter()
         .find(|v| std::env::var_os(v).is_some())
@@ -191,10 +209,6 @@ pub fn main(inv: Invocation) -> ExitCode {
     if outputs.any(|p| fs::metadata(p).is_ok_and(|m| !m.is_file())) {
         return uncacheable(&cache, &real, &inv.args, "output-not-a-file");
     }
-    let cwd = match std::env::current_dir() {
-        Ok(c) => c,
-        Err(_) => return uncacheable(&cache, &real, &inv.args, "no-cwd"),
-    };
     let ctx = Context {
         distc_dir: cfg.dir.clone(),
         cwd,
@@ -212,7 +226,7 @@ pub fn main(inv: Invocation) -> ExitCode {
         auto_colour,
         stderr_is_tty: auto_colour && io::IsTerminal::is_terminal(&io::stderr()),
     };
-    run.cached(&inv.args)
+    run.cached(&args)
 }
 
 /// Replaces this process with the real compiler (no cache).

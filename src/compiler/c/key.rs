@@ -1,6 +1,6 @@
 //! The key of a compile: everything that can change its outputs, hashed.
 //!
-//! # Key inputs (FORMAT_VERSION 1)
+//! # Key inputs (FORMAT_VERSION 2)
 //! Every input is hashed on its own and the key is SHA-256 over the labelled input digests, so
 //! `distc inspect` can list them and a miss can be explained input by input.
 //!
@@ -10,8 +10,11 @@
 //!    [`crate::compiler::c::identity`]).
 //! 3. `language` — the source language (`-x` or the extension).
 //! 4. `args` — the normalised arguments: output paths (`-o`, `-MF`) and the source path left
-//!    out; absolute paths under `base_dir` made relative to the working directory. With `-MD`
-//!    and no `-MT`/`-MQ` the object path is included (it is the `.d` file's target).
+//!    out; absolute paths under `base_dir` made relative to the working directory (with
+//!    `base_dir` the compiler itself runs with those relative forms, see [`compile_args`]),
+//!    and so is the OLD of `-fdebug-prefix-map`/`-ffile-prefix-map`/`-fmacro-prefix-map=OLD=NEW`
+//!    (NEW is keyed as written: it is what the output records). With `-MD` and no `-MT`/`-MQ`
+//!    the object path is included (it is the `.d` file's target).
 //! 5. `env` — CPATH, C_INCLUDE_PATH, CPLUS_INCLUDE_PATH, OBJC_INCLUDE_PATH, SOURCE_DATE_EPOCH,
 //!    LANG, LC_ALL, LC_CTYPE, LC_MESSAGES, GCC_EXEC_PREFIX, COMPILER_PATH (set or unset).
 //! 6. `cwd` — the working directory, only with debug info (`-g`; the object records it),
@@ -38,7 +41,8 @@ use sha2::{Digest, Sha256};
 use crate::compiler::c::CompileJob;
 
 /// Version of the list above. Bump on any change to what is hashed or how.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: prefix-map OLD values under `base_dir` keyed relative to the working directory.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Environment variables that change a compile's result or its diagnostics (input 5).
 pub const KEY_ENV: &[&str] = &[
@@ -185,18 +189,76 @@ const PATH_FLAGS: &[&str] = &[
     "-L",
 ];
 
-/// Rewrites an argument whose path lies under `base_dir` to a path relative to `cwd`.
+/// Options whose value is `OLD=NEW`, OLD a path prefix the compiler rewrites to NEW in what it
+/// records (`-fdebug-prefix-map` also maps the working directory in the debug info).
+pub const PREFIX_MAP_FLAGS: &[&str] = &[
+    "-fdebug-prefix-map=",
+    "-ffile-prefix-map=",
+    "-fmacro-prefix-map=",
+];
+
+/// Flags whose glued value names a file the compile writes or a dependency target
+/// (`-o/abs/a.o`, `-MF/abs/a.d`, `-MT/abs/a.o`).
+const OUTPUT_FLAGS: &[&str] = &["-o", "-MF", "-MT", "-MQ"];
+
+/// Rewrites an argument whose path lies under `base_dir` to a path relative to `cwd`, as the
+/// key sees it: what [`compile_arg`] rewrites, and the OLD of a prefix map (the compiler gets
+/// the absolute OLD, see [`compile_arg`]; two checkouts differ in it only by where they are).
 pub fn rewrite_arg(arg: &OsStr, base_dir: Option<&Path>, cwd: &Path) -> OsString {
     let Some(base) = base_dir else {
         return arg.to_os_string();
     };
     let bytes = arg.as_bytes();
+    for flag in PREFIX_MAP_FLAGS {
+        if let Some(map) = bytes.strip_prefix(flag.as_bytes())
+            && let Some(eq) = map.iter().position(|&c| c == b'=')
+            && map.first() == Some(&b'/')
+            && let Some(rel) = relativize(Path::new(OsStr::from_bytes(&map[..eq])), base, cwd)
+        {
+            let mut out = flag.as_bytes().to_vec();
+            out.extend_from_slice(rel.as_os_str().as_bytes());
+            // gcc matches OLD as a string prefix: `/src/` and `/src` differ.
+            if map[..eq].ends_with(b"/") && !out.ends_with(b"/") {
+                out.push(b'/');
+            }
+            out.extend_from_slice(&map[eq..]);
+            return OsString::from_vec(out);
+        }
+    }
+    compile_arg(arg, base, cwd)
+}
+
+/// The compiler's arguments with every path under `base` made relative to `cwd` (`cwd` itself
+/// under `base`), so the compile records the same paths whichever checkout runs it: the
+/// source, `-o`, `-MF`, `-MT`/`-MQ` targets, `-I`/`-isystem`/`-iquote`/`-idirafter`/
+/// `-include`/`-imacros`/`-L` values (glued or separate) and any other absolute path argument.
+/// `None` when nothing changes.
+pub fn compile_args(args: &[OsString], base: &Path, cwd: &Path) -> Option<Vec<OsString>> {
+    if !cwd.starts_with(base) {
+        return None;
+    }
+    let out: Vec<OsString> = args.iter().map(|a| compile_arg(a, base, cwd)).collect();
+    (out != args).then_some(out)
+}
+
+/// One argument of [`compile_args`]. Prefix maps are left as given: their OLD must stay
+/// absolute to match the working directory, which the compiler records as an absolute path
+/// (the paths distc made relative no longer need mapping); the key normalises OLD instead
+/// ([`rewrite_arg`]).
+pub fn compile_arg(arg: &OsStr, base: &Path, cwd: &Path) -> OsString {
+    let bytes = arg.as_bytes();
+    if PREFIX_MAP_FLAGS
+        .iter()
+        .any(|f| bytes.starts_with(f.as_bytes()))
+    {
+        return arg.to_os_string();
+    }
     if bytes.first() == Some(&b'/') {
         return relativize(Path::new(arg), base, cwd)
             .map(PathBuf::into_os_string)
             .unwrap_or_else(|| arg.to_os_string());
     }
-    for flag in PATH_FLAGS {
+    for flag in PATH_FLAGS.iter().chain(OUTPUT_FLAGS) {
         if let Some(rest) = bytes.strip_prefix(flag.as_bytes())
             && rest.first() == Some(&b'/')
             && let Some(rel) = relativize(Path::new(OsStr::from_bytes(rest)), base, cwd)
@@ -539,6 +601,55 @@ mod tests {
             rewrite_arg(OsStr::new("-I/usr/inc"), Some(base), cwd),
             OsStr::new("-I/usr/inc")
         );
+    }
+
+    #[test]
+    fn compile_args_and_prefix_maps() {
+        let base = Path::new("/home/u");
+        let cwd = Path::new("/home/u/app/build");
+        let args: Vec<OsString> = [
+            "-I/home/u/app/include",
+            "-fdebug-prefix-map=/home/u/app=.",
+            "-ffile-prefix-map=/home/u/app/=",
+            "-MT",
+            "/home/u/app/build/a.o",
+            "-MF/home/u/app/build/a.o.d",
+            "-o/home/u/app/build/a.o",
+            "-isystem",
+            "/usr/include/x",
+            "/home/u/app/src/a.c",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let rel = compile_args(&args, base, cwd).expect("rewritten");
+        let rel: Vec<&str> = rel.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            rel,
+            [
+                "-I../include",
+                // The compiler keeps OLD absolute: it must still match the working directory.
+                "-fdebug-prefix-map=/home/u/app=.",
+                "-ffile-prefix-map=/home/u/app/=",
+                "-MT",
+                "a.o",
+                "-MFa.o.d",
+                "-oa.o",
+                "-isystem",
+                "/usr/include/x",
+                "../src/a.c",
+            ]
+        );
+        // Not under base_dir: nothing to do.
+        assert!(compile_args(&args, Path::new("/other"), cwd).is_none());
+        // The key normalises OLD, keeping a trailing slash (gcc matches OLD as a string).
+        let key = |a: &str| rewrite_arg(OsStr::new(a), Some(base), cwd);
+        assert_eq!(key("-fdebug-prefix-map=/home/u/app=."), "-fdebug-prefix-map=..=.");
+        assert_eq!(key("-ffile-prefix-map=/home/u/app/="), "-ffile-prefix-map=../=");
+        assert_eq!(
+            key("-fmacro-prefix-map=/home/u/app/build=/home/u/x"),
+            "-fmacro-prefix-map=.=/home/u/x"
+        );
+        assert_eq!(key("-fdebug-prefix-map=/opt=."), "-fdebug-prefix-map=/opt=.");
     }
 
     #[test]
