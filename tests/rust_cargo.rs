@@ -321,7 +321,12 @@ impl World {
             .env("DISTC_AUTO_START", "0")
             .env("DISTC_TEST_RUSTC_LOG", &self.log);
         for (k, v) in extra {
-            cmd.env(k, v);
+            // An empty value unsets (e.g. CARGO_TARGET_DIR: the target dir inside the checkout).
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let out = cmd.output().expect("run cargo");
         assert!(
@@ -618,13 +623,16 @@ fn build_project_reports_per_crate_outcomes() {
     let cold = run();
     // mymacro twice: as a workspace member and, with build-override settings, as app's macro.
     assert!(
-        cold.contains("7 crate compiles: 0 cache hits, 7 compiled and stored"),
+        cold.contains("7 crates: 0 from the cache, 7 compiled (7 stored)"),
         "{cold}"
     );
     assert!(cold.contains("miss         app (bin)"), "{cold}");
     w.clean();
     let warm = run();
-    assert!(warm.contains("7 crate compiles: 7 cache hits"), "{warm}");
+    assert!(
+        warm.contains("7 crates: 7 from the cache, 0 compiled"),
+        "{warm}"
+    );
     assert!(warm.contains("hit          mymacro (proc-macro)"), "{warm}");
 }
 
@@ -954,4 +962,110 @@ fn cargo_settings_in_the_environment_still_hit() {
         w.run_app("release"),
         "v1:84 built-by-build-rs hello data-v1"
     );
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn target_dir_never_enters_the_key() {
+    let Some(w) = World::new() else { return };
+    // Debug build, target dir inside the checkout (CARGO_TARGET_DIR unset).
+    w.cargo(&["build"], &[("CARGO_TARGET_DIR", "")]);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    assert!(w.ws.join("target/debug/app").is_file());
+    // The same checkout with CARGO_TARGET_DIR set elsewhere: nothing compiled.
+    w.cargo(&["build"], &[]);
+    let again = w.take_compiles();
+    assert!(
+        again.is_empty(),
+        "CARGO_TARGET_DIR recompiled {again:?}\n{}",
+        w.stats()
+    );
+    assert_eq!(w.run_app("debug"), "v1:84 built-by-build-rs hello data-v1");
+}
+
+#[test]
+fn second_checkout_with_base_dir_hits_in_debug_builds() {
+    let Some(w) = World::new() else { return };
+    let base = w.root.path().to_string_lossy().into_owned();
+    let env = [("DISTC_BASE_DIR", base.as_str())];
+    w.cargo(&["build"], &env);
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+
+    let other = w.root.path().join("elsewhere/deeper/checkout");
+    copy_dir(&w.ws, &other);
+    let other_target = w.root.path().join("elsewhere/target");
+    let t = other_target.to_string_lossy().into_owned();
+    w.cargo_in(
+        &other,
+        &["build"],
+        &[("DISTC_BASE_DIR", base.as_str()), ("CARGO_TARGET_DIR", &t)],
+    );
+    let compiles = w.take_compiles();
+    assert!(
+        compiles.is_empty(),
+        "the second checkout compiled {compiles:?}\n{}",
+        w.stats()
+    );
+    let app = other_target.join("debug/app");
+    let out = Command::new(&app).output().expect("run the second app");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "v1:84 built-by-build-rs hello data-v1"
+    );
+    // Neither checkout's path is in the binary: the working directory was remapped to `.`.
+    let bin = std::fs::read(&app).expect("read app");
+    for ck in [&w.ws, &other] {
+        assert!(
+            !contains(&bin, &ck.to_string_lossy()),
+            "the binary names {}",
+            ck.display()
+        );
+    }
+}
+
+#[test]
+fn build_project_caches_workspace_crates_in_debug_builds() {
+    let Some(w) = World::new() else { return };
+    let run = || {
+        let mut cmd = Command::new(distc_bin());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CARGO_") || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER" {
+                cmd.env_remove(&k);
+            }
+        }
+        let o = cmd
+            .args(["build-project", ".", "--", "--offline"])
+            .current_dir(&w.ws)
+            .env("RUSTC", &w.shared.oracle)
+            .env("CARGO_HOME", &w.shared.cargo_home)
+            .env("CARGO_TARGET_DIR", &w.target)
+            .env("DISTC_DIR", &w.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .env("DISTC_TEST_RUSTC_LOG", &w.log)
+            .output()
+            .expect("run distc build-project");
+        assert!(o.status.success(), "build-project failed: {o:?}");
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (cold, err) = run();
+    assert_eq!(err.matches("CARGO_INCREMENTAL=0").count(), 1, "{err}");
+    assert!(
+        cold.contains("6 crates: 0 from the cache, 6 compiled (6 stored)"),
+        "{cold}"
+    );
+    assert_eq!(names(&w.take_compiles()), ALL_CRATES.to_vec());
+    w.clean();
+    let (warm, _) = run();
+    assert!(
+        warm.contains("6 crates: 6 from the cache, 0 compiled (0 stored)"),
+        "{warm}"
+    );
+    assert!(w.take_compiles().is_empty());
+    assert_eq!(w.run_app("debug"), "v1:84 built-by-build-rs hello data-v1");
 }

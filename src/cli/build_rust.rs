@@ -180,20 +180,21 @@ pub fn summarize(outcomes: &[CrateOutcome]) -> String {
     }
     let uncached: usize = reasons.values().sum();
     let mut s = format!(
-        "{} crate compile{}: {hits} cache hit{}{}, {misses} compiled and stored",
+        "{} crate{}: {hits} from the cache{}, {} compiled ({misses} stored",
         outcomes.len(),
         if outcomes.len() == 1 { "" } else { "s" },
-        if hits == 1 { "" } else { "s" },
         if remote > 0 {
             format!(" ({remote} from peers)")
         } else {
             String::new()
         },
+        misses + uncached,
     );
     if uncached > 0 {
-        let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-        s.push_str(&format!(", {uncached} not cacheable ({})", list.join(", ")));
+        let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        s.push_str(&format!(", {uncached} not cacheable: {}", list.join(", ")));
     }
+    s.push(')');
     s
 }
 
@@ -215,8 +216,17 @@ pub fn build_cargo_project(dir: &Path, jobs: Option<usize>, flags: &[String]) ->
     if let Some(j) = jobs {
         cmd.arg("-j").arg(j.to_string());
     }
+    // Cargo's dev profile compiles workspace members incrementally, which cannot be cached;
+    // distc runs this cargo itself, so it can ask for whole-crate compiles.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none_or(|v| v != "0") {
+        eprintln!(
+            "distc: building with CARGO_INCREMENTAL=0 so that the workspace's own crates are \
+             cached too (incremental compiles cannot be)"
+        );
+    }
     cmd.args(flags)
         .env("RUSTC_WRAPPER", &exe)
+        .env("CARGO_INCREMENTAL", "0")
         .env(CRATE_LOG_ENV, log.path());
     let status = cmd.status().with_context(|| {
         format!(
@@ -301,8 +311,8 @@ mod tests {
         assert_eq!(o[0].crate_name, "itoa");
         assert_eq!(
             summarize(&o),
-            "4 crate compiles: 2 cache hits (1 from peers), 1 compiled and stored, \
-             1 not cacheable (incremental: 1)"
+            "4 crates: 2 from the cache (1 from peers), 2 compiled (1 stored, \
+             1 not cacheable: incremental 1)"
         );
     }
 

@@ -154,6 +154,26 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
         Ok(c) => c,
         Err(_) => return uncacheable(cache, real, args, "no-cwd", Some(&job), started),
     };
+    let remapped = cfg
+        .base_dir
+        .as_deref()
+        .and_then(|base| base_dir_remap(base, &cwd))
+        .and_then(|remap| {
+            let mut a = vec![remap];
+            a.extend(job.args.iter().cloned());
+            match rustc::parse(&a, &|_| None) {
+                RustParsed::Compile(j) => Some((*j, a)),
+                _ => None,
+            }
+        });
+    let remapped_args: Vec<OsString>;
+    let (job, args) = match remapped {
+        Some((j, a)) => {
+            remapped_args = a;
+            (j, remapped_args.as_slice())
+        }
+        None => (job, args),
+    };
     let id = match rust_key::rustc_identity(&cfg.dir, real) {
         Ok(id) => id,
         Err(e) => {
@@ -270,6 +290,33 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
         || Ok((key, ())),
         |_, ()| record(),
     )
+}
+
+/// With `base_dir`, the remap that makes what rustc records independent of where the checkout
+/// lies: `--remap-path-prefix=CWD=.` when the working directory is under `base_dir` (cargo
+/// runs rustc in the workspace root for workspace members and passes relative source paths),
+/// so debug info records `.` as the compilation directory and absolute paths under the
+/// working directory (`OUT_DIR` includes when the target dir is inside) become `./…`;
+/// relative paths (panic locations, `file!()`) are as cargo passed them. Crates compiled in
+/// `CARGO_HOME` (crates.io and git sources, absolute paths) map their package directory to
+/// its name (`itoa-1.0.10`), as cargo's `trim-paths` does. It comes first: a user's
+/// `--remap-path-prefix` given later takes precedence in rustc. `None` outside `base_dir`.
+fn base_dir_remap(base: &Path, cwd: &Path) -> Option<OsString> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    let to = match cargo_home {
+        Some(h) if cwd.starts_with(h.join("registry")) || cwd.starts_with(h.join("git")) => {
+            cwd.file_name()?.to_str()?.to_string()
+        }
+        _ if cwd.starts_with(base) => ".".to_string(),
+        _ => return None,
+    };
+    let from = cwd.to_str()?;
+    if from.contains('=') {
+        return None;
+    }
+    Some(OsString::from(format!("--remap-path-prefix={from}={to}")))
 }
 
 /// Where depend mode finds the dep-info of the compile itself.
@@ -464,8 +511,20 @@ fn uncacheable(
     cache.count(Event::Uncacheable(reason));
     if let Some(job) = job {
         report(&format!("uncacheable:{reason}"), job, started);
-    } else if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
-        let _ = fs::write(p, format!("uncacheable {reason}\n"));
+    } else {
+        if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
+            let _ = fs::write(p, format!("uncacheable {reason}\n"));
+        }
+        // Not parsed into a job (e.g. `incremental`), but a crate compile all the same: the
+        // per-crate log must count it.
+        if let Some(name) = option_value(args, "--crate-name") {
+            let types = if args.iter().any(|a| a == "--test") {
+                "test".to_string()
+            } else {
+                option_value(args, "--crate-type").unwrap_or_else(|| "bin".into())
+            };
+            log_crate(&format!("uncacheable:{reason}"), &name, &types, started);
+        }
     }
     exec(real, args)
 }
@@ -479,23 +538,43 @@ fn report(outcome: &str, job: &RustJob, started: Instant) {
         };
         let _ = fs::write(p, line);
     }
+    let types: Vec<&str> = if job.test {
+        vec!["test"]
+    } else {
+        job.crate_types.iter().map(|t| t.name()).collect()
+    };
+    log_crate(outcome, &job.crate_name, &types.join(","), started);
+}
+
+/// Appends `outcome crate types ms` to the per-crate log, when `distc build-project` asked.
+fn log_crate(outcome: &str, crate_name: &str, types: &str, started: Instant) {
     if let Some(p) = std::env::var_os(CRATE_LOG_ENV) {
-        let types: Vec<&str> = if job.test {
-            vec!["test"]
-        } else {
-            job.crate_types.iter().map(|t| t.name()).collect()
-        };
         // One short write with O_APPEND: lines from parallel rustc processes never interleave.
         let line = format!(
-            "{outcome} {} {} {}\n",
-            job.crate_name,
-            types.join(","),
+            "{outcome} {crate_name} {types} {}\n",
             started.elapsed().as_millis()
         );
         if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(p) {
             let _ = f.write_all(line.as_bytes());
         }
     }
+}
+
+/// The value of `--name VALUE` or `--name=VALUE` in a rustc command line (the first one), with
+/// no whitespace in it (the crate log is split on whitespace).
+fn option_value(args: &[OsString], name: &str) -> Option<String> {
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        let v = if a == name {
+            it.next()
+        } else {
+            a.strip_prefix(name).and_then(|r| r.strip_prefix('='))
+        };
+        if let Some(v) = v {
+            return Some(v.split_whitespace().collect::<Vec<_>>().join(""));
+        }
+    }
+    None
 }
 
 /// Where a stored file goes for this requester.

@@ -1,6 +1,6 @@
 //! The key of a rustc compile: everything that can change what rustc writes, hashed.
 //!
-//! # Key inputs (RUST_FORMAT_VERSION 2)
+//! # Key inputs (RUST_FORMAT_VERSION 3)
 //! Each input is hashed on its own and labelled ([`crate::compiler::c::key::Inputs`]), so
 //! `distc inspect` can list them.
 //!
@@ -30,8 +30,11 @@
 //!    records the hashes (SVH) of the crates it was built against.
 //! 9. `cargo-env` — every other `CARGO_*` variable (except cargo's own settings that never
 //!    reach the output: `CARGO_MAKEFLAGS`, the jobserver, `CARGO_TERM_*`, `CARGO_BUILD_JOBS`,
-//!    `CARGO_INCREMENTAL`, logging, network and registry settings), `RUSTC_BOOTSTRAP`, and `LIBRARY_PATH` for linking crates, set or unset, with absolute
-//!    paths normalised: proc-macros may read them without rustc knowing.
+//!    `CARGO_INCREMENTAL`, logging, network and registry settings, and where cargo writes:
+//!    `CARGO_TARGET_DIR`, `CARGO_BUILD_TARGET_DIR`, `CARGO_BUILD_BUILD_DIR`),
+//!    `RUSTC_BOOTSTRAP`, and `LIBRARY_PATH` for linking crates, set or unset, with absolute
+//!    paths normalised: proc-macros may read them without rustc knowing (the reason for each
+//!    is at `cargo_own_setting`).
 //! 10. `native-libs` — each `-l` with the contents of the library file found in the `-L
 //!     native=`/`-L all=` directories (system libraries not found there: the name only).
 //! 11. `linker` — for crates rustc links (bin, dylib, cdylib, proc-macro): the SHA-256 of the
@@ -47,7 +50,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,7 +64,9 @@ use crate::compiler::c::key::hash_list;
 use crate::compiler::rust::args::{KeyArg, RustJob};
 
 /// Version of the list above. Bump on any change to what is hashed or how.
-pub const RUST_FORMAT_VERSION: u32 = 2;
+/// 3: the target directory variables left out of `cargo-env`; with `base_dir`, rustc runs with
+/// a `--remap-path-prefix` of the working directory (see `crate::pipeline::rust`).
+pub const RUST_FORMAT_VERSION: u32 = 3;
 
 /// Errors computing a Rust key. Each one means "compile without the cache".
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +151,13 @@ fn run_rustc(rustc: &Path, args: &[&str], what: &'static str) -> Result<String, 
 }
 
 /// Resolves a rustup proxy (`~/.cargo/bin/rustc -> rustup`) to the toolchain's real rustc.
-/// Cargo already passes the real path; `distc rustc …` may not.
-pub fn resolve_real_rustc(rustc: &Path) -> Result<PathBuf, RustKeyError> {
+/// Cargo already passes the real path; `distc rustc …` and `distc build FILE.rs` may not.
+///
+/// The proxy's answer is memoised (`$DISTC_DIR/rustc/proxy-…`), so a hit starts no process:
+/// the memo is keyed by everything rustup decides the toolchain from (see [`proxy_inputs`])
+/// and holds the sysroot's stat, checked on every use (a toolchain reinstalled, updated or
+/// relinked has another).
+pub fn resolve_real_rustc(distc_dir: &Path, rustc: &Path) -> Result<PathBuf, RustKeyError> {
     let canon = fs::canonicalize(rustc).map_err(io_err("rustc", rustc))?;
     let is_proxy = canon
         .file_name()
@@ -156,9 +166,74 @@ pub fn resolve_real_rustc(rustc: &Path) -> Result<PathBuf, RustKeyError> {
     if !is_proxy {
         return Ok(canon);
     }
+    let memo = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| proxy_inputs(&canon, &cwd))
+        .map(|inputs| memo_path(distc_dir, "proxy", &inputs));
+    if let Some(memo) = &memo
+        && let Ok(text) = fs::read_to_string(memo)
+        && let Some((sysroot, rest)) = text.split_once('\n')
+        && let Some((stamp, real)) = rest.split_once('\n')
+        && sysroot_stamp(Path::new(sysroot)).is_some_and(|s| s == stamp)
+    {
+        return Ok(PathBuf::from(real));
+    }
     let sysroot = run_rustc(rustc, &["--print", "sysroot"], "--print sysroot")?;
-    let real = Path::new(sysroot.trim_end()).join("bin").join("rustc");
-    fs::canonicalize(&real).map_err(io_err("rustc", &real))
+    let sysroot = Path::new(sysroot.trim_end());
+    let real = sysroot.join("bin").join("rustc");
+    let real = fs::canonicalize(&real).map_err(io_err("rustc", &real))?;
+    if let Some(memo) = &memo
+        && let Some(stamp) = sysroot_stamp(sysroot)
+        && let (Some(s), Some(r)) = (sysroot.to_str(), real.to_str())
+    {
+        write_memo(memo, &format!("{s}\n{stamp}\n{r}"));
+    }
+    Ok(real)
+}
+
+/// The stat of a toolchain directory, both the link (`rustup toolchain link`) and what it
+/// names, and of its `bin/rustc`.
+fn sysroot_stamp(sysroot: &Path) -> Option<String> {
+    let link = fs::symlink_metadata(sysroot).ok()?;
+    let dir = fs::metadata(sysroot).ok()?;
+    let bin = fs::metadata(sysroot.join("bin/rustc")).ok()?;
+    Some(format!("{} / {} / {}", stamp(&link), stamp(&dir), stamp(&bin)))
+}
+
+/// Everything the rustup proxy at `proxy` chooses a toolchain by, run in `cwd`: the proxy
+/// binary itself, `RUSTUP_TOOLCHAIN`, `RUSTUP_HOME`, `CARGO_HOME` and `HOME` (where rustup's
+/// settings live), the settings file's stat (default toolchain, directory overrides), and the
+/// contents of every `rust-toolchain.toml` / `rust-toolchain` from `cwd` up to the root.
+/// `None` when the proxy cannot be stat'ed.
+fn proxy_inputs(proxy: &Path, cwd: &Path) -> Option<Vec<u8>> {
+    let mut parts: Vec<Vec<u8>> = vec![
+        proxy.as_os_str().as_bytes().to_vec(),
+        stamp(&fs::metadata(proxy).ok()?).into_bytes(),
+    ];
+    for var in ["RUSTUP_TOOLCHAIN", "RUSTUP_HOME", "CARGO_HOME", "HOME"] {
+        let mut v = var.as_bytes().to_vec();
+        if let Some(val) = std::env::var_os(var) {
+            v.push(b'=');
+            v.extend_from_slice(val.as_bytes());
+        }
+        parts.push(v);
+    }
+    let rustup_home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")));
+    if let Some(home) = rustup_home {
+        let settings = fs::metadata(home.join("settings.toml")).map(|m| stamp(&m));
+        parts.push(settings.unwrap_or_default().into_bytes());
+    }
+    for dir in cwd.ancestors() {
+        for name in ["rust-toolchain.toml", "rust-toolchain"] {
+            if let Ok(text) = fs::read(dir.join(name)) {
+                parts.push(dir.join(name).into_os_string().into_vec());
+                parts.push(text);
+            }
+        }
+    }
+    Some(hash_list(parts.iter().map(Vec::as_slice)).to_vec())
 }
 
 /// Hashes every regular file under `dir` (recursively, sorted by relative path) into `h`.
@@ -213,7 +288,7 @@ pub fn file_digest(path: &Path) -> io::Result<[u8; 32]> {
 
 /// The rustc identity, memoised by the real binary's stat.
 pub fn rustc_identity(distc_dir: &Path, rustc: &Path) -> Result<RustcId, RustKeyError> {
-    let real = resolve_real_rustc(rustc)?;
+    let real = resolve_real_rustc(distc_dir, rustc)?;
     let md = fs::metadata(&real).map_err(io_err("rustc", &real))?;
     let stamp = stamp(&md);
     let memo = memo_path(distc_dir, "id", real.as_os_str().as_bytes());
@@ -722,13 +797,31 @@ pub fn key_parts(ctx: &KeyContext<'_>, job: &RustJob) -> Result<KeyParts, RustKe
 /// Cargo turns the settings that matter (profiles, RUSTFLAGS, incremental) into rustc
 /// arguments, which are keyed. Keying these would make `CARGO_TERM_COLOR=always` in CI or
 /// `CARGO_BUILD_JOBS=1` miss every crate a developer's build stored.
+///
+/// The variables that only say where cargo writes are among them: `CARGO_TARGET_DIR`,
+/// `CARGO_BUILD_TARGET_DIR` and `CARGO_BUILD_BUILD_DIR` are set in one shell and not in
+/// another, and what a crate gets from them reaches rustc as `--out-dir`, `-L dependency=`
+/// and `--extern` paths (left out of the key, their contents hashed) or as `OUT_DIR` (an
+/// env-dep when read, keyed exactly then).
+///
+/// Every other `CARGO_*` variable is keyed (input 9) because a proc-macro or `build.rs`-generated
+/// code may read it at compile time without rustc tracking it, and each can change what is
+/// generated: the package metadata cargo sets for the crate (`CARGO_PKG_*`, `CARGO_CRATE_NAME`,
+/// `CARGO_MANIFEST_DIR`/`_PATH`, `CARGO_BIN_NAME`, `CARGO_PRIMARY_PACKAGE`, `CARGO_TARGET_TMPDIR`,
+/// paths normalised), `CARGO` and `CARGO_HOME` (where a macro finds cargo and the registry
+/// sources), `CARGO_ENCODED_RUSTFLAGS`, `CARGO_CFG_*`, `CARGO_PROFILE_*` and `CARGO_BUILD_*`
+/// settings (compile-affecting configuration a macro may read), and any user variable that
+/// happens to start with `CARGO_`. An unknown variable is keyed: correctness first.
 fn cargo_own_setting(name: &str) -> bool {
-    const EXACT: [&str; 5] = [
+    const EXACT: [&str; 8] = [
         "CARGO_MAKEFLAGS",
         "CARGO_BUILD_JOBS",
         "CARGO_INCREMENTAL",
         "CARGO_LOG",
         "CARGO_FUTURE_INCOMPAT_REPORT_FREQUENCY",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_BUILD_BUILD_DIR",
     ];
     const PREFIXES: [&str; 7] = [
         "CARGO_TERM_",
@@ -753,6 +846,8 @@ impl KeyParts {
             .filter(|n| (n.starts_with("CARGO_") || *n == "CARGO") && !cargo_own_setting(n))
             .filter(|n| !exclude.contains(n))
             .collect();
+        // RUSTC_BOOTSTRAP lets a stable rustc accept unstable features (and cfg on them);
+        // LIBRARY_PATH is where the linker finds the libraries a linked crate names.
         names.push("RUSTC_BOOTSTRAP");
         if job.links() {
             names.push("LIBRARY_PATH");
@@ -923,6 +1018,8 @@ mod tests {
             "CARGO_INCREMENTAL",
             "CARGO_MAKEFLAGS",
             "CARGO_NET_OFFLINE",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET_DIR",
         ] {
             assert!(cargo_own_setting(n), "{n}");
         }
@@ -932,6 +1029,7 @@ mod tests {
             "CARGO_HOME",
             "CARGO_ENCODED_RUSTFLAGS",
             "CARGO_PROFILE_RELEASE_LTO",
+            "CARGO_TARGET_TMPDIR",
             "CARGO",
         ] {
             assert!(!cargo_own_setting(n), "{n}");
