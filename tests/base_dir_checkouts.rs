@@ -98,7 +98,10 @@ fn distc_compile(sb: &Sandbox, base: &Path, ck: &Path, src: &str) -> String {
         .env("DISTC_RESULT_FILE", &report)
         .output()
         .expect("run distc");
-    assert_ok(&out, &format!("distc {} {src} in {}", driver(src), ck.display()));
+    assert_ok(
+        &out,
+        &format!("distc {} {src} in {}", driver(src), ck.display()),
+    );
     std::fs::read_to_string(&report)
         .expect("wrapper result")
         .trim()
@@ -137,7 +140,10 @@ fn two_checkouts_share_results_and_objects_are_path_free() {
     for src in SOURCES {
         let obj_one = std::fs::read(one.join(format!("build/{src}.o"))).expect("object one");
         let obj_two = std::fs::read(two.join(format!("build/{src}.o"))).expect("object two");
-        assert!(obj_one == obj_two, "{src}: objects differ between checkouts");
+        assert!(
+            obj_one == obj_two,
+            "{src}: objects differ between checkouts"
+        );
         // No checkout's path anywhere in the object: the compiler saw relative paths, and
         // the prefix map took care of the working directory.
         for ck in [&one, &two] {
@@ -198,7 +204,10 @@ fn without_prefix_maps_debug_info_keeps_checkouts_apart() {
             .output()
             .expect("run distc");
         assert_ok(&out, "distc gcc -g");
-        std::fs::read_to_string(&report).expect("result").trim().to_string()
+        std::fs::read_to_string(&report)
+            .expect("result")
+            .trim()
+            .to_string()
     };
     assert_eq!(run(&one), "miss");
     assert_eq!(run(&two), "miss");

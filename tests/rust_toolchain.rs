@@ -50,7 +50,9 @@ impl Toolchains {
             println!("SKIP: rustc on PATH is not a rustup proxy");
             return None;
         }
-        let sysroot = run(Command::new("rustc").args(["--print", "sysroot"]).env_remove("RUSTC"));
+        let sysroot = run(Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .env_remove("RUSTC"));
         let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
         let root = tempfile::tempdir().expect("tempdir");
         let rustup_home = root.path().join("rustup-home");
@@ -82,10 +84,7 @@ impl Toolchains {
             root,
         };
         let link = |name: &str, dir: &Path| {
-            run(t
-                .rustup()
-                .args(["toolchain", "link", name])
-                .arg(dir));
+            run(t.rustup().args(["toolchain", "link", name]).arg(dir));
         };
         link("main", &sysroot);
         link("fake", &fake);
@@ -164,7 +163,11 @@ fn toolchain_switches_change_the_key_and_hits_start_no_rustc() {
     // The default toolchain is another compiler: another key, its own miss.
     let main = t.build(None);
     assert!(main.contains("cache miss"), "{main}");
-    assert_eq!(t.fake_runs(), runs, "the default toolchain ran the fake one");
+    assert_eq!(
+        t.fake_runs(),
+        runs,
+        "the default toolchain ran the fake one"
+    );
     let main = t.build(None);
     assert!(main.contains("cache hit"), "{main}");
 

@@ -643,13 +643,22 @@ mod tests {
         assert!(compile_args(&args, Path::new("/other"), cwd).is_none());
         // The key normalises OLD, keeping a trailing slash (gcc matches OLD as a string).
         let key = |a: &str| rewrite_arg(OsStr::new(a), Some(base), cwd);
-        assert_eq!(key("-fdebug-prefix-map=/home/u/app=."), "-fdebug-prefix-map=..=.");
-        assert_eq!(key("-ffile-prefix-map=/home/u/app/="), "-ffile-prefix-map=../=");
+        assert_eq!(
+            key("-fdebug-prefix-map=/home/u/app=."),
+            "-fdebug-prefix-map=..=."
+        );
+        assert_eq!(
+            key("-ffile-prefix-map=/home/u/app/="),
+            "-ffile-prefix-map=../="
+        );
         assert_eq!(
             key("-fmacro-prefix-map=/home/u/app/build=/home/u/x"),
             "-fmacro-prefix-map=.=/home/u/x"
         );
-        assert_eq!(key("-fdebug-prefix-map=/opt=."), "-fdebug-prefix-map=/opt=.");
+        assert_eq!(
+            key("-fdebug-prefix-map=/opt=."),
+            "-fdebug-prefix-map=/opt=."
+        );
     }
 
     #[test]

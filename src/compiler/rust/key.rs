@@ -197,7 +197,12 @@ fn sysroot_stamp(sysroot: &Path) -> Option<String> {
     let link = fs::symlink_metadata(sysroot).ok()?;
     let dir = fs::metadata(sysroot).ok()?;
     let bin = fs::metadata(sysroot.join("bin/rustc")).ok()?;
-    Some(format!("{} / {} / {}", stamp(&link), stamp(&dir), stamp(&bin)))
+    Some(format!(
+        "{} / {} / {}",
+        stamp(&link),
+        stamp(&dir),
+        stamp(&bin)
+    ))
 }
 
 /// Everything the rustup proxy at `proxy` chooses a toolchain by, run in `cwd`: the proxy
