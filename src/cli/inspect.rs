@@ -141,6 +141,17 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
     };
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    // As the wrapper does: with base_dir the compiler runs with relative paths.
+    let job = match config
+        .base_dir
+        .as_deref()
+        .and_then(|base| fingerprint::compile_args(&job.args, base, &cwd))
+        .map(|rel| compiler::args::parse(&rel, &|_| None))
+    {
+        Some(Parsed::Compile(rel)) => *rel,
+        _ => job,
+    };
     if let Some(v) = fingerprint::REFUSED_ENV
         .iter()
         .find(|v| std::env::var_os(v).is_some())
@@ -152,7 +163,7 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
 
     let ctx = Context {
         distc_dir: config.dir.clone(),
-        cwd: std::env::current_dir().context("cannot read the current directory")?,
+        cwd,
         base_dir: config.base_dir.clone(),
         compiler: real.clone(),
         invoked_as: driver.clone().into(),

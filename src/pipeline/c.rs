@@ -190,7 +190,7 @@ pub fn main(inv: Invocation) -> ExitCode {
         .as_deref()
         .and_then(|base| fingerprint::compile_args(&job.args, base, &cwd))
     {
-        Some(rel) => match compiler::gcc::parse(&rel, &|_| None) {
+        Some(rel) => match compiler::args::parse(&rel, &|_| None) {
             Parsed::Compile(j) => (*j, rel),
             Parsed::Uncacheable(_) => (job, inv.args.clone()),
         },

@@ -154,18 +154,7 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
         Ok(c) => c,
         Err(_) => return uncacheable(cache, real, args, "no-cwd", Some(&job), started),
     };
-    let remapped = cfg
-        .base_dir
-        .as_deref()
-        .and_then(|base| base_dir_remap(base, &cwd))
-        .and_then(|remap| {
-            let mut a = vec![remap];
-            a.extend(job.args.iter().cloned());
-            match rustc::parse(&a, &|_| None) {
-                RustParsed::Compile(j) => Some((*j, a)),
-                _ => None,
-            }
-        });
+    let remapped = with_base_dir_remap(cfg, &cwd, &job);
     let remapped_args: Vec<OsString>;
     let (job, args) = match remapped {
         Some((j, a)) => {
@@ -317,6 +306,22 @@ fn base_dir_remap(base: &Path, cwd: &Path) -> Option<OsString> {
         return None;
     }
     Some(OsString::from(format!("--remap-path-prefix={from}={to}")))
+}
+
+/// `job` with [`base_dir_remap`] in front of its arguments (and those arguments), when it
+/// applies.
+fn with_base_dir_remap(
+    cfg: &Config,
+    cwd: &Path,
+    job: &RustJob,
+) -> Option<(RustJob, Vec<OsString>)> {
+    let remap = base_dir_remap(cfg.base_dir.as_deref()?, cwd)?;
+    let mut a = vec![remap];
+    a.extend(job.args.iter().cloned());
+    match rustc::parse(&a, &|_| None) {
+        RustParsed::Compile(j) => Some((*j, a)),
+        _ => None,
+    }
 }
 
 /// Where depend mode finds the dep-info of the compile itself.
@@ -477,6 +482,8 @@ pub fn compute_key(
     id: &RustcId,
     job: &RustJob,
 ) -> Result<(Key, Vec<(String, String)>), RustKeyError> {
+    let remapped = with_base_dir_remap(cfg, cwd, job);
+    let job = remapped.as_ref().map_or(job, |(j, _)| j);
     let dep: DepInfo = rust_key::run_dep_info(&id.real, job, cwd)?;
     let env_names = env_names();
     let env = |k: &str| std::env::var_os(k);
