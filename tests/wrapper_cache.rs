@@ -8,14 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::{Sandbox, assert_ok};
-
-/// The key modes every correctness test runs in.
-const MODES: &[(&str, &str, &str)] = &[
-    ("preprocessor", "0", "0"),
-    ("direct", "1", "0"),
-    ("depend", "1", "1"),
-];
+use common::{MODES, Sandbox, assert_ok};
 
 /// Runs `body` once per mode, each in a fresh sandbox.
 fn each_mode(body: impl Fn(&Sandbox, &dyn Fn(&[&str]) -> Output, &str)) {

@@ -152,11 +152,8 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
         Some(Parsed::Compile(rel)) => *rel,
         _ => job,
     };
-    if let Some(v) = fingerprint::REFUSED_ENV
-        .iter()
-        .find(|v| std::env::var_os(v).is_some())
-    {
-        let _ = writeln!(out, "Cacheable     no: dependencies-env ({v} is set)");
+    if let Some((v, label)) = fingerprint::refused_env() {
+        let _ = writeln!(out, "Cacheable     no: {label} ({v} is set)");
         print!("{out}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -172,6 +169,15 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
         .with_context(|| format!("cannot identify the compiler {}", real.display()))?;
     let pre = match fingerprint::preprocessor_fingerprint(&ctx, &job, &common) {
         Ok(fp) => fp,
+        Err(fingerprint::PreprocessError::Unlisted(label)) => {
+            let _ = writeln!(
+                out,
+                "Cacheable     no: {label} (the compile reads a file no dependency output \
+                 lists; the wrapper runs the real compiler and `distc stats` counts `{label}`)"
+            );
+            print!("{out}");
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(e) => {
             let _ = writeln!(
                 out,

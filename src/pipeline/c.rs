@@ -196,12 +196,9 @@ pub fn main(inv: Invocation) -> ExitCode {
         },
         None => (job, inv.args.clone()),
     };
-    if let Some(v) = fingerprint::REFUSED_ENV
-        .iter()
-        .find(|v| std::env::var_os(v).is_some())
-    {
+    if let Some((v, label)) = fingerprint::refused_env() {
         tracing::debug!("{v} is set");
-        return uncacheable(&cache, &real, &inv.args, "dependencies-env");
+        return uncacheable(&cache, &real, &inv.args, label);
     }
     // `-o /dev/null` (configure checks) or a FIFO: reading it back stores nothing real, and a
     // hit would rename a file over the device. Like ccache, only regular files are outputs.
@@ -301,6 +298,9 @@ impl Run {
 
         let fp = match fingerprint::preprocessor_fingerprint(&self.ctx, &self.job, &common) {
             Ok(fp) => fp,
+            Err(fingerprint::PreprocessError::Unlisted(label)) => {
+                return uncacheable(&self.cache, &self.ctx.compiler, orig_args, label);
+            }
             Err(e) => {
                 // The compile will fail the same way and say why; nothing to cache.
                 tracing::debug!("{e}");

@@ -55,6 +55,13 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// The key modes correctness tests run in: (name, `DISTC_DIRECT_MODE`, `DISTC_DEPEND_MODE`).
+pub const MODES: &[(&str, &str, &str)] = &[
+    ("preprocessor", "0", "0"),
+    ("direct", "1", "0"),
+    ("depend", "1", "1"),
+];
+
 /// An isolated environment: its own DISTC_DIR, config dir, HOME, a work dir, and oracle
 /// compilers first on PATH. Everything lives in one tempdir removed on drop.
 pub struct Sandbox {

@@ -206,6 +206,15 @@ fn parse_expanded(args: Vec<OsString>) -> Parsed {
             if flag == "-imacros" {
                 direct_blocker = Some("imacros");
             }
+            // `-Xclang -load -Xclang lib.so`: a plugin, as `-fplugin=` is.
+            if flag == "-Xclang"
+                && value.to_str().is_some_and(|v| {
+                    matches!(v, "-load" | "-plugin" | "-add-plugin")
+                        || v.starts_with("-fpass-plugin")
+                })
+            {
+                refuse("plugin", &mut uncacheable);
+            }
             for a in &args[i..i + consumed] {
                 cpp_args.push(a.clone());
                 key_args.push(a.clone());
@@ -432,7 +441,11 @@ fn classify_single(s: &str) -> Option<&'static str> {
         ("-fprofile-instr-generate", "profile-generation"),
         ("-fprofile-use", "profile-use"),
         ("-fprofile-instr-use", "profile-use"),
+        ("-fprofile-sample-use", "profile-use"),
+        ("-fprofile-remapping-file", "profile-use"),
         ("-fauto-profile", "profile-use"),
+        // Reads the `.gcda` profile data, as -fprofile-use does.
+        ("-fbranch-probabilities", "profile-use"),
         ("-fprofile-", "profile-generation"),
         ("-fcoverage", "coverage"),
         ("-fdump-", "dump-files"),
@@ -440,6 +453,9 @@ fn classify_single(s: &str) -> Option<&'static str> {
         ("-fcallgraph-info", "dump-files"),
         ("-fopt-info", "dump-files"),
         ("-fplugin", "plugin"),
+        ("-fpass-plugin", "plugin"),
+        // clang configuration files: more options, from a file.
+        ("--config", "config-file"),
         ("-save-temps", "save-temps"),
         ("-specs", "specs-file"),
         ("--specs", "specs-file"),
@@ -656,6 +672,26 @@ mod tests {
         assert_eq!(reason("-c a.c --frobnicate"), "unknown-option");
         assert_eq!(reason("-c a.c -march=native"), "march-native");
         assert_eq!(reason("-c a.c -fprofile-generate"), "profile-generation");
+        // Inputs no dependency output lists, refused by option.
+        assert_eq!(reason("-c a.c -fprofile-use"), "profile-use");
+        assert_eq!(reason("-c a.c -fprofile-use=dir"), "profile-use");
+        assert_eq!(
+            reason("-c a.c -fprofile-instr-use=a.profdata"),
+            "profile-use"
+        );
+        assert_eq!(reason("-c a.c -fprofile-sample-use=a.prof"), "profile-use");
+        assert_eq!(reason("-c a.c -fauto-profile=a.afdo"), "profile-use");
+        assert_eq!(reason("-c a.c -fplugin=p.so"), "plugin");
+        assert_eq!(reason("-c a.c -fplugin-arg-p-x=1"), "plugin");
+        assert_eq!(reason("-c a.c -fpass-plugin=p.so"), "plugin");
+        assert_eq!(reason("-c a.c -Xclang -load -Xclang p.so"), "plugin");
+        assert_eq!(reason("-c a.c -fbranch-probabilities"), "profile-use");
+        assert_eq!(reason("-c a.c -specs=x.specs"), "specs-file");
+        assert_eq!(reason("-c a.c --specs=x.specs"), "specs-file");
+        assert_eq!(reason("-c a.c -B/opt/tools"), "compiler-path");
+        assert_eq!(reason("-c a.c --config=x.cfg"), "config-file");
+        assert_eq!(reason("-c a.c --config x.cfg"), "config-file");
+        job("-c a.c -fsanitize=address -fsanitize-ignorelist=ign.txt");
         assert_eq!(reason("-c a.c --coverage"), "coverage");
         assert_eq!(reason("-c a.c -ftest-coverage"), "coverage");
         assert_eq!(reason("-c a.c -S"), "assembly-output");

@@ -127,7 +127,11 @@ impl DirectKey {
             return None;
         }
         let source = fs::read(&job.source).ok()?;
-        if fingerprint::mentions_time_macros(&source) {
+        // A file named by `.incbin` or `#embed` is in no header list: the preprocessor path
+        // decides (and refuses the compile, or keys the data `-E` output holds).
+        if fingerprint::mentions_time_macros(&source)
+            || fingerprint::unlisted_input(&source).is_some()
+        {
             return None;
         }
         let source_digest: [u8; 32] = Sha256::digest(&source).into();
@@ -204,7 +208,7 @@ impl DirectKey {
         fp: &Fingerprint,
         started: SystemTime,
     ) -> Option<Vec<u8>> {
-        let entry = make_entry(ctx, job, &self.common, &self.norm_source, fp, started)?;
+        let entry = make_entry(ctx, job, self, fp, started)?;
         let mut m = self.read(ctx).unwrap_or_else(|| self.empty());
         m.entries.retain(|e| e != &entry);
         m.entries.insert(0, entry);
@@ -438,11 +442,16 @@ fn header_state(path: &Path, start: (i64, i64)) -> Result<HeaderState, &'static 
     if fingerprint::mentions_time_macros(&bytes) {
         return Err("time-macro");
     }
+    // No dependency output lists what this header makes the compile read: nothing to key.
+    if let Some(label) = fingerprint::unlisted_input(&bytes) {
+        return Err(label);
+    }
     Ok(HeaderState {
         digest: Sha256::digest(&bytes).into(),
         size: md.len(),
         mtime,
         ctime,
+        has_include: fingerprint::has_include_names(&bytes),
     })
 }
 
@@ -609,11 +618,11 @@ fn secs(t: SystemTime) -> (i64, i64) {
 fn make_entry(
     ctx: &Context,
     job: &CompileJob,
-    common: &Inputs,
-    norm_source: &OsStr,
+    key: &DirectKey,
     fp: &Fingerprint,
     started: SystemTime,
 ) -> Option<Entry> {
+    let (common, norm_source) = (&key.common, key.norm_source.as_os_str());
     let norm = |p: &Path| -> Vec<u8> {
         fingerprint::rewrite_arg(p.as_os_str(), ctx.base_dir.as_deref(), &ctx.cwd).into_vec()
     };
@@ -621,6 +630,22 @@ fn make_entry(
     let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
     let known = fp.header_states.len() == fp.headers.len();
     let mut out = Vec::with_capacity(fp.headers.len());
+    // (directory of the file that tests it, name) for every `__has_include`.
+    let mut tested: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let dir_of = |p: &[u8]| {
+        Path::new(OsStr::from_bytes(p))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    };
+    // The source as the manifest key hashed it: its `__has_include` names.
+    let source = fs::read(&job.source).ok()?;
+    if <[u8; 32]>::from(Sha256::digest(&source)) != key.source_digest {
+        return None;
+    }
+    for name in fingerprint::has_include_names(&source)? {
+        tested.push((dir_of(norm_source.as_bytes()), name));
+    }
     for (i, p) in fp.headers.iter().enumerate() {
         // Modified since the compile began: what we hash may not be what the compiler read.
         let st = if known {
@@ -632,8 +657,12 @@ fn make_entry(
         } else {
             header_state(p, start).ok()?
         };
+        let path = norm(p);
+        for name in st.has_include? {
+            tested.push((dir_of(&path), name));
+        }
         out.push(Header {
-            path: norm(p),
+            path,
             digest: st.digest,
             size: st.size,
             mtime: st.mtime,
@@ -663,13 +692,37 @@ fn make_entry(
             dirs.push((PathBuf::from(OsString::from_vec(norm(d))), Tier::User));
         }
     }
-    for d in &system {
+    for d in &system.dirs {
         dirs.push((PathBuf::from(OsString::from_vec(norm(d))), Tier::System));
     }
     for d in &after {
         dirs.push((PathBuf::from(OsString::from_vec(norm(d))), Tier::After));
     }
-    let probes = shadow_probes(&ctx.cwd, &dirs, out.iter().map(|h| h.path.as_slice()));
+    let mut probes = shadow_probes(&ctx.cwd, &dirs, out.iter().map(|h| h.path.as_slice()));
+    // More existence probes, each answered now:
+    // - a system directory the compiler skipped as nonexistent joins its search list once it
+    //   exists (and may then shadow any header found after it);
+    // - a name tested with `__has_include`, wherever an include of it could find it (the
+    //   testing file's directory and every search directory), exists or not.
+    let mut extra: Vec<Vec<u8>> = system.missing.iter().map(|d| norm(d)).collect();
+    for (from, name) in &tested {
+        let name = Path::new(OsStr::from_bytes(name));
+        if name.is_absolute() {
+            extra.push(name.as_os_str().as_bytes().to_vec());
+            continue;
+        }
+        for d in std::iter::once(from).chain(dirs.iter().map(|(d, _)| d)) {
+            extra.push(d.join(name).into_os_string().into_vec());
+        }
+    }
+    let mut seen: std::collections::HashSet<Vec<u8>> =
+        probes.iter().map(|(p, _)| p.clone()).collect();
+    for p in extra {
+        if seen.insert(p.clone()) {
+            let exists = ctx.cwd.join(OsStr::from_bytes(&p)).exists();
+            probes.push((p, exists));
+        }
+    }
     let (dirs, probes) = guard_probes(&ctx.cwd, probes, trust_before);
     Some(Entry {
         headers: out,

@@ -117,22 +117,34 @@ pub fn include_list_args(args: &[OsString]) -> Vec<OsString> {
     out
 }
 
+/// The compiler's built-in include search list (see [`system_include_dirs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchList {
+    /// The `#include <...>` directories, in search order, as the compiler prints them.
+    pub dirs: Vec<PathBuf>,
+    /// Directories the compiler would search but left out because they did not exist (a
+    /// `--sysroot` tree's `usr/local/include`, a multiarch directory): one created later
+    /// joins the list, and a header in it may shadow one found after it.
+    pub missing: Vec<PathBuf>,
+}
+
 /// The compiler's `#include <...>` search directories for `language` under `args` (only the
 /// ones [`include_list_args`] picks), in search order, as the compiler prints them (so they
-/// prefix the header paths it reports). `identity` must cover the compiler binary and the
-/// environment that changes the list (CPATH and friends). Memoised under
-/// `$DISTC_DIR/compilers/`; runs `compiler -x LANG -E -v -` once per memo key. `None` when the
-/// compiler does not say.
+/// prefix the header paths it reports), and the ones it skipped as nonexistent. `identity`
+/// must cover the compiler binary and the environment that changes the list (CPATH and
+/// friends). Memoised under `$DISTC_DIR/compilers/` (per working directory too when a path
+/// among the arguments is relative), and recomputed once a skipped directory exists; runs
+/// `compiler -x LANG -E -v -` once per memo key. `None` when the compiler does not say.
 pub fn system_include_dirs(
     distc_dir: &Path,
     compiler: &Path,
     identity: &[u8; 32],
     language: &str,
     args: &[OsString],
-) -> Option<Vec<PathBuf>> {
+) -> Option<SearchList> {
     let list_args = include_list_args(args);
     let mut h = Sha256::new();
-    h.update(b"include-dirs 1\0");
+    h.update(b"include-dirs 2\0");
     h.update(identity);
     h.update(compiler.as_os_str().as_bytes());
     h.update([0]);
@@ -141,18 +153,32 @@ pub fn system_include_dirs(
         h.update([0]);
         h.update(a.as_bytes());
     }
+    if relative_path_value(&list_args) {
+        let cwd = std::env::current_dir().ok()?;
+        h.update([1]);
+        h.update(cwd.as_os_str().as_bytes());
+    }
     let memo = distc_dir
         .join("compilers")
         .join(format!("inc-{}", hex::encode(&h.finalize()[..16])));
     if let Ok(bytes) = fs::read(&memo)
         && let Some(body) = bytes.strip_prefix(b"ok\n")
     {
-        return Some(
-            body.split(|&b| b == b'\n')
+        let mut parts = body.splitn(2, |&b| b == b'\0');
+        let lines = |part: Option<&[u8]>| -> Vec<PathBuf> {
+            part.unwrap_or_default()
+                .split(|&b| b == b'\n')
                 .filter(|l| !l.is_empty())
                 .map(|l| PathBuf::from(OsStr::from_bytes(l)))
-                .collect(),
-        );
+                .collect()
+        };
+        let list = SearchList {
+            dirs: lines(parts.next()),
+            missing: lines(parts.next()),
+        };
+        if !list.missing.iter().any(|d| d.exists()) {
+            return Some(list);
+        }
     }
     let out = Command::new(compiler)
         .args(&list_args)
@@ -166,26 +192,77 @@ pub fn system_include_dirs(
     if !out.status.success() {
         return None;
     }
-    let dirs = parse_search_list(&out.stderr)?;
+    let list = parse_search_list(&out.stderr)?;
     let mut text = b"ok\n".to_vec();
-    for d in &dirs {
-        text.extend_from_slice(d.as_os_str().as_bytes());
-        text.push(b'\n');
+    for (i, part) in [&list.dirs, &list.missing].into_iter().enumerate() {
+        if i > 0 {
+            text.push(0);
+        }
+        for d in part {
+            text.extend_from_slice(d.as_os_str().as_bytes());
+            text.push(b'\n');
+        }
     }
     let _ = fs::create_dir_all(memo.parent().unwrap_or(distc_dir))
         .and_then(|()| crate::cache::bundle::write_atomic(&memo, &text));
-    Some(dirs)
+    Some(list)
 }
 
-/// The `#include <...>` list of `cc -v` output. `None` without one (or with a directory whose
-/// name has a newline, which the memo could not hold).
-fn parse_search_list(stderr: &[u8]) -> Option<Vec<PathBuf>> {
+/// Whether a path among the search-list arguments is relative: the list then depends on the
+/// working directory.
+fn relative_path_value(list_args: &[OsString]) -> bool {
+    const PATH_FLAGS: &[&str] = &[
+        "--sysroot",
+        "-isysroot",
+        "-iprefix",
+        "-gcc-toolchain",
+        "--gcc-toolchain",
+        "-resource-dir",
+        "-cxx-isystem",
+        "-B",
+    ];
+    let mut it = list_args.iter().map(|a| a.as_bytes()).peekable();
+    while let Some(a) = it.next() {
+        for f in PATH_FLAGS {
+            let value = if a == f.as_bytes() {
+                it.peek().copied()
+            } else {
+                a.strip_prefix(f.as_bytes())
+                    .map(|r| r.strip_prefix(b"=").unwrap_or(r))
+            };
+            if let Some(v) = value
+                && v.first().is_some_and(|&c| c != b'/')
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The `#include <...>` list of `cc -v` output and the directories it reports ignoring as
+/// nonexistent. `None` without a list (or with a directory whose name has a newline or a NUL,
+/// which the memo could not hold).
+fn parse_search_list(stderr: &[u8]) -> Option<SearchList> {
+    const MISSING: &[u8] = b"ignoring nonexistent directory \"";
+    let mut missing = Vec::new();
     let mut lines = stderr.split(|&b| b == b'\n');
-    lines.find(|l| l.starts_with(b"#include <...> search starts here:"))?;
+    for l in lines.by_ref() {
+        if l.starts_with(b"#include <...> search starts here:") {
+            break;
+        }
+        if let Some(rest) = l.strip_prefix(MISSING)
+            && let Some(d) = rest.strip_suffix(b"\"")
+            && !d.is_empty()
+            && !d.contains(&0)
+        {
+            missing.push(PathBuf::from(OsString::from_vec(d.to_vec())));
+        }
+    }
     let mut dirs = Vec::new();
     for l in lines {
         if l.starts_with(b"End of search list.") {
-            return Some(dirs);
+            return Some(SearchList { dirs, missing });
         }
         let d = l.strip_prefix(b" ")?;
         // clang marks macOS framework directories; they hold no plain headers.
@@ -217,12 +294,28 @@ mod tests {
         let err = err.as_bytes();
         assert_eq!(
             parse_search_list(err).unwrap(),
-            [
-                PathBuf::from("/usr/lib/gcc/x86_64-linux-gnu/12/include"),
-                PathBuf::from("/usr/include")
-            ]
+            SearchList {
+                dirs: vec![
+                    PathBuf::from("/usr/lib/gcc/x86_64-linux-gnu/12/include"),
+                    PathBuf::from("/usr/include")
+                ],
+                missing: vec![PathBuf::from("/x")],
+            }
         );
         assert!(parse_search_list(b"no list\n").is_none());
+        let rel =
+            |v: &[&str]| relative_path_value(&v.iter().map(OsString::from).collect::<Vec<_>>());
+        assert!(rel(&["--sysroot=sr"]));
+        assert!(rel(&["--sysroot", "sr"]));
+        assert!(rel(&["-isysrootsr"]));
+        assert!(!rel(&[
+            "--sysroot=/sr",
+            "-isysroot",
+            "/x",
+            "--target",
+            "arm",
+            "-m64"
+        ]));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The key of a compile: everything that can change its outputs, hashed.
 //!
-//! # Key inputs (FORMAT_VERSION 2)
+//! # Key inputs (FORMAT_VERSION 3)
 //! Every input is hashed on its own and the key is SHA-256 over the labelled input digests, so
 //! `distc inspect` can list them and a miss can be explained input by input.
 //!
@@ -15,11 +15,15 @@
 //!    and so is the OLD of `-fdebug-prefix-map`/`-ffile-prefix-map`/`-fmacro-prefix-map=OLD=NEW`
 //!    (NEW is keyed as written: it is what the output records). With `-MD` and no `-MT`/`-MQ`
 //!    the object path is included (it is the `.d` file's target).
-//! 5. `env` — CPATH, C_INCLUDE_PATH, CPLUS_INCLUDE_PATH, OBJC_INCLUDE_PATH, SOURCE_DATE_EPOCH,
-//!    LANG, LC_ALL, LC_CTYPE, LC_MESSAGES, GCC_EXEC_PREFIX, COMPILER_PATH (set or unset).
-//! 6. `cwd` — the working directory, only with debug info (`-g`; the object records it),
+//! 5. `env` — every variable of [`KEY_ENV`] (set or unset): the include paths, SOURCE_DATE_EPOCH,
+//!    the locale and message language, and those that change diagnostics or the command line.
+//! 6. `arg-files` — only when an option names a file the compiler reads and no dependency
+//!    output lists ([`ARG_FILES`]: sanitizer ignore lists and the like): each option and the
+//!    file's contents.
+//! 7. `cwd` — the working directory, only with debug info (`-g`; the object records it), as the
+//!    compiler names it (`$PWD` when that is the same directory, see [`apparent_cwd`]),
 //!    rewritten by `-fdebug-prefix-map`/`-ffile-prefix-map` the way the compiler rewrites it.
-//! 7. One of:
+//! 8. One of:
 //!    - `preprocessed` — the output of `compiler -E` with the same preprocessor arguments, line
 //!      markers under `base_dir` made relative (preprocessor and direct mode; `__TIME__` and
 //!      friends expand in it, so they can never give a stale hit);
@@ -27,6 +31,18 @@
 //!      the compiler's own `-MD` output listed them (depend mode); files mentioning
 //!      `__TIME__`/`__DATE__`/`__TIMESTAMP__` are never keyed this way;
 //!    - `source` — the bytes of an already-preprocessed source (`.i`, `.ii`, `.s`).
+//!
+//! Never keyed: a compile whose source, headers or preprocessed output name a file only the
+//! assembler or the compiler proper reads (`.incbin`, the assembler's `.include`, `#embed`; see
+//! [`unlisted_input`]), and one whose environment chooses the compiler's own programs or asks
+//! for extra output files ([`REFUSED_ENV`]). docs/ARCHITECTURE.md lists every such input and
+//! how it is handled.
+//!
+//! Version 3: [`KEY_ENV`] grew (OBJCPLUS_INCLUDE_PATH, LANGUAGE, GCC_COMPARE_DEBUG, GCC_COLORS,
+//! GCC_URLS, TERM_URLS, GCC_EXTRA_DIAGNOSTIC_OUTPUT, CCC_OVERRIDE_OPTIONS,
+//! CLANG_NO_DEFAULT_CONFIG) and lost COMPILER_PATH and GCC_EXEC_PREFIX (now refused);
+//! `arg-files` and the apparent `cwd` are new; results stored by earlier versions may hold
+//! objects built from an `.incbin` file that has changed since, and are never used.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -42,25 +58,69 @@ use crate::compiler::c::CompileJob;
 
 /// Version of the list above. Bump on any change to what is hashed or how.
 /// 2: prefix-map OLD values under `base_dir` keyed relative to the working directory.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: inputs no dependency output lists (see the module docs).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Environment variables that change a compile's result or its diagnostics (input 5).
 pub const KEY_ENV: &[&str] = &[
+    // Include search paths (gcc and clang).
     "CPATH",
     "C_INCLUDE_PATH",
     "CPLUS_INCLUDE_PATH",
     "OBJC_INCLUDE_PATH",
+    "OBJCPLUS_INCLUDE_PATH",
+    // __DATE__, __TIME__ and __TIMESTAMP__.
     "SOURCE_DATE_EPOCH",
+    // The language of diagnostics (LANGUAGE overrides LANG for messages).
     "LANG",
     "LC_ALL",
     "LC_CTYPE",
     "LC_MESSAGES",
-    "GCC_EXEC_PREFIX",
-    "COMPILER_PATH",
+    "LANGUAGE",
+    // gcc: a second compile to compare (can fail the compile), colours and links in
+    // diagnostics, machine-readable fix-it hints on stderr.
+    "GCC_COMPARE_DEBUG",
+    "GCC_COLORS",
+    "GCC_URLS",
+    "TERM_URLS",
+    "GCC_EXTRA_DIAGNOSTIC_OUTPUT",
+    // clang: edits the command line; turns off the default configuration files.
+    "CCC_OVERRIDE_OPTIONS",
+    "CLANG_NO_DEFAULT_CONFIG",
 ];
 
-/// Environment variables that make gcc write extra files: such compiles are not cached.
-pub const REFUSED_ENV: &[&str] = &["DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES"];
+/// Environment variables that make a compile uncacheable, with the label `distc stats` counts:
+/// gcc writing extra dependency files, and the compiler's own programs (cc1, as) taken from
+/// directories whose contents the key does not cover (as `-B` does).
+pub const REFUSED_ENV: &[(&str, &str)] = &[
+    ("DEPENDENCIES_OUTPUT", "dependencies-env"),
+    ("SUNPRO_DEPENDENCIES", "dependencies-env"),
+    ("COMPILER_PATH", "compiler-path"),
+    ("GCC_EXEC_PREFIX", "compiler-path"),
+];
+
+/// The first variable of [`REFUSED_ENV`] set in this environment, with its label.
+pub fn refused_env() -> Option<(&'static str, &'static str)> {
+    REFUSED_ENV
+        .iter()
+        .find(|(v, _)| std::env::var_os(v).is_some())
+        .copied()
+}
+
+/// Options (glued with `=`) whose value is a file the compiler reads that neither `-E` output
+/// nor (always) `-MD` output lists: its contents are keyed (input 6).
+pub const ARG_FILES: &[&str] = &[
+    "-fsanitize-ignorelist=",
+    "-fsanitize-blacklist=",
+    "-fsanitize-system-ignorelist=",
+    "-fsanitize-coverage-allowlist=",
+    "-fsanitize-coverage-ignorelist=",
+    "-fsanitize-coverage-whitelist=",
+    "-fsanitize-coverage-blacklist=",
+    "-fxray-attr-list=",
+    "-fxray-always-instrument=",
+    "-fxray-never-instrument=",
+];
 
 /// What the key is computed in, shared by all inputs of one compile.
 #[derive(Debug, Clone)]
@@ -167,10 +227,44 @@ pub fn common_inputs(ctx: &Context, job: &CompileJob) -> io::Result<Inputs> {
         })
         .collect();
     inputs.push_digest("env", hash_list(env.iter().map(|v| v.as_slice())));
-    if let Some(cwd) = job.recorded_cwd(&ctx.cwd) {
+    let mut files: Vec<Vec<u8>> = Vec::new();
+    for a in &job.key_args {
+        let a = a.as_bytes();
+        if let Some(path) = ARG_FILES.iter().find_map(|f| a.strip_prefix(f.as_bytes())) {
+            // Unreadable: the compile fails and stores nothing; the key only has to differ.
+            let digest: [u8; 32] = match fs::read(ctx.cwd.join(OsStr::from_bytes(path))) {
+                Ok(bytes) => Sha256::digest(&bytes).into(),
+                Err(_) => [0; 32],
+            };
+            files.push(a.to_vec());
+            files.push(digest.to_vec());
+        }
+    }
+    if !files.is_empty() {
+        inputs.push_digest("arg-files", hash_list(files.iter().map(|v| v.as_slice())));
+    }
+    if let Some(cwd) = job.recorded_cwd(&apparent_cwd(&ctx.cwd)) {
         inputs.push("cwd", cwd.as_bytes());
     }
     Ok(inputs)
+}
+
+/// The working directory as gcc and clang name it (in debug info): `$PWD` when it is absolute
+/// and the same directory as `cwd` (a path through a symlink), else `cwd` — the rule of gcc's
+/// `getpwd` and LLVM's `current_path`.
+pub fn apparent_cwd(cwd: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(pwd) = std::env::var_os("PWD") {
+        let p = Path::new(&pwd);
+        if p.is_absolute()
+            && p != cwd
+            && let (Ok(a), Ok(b)) = (fs::metadata(p), fs::metadata(cwd))
+            && (a.dev(), a.ino()) == (b.dev(), b.ino())
+        {
+            return p.to_path_buf();
+        }
+    }
+    cwd.to_path_buf()
 }
 
 /// The source path as it goes into keys: relative when under `base_dir`.
@@ -300,6 +394,8 @@ pub struct Preprocessed {
     /// Files the output came from, in first-seen order (the source excluded), as the compiler
     /// printed them (relative to the working directory unless absolute).
     pub headers: Vec<PathBuf>,
+    /// The output names a file no dependency output lists ([`unlisted_input`]): not keyable.
+    pub unlisted: Option<&'static str>,
 }
 
 /// Why the preprocessor run gave no key.
@@ -314,6 +410,9 @@ pub enum PreprocessError {
     /// The preprocessor failed: the real compile will fail too and show why.
     #[error("the preprocessor exited with {0}")]
     Failed(std::process::ExitStatus),
+    /// The compile reads a file that no dependency output lists: never cached (the label).
+    #[error("the compile reads a file no dependency output lists ({0})")]
+    Unlisted(&'static str),
 }
 
 /// Runs `compiler -E` with the job's preprocessor arguments and hashes its output.
@@ -334,12 +433,11 @@ pub fn preprocess(ctx: &Context, job: &CompileJob) -> Result<Preprocessed, Prepr
     if !out.status.success() {
         return Err(PreprocessError::Failed(out.status));
     }
-    Ok(hash_preprocessed(
-        &out.stdout,
-        &job.source,
-        ctx.base_dir.as_deref(),
-        &ctx.cwd,
-    ))
+    let pp = hash_preprocessed(&out.stdout, &job.source, ctx.base_dir.as_deref(), &ctx.cwd);
+    match pp.unlisted {
+        Some(label) => Err(PreprocessError::Unlisted(label)),
+        None => Ok(pp),
+    }
 }
 
 /// Hashes preprocessor output, rewriting line-marker paths under `base_dir` and collecting the
@@ -355,7 +453,7 @@ pub fn hash_preprocessed(
     let mut seen: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
     let mut start = 0;
     while start < text.len() {
-        let end = memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i + 1);
+        let end = memchr::memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i + 1);
         let line = &text[start..end];
         start = end;
         if line.first() != Some(&b'#') {
@@ -393,16 +491,65 @@ pub fn hash_preprocessed(
     Preprocessed {
         digest: h.finalize().into(),
         headers,
+        unlisted: unlisted_input(text),
     }
 }
 
-fn memchr(b: u8, s: &[u8]) -> Option<usize> {
-    s.iter().position(|&c| c == b)
+/// Whether `text` (a source, a header, or preprocessor output) names a file that only the
+/// assembler or the compiler proper reads, which neither `-E` nor `-MD` output lists, and so no
+/// key can cover; the label `distc stats` counts:
+/// - `incbin`: the assembler's `.incbin` (in inline assembly or an assembler source);
+/// - `asm-include`: the assembler's `.include`, followed by a quote (possibly escaped, in a C
+///   string), or by blanks and a name (a macro, in an assembler source): a C member named
+///   `include` is no match;
+/// - `embed`: C23 `#embed` or `__has_embed` (the file's bytes or existence; direct and depend
+///   mode cannot see it, and an `#embed` left in `-E` output means the data is not there).
+///
+/// Directive names match in any case, as the assembler reads them, and anywhere (a comment or
+/// a string too): a needless refusal costs one cache hit, a missed one a stale object. What is
+/// not seen: a directive spelt across concatenated string literals (`".inc" "bin"`), which only
+/// the compiler proper joins.
+pub fn unlisted_input(text: &[u8]) -> Option<&'static str> {
+    let word =
+        |rest: &[u8], w: &[u8]| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w);
+    for i in memchr::memchr_iter(b'.', text) {
+        let rest = &text[i + 1..];
+        if word(rest, b"incbin") {
+            return Some("incbin");
+        }
+        if word(rest, b"include") {
+            let after = &rest[7..];
+            let blanks = after
+                .iter()
+                .take_while(|c| matches!(c, b' ' | b'\t'))
+                .count();
+            match after.get(blanks) {
+                Some(b'"' | b'\\') => return Some("asm-include"),
+                // `.include NAME`: a macro naming the file, in an assembler source.
+                Some(c) if blanks > 0 && (c.is_ascii_alphabetic() || *c == b'_') => {
+                    return Some("asm-include");
+                }
+                _ => {}
+            }
+        }
+    }
+    for i in memchr::memmem::find_iter(text, b"embed") {
+        let before = &text[..i];
+        let directive = before
+            .iter()
+            .rev()
+            .find(|&&c| c != b' ' && c != b'\t')
+            .is_some_and(|&c| c == b'#');
+        if before.ends_with(b"__has_") || directive {
+            return Some("embed");
+        }
+    }
+    None
 }
 
 /// Splits a line marker `# 12 "path" 1 3` into (`# 12 "`, unescaped path, `" 1 3\n`).
 fn split_marker(line: &[u8]) -> Option<(&[u8], Vec<u8>, &[u8])> {
-    let q = memchr(b'"', line)?;
+    let q = memchr::memchr(b'"', line)?;
     let head = &line[..q];
     // `# <digits> ` or `#line <digits> `
     let body = head
@@ -470,9 +617,45 @@ pub struct HeaderState {
     pub size: u64,
     pub mtime: (i64, i64),
     pub ctime: (i64, i64),
+    /// The names the header tests with `__has_include`: a file appearing under one changes
+    /// the compile without being in any header list. `None`: one is not a literal name.
+    pub has_include: Option<Vec<Vec<u8>>>,
 }
 
-/// Preprocessor-mode fingerprint: inputs 1–6 plus the preprocessed output.
+/// The names `text` tests with `__has_include(...)` or `__has_include_next(...)`; `None` when
+/// one is not a literal `"name"` or `<name>` (a macro: what it names is not known here).
+/// A bare `__has_include` (`#ifdef __has_include`) tests no file.
+pub fn has_include_names(text: &[u8]) -> Option<Vec<Vec<u8>>> {
+    const NEEDLE: &[u8] = b"__has_include";
+    let blank = |s: &[u8]| -> usize { s.iter().take_while(|c| matches!(c, b' ' | b'\t')).count() };
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for i in memchr::memmem::find_iter(text, NEEDLE) {
+        let mut rest = &text[i + NEEDLE.len()..];
+        rest = rest.strip_prefix(b"_next").unwrap_or(rest);
+        rest = rest.strip_prefix(b"__").unwrap_or(rest);
+        rest = &rest[blank(rest)..];
+        let Some(arg) = rest.strip_prefix(b"(") else {
+            continue;
+        };
+        let arg = &arg[blank(arg)..];
+        let close = match arg.first() {
+            Some(b'"') => b'"',
+            Some(b'<') => b'>',
+            _ => return None,
+        };
+        let body = &arg[1..];
+        let end = memchr::memchr2(close, b'\n', body)?;
+        if body[end] != close || end == 0 {
+            return None;
+        }
+        if !out.iter().any(|n| n.as_slice() == &body[..end]) {
+            out.push(body[..end].to_vec());
+        }
+    }
+    Some(out)
+}
+
+/// Preprocessor-mode fingerprint: inputs 1–7 plus the preprocessed output.
 pub fn preprocessor_fingerprint(
     ctx: &Context,
     job: &CompileJob,
@@ -488,6 +671,9 @@ pub fn preprocessor_fingerprint(
             compiler: job.source.clone(),
             source,
         })?;
+        if let Some(label) = unlisted_input(&bytes) {
+            return Err(PreprocessError::Unlisted(label));
+        }
         inputs.push("source", &bytes);
         Vec::new()
     };
@@ -695,6 +881,48 @@ mod tests {
         assert!(mentions_time_macros(b"__DATE__"));
         assert!(mentions_time_macros(b"x __TIMESTAMP__"));
         assert!(!mentions_time_macros(b"__TIM__ __DAT__ int x;"));
+    }
+
+    #[test]
+    fn unlisted_inputs_found() {
+        for (text, want) in [
+            (
+                &b"__asm__(\".incbin \\\"blob.bin\\\"\");"[..],
+                Some("incbin"),
+            ),
+            (b"  .INCBIN \"x\"\n", Some("incbin")),
+            (b".IncBin \"x\"", Some("incbin")),
+            (b".include \"part.s\"\n", Some("asm-include")),
+            (b"__asm__(\".include\\\"p.s\\\"\");", Some("asm-include")),
+            (b"\t.include\tP\n", Some("asm-include")),
+            (b"#embed \"data.bin\"\n", Some("embed")),
+            (b"#  embed <data.bin>\n", Some("embed")),
+            (b"#if __has_embed(\"x\")\n", Some("embed")),
+            // Not directives: a member named include, an include of a header, a word.
+            (b"s.include = 1; x.includes; p->incbin;", None),
+            (b"#include \"incbin.h\"\n#include <x/include/y.h>\n", None),
+            (b"embedded = 1; /* embed */ double d = 1.5;", None),
+        ] {
+            assert_eq!(
+                unlisted_input(text),
+                want,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn has_include_names_found() {
+        let text = b"#ifdef __has_include\n# if __has_include (\"linux/rseq.h\")\n#endif\n\
+            #if __has_include(<sys/sdt.h>) || __has_include_next(<sys/sdt.h>)\n";
+        assert_eq!(
+            has_include_names(text).unwrap(),
+            [b"linux/rseq.h".to_vec(), b"sys/sdt.h".to_vec()]
+        );
+        assert!(has_include_names(b"#if __has_include(HEADER)\n").is_none());
+        assert!(has_include_names(b"#if __has_include(\"open\n").is_none());
+        assert_eq!(has_include_names(b"int x;").unwrap(), Vec::<Vec<u8>>::new());
         for pad in 0..4 {
             let mut t = " ".repeat(pad).into_bytes();
             t.extend_from_slice(b"__TIME__");
