@@ -3,6 +3,7 @@
 #
 #   scripts/bench_team.sh                  # everything
 #   BENCH_RUNS=30 scripts/bench_team.sh    # runs per hit measurement (default 20)
+#   BENCH_KINDS=rust BENCH_PROFILES=release scripts/bench_team.sh   # a part (cpp, rust; debug, release)
 #
 # Two machines on 127.0.0.1: two peers with one mesh key (scripts/run_nodes.sh 2), two
 # DISTC_DIRs, and two checkouts of the same sources at different paths and depths
@@ -17,7 +18,8 @@
 # cache warm), and once with the cache disabled (plain compiler). Reported: machine two's share
 # of remote hits (target >= 95 %) and its build time against cold and local-warm.
 # Then hits of one file, medians of one hyperfine run: `distc build hello.rs`, the wrapper's
-# rustc hit as cargo runs it, `distc gcc -c hello.c` and ccache's `gcc -c hello.c`.
+# rustc hit as cargo runs it, `distc gcc -c hello.c` and ccache's `gcc -c hello.c`, and a C hit
+# with an object as large as hello.rs's executable (a 4 MiB array: same size of output).
 # Needs cmake, make, gcc, g++, cargo (crates fetched once), ccache, hyperfine, python3.
 # Stops every peer it starts (by pid files).
 set -euo pipefail
@@ -171,8 +173,8 @@ build() {
 
 rows="$work/rows.tsv"
 : >"$rows"
-for kind in cpp rust; do
-  for profile in debug release; do
+for kind in ${BENCH_KINDS:-cpp rust}; do
+  for profile in ${BENCH_PROFILES:-debug release}; do
     echo "bench_team: $kind $profile" >&2
     for d in "$m1" "$m2"; do DISTC_DIR=$d "$bin" flush >/dev/null 2>&1 || true; rm -rf "$d/manifests"; done
     plain=$(build $kind $profile "$one" "$m1" DISTC_DISABLE=1)
@@ -195,12 +197,15 @@ rc="--crate-name hello --crate-type bin --edition=2021 --emit=link --out-dir o h
 "$bin" build hello.rs >/dev/null && "$bin" build hello.rs >/dev/null
 "$bin" rustc $rc && "$bin" rustc $rc
 "$bin" gcc -O2 -c hello.c -o h1.o && "$bin" gcc -O2 -c hello.c -o h1.o
+size=$(stat -c %s hello)
+printf 'const unsigned char big[%s] = {1};\n' "$size" >big.c
+"$bin" gcc -O2 -c big.c -o big.o && "$bin" gcc -O2 -c big.c -o big.o
 ccache gcc -O2 -c hello.c -o h2.o && ccache gcc -O2 -c hello.c -o h2.o
 hyperfine -N --warmup 3 --runs "$runs" --style basic --export-json "$work/hello.json" \
   -n "distc build hello.rs" -n "distc rustc (cargo's per-crate call)" \
-  -n "distc gcc -c hello.c" -n "ccache gcc -c hello.c" \
+  -n "distc gcc -c hello.c" -n "ccache gcc -c hello.c" -n "distc gcc -c big.c (object as large as hello)" \
   "$bin build hello.rs" "$bin rustc $rc" "$bin gcc -O2 -c hello.c -o h1.o" \
-  "ccache gcc -O2 -c hello.c -o h2.o" >"$work/hello.log" 2>&1 || { cat "$work/hello.log" >&2; exit 1; }
+  "ccache gcc -O2 -c hello.c -o h2.o" "$bin gcc -O2 -c big.c -o big.o" >"$work/hello.log" 2>&1 || { cat "$work/hello.log" >&2; exit 1; }
 
 python3 - "$rows" "$work/hello.json" "$runs" <<'EOF'
 import json, statistics, sys

@@ -43,8 +43,10 @@ pub struct Bundle {
     pub exit_code: i32,
 }
 
-/// Serialise `Vec<u8>` as one byte string (compact and fast), not a sequence of integers.
-mod bytes {
+/// Serialise `Vec<u8>` as one byte string (compact and fast), not a sequence of integers, and
+/// read it back in one piece (a sequence visitor costs a call per byte: megabytes of a Rust
+/// hit's outputs). Used with `#[serde(with = …)]` by every encoded byte buffer of the wrapper.
+pub(crate) mod bytes {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

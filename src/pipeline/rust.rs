@@ -60,19 +60,10 @@ struct RustFile {
     exec: bool,
     /// Stored with path placeholders (the `.d` file).
     templated: bool,
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::cache::bundle::bytes")]
     data: Vec<u8>,
 }
 
-mod bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        <Vec<u8>>::deserialize(d)
-    }
-}
 
 /// Replaces every occurrence of `from` in `data` by `to`.
 fn replace_bytes(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
