@@ -13,18 +13,6 @@ use std::process::{Command, Output};
 
 use common::{MODES, Sandbox, assert_ok, have_tool};
 
-fn write(sb: &Sandbox, rel: &str, text: impl AsRef<[u8]>) {
-    let p = sb.work.join(rel);
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(p, text).unwrap();
-}
-
-fn read(sb: &Sandbox, rel: &str) -> Vec<u8> {
-    fs::read(sb.work.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -93,10 +81,10 @@ fn every_change_reaches_the_object(
     let before = sb.compiles();
     for round in 0..3 {
         let marker = format!("DATA-{round}-{mode}-{}", args[0]);
-        write(sb, data_file, data(&marker));
+        sb.write(data_file, data(&marker));
         assert_ok(&distc(sb, mode, &[], args), mode);
         assert!(
-            contains(&read(sb, object), marker.as_bytes()),
+            contains(&sb.read(object), marker.as_bytes()),
             "{mode} {args:?}: round {round}: the object lacks the new data"
         );
     }
@@ -115,8 +103,7 @@ fn incbin_in_a_c_source_is_refused() {
     for cc in compilers() {
         for (mode, ..) in MODES {
             let sb = sandbox_for(cc);
-            write(
-                &sb,
+            sb.write(
                 "a.c",
                 format!("{INCBIN_ASM}int main(void) {{ return 0; }}\n"),
             );
@@ -140,17 +127,12 @@ fn incbin_in_an_included_header_is_refused() {
             let sb = sandbox_for(cc);
             // Through a macro, as incbin-style helper headers do: the directive is spelt in the
             // header, the file named in the source.
-            write(
-                &sb,
+            sb.write(
                 "inc/embed.h",
                 "#define EMBED(name, file) __asm__(\".section .rodata\\n.global \" #name \
                  \"\\n\" #name \":\\n.IncBin \\\"\" file \"\\\"\\n.previous\\n\")\n",
             );
-            write(
-                &sb,
-                "a.c",
-                "#include \"embed.h\"\nEMBED(blob, \"blob.bin\");\n",
-            );
+            sb.write("a.c", "#include \"embed.h\"\nEMBED(blob, \"blob.bin\");\n");
             every_change_reaches_the_object(
                 &sb,
                 mode,
@@ -170,21 +152,21 @@ fn a_header_gaining_incbin_after_a_manifest_was_recorded_is_refused() {
     for cc in compilers() {
         for (mode, ..) in MODES {
             let sb = sandbox_for(cc);
-            write(&sb, "h.h", "#define V 1\n");
-            write(&sb, "a.c", "#include \"h.h\"\nint v = V;\n");
+            sb.write("h.h", "#define V 1\n");
+            sb.write("a.c", "#include \"h.h\"\nint v = V;\n");
             let args = [cc, "-c", "a.c", "-o", "a.o"];
             assert_ok(&distc(&sb, mode, &[], &args), mode);
             assert_ok(&distc(&sb, mode, &[], &args), mode);
             assert_eq!(sb.compiles(), 1, "{mode} {cc}: the second compile is a hit");
             assert_eq!(stats(&sb).hits, 1, "{mode} {cc}");
-            write(&sb, "h.h", format!("#define V 1\n{INCBIN_ASM}"));
+            sb.write("h.h", format!("#define V 1\n{INCBIN_ASM}"));
             let before = sb.compiles();
             for round in 0..3 {
                 let marker = format!("HDR-{round}-{mode}-{cc}");
-                write(&sb, "blob.bin", &marker);
+                sb.write("blob.bin", &marker);
                 assert_ok(&distc(&sb, mode, &[], &args), mode);
                 assert!(
-                    contains(&read(&sb, "a.o"), marker.as_bytes()),
+                    contains(&sb.read("a.o"), marker.as_bytes()),
                     "{mode} {cc}: round {round}: stale object"
                 );
             }
@@ -201,8 +183,7 @@ fn incbin_in_assembler_sources_is_refused() {
             let sb = sandbox_for(cc);
             // `.S` goes through the preprocessor; `.s` does not. Directive names are
             // case-insensitive to the assembler.
-            write(
-                &sb,
+            sb.write(
                 "a.S",
                 "#define SECTION .section .rodata\nSECTION\n.global blob\nblob:\n\
                  .incbin \"blob.bin\"\n",
@@ -217,8 +198,7 @@ fn incbin_in_assembler_sources_is_refused() {
                 "incbin",
             );
             let sb = sandbox_for(cc);
-            write(
-                &sb,
+            sb.write(
                 "b.s",
                 ".section .rodata\n.global blob2\nblob2:\n.INCBIN \"blob.bin\"\n",
             );
@@ -246,7 +226,7 @@ fn assembler_include_is_refused() {
                 ("c.c", "__asm__(\".include \\\"part.inc\\\"\");\n"),
             ] {
                 let sb = sandbox_for(cc);
-                write(&sb, src, text);
+                sb.write(src, text);
                 every_change_reaches_the_object(
                     &sb,
                     mode,
@@ -266,8 +246,7 @@ fn assembler_include_is_refused() {
 #[test]
 fn ordinary_sources_stay_cacheable() {
     let sb = Sandbox::new();
-    write(
-        &sb,
+    sb.write(
         "a.c",
         "struct s { int include; int inc; };\nint f(struct s *p) { return p->include + p->inc; }\n\
          double d = 1.5;\n",
@@ -299,12 +278,12 @@ fn each_value_misses(
         for (i, env) in envs.iter().enumerate() {
             prepare(&sb, i);
             let want = reference(&sb, env, args);
-            let want_obj = read(&sb, object);
+            let want_obj = sb.read(object);
             fs::remove_file(sb.work.join(object)).unwrap();
             let got = distc(&sb, mode, env, args);
             assert_ok(&got, mode);
             assert_eq!(sb.compiles(), i + 1, "{mode} {args:?} {env:?}: a miss");
-            assert_eq!(read(&sb, object), want_obj, "{mode} {env:?}: the object");
+            assert_eq!(sb.read(object), want_obj, "{mode} {env:?}: the object");
             assert_eq!(got.stderr, want.stderr, "{mode} {env:?}: the diagnostics");
             if i == 0 {
                 first = want_obj;
@@ -313,7 +292,7 @@ fn each_value_misses(
         prepare(&sb, 0);
         assert_ok(&distc(&sb, mode, &envs[0], args), mode);
         assert_eq!(sb.compiles(), envs.len(), "{mode} {args:?}: a hit again");
-        assert_eq!(read(&sb, object), first, "{mode}: the first object again");
+        assert_eq!(sb.read(object), first, "{mode}: the first object again");
     }
 }
 
@@ -335,14 +314,13 @@ fn sanitizer_ignore_list_contents_are_keyed() {
         each_value_misses(
             || {
                 let sb = sandbox_for("clang");
-                write(
-                    &sb,
+                sb.write(
                     "a.c",
                     "int f(int *p) { return *p; }\nint g(int *p) { return *p; }\n",
                 );
                 sb
             },
-            |sb, i| write(sb, "ign.txt", lists[i]),
+            |sb, i| sb.write("ign.txt", lists[i]),
             &[vec![], vec![], vec![]],
             &[
                 "clang",
@@ -365,14 +343,14 @@ fn apparent_working_directory_is_keyed_with_debug_info() {
     for cc in compilers() {
         for (mode, ..) in MODES {
             let sb = sandbox_for(cc);
-            write(&sb, "a.c", "int x;\n");
+            sb.write("a.c", "int x;\n");
             let link = sb.root.path().join("link");
             std::os::unix::fs::symlink(&sb.work, &link).unwrap();
             let args = [cc, "-g", "-c", "a.c", "-o", "a.o"];
             for (i, pwd) in [link.as_path(), sb.work.as_path()].iter().enumerate() {
                 let env = [("PWD", os(pwd.as_os_str()))];
                 reference(&sb, &env, &args);
-                let want = read(&sb, "a.o");
+                let want = sb.read("a.o");
                 assert_eq!(
                     contains(&want, link.as_os_str().as_encoded_bytes()),
                     i == 0,
@@ -381,7 +359,7 @@ fn apparent_working_directory_is_keyed_with_debug_info() {
                 fs::remove_file(sb.work.join("a.o")).unwrap();
                 assert_ok(&distc(&sb, mode, &env, &args), mode);
                 assert_eq!(sb.compiles(), i + 1, "{mode} {cc} PWD={pwd:?}: a miss");
-                assert_eq!(read(&sb, "a.o"), want, "{mode} {cc} PWD={pwd:?}");
+                assert_eq!(sb.read("a.o"), want, "{mode} {cc} PWD={pwd:?}");
             }
         }
     }
@@ -414,7 +392,7 @@ fn diagnostics_environment_is_keyed() {
         each_value_misses(
             || {
                 let sb = Sandbox::new();
-                write(&sb, "a.c", src);
+                sb.write("a.c", src);
                 sb
             },
             |_, _| {},
@@ -434,9 +412,9 @@ fn include_path_environment_is_keyed() {
         each_value_misses(
             || {
                 let sb = Sandbox::new();
-                write(&sb, src, "#include \"h.h\"\nint x = X;\n");
-                write(&sb, "i1/h.h", "#define X 1\n");
-                write(&sb, "i2/h.h", "#define X 2\n");
+                sb.write(src, "#include \"h.h\"\nint x = X;\n");
+                sb.write("i1/h.h", "#define X 1\n");
+                sb.write("i2/h.h", "#define X 2\n");
                 sb
             },
             |_, _| {},
@@ -456,7 +434,7 @@ fn clang_override_options_are_keyed() {
     each_value_misses(
         || {
             let sb = sandbox_for("clang");
-            write(&sb, "a.c", "int v = X;\n");
+            sb.write("a.c", "int v = X;\n");
             sb
         },
         |_, _| {},
@@ -474,7 +452,7 @@ fn source_date_epoch_is_keyed() {
     each_value_misses(
         || {
             let sb = Sandbox::new();
-            write(&sb, "a.c", "const char *d = __DATE__;\n");
+            sb.write("a.c", "const char *d = __DATE__;\n");
             sb
         },
         |_, _| {},
@@ -492,23 +470,23 @@ fn source_date_epoch_is_keyed() {
 fn sysroot_headers_are_keyed() {
     for (mode, ..) in MODES {
         let sb = Sandbox::new();
-        write(&sb, "a.c", "#include <v.h>\nint x = V;\n");
-        write(&sb, "sr/usr/include/v.h", "#define V 1\n");
+        sb.write("a.c", "#include <v.h>\nint x = V;\n");
+        sb.write("sr/usr/include/v.h", "#define V 1\n");
         let args = ["gcc", "--sysroot=sr", "-c", "a.c", "-o", "a.o"];
         let mut objects = Vec::new();
         for (i, step) in ["first", "edited", "shadowed"].iter().enumerate() {
             match *step {
-                "edited" => write(&sb, "sr/usr/include/v.h", "#define V 2\n"),
+                "edited" => sb.write("sr/usr/include/v.h", "#define V 2\n"),
                 // Searched before /usr/include: a new header there shadows the old one.
-                "shadowed" => write(&sb, "sr/usr/local/include/v.h", "#define V 3\n"),
+                "shadowed" => sb.write("sr/usr/local/include/v.h", "#define V 3\n"),
                 _ => {}
             }
             reference(&sb, &[], &args);
-            let want = read(&sb, "a.o");
+            let want = sb.read("a.o");
             fs::remove_file(sb.work.join("a.o")).unwrap();
             assert_ok(&distc(&sb, mode, &[], &args), mode);
             assert_eq!(sb.compiles(), i + 1, "{mode} {step}: a miss");
-            assert_eq!(read(&sb, "a.o"), want, "{mode} {step}");
+            assert_eq!(sb.read("a.o"), want, "{mode} {step}");
             objects.push(want);
         }
         assert_ne!(objects[0], objects[1]);
@@ -523,7 +501,7 @@ fn compiler_path_environment_is_refused() {
     for cc in compilers() {
         for (mode, ..) in MODES {
             let sb = sandbox_for(cc);
-            write(&sb, "a.c", "int x;\n");
+            sb.write("a.c", "int x;\n");
             let tools = sb.root.path().join("tools");
             fs::create_dir_all(&tools).unwrap();
             let as_path = common::which("as").unwrap();
@@ -546,7 +524,7 @@ fn compiler_path_environment_is_refused() {
                 set_executable(&script);
                 assert_ok(&distc(&sb, mode, &env, &args), mode);
                 assert!(
-                    contains(&read(&sb, "a.o"), marker.as_bytes()),
+                    contains(&sb.read("a.o"), marker.as_bytes()),
                     "{mode} {cc}: round {round}: the new assembler ran"
                 );
             }
@@ -566,9 +544,9 @@ fn set_executable(p: &Path) {
 #[test]
 fn file_reading_options_are_refused_with_their_label() {
     let sb = Sandbox::new();
-    write(&sb, "a.c", "int x;\n");
-    write(&sb, "prof.afdo", "");
-    write(&sb, "s.specs", "");
+    sb.write("a.c", "int x;\n");
+    sb.write("prof.afdo", "");
+    sb.write("s.specs", "");
     for (flag, label) in [
         ("-fprofile-use", "profile-use"),
         ("-fbranch-probabilities", "profile-use"),
@@ -597,14 +575,12 @@ fn file_reading_options_are_refused_with_their_label() {
 fn a_file_appearing_where_has_include_looks_misses() {
     for (mode, ..) in MODES {
         let sb = Sandbox::new();
-        write(
-            &sb,
+        sb.write(
             "a.c",
             "#include \"h.h\"\n#if __has_include(\"cfg.h\")\n#include \"cfg.h\"\n#else\n\
              #define V 1\n#endif\nint v = V + W;\n",
         );
-        write(
-            &sb,
+        sb.write(
             "inc/h.h",
             "#if __has_include (<cfg2.h>)\n#include <cfg2.h>\n#else\n#define W 10\n#endif\n",
         );
@@ -612,19 +588,19 @@ fn a_file_appearing_where_has_include_looks_misses() {
         let mut compiles = 0;
         for step in ["first", "again", "cfg2.h", "cfg.h", "again"] {
             match step {
-                "cfg2.h" => write(&sb, "inc/cfg2.h", "#define W 20\n"),
-                "cfg.h" => write(&sb, "cfg.h", "#define V 2\n"),
+                "cfg2.h" => sb.write("inc/cfg2.h", "#define W 20\n"),
+                "cfg.h" => sb.write("cfg.h", "#define V 2\n"),
                 _ => {}
             }
             if step != "again" {
                 compiles += 1;
             }
             reference(&sb, &[], &args);
-            let want = read(&sb, "a.o");
+            let want = sb.read("a.o");
             fs::remove_file(sb.work.join("a.o")).unwrap();
             assert_ok(&distc(&sb, mode, &[], &args), mode);
             assert_eq!(sb.compiles(), compiles, "{mode} {step}");
-            assert_eq!(read(&sb, "a.o"), want, "{mode} {step}: the object");
+            assert_eq!(sb.read("a.o"), want, "{mode} {step}: the object");
         }
     }
 }

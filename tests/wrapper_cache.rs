@@ -26,18 +26,6 @@ fn each_mode(body: impl Fn(&Sandbox, &dyn Fn(&[&str]) -> Output, &str)) {
     }
 }
 
-fn write(sb: &Sandbox, rel: &str, text: &str) {
-    let p = sb.work.join(rel);
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(p, text).unwrap();
-}
-
-fn read(sb: &Sandbox, rel: &str) -> Vec<u8> {
-    fs::read(sb.work.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-}
-
 /// Compiles with the real compiler directly (no distc) for a reference object.
 fn reference(sb: &Sandbox, compiler: &str, args: &[&str]) -> Output {
     let out = std::process::Command::new(compiler)
@@ -55,45 +43,44 @@ const HELLO: &str =
 #[test]
 fn second_compile_is_a_hit_with_identical_object() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", HELLO);
-        write(sb, "h.h", "#define X 1\n");
+        sb.write("a.c", HELLO);
+        sb.write("h.h", "#define X 1\n");
         assert_ok(&run(&["gcc", "-c", "a.c", "-o", "a.o", "-O2"]), mode);
         assert_eq!(sb.compiles(), 1, "{mode}");
-        let first = read(sb, "a.o");
+        let first = sb.read("a.o");
         fs::remove_file(sb.work.join("a.o")).unwrap();
         assert_ok(&run(&["gcc", "-c", "a.c", "-o", "a.o", "-O2"]), mode);
         assert_eq!(sb.compiles(), 1, "{mode}: second compile must be a hit");
-        assert_eq!(read(sb, "a.o"), first, "{mode}");
+        assert_eq!(sb.read("a.o"), first, "{mode}");
         reference(sb, "gcc", &["-c", "a.c", "-o", "ref.o", "-O2"]);
-        assert_eq!(read(sb, "ref.o"), first, "{mode}: same as a plain compile");
+        assert_eq!(sb.read("ref.o"), first, "{mode}: same as a plain compile");
         // C++ too.
-        write(
-            sb,
+        sb.write(
             "b.cpp",
             "#include <string>\nstd::string f() { return \"x\"; }\n",
         );
         assert_ok(&run(&["g++", "-c", "b.cpp", "-o", "b.o"]), mode);
         assert_ok(&run(&["g++", "-c", "b.cpp", "-o", "b2.o"]), mode);
         assert_eq!(sb.compiles(), 2, "{mode}");
-        assert_eq!(read(sb, "b.o"), read(sb, "b2.o"));
+        assert_eq!(sb.read("b.o"), sb.read("b2.o"));
     });
 }
 
 #[test]
 fn editing_an_included_header_misses() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", HELLO);
-        write(sb, "h.h", "#define X 1\n");
+        sb.write("a.c", HELLO);
+        sb.write("h.h", "#define X 1\n");
         assert_ok(&run(&["gcc", "-c", "a.c"]), mode);
         // Same size, immediately after: stat alone must not be trusted.
-        write(sb, "h.h", "#define X 2\n");
+        sb.write("h.h", "#define X 2\n");
         assert_ok(&run(&["gcc", "-c", "a.c"]), mode);
         assert_eq!(sb.compiles(), 2, "{mode}");
-        let obj = read(sb, "a.o");
+        let obj = sb.read("a.o");
         reference(sb, "gcc", &["-c", "a.c", "-o", "ref.o"]);
-        assert_eq!(obj, read(sb, "ref.o"), "{mode}");
+        assert_eq!(obj, sb.read("ref.o"), "{mode}");
         // Back to the first content: a hit again.
-        write(sb, "h.h", "#define X 1\n");
+        sb.write("h.h", "#define X 1\n");
         assert_ok(&run(&["gcc", "-c", "a.c"]), mode);
         assert_eq!(sb.compiles(), 2, "{mode}");
     });
@@ -102,21 +89,21 @@ fn editing_an_included_header_misses() {
 #[test]
 fn new_header_shadowing_another_misses() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", "#include \"h.h\"\nint x = X;\n");
-        write(sb, "inc2/h.h", "#define X 2\n");
+        sb.write("a.c", "#include \"h.h\"\nint x = X;\n");
+        sb.write("inc2/h.h", "#define X 2\n");
         fs::create_dir_all(sb.work.join("inc1")).unwrap();
         let args = ["gcc", "-c", "a.c", "-Iinc1", "-Iinc2"];
         assert_ok(&run(&args), mode);
         assert_ok(&run(&args), mode);
         assert_eq!(sb.compiles(), 1, "{mode}");
-        write(sb, "inc1/h.h", "#define X 1\n");
+        sb.write("inc1/h.h", "#define X 1\n");
         assert_ok(&run(&args), mode);
         assert_eq!(sb.compiles(), 2, "{mode}: shadowing header must miss");
-        let obj = read(sb, "a.o");
+        let obj = sb.read("a.o");
         reference(sb, "gcc", &["-c", "a.c", "-Iinc1", "-Iinc2", "-o", "ref.o"]);
-        assert_eq!(obj, read(sb, "ref.o"), "{mode}");
+        assert_eq!(obj, sb.read("ref.o"), "{mode}");
         // A header next to the source shadows both -I directories for "..." includes.
-        write(sb, "h.h", "#define X 3\n");
+        sb.write("h.h", "#define X 3\n");
         assert_ok(&run(&args), mode);
         assert_eq!(
             sb.compiles(),
@@ -129,7 +116,7 @@ fn new_header_shadowing_another_misses() {
 #[test]
 fn define_and_optimisation_changes_miss() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", "int f(void) { return V; }\n");
+        sb.write("a.c", "int f(void) { return V; }\n");
         assert_ok(&run(&["gcc", "-c", "a.c", "-DV=1"]), mode);
         assert_ok(&run(&["gcc", "-c", "a.c", "-DV=2"]), mode);
         assert_eq!(sb.compiles(), 2, "{mode}");
@@ -150,7 +137,7 @@ fn define_and_optimisation_changes_miss() {
 #[test]
 fn a_changed_compiler_misses() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", "int x;\n");
+        sb.write("a.c", "int x;\n");
         assert_ok(&run(&["gcc", "-c", "a.c"]), mode);
         // A different compiler binary under the same path (here: the script changes).
         let script = sb.bin.join("gcc");
@@ -167,14 +154,13 @@ fn a_changed_compiler_misses() {
 #[test]
 fn time_macros_never_give_a_stale_hit() {
     each_mode(|sb, run, mode| {
-        write(
-            sb,
+        sb.write(
             "t.c",
             "const char *t = __TIME__;\n#include \"d.h\"\nconst char *d = D;\n",
         );
-        write(sb, "d.h", "#define D __DATE__\n");
+        sb.write("d.h", "#define D __DATE__\n");
         assert_ok(&run(&["gcc", "-c", "t.c"]), mode);
-        let first = read(sb, "t.o");
+        let first = sb.read("t.o");
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert_ok(&run(&["gcc", "-c", "t.c"]), mode);
         assert_eq!(
@@ -182,15 +168,14 @@ fn time_macros_never_give_a_stale_hit() {
             2,
             "{mode}: a __TIME__ source must be recompiled"
         );
-        assert_ne!(read(sb, "t.o"), first, "{mode}");
+        assert_ne!(sb.read("t.o"), first, "{mode}");
     });
 }
 
 #[test]
 fn warnings_and_exit_status_are_replayed() {
     each_mode(|sb, run, mode| {
-        write(
-            sb,
+        sb.write(
             "w.c",
             "int f(void) { int unused; return 0; }\n#warning hello from w.c\n",
         );
@@ -212,7 +197,7 @@ fn warnings_and_exit_status_are_replayed() {
 #[test]
 fn failing_compiles_fail_the_same_way_every_time() {
     each_mode(|sb, run, mode| {
-        write(sb, "bad.c", "int f(void) { return nope; }\n");
+        sb.write("bad.c", "int f(void) { return nope; }\n");
         let outs: Vec<Output> = (0..3).map(|_| run(&["gcc", "-c", "bad.c"])).collect();
         for o in &outs {
             assert!(!o.status.success(), "{mode}: failure must stay a failure");
@@ -225,9 +210,9 @@ fn failing_compiles_fail_the_same_way_every_time() {
             "{mode}: no object from a failure"
         );
         // Fixing it compiles; breaking it again fails again (never a stale success).
-        write(sb, "bad.c", "int f(void) { return 0; }\n");
+        sb.write("bad.c", "int f(void) { return 0; }\n");
         assert_ok(&run(&["gcc", "-c", "bad.c"]), mode);
-        write(sb, "bad.c", "int f(void) { return nope; }\n");
+        sb.write("bad.c", "int f(void) { return nope; }\n");
         assert!(!run(&["gcc", "-c", "bad.c"]).status.success(), "{mode}");
     });
 }
@@ -235,8 +220,8 @@ fn failing_compiles_fail_the_same_way_every_time() {
 #[test]
 fn dependency_files_are_correct_on_a_hit() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", HELLO);
-        write(sb, "h.h", "#define X 1\n");
+        sb.write("a.c", HELLO);
+        sb.write("h.h", "#define X 1\n");
         fs::create_dir_all(sb.work.join("obj")).unwrap();
         for (i, flags) in [
             vec!["-MD"],
@@ -253,12 +238,12 @@ fn dependency_files_are_correct_on_a_hit() {
                 .position(|f| *f == "-MF")
                 .map_or("obj/a.d".to_string(), |p| flags[p + 1].to_string());
             assert_ok(&run(&args), mode);
-            let first = read(sb, &dep);
+            let first = sb.read(&dep);
             fs::remove_file(sb.work.join(&dep)).unwrap();
             fs::remove_file(sb.work.join("obj/a.o")).unwrap();
             assert_ok(&run(&args), mode);
             assert_eq!(sb.compiles(), i + 1, "{mode} {flags:?}: hit");
-            assert_eq!(read(sb, &dep), first, "{mode} {flags:?}");
+            assert_eq!(sb.read(&dep), first, "{mode} {flags:?}");
             assert!(String::from_utf8_lossy(&first).contains("h.h"));
         }
         // The object path is the default target: another -o gives another .d.
@@ -266,7 +251,7 @@ fn dependency_files_are_correct_on_a_hit() {
             &run(&["gcc", "-c", "a.c", "-o", "obj/other.o", "-MD"]),
             mode,
         );
-        let d = String::from_utf8(read(sb, "obj/other.d")).unwrap();
+        let d = String::from_utf8(sb.read("obj/other.d")).unwrap();
         assert!(d.starts_with("obj/other.o:"), "{mode}: {d}");
     });
 }
@@ -274,9 +259,9 @@ fn dependency_files_are_correct_on_a_hit() {
 #[test]
 fn cpath_changes_miss() {
     each_mode(|sb, _run, mode| {
-        write(sb, "a.c", "#include \"h.h\"\nint x = X;\n");
-        write(sb, "i1/h.h", "#define X 1\n");
-        write(sb, "i2/h.h", "#define X 2\n");
+        sb.write("a.c", "#include \"h.h\"\nint x = X;\n");
+        sb.write("i1/h.h", "#define X 1\n");
+        sb.write("i2/h.h", "#define X 2\n");
         let with = |cpath: &str| {
             let (_, direct, depend) = MODES.iter().find(|m| m.0 == mode).unwrap();
             sb.distc()
@@ -298,8 +283,8 @@ fn cpath_changes_miss() {
 #[test]
 fn eight_parallel_compiles_of_one_file_are_all_correct() {
     each_mode(|sb, _run, mode| {
-        write(sb, "a.c", HELLO);
-        write(sb, "h.h", "#define X 1\n");
+        sb.write("a.c", HELLO);
+        sb.write("h.h", "#define X 1\n");
         reference(sb, "gcc", &["-c", "a.c", "-o", "ref.o"]);
         let (_, direct, depend) = MODES.iter().find(|m| m.0 == mode).unwrap();
         let children: Vec<_> = (0..8)
@@ -316,9 +301,9 @@ fn eight_parallel_compiles_of_one_file_are_all_correct() {
             let out = c.wait_with_output().unwrap();
             assert_ok(&out, mode);
         }
-        let r = read(sb, "ref.o");
+        let r = sb.read("ref.o");
         for i in 0..8 {
-            assert_eq!(read(sb, &format!("p{i}.o")), r, "{mode}: p{i}.o");
+            assert_eq!(sb.read(&format!("p{i}.o")), r, "{mode}: p{i}.o");
         }
         let n = sb.compiles();
         assert!((1..=8).contains(&n), "{mode}: {n}");
@@ -341,8 +326,8 @@ fn corrupt_all(dir: &Path) {
 #[test]
 fn every_cache_file_corrupted_still_gives_correct_objects() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", HELLO);
-        write(sb, "h.h", "#define X 1\n");
+        sb.write("a.c", HELLO);
+        sb.write("h.h", "#define X 1\n");
         reference(
             sb,
             "gcc",
@@ -353,11 +338,11 @@ fn every_cache_file_corrupted_still_gives_correct_objects() {
         fs::remove_file(sb.work.join("a.o")).unwrap();
         let out = run(&["gcc", "-c", "a.c", "-o", "a.o", "-MD"]);
         assert_ok(&out, mode);
-        assert_eq!(read(sb, "a.o"), read(sb, "ref.o"), "{mode}");
+        assert_eq!(sb.read("a.o"), sb.read("ref.o"), "{mode}");
         // Truncated entries too.
         corrupt_all(&sb.distc_dir);
         assert_ok(&run(&["gcc", "-c", "a.c", "-o", "a.o", "-MD"]), mode);
-        assert_eq!(read(sb, "a.o"), read(sb, "ref.o"), "{mode}");
+        assert_eq!(sb.read("a.o"), sb.read("ref.o"), "{mode}");
         // And the cache recovers: the next compile is a hit again.
         let before = sb.compiles();
         assert_ok(&run(&["gcc", "-c", "a.c", "-o", "a.o", "-MD"]), mode);
@@ -368,7 +353,7 @@ fn every_cache_file_corrupted_still_gives_correct_objects() {
 #[test]
 fn unusable_cache_dir_compiles_with_one_warning() {
     let sb = Sandbox::new();
-    write(&sb, "a.c", "int x;\n");
+    sb.write("a.c", "int x;\n");
     // A regular file where the cache directory should be (permission bits do not stop root).
     fs::write(&sb.distc_dir, b"not a directory").unwrap();
     let out = sb.distc().args(["gcc", "-c", "a.c"]).output().unwrap();
@@ -399,7 +384,7 @@ fn distc_disable_spellings_mean_one_thing_and_a_bad_one_keeps_caching() {
     ];
     for &(value, disabled) in spellings {
         let sb = Sandbox::new();
-        write(&sb, "a.c", "int x;\n");
+        sb.write("a.c", "int x;\n");
         for _ in 0..2 {
             let out = sb
                 .distc()
@@ -428,7 +413,7 @@ fn distc_disable_spellings_mean_one_thing_and_a_bad_one_keeps_caching() {
     }
 
     let sb = Sandbox::new();
-    write(&sb, "a.c", "int x;\n");
+    sb.write("a.c", "int x;\n");
     for _ in 0..2 {
         let out = sb
             .distc()
@@ -461,7 +446,7 @@ fn distc_disable_spellings_mean_one_thing_and_a_bad_one_keeps_caching() {
     // The same in a config file: a bad size warns and keeps the default.
     let cfg = sb.root.path().join("bad.toml");
     fs::write(&cfg, "max_size = \"lots\"\ndisable = \"sometimes\"\n").unwrap();
-    write(&sb, "b.c", "int y;\n");
+    sb.write("b.c", "int y;\n");
     for _ in 0..2 {
         let out = sb
             .distc()
@@ -487,15 +472,15 @@ fn rsp_compiles(sb: &Sandbox) -> usize {
 #[test]
 fn response_files_are_expanded() {
     each_mode(|sb, run, mode| {
-        write(sb, "a.c", "int x = V;\n");
-        write(sb, "args.rsp", "-c a.c\n-o 'out.o' -DV=7\n");
+        sb.write("a.c", "int x = V;\n");
+        sb.write("args.rsp", "-c a.c\n-o 'out.o' -DV=7\n");
         assert_ok(&run(&["gcc", "@args.rsp"]), mode);
         assert_ok(&run(&["gcc", "@args.rsp"]), mode);
         assert_eq!(rsp_compiles(sb), 1, "{mode}");
         reference(sb, "gcc", &["-c", "a.c", "-o", "ref.o", "-DV=7"]);
-        assert_eq!(read(sb, "out.o"), read(sb, "ref.o"));
+        assert_eq!(sb.read("out.o"), sb.read("ref.o"));
         // Changing the file's contents changes the key.
-        write(sb, "args.rsp", "-c a.c\n-o 'out.o' -DV=8\n");
+        sb.write("args.rsp", "-c a.c\n-o 'out.o' -DV=8\n");
         assert_ok(&run(&["gcc", "@args.rsp"]), mode);
         assert_eq!(rsp_compiles(sb), 2, "{mode}");
     });
@@ -504,8 +489,8 @@ fn response_files_are_expanded() {
 #[test]
 fn uncacheable_reasons_are_counted() {
     let sb = Sandbox::new();
-    write(&sb, "a.c", "int main(void) { return 0; }\n");
-    write(&sb, "b.c", "int y;\n");
+    sb.write("a.c", "int main(void) { return 0; }\n");
+    sb.write("b.c", "int y;\n");
     let run = |args: &[&str]| sb.distc().args(args).output().unwrap();
     assert_ok(&run(&["gcc", "a.c", "-o", "prog"]), "link");
     assert_ok(&run(&["gcc", "-E", "a.c"]), "-E");

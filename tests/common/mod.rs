@@ -202,6 +202,20 @@ impl Sandbox {
         self.invocations().len()
     }
 
+    /// Writes `text` to `rel` under the work dir, creating its directories.
+    pub fn write(&self, rel: &str, text: impl AsRef<[u8]>) {
+        let p = self.work.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("create dirs in the work dir");
+        }
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+
+    /// The bytes of `rel` under the work dir.
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.work.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
     /// Copies `demo/<name>` into the work dir and returns its new path.
     pub fn demo(&self, name: &str) -> PathBuf {
         let src = repo_root().join("demo").join(name);
