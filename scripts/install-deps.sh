@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Installs what distc's tests and demos use: C/C++ compilers, make, CMake, ccache (for
-# comparisons), iproute2 (network namespaces for the mDNS test). Debian/Ubuntu via apt when
-# run as root; elsewhere it lists what is missing and leaves the choice to you.
+# comparisons), iproute2 (network namespaces for the mDNS test), tmux (drives `distc top` in a
+# real terminal), and Python's prometheus_client (its parser checks the `/metrics` format).
+# Debian/Ubuntu via apt when run as root; elsewhere it lists what is missing and leaves the
+# choice to you.
 set -euo pipefail
 
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  echo "distc: installing prometheus_client (pip)" >&2
+  python3 -m pip install -q prometheus_client >/dev/null 2>&1 ||
+    echo "distc: cannot install prometheus_client with pip; the metrics format test will SKIP" >&2
+fi
+
 need=()
-for tool in gcc g++ make cmake ccache ip; do
+for tool in gcc g++ make cmake ccache ip tmux; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

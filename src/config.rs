@@ -36,6 +36,7 @@ pub const KEYS: &[&str] = &[
     "open",
     "max_entry_size",
     "idle_timeout_secs",
+    "metrics_listen",
 ];
 
 /// The effective configuration. Each field documents itself in `config/distc.toml`.
@@ -79,6 +80,8 @@ pub struct Config {
     pub max_entry_size: u64,
     /// Idle exit of an auto-started keyless peer, seconds (0 = never).
     pub idle_timeout_secs: u64,
+    /// Where `distc peer` serves Prometheus metrics (None = off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             open: false,
             max_entry_size: 512 << 20,
             idle_timeout_secs: 900,
+            metrics_listen: None,
         }
     }
 }
@@ -317,6 +321,13 @@ impl Config {
                 self.idle_timeout_secs =
                     integer(&raw, 0, u32::MAX as u64).ok_or_else(|| bad("seconds (0 = never)"))?
             }
+            "metrics_listen" => {
+                let s = string(&raw).ok_or_else(|| bad(SOCKET))?;
+                self.metrics_listen = match s.trim() {
+                    "" => None,
+                    a => Some(a.parse().map_err(|_| bad(SOCKET))?),
+                };
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     source_: source.clone(),
@@ -376,6 +387,7 @@ pub fn config_file() -> Option<PathBuf> {
 
 const BOOL: &str = "true or false (also 1/0, yes/no, on/off; empty is false)";
 const SIZE: &str = "a size in bytes, or a number with K, M, G or T (e.g. \"5G\")";
+const SOCKET: &str = "an IP address and port such as \"127.0.0.1:9464\" (or \"\" for off)";
 const LIST: &str = "a list of multiaddrs (comma-separated in the environment)";
 
 fn string(raw: &Raw<'_>) -> Option<String> {

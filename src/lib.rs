@@ -4,8 +4,8 @@
 //! - [`pipeline`]: the cached compile of a wrapped compiler invocation (the hot path).
 //! - `compiler`: per family (`c` for gcc/clang, `rust` for rustc) argument parsing, compiler
 //!   identity, key inputs and direct mode.
-//! - `cache`: the tiered lookup local store -> local peer, the result bundle, the per-key lock
-//!   and the [`stats`] counters.
+//! - `cache`: the tiered lookup local store -> local peer, the result bundle, the per-key lock,
+//!   the [`stats`] counters and the ring of recent compiles `distc top` shows (`events`).
 //! - `config`: defaults < config file < `DISTC_*` environment < flags.
 //! - [`cli`]: the `distc` commands, one module each; they use the pipeline, never the reverse.
 //!

@@ -21,6 +21,7 @@ use libp2p::identity;
 
 use crate::ipc::{self, Handler, IpcRequest, IpcResponse};
 use crate::membership::{Liveness, Timing, unix_now};
+use crate::metrics::{self, WrapperSource};
 use crate::node::{self, Node, NodeConfig};
 use crate::protocol::Bytes;
 use crate::psk;
@@ -59,6 +60,12 @@ pub struct PeerOptions {
     pub gossip_interval: Duration,
     /// How long a get waits for one remote peer.
     pub get_timeout: Duration,
+    /// Serve Prometheus metrics here (`--metrics`, config `metrics_listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow a metrics address other than loopback (`--metrics-public`).
+    pub metrics_public: bool,
+    /// The wrappers' counters, read at each scrape.
+    pub wrapper_counters: Option<WrapperSource>,
 }
 
 impl PeerOptions {
@@ -80,6 +87,9 @@ impl PeerOptions {
             idle_timeout: None,
             gossip_interval: Duration::from_millis(500),
             get_timeout: Duration::from_secs(2),
+            metrics_listen: None,
+            metrics_public: false,
+            wrapper_counters: None,
         }
     }
 }
@@ -111,6 +121,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Node(#[from] node::NodeError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("peer identity {path} is unreadable ({reason}); delete it to create a new one")]
     Identity { path: PathBuf, reason: String },
 }
@@ -355,11 +367,25 @@ pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
 
 impl Handler for PeerHandler {
     async fn handle(&self, req: IpcRequest) -> IpcResponse {
+        let (name, started) = (req.name(), std::time::Instant::now());
+        let response = self.answer(req).await;
+        metrics::global().ipc(name, started.elapsed());
+        response
+    }
+}
+
+impl PeerHandler {
+    async fn answer(&self, req: IpcRequest) -> IpcResponse {
         match req {
             IpcRequest::Hello { .. } => IpcResponse::Hello {
                 version: ipc::IPC_VERSION,
             },
-            IpcRequest::Get(key) => IpcResponse::Entry(self.node.get(&key).await.map(Bytes)),
+            IpcRequest::Get(key) => {
+                let entry = self.node.get(&key).await;
+                metrics::global().fetched(entry.is_some());
+                IpcResponse::Entry(entry.map(Bytes))
+            }
+            IpcRequest::Counters => IpcResponse::Counters(metrics::global().snapshot()),
             IpcRequest::Announce(key) => {
                 let node = self.node.clone();
                 tokio::spawn(async move {
@@ -441,6 +467,12 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
              init`, or join one with `distc mesh join TOKEN`"
         ),
     }
+    // Bound before anything else starts, so a taken port or a refused address stops the
+    // peer with a clear error instead of a peer without the metrics it was asked for.
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr, opts.metrics_public).await?),
+        None => None,
+    };
     let store = Store::open(&dir.join("store"), opts.max_size)?;
     let mut cfg = NodeConfig::new(identity(&dir)?);
     cfg.listen = mode.listen.clone();
@@ -474,6 +506,15 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let activity = Arc::new(AtomicU64::new(unix_now()));
     let ipc_task = tokio::spawn(ipc::serve(listener, handler, activity.clone()));
     let marker = tokio::spawn(keep_mesh_marker(node.clone(), dir.clone()));
+    let metrics_task = metrics_listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!("serving metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(metrics::serve(
+            l,
+            scraper(node.clone(), opts.max_size, opts.wrapper_counters.clone()),
+        ))
+    });
     let pid_path = dir.join("peer.pid");
     fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(io_err("cannot write", &pid_path))?;
@@ -500,6 +541,9 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
         _ = idle => {}
     }
     ipc_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     repair.abort();
     marker.abort();
     let _ = fs::remove_file(ipc::mesh_marker_path(&dir));
@@ -508,6 +552,32 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let _ = tokio::time::timeout(Duration::from_secs(2), node.leave()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), ev_task).await;
     Ok(())
+}
+
+/// What a metrics scrape reads besides the process's counters: store, members, wrappers.
+fn scraper(
+    node: Node,
+    max_size: u64,
+    wrapper: Option<WrapperSource>,
+) -> Arc<dyn Fn() -> metrics::Scrape + Send + Sync> {
+    Arc::new(move || {
+        let usage = node.store().usage().unwrap_or_default();
+        let view = node.view();
+        let mut members = std::collections::BTreeMap::new();
+        members.insert("self".to_string(), 1);
+        for m in view.members.iter().filter(|m| m.id != view.me) {
+            *members.entry(m.liveness.to_string()).or_insert(0) += 1;
+        }
+        metrics::Scrape {
+            entries: usage.entries,
+            bytes: usage.bytes,
+            max_bytes: max_size,
+            evictions: node.store().evictions(),
+            bad_entries: node.bad_entries(),
+            members,
+            wrapper: wrapper.as_ref().and_then(|w| (w.0)()),
+        }
+    })
 }
 
 /// Keeps `peer.mesh` present exactly while some other member is routable, so wrappers know

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::frame;
 use crate::key::Key;
+use crate::metrics::PeerCounters;
 use crate::protocol::Bytes;
 use crate::report::{FlushReport, OwnerInfo, StatusReport};
 
@@ -67,6 +68,24 @@ pub enum IpcRequest {
     Owners(Key),
     /// Stop the peer.
     Shutdown,
+    /// The peer's own counters since it started (`distc top`).
+    Counters,
+}
+
+impl IpcRequest {
+    /// The request's name, as the metrics label it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IpcRequest::Hello { .. } => "hello",
+            IpcRequest::Get(_) => "get",
+            IpcRequest::Announce(_) => "announce",
+            IpcRequest::Status => "status",
+            IpcRequest::Flush => "flush",
+            IpcRequest::Owners(_) => "owners",
+            IpcRequest::Shutdown => "shutdown",
+            IpcRequest::Counters => "counters",
+        }
+    }
 }
 
 /// The peer's answer.
@@ -79,6 +98,7 @@ pub enum IpcResponse {
     Flushed(FlushReport),
     Owners(Vec<OwnerInfo>),
     Error(String),
+    Counters(PeerCounters),
 }
 
 /// Why a local request failed. The wrapper treats every one of them as a miss.
@@ -161,6 +181,15 @@ impl IpcClient {
     pub fn status(&mut self) -> Result<StatusReport, IpcError> {
         match self.call(&IpcRequest::Status)? {
             IpcResponse::Status(s) => Ok(s),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// The peer's own counters (hits served, bytes in and out) since it started. A peer
+    /// older than this request answers with an error.
+    pub fn counters(&mut self) -> Result<PeerCounters, IpcError> {
+        match self.call(&IpcRequest::Counters)? {
+            IpcResponse::Counters(c) => Ok(c),
             _ => Err(IpcError::Unexpected),
         }
     }

@@ -10,6 +10,7 @@
 //! - [`node`]: the libp2p node as an actor (cloneable `Node` handle + `EventLoop`): the
 //!   mechanism — one request to one peer, and the latest view of members and ring.
 //! - [`mesh`]: the policy on top: get from owners, replicate, repair, flush, inbound answers.
+//! - [`metrics`]: the peer's counters and their Prometheus exposition (`--metrics`).
 //! - [`ipc`]: the local socket (`$DISTC_DIR/peer.sock`) and the sync `IpcClient` the wrapper uses.
 //! - [`daemon`]: `distc peer` (lock, identity, trust rules, IPC server) and auto-start.
 //! - [`psk`]: the mesh key (swarm.key format) and join tokens.
@@ -22,6 +23,7 @@ pub mod ipc;
 pub mod key;
 pub mod membership;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod psk;

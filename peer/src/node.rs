@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::key::Key;
 use crate::membership::{self, Liveness, Membership, Timing};
+use crate::metrics;
 use crate::protocol::{self, Codec, Request, Response};
 use crate::ring::Ring;
 use crate::store::{Store, Usage};
@@ -724,7 +725,9 @@ impl EventLoop {
                     let done = self.done_tx.clone();
                     let max = self.max_entry_size;
                     tokio::task::spawn_blocking(move || {
+                        let (summary, started) = (metrics::Summary::of(&other), Instant::now());
                         let response = crate::mesh::serve(&store, other, max);
+                        metrics::global().inbound(summary, &response, started.elapsed());
                         let _ = done.send((channel, response));
                     });
                 }
@@ -817,6 +820,18 @@ impl Node {
 
     /// Sends one request and waits at most `timeout` for the answer.
     pub async fn request(
+        &self,
+        peer: PeerId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RequestError> {
+        let (summary, started) = (metrics::Summary::of(&request), Instant::now());
+        let result = self.request_once(peer, request, timeout).await;
+        metrics::global().outbound(summary, result.as_ref(), started.elapsed());
+        result
+    }
+
+    async fn request_once(
         &self,
         peer: PeerId,
         request: Request,

@@ -38,6 +38,8 @@ const DIGEST_AT: usize = LEN_AT + 8;
 const HEADER_LEN: usize = DIGEST_AT + 32;
 const USAGE_FILE: &str = "usage";
 const EVICT_LOCK: &str = "evict.lock";
+/// The number of entries evicted so far, as text (see [`Store::evictions`]).
+const EVICTIONS: &str = "evictions";
 /// Hits refresh an entry's LRU time only when it is older than this, to keep hits cheap.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
 /// After an eviction the store is brought down to this fraction of its cap.
@@ -406,6 +408,14 @@ impl Store {
         Ok(usage)
     }
 
+    /// Entries evicted from this store so far, by any process (for `/metrics`).
+    pub fn evictions(&self) -> u64 {
+        fs::read_to_string(self.root.join(EVICTIONS))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Brings the store under `EVICT_TARGET` of its cap, oldest entries first. Only one
     /// process evicts at a time; others skip, since that one is already doing the work.
     fn evict(&self) -> Result<(), StoreError> {
@@ -441,6 +451,12 @@ impl Store {
             }
         }
         tracing::debug!(evicted, ?total, "cache store evicted old entries");
+        // Only the holder of the evict lock writes the running total, so a fixed temporary
+        // name is safe; the rename keeps readers from seeing a half-written number.
+        let tmp = self.root.join(".evictions.tmp");
+        if fs::write(&tmp, format!("{}\n", self.evictions() + evicted)).is_ok() {
+            let _ = fs::rename(&tmp, self.root.join(EVICTIONS));
+        }
         self.adjust_usage(|u| *u = total)?;
         self.trim_aux(now);
         Ok(())
@@ -803,6 +819,8 @@ mod tests {
         // The newest entry survives.
         assert!(s.contains(&keys[9]));
         assert!(!s.contains(&keys[0]));
+        let gone = keys.iter().filter(|k| !s.contains(k)).count() as u64;
+        assert_eq!(s.evictions(), gone, "every eviction is counted");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! only visible effect of a broken cache directory is one warning per process.
 
 pub mod bundle;
+pub mod events;
 pub mod stats;
 
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +18,7 @@ use distc_peer::store::{Store, StoreError};
 
 use crate::cache::bundle::Bundle;
 use crate::cache::stats::{Event, Stats};
+use events::Outcome;
 
 /// The wrapper's handle on the cache of one `$DISTC_DIR`.
 pub struct Cache {
@@ -30,6 +32,10 @@ pub struct Cache {
     max_entry_size: u64,
     /// One warning per process about an unusable cache directory.
     warned: std::cell::Cell<bool>,
+    /// When this process opened the cache: a compile's duration in the recent-events ring.
+    opened: Instant,
+    /// The source being compiled, as the recent-events ring names it.
+    source: std::cell::RefCell<String>,
 }
 
 /// Directories of `$DISTC_DIR` that grow with the store and are trimmed with it.
@@ -49,6 +55,8 @@ impl Cache {
             peer_timeout,
             max_entry_size,
             warned: std::cell::Cell::new(false),
+            opened: Instant::now(),
+            source: std::cell::RefCell::new(String::new()),
         };
         match Store::open(&dir.join("store"), max_size) {
             Ok(s) => Cache {
@@ -73,9 +81,24 @@ impl Cache {
         }
     }
 
-    /// Counts an event; a counter that cannot be written is not worth a warning of its own.
+    /// Names the source this process compiles, for the recent-events ring (`distc top`).
+    pub fn set_source(&self, source: impl std::fmt::Display) {
+        *self.source.borrow_mut() = source.to_string();
+    }
+
+    /// Counts an event, and appends a compile's outcome to the recent-events ring; a counter
+    /// that cannot be written is not worth a warning of its own.
     pub fn count(&self, event: Event<'_>) {
         let _ = Stats::record(&self.dir, event);
+        let (outcome, reason) = match event {
+            Event::LocalHit => (Outcome::Hit, None),
+            Event::RemoteHit => (Outcome::RemoteHit, None),
+            Event::Miss => (Outcome::Miss, None),
+            Event::Uncacheable(r) => (Outcome::Uncacheable, Some(r)),
+            Event::Error(_) => return,
+        };
+        let source = self.source.borrow();
+        let _ = events::append(&self.dir, outcome, reason, self.opened.elapsed(), &source);
     }
 
     /// Local store lookup. A corrupt entry is removed by the store, counted, and is a miss.

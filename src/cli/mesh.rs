@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use distc_peer::daemon::{self, Multiaddr, PeerOptions};
 use distc_peer::ipc::IpcClient;
+use distc_peer::metrics::{WrapperCounters, WrapperSource};
 use distc_peer::psk;
 use distc_peer::report::{FlushReport, StatusReport};
 
@@ -34,6 +35,14 @@ pub struct PeerArgs {
     /// Without a mesh key, still listen beyond loopback: a keyless mesh for a LAN you trust.
     #[arg(long)]
     pub open: bool,
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9464
+    /// [default: config `metrics_listen`, off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on an address other than loopback (the page shows this machine's
+    /// build activity and the mesh's peers to whoever reaches it).
+    #[arg(long)]
+    pub metrics_public: bool,
     /// Set by auto-start: a keyless peer then exits after `idle_timeout_secs` without use.
     #[arg(long, hide = true)]
     pub auto_started: bool,
@@ -100,6 +109,19 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
     o.max_entry_size = config.max_entry_size;
     o.max_size = config.max_size;
     o.get_timeout = Duration::from_millis(config.peer_timeout_ms.clamp(100, 10_000));
+    o.metrics_listen = args.metrics.or(config.metrics_listen);
+    o.metrics_public = args.metrics_public;
+    let dir = config.dir.clone();
+    o.wrapper_counters = Some(WrapperSource(std::sync::Arc::new(move || {
+        let s = crate::stats::Stats::read_all(&dir).ok()?;
+        Some(WrapperCounters {
+            local_hits: s.local_hits,
+            remote_hits: s.remote_hits,
+            misses: s.misses,
+            uncacheable: s.uncacheable,
+            errors: s.errors_by_kind,
+        })
+    })));
     if args.auto_started && !keyed && config.idle_timeout_secs > 0 {
         o.idle_timeout = Some(Duration::from_secs(config.idle_timeout_secs));
     }

@@ -11,12 +11,13 @@ mod flush;
 mod inspect;
 mod mesh;
 mod stats;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, Raw, Source};
 
@@ -123,6 +124,52 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// Watch the cache live: the mesh's peers, this machine's compiles as they happen, and
+    /// the hit rate of the last minutes. `q` quits.
+    ///
+    /// Reads the counters the wrappers keep and, when a peer runs, the mesh as it sees it;
+    /// without a peer it shows the local cache only. Refreshes once a second.
+    Top {
+        /// Print one frame as text and exit (also what happens when stdout is no terminal).
+        #[arg(long)]
+        once: bool,
+    },
+
+    /// Print a shell completion script (e.g. `distc completions bash > ~/.local/share/bash-completion/completions/distc`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff), e.g. `distc man | man -l -`.
+    Man,
+}
+
+/// `distc --version`: the release and every format and protocol version it speaks, so two
+/// machines can be compared at a glance.
+fn long_version() -> String {
+    let mesh: Vec<String> = distc_peer::protocol::PROTOCOLS
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    format!(
+        "{}\nmesh protocols: {} (preferred first)\nlocal IPC protocol: {}\n\
+         key formats: C/C++ {}, Rust {}; result bundle {}",
+        env!("CARGO_PKG_VERSION"),
+        mesh.join(", "),
+        distc_peer::ipc::IPC_VERSION,
+        crate::compiler::c::key::FORMAT_VERSION,
+        crate::compiler::rust::key::RUST_FORMAT_VERSION,
+        crate::cache::bundle::BUNDLE_VERSION,
+    )
+}
+
+/// The full clap command: the derive definitions plus the computed long version. Parsing,
+/// completions and the man page all start here.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().long_version(long_version())
 }
 
 /// Sets up logging to stderr (command output on stdout stays parseable): `-v` flags win,
@@ -163,7 +210,8 @@ pub fn main() -> Result<ExitCode> {
             std::path::Path::new(&first).display()
         );
     }
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     run(cli)
 }
 
@@ -207,6 +255,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Peer(args) => crate::cli::mesh::peer(&config, &args),
         Command::Mesh { action } => crate::cli::mesh::mesh(&config, &action),
         Command::Status { json } => crate::cli::mesh::status(&config, json),
+        Command::Top { once } => crate::cli::top::top(&config, once),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "distc", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the manual page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build {
             file,
             output,

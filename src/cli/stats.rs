@@ -100,6 +100,12 @@ pub fn stats(config: &Config, json: bool, zero: bool) -> Result<()> {
                 config.dir.join("stats").display()
             )
         })?;
+        crate::cache::events::clear(&config.dir).with_context(|| {
+            format!(
+                "cannot empty the recent compiles in {}",
+                config.dir.join("events").display()
+            )
+        })?;
         println!(
             "Statistics zeroed in {} (cached results are kept; `distc flush` removes them)",
             config.dir.display()

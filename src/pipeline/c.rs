@@ -169,6 +169,8 @@ pub fn main(inv: Invocation) -> ExitCode {
     let name = Path::new(&inv.compiler)
         .file_name()
         .unwrap_or(inv.compiler.as_os_str());
+    // Until a source is parsed (a link, a probe), the ring names the compile by its compiler.
+    cache.set_source(Path::new(name).display());
     let parsed = match family_of(name) {
         Some(Family::Rustc) => return crate::pipeline::rust::main(&real, &inv.args, &cfg, &cache),
         // A path to some other program (e.g. CMake's launcher with /usr/bin/cc): gcc rules.
@@ -196,6 +198,7 @@ pub fn main(inv: Invocation) -> ExitCode {
         },
         None => (job, inv.args.clone()),
     };
+    cache.set_source(job.source.display());
     if let Some((v, label)) = fingerprint::refused_env() {
         tracing::debug!("{v} is set");
         return uncacheable(&cache, &real, &inv.args, label);

@@ -64,7 +64,6 @@ struct RustFile {
     data: Vec<u8>,
 }
 
-
 /// Replaces every occurrence of `from` in `data` by `to`.
 fn replace_bytes(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     if from.is_empty() || data.len() < from.len() {
@@ -132,7 +131,10 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
     // Files modified from now on may not be what rustc reads: direct mode does not record them.
     let started_wall = SystemTime::now();
     let job = match rustc::parse(args, &|p| fs::read(p).ok()) {
-        RustParsed::Compile(job) => *job,
+        RustParsed::Compile(job) => {
+            cache.set_source(job.describe());
+            *job
+        }
         RustParsed::NotCompile => {
             // No stats write, no report: cargo probes rustc this way several times per build.
             return exec(real, args);
