@@ -16,5 +16,6 @@ pub mod cli;
 mod compiler;
 mod config;
 pub mod pipeline;
+mod util;
 
 pub use cache::stats;

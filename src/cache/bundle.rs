@@ -3,10 +3,6 @@
 //! Outputs are tagged by role, never by absolute path: the same bundle is replayed into
 //! whatever paths the hitting command line names (another checkout, another machine).
 
-use std::fs;
-use std::io::{self, Write};
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 /// Bump when the layout changes; an old bundle then decodes as an error, i.e. a miss.
@@ -104,31 +100,6 @@ impl Bundle {
             .find(|o| o.role == role)
             .map(|o| o.data.as_slice())
     }
-
-    /// Writes stdout and stderr byte for byte.
-    pub fn replay_streams(&self) -> io::Result<()> {
-        self.replay_streams_with(false)
-    }
-
-    /// Writes stdout and stderr; with `strip_colours`, stderr without ANSI colour sequences
-    /// (a result compiled for a terminal, replayed into a file or pipe).
-    pub fn replay_streams_with(&self, strip_colours: bool) -> io::Result<()> {
-        if !self.stdout.is_empty() {
-            let mut o = io::stdout().lock();
-            o.write_all(&self.stdout)?;
-            o.flush()?;
-        }
-        if !self.stderr.is_empty() {
-            let mut e = io::stderr().lock();
-            if strip_colours {
-                e.write_all(&strip_ansi_colours(&self.stderr))?;
-            } else {
-                e.write_all(&self.stderr)?;
-            }
-            e.flush()?;
-        }
-        Ok(())
-    }
 }
 
 /// `text` without the SGR and erase-line sequences (`ESC [ 01;31 m`, `ESC [ K`) that gcc and
@@ -151,35 +122,6 @@ pub fn strip_ansi_colours(text: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-/// Writes `data` to `path` atomically: a temporary file in the same directory, then rename.
-/// A reader (make, the linker) never sees a half-written object.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".distc-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(data)?;
-    // Objects are normally 0644 (umask applied); tempfile creates 0600.
-    set_default_mode(tmp.as_file())?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-fn set_default_mode(f: &fs::File) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // SAFETY: umask is process-global but we restore it immediately; single-threaded here.
-    let mask = unsafe {
-        let m = libc::umask(0o022);
-        libc::umask(m);
-        m
-    };
-    f.set_permissions(fs::Permissions::from_mode(0o666 & !(mask as u32)))
 }
 
 #[cfg(test)]
@@ -218,15 +160,5 @@ mod tests {
             b"a.c:1:5: warning: x\n\x1b[2J".to_vec()
         );
         assert_eq!(strip_ansi_colours(b"plain \x1b"), b"plain \x1b".to_vec());
-    }
-
-    #[test]
-    fn atomic_write() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("x.o");
-        write_atomic(&p, b"abc").unwrap();
-        write_atomic(&p, b"defg").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"defg");
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use crate::util::Flock;
 
 /// Number of shard files; processes spread over them by pid.
 pub const SHARDS: u32 = 16;
@@ -178,40 +179,6 @@ fn parse_shard(text: &str) -> BTreeMap<String, u64> {
             Some((k.to_string(), v.trim().parse().ok()?))
         })
         .collect()
-}
-
-/// An advisory `flock` held until drop.
-pub(crate) struct Flock<'a>(&'a File);
-
-impl<'a> Flock<'a> {
-    pub(crate) fn exclusive(f: &'a File) -> io::Result<Flock<'a>> {
-        Flock::take(f, libc::LOCK_EX)
-    }
-    pub(crate) fn shared(f: &'a File) -> io::Result<Flock<'a>> {
-        Flock::take(f, libc::LOCK_SH)
-    }
-    fn take(f: &'a File, op: libc::c_int) -> io::Result<Flock<'a>> {
-        loop {
-            // SAFETY: flock on a valid open descriptor; no memory is passed.
-            let r = unsafe { libc::flock(f.as_raw_fd(), op) };
-            if r == 0 {
-                return Ok(Flock(f));
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-}
-
-impl Drop for Flock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: as above; unlocking cannot fail in a way we could act on.
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
-        }
-    }
 }
 
 #[cfg(test)]

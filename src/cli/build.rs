@@ -15,7 +15,6 @@
 //! Rust sources and Cargo projects are handed to [`crate::cli::build_rust`] (rustc through the
 //! wrapper for one file; `cargo build` with distc as `RUSTC_WRAPPER` for a Cargo project).
 
-use std::fmt;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
-use crate::pipeline::RESULT_FILE_ENV;
+use crate::pipeline::{Outcome, RESULT_FILE_ENV};
 
 /// Directory under a project where `build-project` writes its objects.
 pub const BUILD_DIR: &str = "build";
@@ -79,50 +78,11 @@ impl Language {
     }
 }
 
-/// What the cache did for one object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Found in the local store.
-    Hit,
-    /// Found on a peer of the mesh.
-    RemoteHit,
-    /// Compiled and stored.
-    Miss,
-    /// Compiled without the cache, for this reason.
-    Uncacheable(String),
-    /// The wrapper did not say (cache disabled, or an error it reported).
-    Unknown,
-}
-
-impl Outcome {
-    fn parse(report: &str) -> Outcome {
-        let line = report.lines().next().unwrap_or("").trim();
-        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        match word {
-            "hit" | "local-hit" => Outcome::Hit,
-            "remote-hit" => Outcome::RemoteHit,
-            "miss" => Outcome::Miss,
-            "uncacheable" => Outcome::Uncacheable(rest.trim().to_string()),
-            _ => Outcome::Unknown,
-        }
-    }
-
-    pub fn is_hit(&self) -> bool {
-        matches!(self, Outcome::Hit | Outcome::RemoteHit)
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Hit => f.write_str("hit"),
-            Outcome::RemoteHit => f.write_str("hit (peer)"),
-            Outcome::Miss => f.write_str("miss"),
-            Outcome::Uncacheable(r) if r.is_empty() => f.write_str("uncacheable"),
-            Outcome::Uncacheable(r) => write!(f, "uncacheable ({r})"),
-            Outcome::Unknown => f.write_str("done"),
-        }
-    }
+/// What the cache did, for people (`done` when the wrapper did not say).
+fn human(outcome: &Option<Outcome>) -> String {
+    outcome
+        .as_ref()
+        .map_or_else(|| "done".into(), Outcome::human)
 }
 
 /// One object compile, done through the wrapper.
@@ -136,7 +96,8 @@ struct ObjectJob {
 
 /// The result of one [`ObjectJob`].
 struct ObjectResult {
-    outcome: Outcome,
+    /// `None`: the wrapper did not say (cache disabled, or an error it reported).
+    outcome: Option<Outcome>,
     elapsed: Duration,
     success: bool,
     /// The compiler's diagnostics, replayed by the wrapper (warnings on success, errors on failure).
@@ -178,8 +139,8 @@ fn compile_object(
         })?;
     let elapsed = start.elapsed();
     let outcome = std::fs::read_to_string(report.path())
-        .map(|s| Outcome::parse(&s))
-        .unwrap_or(Outcome::Unknown);
+        .ok()
+        .and_then(|s| Outcome::parse(&s));
     let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.stdout.is_empty() {
         stderr.insert_str(0, &String::from_utf8_lossy(&output.stdout));
@@ -341,7 +302,7 @@ pub fn build(
         output.display(),
         human_bytes(size),
         file.display(),
-        result.outcome,
+        human(&result.outcome),
         millis(start.elapsed())
     );
     Ok(ExitCode::SUCCESS)
@@ -494,7 +455,7 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
                     match &res {
                         Ok(r) => {
                             let word = if r.success {
-                                r.outcome.to_string()
+                                human(&r.outcome)
                             } else {
                                 "FAILED".into()
                             };
@@ -533,7 +494,7 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
                 }
                 if !r.success {
                     failed.push(job.source.display().to_string());
-                } else if r.outcome.is_hit() {
+                } else if r.outcome.as_ref().is_some_and(Outcome::is_hit) {
                     hits += 1;
                 }
             }
@@ -588,18 +549,6 @@ mod tests {
         assert_eq!(Language::of(Path::new("a.rs")), Some(Language::Rust));
         assert_eq!(Language::of(Path::new("a.h")), None);
         assert_eq!(Language::of(Path::new("Makefile")), None);
-    }
-
-    #[test]
-    fn outcome_report_parsing() {
-        assert_eq!(Outcome::parse("hit\n"), Outcome::Hit);
-        assert_eq!(Outcome::parse("remote-hit"), Outcome::RemoteHit);
-        assert_eq!(Outcome::parse("miss"), Outcome::Miss);
-        assert_eq!(
-            Outcome::parse("uncacheable linking"),
-            Outcome::Uncacheable("linking".into())
-        );
-        assert_eq!(Outcome::parse(""), Outcome::Unknown);
     }
 
     #[test]

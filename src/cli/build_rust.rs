@@ -20,8 +20,8 @@ use anyhow::{Context, Result, bail};
 use crate::cli::build::human_bytes;
 use crate::compiler::rust::args::{self as rustc, RustParsed};
 use crate::config::Config;
-use crate::pipeline::RESULT_FILE_ENV;
 use crate::pipeline::rust::CRATE_LOG_ENV;
+use crate::pipeline::{Outcome, RESULT_FILE_ENV};
 
 /// The rustc `distc build` runs: `$RUSTC` when set, else `rustc` on PATH.
 fn rustc_program() -> OsString {
@@ -89,8 +89,9 @@ pub fn build_file(file: &Path, output: Option<&Path>, flags: &[String]) -> Resul
         );
     }
     let outcome = std::fs::read_to_string(report.path())
-        .map(|s| describe_result(&s))
-        .unwrap_or_else(|_| "done".into());
+        .ok()
+        .and_then(|s| Outcome::parse(&s))
+        .map_or_else(|| "done".into(), |o| o.human());
     let built = tmp.path().join(&crate_name);
     if let Some(parent) = output.parent()
         && !parent.as_os_str().is_empty()
@@ -122,24 +123,10 @@ pub fn build_file(file: &Path, output: Option<&Path>, flags: &[String]) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
-/// The wrapper's one-line result (`hit`, `miss`, `uncacheable REASON`) for people.
-fn describe_result(line: &str) -> String {
-    let line = line.lines().next().unwrap_or("").trim();
-    match line.split_once(' ') {
-        Some(("uncacheable", r)) => format!("uncacheable ({r})"),
-        _ => match line {
-            "remote-hit" => "hit (peer)".into(),
-            "" => "done".into(),
-            other => other.into(),
-        },
-    }
-}
-
 /// One line of the crate log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrateOutcome {
-    /// `hit`, `remote-hit`, `miss` or `uncacheable:<reason>`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub crate_name: String,
     /// `rlib`, `bin`, `proc-macro`, `test`, comma-separated.
     pub types: String,
@@ -152,7 +139,7 @@ pub fn parse_crate_log(text: &str) -> Vec<CrateOutcome> {
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             Some(CrateOutcome {
-                outcome: w.next()?.to_string(),
+                outcome: Outcome::parse(w.next()?)?,
                 crate_name: w.next()?.to_string(),
                 types: w.next()?.to_string(),
                 millis: w.next()?.parse().ok()?,
@@ -163,18 +150,18 @@ pub fn parse_crate_log(text: &str) -> Vec<CrateOutcome> {
 
 /// The summary line of a cargo build: counts by outcome, reasons of uncached crates.
 pub fn summarize(outcomes: &[CrateOutcome]) -> String {
-    let hits = outcomes
-        .iter()
-        .filter(|o| o.outcome == "hit" || o.outcome == "remote-hit")
-        .count();
+    let hits = outcomes.iter().filter(|o| o.outcome.is_hit()).count();
     let remote = outcomes
         .iter()
-        .filter(|o| o.outcome == "remote-hit")
+        .filter(|o| o.outcome == Outcome::RemoteHit)
         .count();
-    let misses = outcomes.iter().filter(|o| o.outcome == "miss").count();
+    let misses = outcomes
+        .iter()
+        .filter(|o| o.outcome == Outcome::Miss)
+        .count();
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for o in outcomes {
-        if let Some(r) = o.outcome.strip_prefix("uncacheable:") {
+        if let Outcome::Uncacheable(r) = &o.outcome {
             *reasons.entry(r).or_insert(0) += 1;
         }
     }
@@ -238,15 +225,7 @@ pub fn build_cargo_project(dir: &Path, jobs: Option<usize>, flags: &[String]) ->
     let text = std::fs::read_to_string(log.path()).unwrap_or_default();
     let outcomes = parse_crate_log(&text);
     for o in &outcomes {
-        let word = match o.outcome.as_str() {
-            "hit" => "hit".to_string(),
-            "remote-hit" => "hit (peer)".to_string(),
-            "miss" => "miss".to_string(),
-            other => other
-                .strip_prefix("uncacheable:")
-                .map(|r| format!("uncacheable ({r})"))
-                .unwrap_or_else(|| other.to_string()),
-        };
+        let word = o.outcome.human();
         println!("{word:<12} {} ({}) {} ms", o.crate_name, o.types, o.millis);
     }
     println!(
@@ -264,7 +243,7 @@ pub fn build_cargo_project(dir: &Path, jobs: Option<usize>, flags: &[String]) ->
 pub fn inspect_file(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let rustc = rustc_program();
-    let real = crate::pipeline::c::resolve_compiler(&rustc)
+    let real = crate::pipeline::resolve_compiler(&rustc)
         .with_context(|| format!("cannot find {rustc:?} on PATH"))?;
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let (_, args) = build_args(file, flags, tmp.path())?;

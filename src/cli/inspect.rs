@@ -11,36 +11,27 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 use distc_peer::Key;
 use distc_peer::store::Store;
 
+use crate::cache::Cache;
 use crate::cli::build::Language;
-use crate::compiler::c::direct::{self, DirectKey};
+use crate::compiler::c::direct::DirectKey;
 use crate::compiler::c::key::{self as fingerprint, Context, Fingerprint};
 use crate::compiler::c::{self as compiler, CompileJob, Parsed};
 use crate::config::Config;
+use crate::pipeline::c::CFamily;
+use crate::pipeline::{Family, Mode, Pipeline, System};
 
-/// How the wrapper would key this compile right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// A direct-mode manifest matches the current headers: no preprocessor needed.
-    Manifest,
-    /// Depend mode: source + headers as the compiler's `-MD` output lists them.
-    Depend,
-    /// The preprocessed output (also what peers of a mesh are asked for).
-    Preprocessor,
-}
-
-impl Mode {
-    fn describe(self) -> &'static str {
-        match self {
-            Mode::Manifest => "direct mode: a manifest matches the current headers",
-            Mode::Depend => "depend mode: source + headers from the compiler's -MD output",
-            Mode::Preprocessor => "preprocessor mode: the preprocessed output",
-        }
+/// What each of the pipeline's modes means here.
+fn describe(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Manifest => "direct mode: a manifest matches the current headers",
+        Mode::Depend => "depend mode: source + headers from the compiler's -MD output",
+        Mode::Full => "preprocessor mode: the preprocessed output",
     }
 }
 
@@ -110,7 +101,7 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
         return crate::cli::build_rust::inspect_file(config, file, flags);
     }
     let driver = language.driver();
-    let real = crate::pipeline::c::resolve_compiler(std::ffi::OsStr::new(&driver))
+    let real = crate::pipeline::resolve_compiler(std::ffi::OsStr::new(&driver))
         .with_context(|| format!("cannot find the compiler `{driver}` on PATH"))?;
     let stem = file
         .file_stem()
@@ -165,9 +156,10 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
         compiler: real.clone(),
         invoked_as: driver.clone().into(),
     };
-    let common = fingerprint::common_inputs(&ctx, &job)
+    let family = CFamily::new(config, ctx, job, &args, SystemTime::now(), false)
         .with_context(|| format!("cannot identify the compiler {}", real.display()))?;
-    let pre = match fingerprint::preprocessor_fingerprint(&ctx, &job, &common) {
+    let (ctx, job) = (family.context(), family.job());
+    let pre = match fingerprint::preprocessor_fingerprint(ctx, job, family.common()) {
         Ok(fp) => fp,
         Err(fingerprint::PreprocessError::Unlisted(label)) => {
             let _ = writeln!(
@@ -189,34 +181,37 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
     };
     let _ = writeln!(out, "Cacheable     yes");
 
-    // The same choice the wrapper makes (src/pipeline/c.rs, Run::cached).
-    let direct = if config.direct_mode {
-        DirectKey::new(&ctx, &job, &common)
-    } else {
-        None
+    // The choice the wrapper makes, asked of the pipeline itself.
+    let cache = Cache::open(
+        &config.dir,
+        config.max_size,
+        Duration::from_millis(config.peer_timeout_ms),
+        config.max_entry_size,
+    );
+    let pipeline = Pipeline {
+        cfg: config,
+        cache: &cache,
+        runner: &System,
     };
-    let peer_running = config.dir.join("peer.sock").exists();
-    let (mode, fp) = match &direct {
-        Some(d) if d.lookup(&ctx, &job).is_some() => {
-            let key = d.lookup(&ctx, &job).unwrap_or(pre.key);
+    let mode = pipeline.mode(&family);
+    let (mode, fp) = match (mode, family.direct()) {
+        (Mode::Manifest, Some(d)) => {
+            let key = family.manifest_lookup().unwrap_or(pre.key);
             // The manifest's key stands for a depend- or preprocessor-mode result: show the
             // inputs of whichever it is.
-            let dep = depend_fingerprint(&ctx, &job, d, &pre.headers);
-            match dep {
-                Some(fp) if fp.key == key => (Mode::Manifest, fp),
-                _ => (Mode::Manifest, Fingerprint { key, ..pre.clone() }),
+            match depend_fingerprint(ctx, job, d, &pre.headers) {
+                Some(fp) if fp.key == key => (mode, fp),
+                _ => (mode, Fingerprint { key, ..pre.clone() }),
             }
         }
-        Some(d) if config.depend_mode && !peer_running && direct::depend_eligible(&job) => {
-            match depend_fingerprint(&ctx, &job, d, &pre.headers) {
-                Some(fp) => (Mode::Depend, fp),
-                None => (Mode::Preprocessor, pre.clone()),
-            }
-        }
-        _ => (Mode::Preprocessor, pre.clone()),
+        (Mode::Depend, Some(d)) => match depend_fingerprint(ctx, job, d, &pre.headers) {
+            Some(fp) => (mode, fp),
+            None => (Mode::Full, pre.clone()),
+        },
+        _ => (Mode::Full, pre.clone()),
     };
     let _ = writeln!(out, "Key           {}", fp.key);
-    let _ = writeln!(out, "              ({})", mode.describe());
+    let _ = writeln!(out, "              ({})", describe(mode));
     if fp.key != pre.key {
         let _ = writeln!(
             out,
@@ -267,7 +262,7 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
         );
     }
 
-    match fingerprint::why_missed(&ctx, &job.source, &fp) {
+    match fingerprint::why_missed(ctx, &job.source, &fp) {
         None => {
             let _ = writeln!(
                 out,

@@ -1,107 +1,26 @@
-//! Wrapper mode: `distc gcc ARGS…`, `distc /path/to/cc ARGS…`, or a `gcc -> distc` symlink.
-//!
-//! This is the hot path of every build, so it uses neither clap nor tokio: parse the command
-//! line, compute the key (one `cc -E`, or none in direct mode), replay a hit, or compile, store
-//! and replay. Every cache fault degrades to running the real compiler.
+//! The gcc/clang family in the pipeline: what [`run`] turns away before any key, and
+//! [`CFamily`], the [`Family`] whose keys come from [`crate::compiler::c`] (preprocessor,
+//! direct and depend mode, manifests shared in a mesh) and whose results are the object and
+//! the dependency file.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::{Duration, SystemTime};
+use std::process::ExitCode;
+use std::time::SystemTime;
 
 use distc_peer::Key;
 
+use super::{Command, Family, Finished, NoKey, Pipeline, Skip, pass_through};
+use crate::cache::Cache;
 use crate::cache::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
 use crate::cache::stats::Event;
-use crate::cache::{Cache, Found, KeyLock, LOCK_WAIT};
-use crate::compiler::c::direct;
-use crate::compiler::c::key::{self as fingerprint, Context};
+use crate::compiler::c::direct::{self, DirectKey};
+use crate::compiler::c::key::{self as fingerprint, Context, Fingerprint, Inputs};
 use crate::compiler::c::{self as compiler, CompileJob, Parsed};
-use crate::compiler::{Family, family_of};
 use crate::config::Config;
-
-/// A compiler invocation recognised in `argv`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invocation {
-    /// The compiler as named: `gcc`, `/usr/bin/g++`, or the masquerading argv[0] basename.
-    pub compiler: OsString,
-    /// Arguments after the compiler.
-    pub args: Vec<OsString>,
-}
-
-/// Decides whether `argv` is a compiler invocation (wrapper mode) or a distc command.
-pub fn detect(argv: &[OsString]) -> Option<Invocation> {
-    let argv0 = argv.first()?;
-    let base = Path::new(argv0).file_name().unwrap_or(argv0);
-    if base != "distc" && family_of(base).is_some() {
-        // Masquerading: a symlink named like a compiler.
-        return Some(Invocation {
-            compiler: base.to_os_string(),
-            args: argv[1..].to_vec(),
-        });
-    }
-    let first = argv.get(1)?;
-    let is_name = family_of(first).is_some() && !first.as_bytes().contains(&b'/');
-    let is_path = first.as_bytes().contains(&b'/') && is_executable(Path::new(first));
-    (is_name || is_path).then(|| Invocation {
-        compiler: first.clone(),
-        args: argv[2..].to_vec(),
-    })
-}
-
-fn is_executable(p: &Path) -> bool {
-    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Identity of the running distc binary, to never run ourselves as "the real compiler".
-fn self_identity() -> Option<(u64, u64)> {
-    let exe = std::env::current_exe().ok()?;
-    let m = fs::metadata(exe).ok()?;
-    Some((m.dev(), m.ino()))
-}
-
-fn is_self(path: &Path, me: Option<(u64, u64)>) -> bool {
-    // metadata follows every symlink in a chain, so `gcc -> cc -> distc` is recognised.
-    match (fs::metadata(path), me) {
-        (Ok(m), Some(me)) => (m.dev(), m.ino()) == me,
-        _ => false,
-    }
-}
-
-/// Resolves the real compiler: a path that is not distc itself, or the first `name` on PATH
-/// that is not distc (whatever chain of symlinks leads to it).
-pub fn resolve_compiler(named: &OsStr) -> Option<PathBuf> {
-    let me = self_identity();
-    let p = Path::new(named);
-    if named.as_bytes().contains(&b'/') && !is_self(p, me) {
-        return Some(p.to_path_buf());
-    }
-    let name = p.file_name()?;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|c| is_executable(c) && !is_self(c, me))
-}
-
-/// Everything one wrapped compile needs, resolved once.
-struct Run {
-    cfg: Config,
-    cache: Cache,
-    ctx: Context,
-    job: CompileJob,
-    /// When the wrapper started: files modified after it are not trusted in manifests.
-    started: SystemTime,
-    /// The user left diagnostics colour to the compiler's default (colour on a terminal).
-    /// Captured stderr is no terminal, so a compile for a terminal gets `-fdiagnostics-color`
-    /// (not in the key) and a replay to anything else strips the colour sequences.
-    auto_colour: bool,
-    stderr_is_tty: bool,
-}
 
 /// Whether `args` choose diagnostics colouring themselves (gcc or clang spelling).
 pub fn colour_chosen(args: &[OsString]) -> bool {
@@ -114,403 +33,155 @@ pub fn colour_chosen(args: &[OsString]) -> bool {
     })
 }
 
-/// Wrapper entry point; never returns an error to the caller's build beyond the compiler's own.
-pub fn main(inv: Invocation) -> ExitCode {
-    let started = SystemTime::now();
-    // Logging costs start-up time, so it exists on this path only when asked for.
-    if let Some(filter) = std::env::var_os("DISTC_LOG")
-        && let Some(filter) = filter.to_str()
-    {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(io::stderr)
-            .try_init();
-    }
-    let Some(real) = resolve_compiler(&inv.compiler) else {
-        eprintln!(
-            "distc: error: cannot find the compiler {:?} on PATH (other than distc itself); \
-             install it or pass its full path",
-            inv.compiler
-        );
-        return ExitCode::from(127);
-    };
-    // Checked before loading anything, so a disabled cache costs nothing; an unreadable value
-    // is left to the load below, which warns and keeps the default (caching on).
-    if std::env::var_os("DISTC_DISABLE")
-        .and_then(|v| v.to_str().and_then(crate::config::parse_bool))
-        == Some(true)
-    {
-        return exec(&real, &inv.args);
-    }
-    let cfg = match Config::load_lenient() {
-        Ok((c, problems)) => {
-            for e in problems {
-                eprintln!("distc: warning: {e}; using the default for it");
-            }
-            c
-        }
-        Err(e) => {
-            eprintln!("distc: warning: {e}; compiling without the cache");
-            return exec(&real, &inv.args);
-        }
-    };
-    if cfg.disable {
-        return exec(&real, &inv.args);
-    }
-    let cache = Cache::open(
-        &cfg.dir,
-        cfg.max_size,
-        Duration::from_millis(cfg.peer_timeout_ms),
-        cfg.max_entry_size,
-    );
-    if cfg.auto_start {
-        distc_peer::daemon::auto_start(&cfg.dir); // never waits; no-op when a peer runs
-    }
-    let name = Path::new(&inv.compiler)
-        .file_name()
-        .unwrap_or(inv.compiler.as_os_str());
-    // Until a source is parsed (a link, a probe), the ring names the compile by its compiler.
-    cache.set_source(Path::new(name).display());
-    let parsed = match family_of(name) {
-        Some(Family::Rustc) => return crate::pipeline::rust::main(&real, &inv.args, &cfg, &cache),
-        // A path to some other program (e.g. CMake's launcher with /usr/bin/cc): gcc rules.
-        _ => compiler::args::parse(&inv.args, &|p| fs::read(p).ok()),
-    };
-    let job = match parsed {
+/// A gcc/clang command line through the pipeline. `name` is the compiler as invoked.
+pub(crate) fn run(
+    p: &Pipeline<'_>,
+    real: PathBuf,
+    name: &OsStr,
+    args: &[OsString],
+    started: SystemTime,
+) -> ExitCode {
+    let job = match compiler::args::parse(args, &|p| fs::read(p).ok()) {
         Parsed::Compile(job) => *job,
-        Parsed::Uncacheable(reason) => return uncacheable(&cache, &real, &inv.args, reason),
+        Parsed::Uncacheable(reason) => return pass_through(p.cache, p.runner, &real, args, reason),
     };
     let cwd = match std::env::current_dir() {
         Ok(c) => c,
-        Err(_) => return uncacheable(&cache, &real, &inv.args, "no-cwd"),
+        Err(_) => return pass_through(p.cache, p.runner, &real, args, "no-cwd"),
     };
     // With base_dir, the compiler runs with the paths under it relative to the working
     // directory (response files expanded), so what it records (debug info, __FILE__, the
     // object's file symbol, the .d file) is the same in every checkout; the key sees the same.
-    let (job, args) = match cfg
+    let (job, run_args) = match p
+        .cfg
         .base_dir
         .as_deref()
         .and_then(|base| fingerprint::compile_args(&job.args, base, &cwd))
     {
         Some(rel) => match compiler::args::parse(&rel, &|_| None) {
             Parsed::Compile(j) => (*j, rel),
-            Parsed::Uncacheable(_) => (job, inv.args.clone()),
+            Parsed::Uncacheable(_) => (job, args.to_vec()),
         },
-        None => (job, inv.args.clone()),
+        None => (job, args.to_vec()),
     };
-    cache.set_source(job.source.display());
+    p.cache.set_source(job.source.display());
     if let Some((v, label)) = fingerprint::refused_env() {
         tracing::debug!("{v} is set");
-        return uncacheable(&cache, &real, &inv.args, label);
+        return pass_through(p.cache, p.runner, &real, args, label);
     }
     // `-o /dev/null` (configure checks) or a FIFO: reading it back stores nothing real, and a
     // hit would rename a file over the device. Like ccache, only regular files are outputs.
     let mut outputs = std::iter::once(&job.output).chain(job.dep_file.as_ref().map(|d| &d.path));
     if outputs.any(|p| fs::metadata(p).is_ok_and(|m| !m.is_file())) {
-        return uncacheable(&cache, &real, &inv.args, "output-not-a-file");
+        return pass_through(p.cache, p.runner, &real, args, "output-not-a-file");
     }
     let ctx = Context {
-        distc_dir: cfg.dir.clone(),
+        distc_dir: p.cfg.dir.clone(),
         cwd,
-        base_dir: cfg.base_dir.clone(),
+        base_dir: p.cfg.base_dir.clone(),
         compiler: real,
         invoked_as: name.to_os_string(),
     };
-    let auto_colour = !colour_chosen(&job.args);
-    let run = Run {
-        cfg,
-        cache,
-        ctx,
-        job,
-        started,
-        auto_colour,
-        stderr_is_tty: auto_colour && io::IsTerminal::is_terminal(&io::stderr()),
-    };
-    run.cached(&args)
-}
-
-/// Replaces this process with the real compiler (no cache).
-fn exec(real: &Path, args: &[OsString]) -> ExitCode {
-    let err = Command::new(real).args(args).exec();
-    eprintln!("distc: error: cannot run {}: {err}", real.display());
-    ExitCode::from(127)
-}
-
-fn uncacheable(cache: &Cache, real: &Path, args: &[OsString], reason: &str) -> ExitCode {
-    tracing::debug!("uncacheable: {reason}");
-    cache.count(Event::Uncacheable(reason));
-    report_result(&format!("uncacheable {reason}"));
-    exec(real, args)
-}
-
-/// Tells `distc build`/`build-project` what happened, when they asked.
-fn report_result(line: &str) {
-    if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
-        let _ = fs::write(p, format!("{line}\n"));
+    let stderr_is_tty = io::IsTerminal::is_terminal(&io::stderr());
+    match CFamily::new(p.cfg, ctx, job, &run_args, started, stderr_is_tty) {
+        Ok(f) => p.run(&f),
+        Err(e) => {
+            tracing::warn!("cannot identify the compiler: {e}");
+            p.cache.count(Event::Error("compiler-id"));
+            let outcome = super::Outcome::Uncacheable("compiler-id".into());
+            p.cache.count(outcome.event());
+            outcome.report();
+            p.runner.exec(&e.compiler, args)
+        }
     }
 }
 
-/// The result of a real compile.
-struct Compiled {
-    bundle: Bundle,
-    /// The exit code to return (128 + signal when killed).
-    code: i32,
-    /// Whether the result may be stored: success and every output present.
-    storable: bool,
+/// The compiler could not be identified: no key at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{compiler}: {source}")]
+pub(crate) struct NoIdentity {
+    compiler: PathBuf,
+    source: io::Error,
 }
 
-impl Run {
-    fn cached(self, orig_args: &[OsString]) -> ExitCode {
-        let common = match fingerprint::common_inputs(&self.ctx, &self.job) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("cannot identify the compiler: {e}");
-                self.cache.count(Event::Error("compiler-id"));
-                return self.compile_uncached(orig_args);
-            }
-        };
+/// One gcc/clang compile, resolved once.
+pub(crate) struct CFamily {
+    ctx: Context,
+    job: CompileJob,
+    /// The arguments the real compiler runs with: as given (response files unexpanded), or
+    /// with base_dir the rewritten ones.
+    args: Vec<OsString>,
+    /// Inputs 1-6 of the key (everything but the source's and headers' share).
+    common: Inputs,
+    /// Direct mode's identity of this compile, when direct mode is on and safe for it.
+    direct: Option<DirectKey>,
+    /// When the wrapper started: files modified after it are not trusted in manifests.
+    started: SystemTime,
+    /// The user left diagnostics colour to the compiler's default (colour on a terminal).
+    /// Captured stderr is no terminal, so a compile for a terminal gets `-fdiagnostics-color`
+    /// (not in the key) and a replay to anything else strips the colour sequences.
+    auto_colour: bool,
+    stderr_is_tty: bool,
+}
 
-        // Direct mode: the manifest maps header state to a result key without a preprocessor.
-        let direct = if self.cfg.direct_mode {
-            direct::DirectKey::new(&self.ctx, &self.job, &common)
+/// Where depend mode finds the headers a compile read: the job's own `-MD` file, or ours.
+pub(crate) struct CDepend {
+    /// Our own dependency file when the user asked for none (removed on drop).
+    temp: Option<tempfile::NamedTempFile>,
+}
+
+impl CFamily {
+    pub fn new(
+        cfg: &Config,
+        ctx: Context,
+        job: CompileJob,
+        args: &[OsString],
+        started: SystemTime,
+        stderr_is_tty: bool,
+    ) -> Result<CFamily, NoIdentity> {
+        let common = fingerprint::common_inputs(&ctx, &job).map_err(|source| NoIdentity {
+            compiler: ctx.compiler.clone(),
+            source,
+        })?;
+        let direct = if cfg.direct_mode {
+            DirectKey::new(&ctx, &job, &common)
         } else {
             None
         };
-        if let Some(d) = &direct
-            && let Some(key) = d.lookup(&self.ctx, &self.job)
-            && let Some(found) = self.cache.get(&key)
-        {
-            return self.replay(found, &key);
-        }
-        // Nothing usable here: another machine may have shared its manifest for this compile.
-        if let Some(d) = &direct
-            && let Some((key, found)) = self.shared_manifest_hit(d)
-        {
-            return self.replay(found, &key);
-        }
-
-        // Depend mode: no preprocessor on a miss; the compile's own -MD output lists headers.
-        // Only outside a mesh: a result key known before compiling is what peers are asked for.
-        if let Some(d) = &direct
-            && self.cfg.depend_mode
-            && !self.cache.mesh_active()
-            && direct::depend_eligible(&self.job)
-        {
-            return self.depend_miss(d, orig_args);
-        }
-
-        let fp = match fingerprint::preprocessor_fingerprint(&self.ctx, &self.job, &common) {
-            Ok(fp) => fp,
-            Err(fingerprint::PreprocessError::Unlisted(label)) => {
-                return uncacheable(&self.cache, &self.ctx.compiler, orig_args, label);
-            }
-            Err(e) => {
-                // The compile will fail the same way and say why; nothing to cache.
-                tracing::debug!("{e}");
-                return self.compile_uncached(orig_args);
-            }
-        };
-        if let Some(found) = self.cache.get(&fp.key) {
-            if let Some(d) = &direct {
-                self.record_manifest(d, &fp);
-            }
-            return self.replay(found, &fp.key);
-        }
-        self.miss(&fp.key.to_string(), fp.key, orig_args, |run, _| {
-            if let Some(d) = &direct {
-                run.record_manifest(d, &fp);
-            }
-            fingerprint::record_inputs(&run.ctx, &run.job.source, &fp);
-            Some(fp.key)
+        let auto_colour = !colour_chosen(&job.args);
+        Ok(CFamily {
+            ctx,
+            job,
+            args: args.to_vec(),
+            common,
+            direct,
+            started,
+            auto_colour,
+            stderr_is_tty: auto_colour && stderr_is_tty,
         })
     }
 
-    /// Records the direct-mode manifest and, in a mesh, shares it: stored under its shared
-    /// key and announced, so the peer replicates it like any entry.
-    fn record_manifest(&self, d: &direct::DirectKey, fp: &fingerprint::Fingerprint) {
-        if let Some(bytes) = d.record(&self.ctx, &self.job, fp, self.started)
-            && self.cache.mesh_active()
-        {
-            self.cache.put_payload(&d.shared_key(), &bytes);
-        }
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 
-    /// In a mesh: the manifest another machine shared for this compile, checked against this
-    /// machine's files, then the result it names (local store, then mesh). Any doubt is a
-    /// `None`, and the caller takes the preprocessor path.
-    fn shared_manifest_hit(&self, d: &direct::DirectKey) -> Option<(Key, Found)> {
-        let payload = self
-            .cache
-            .get_remote_payload(&d.shared_key(), direct::MAX_SHARED_MANIFEST as u64)?;
-        match d.merge_shared(&self.ctx, &payload, self.started) {
-            Ok(Some(key)) => {
-                let found = self.cache.get(&key)?;
-                Some((key, found))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!("manifest from the mesh rejected: {e}");
-                self.cache.count(Event::Error("remote-manifest"));
-                None
-            }
-        }
+    pub fn job(&self) -> &CompileJob {
+        &self.job
     }
 
-    /// Compile under the per-key lock; `finish` returns the key to store under (computed after
-    /// the compile in depend mode).
-    fn miss(
-        &self,
-        lock_name: &str,
-        lock_key: Key,
-        args: &[OsString],
-        finish: impl FnOnce(&Run, &Compiled) -> Option<Key>,
-    ) -> ExitCode {
-        let (lock, waited) = match KeyLock::acquire(&self.cfg.dir, lock_name, LOCK_WAIT) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!("no key lock: {e}");
-                (None, false)
-            }
-        };
-        if waited && let Some(found) = self.cache.get(&lock_key) {
-            // Another process compiled it while we waited.
-            return self.replay(found, &lock_key);
-        }
-        let compiled = match self.compile(args, &[]) {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        if compiled.storable {
-            if let Some(key) = finish(self, &compiled) {
-                self.cache.put(&key, &compiled.bundle);
-            }
-            self.cache.count(Event::Miss);
-            report_result("miss");
-        } else {
-            self.cache.count(Event::Uncacheable("compile-failed"));
-            report_result("uncacheable compile-failed");
-        }
-        drop(lock);
-        finish_streams(&compiled.bundle, compiled.code, self.strip_colours())
+    /// Inputs 1-6 of the key.
+    pub fn common(&self) -> &Inputs {
+        &self.common
     }
 
-    /// Depend mode miss: compile with `-MD` to learn the headers, key from their contents.
-    fn depend_miss(&self, d: &direct::DirectKey, orig_args: &[OsString]) -> ExitCode {
-        let lock_name = format!("m{}", d.manifest_key);
-        let (lock, waited) =
-            KeyLock::acquire(&self.cfg.dir, &lock_name, LOCK_WAIT).unwrap_or((None, false));
-        if waited
-            && let Some(key) = d.lookup(&self.ctx, &self.job)
-            && let Some(found) = self.cache.get(&key)
-        {
-            return self.replay(found, &key);
-        }
-        // Our own dependency file when the user asked for none.
-        let tmp_dep = match &self.job.dep_file {
-            Some(_) => None,
-            None => tempfile::Builder::new()
-                .prefix("distc-dep-")
-                .suffix(".d")
-                .tempfile()
-                .ok(),
-        };
-        let extra: Vec<OsString> = match &tmp_dep {
-            Some(t) => vec!["-MD".into(), "-MF".into(), t.path().as_os_str().to_owned()],
-            None if self.job.dep_file.is_some() => vec![],
-            None => return self.compile_uncached(orig_args),
-        };
-        let compiled = match self.compile(orig_args, &extra) {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        if compiled.storable {
-            let dep_path = tmp_dep
-                .as_ref()
-                .map(|t| t.path().to_path_buf())
-                .or_else(|| self.job.dep_file.as_ref().map(|d| d.path.clone()));
-            let fp = match dep_path {
-                Some(p) => d.depend_fingerprint_since(&self.ctx, &self.job, &p, Some(self.started)),
-                None => Err("no-dependency-file"),
-            };
-            match fp {
-                Ok(fp) => {
-                    self.cache.put(&fp.key, &compiled.bundle);
-                    self.record_manifest(d, &fp);
-                    fingerprint::record_inputs(&self.ctx, &self.job.source, &fp);
-                    self.cache.count(Event::Miss);
-                    report_result("miss");
-                }
-                Err(reason) => {
-                    self.cache.count(Event::Uncacheable(reason));
-                    report_result(&format!("uncacheable {reason}"));
-                }
-            }
-        } else {
-            self.cache.count(Event::Uncacheable("compile-failed"));
-            report_result("uncacheable compile-failed");
-        }
-        drop(lock);
-        finish_streams(&compiled.bundle, compiled.code, self.strip_colours())
+    /// Direct mode's identity of this compile, when direct mode is on and safe for it.
+    pub fn direct(&self) -> Option<&DirectKey> {
+        self.direct.as_ref()
     }
 
-    /// Runs the real compiler with stdout/stderr captured; outputs read back into a bundle.
-    fn compile(&self, args: &[OsString], extra: &[OsString]) -> Result<Compiled, ExitCode> {
-        let colour: &[&str] = if self.auto_colour && self.stderr_is_tty {
-            &["-fdiagnostics-color"]
-        } else {
-            &[]
-        };
-        let out = match Command::new(&self.ctx.compiler)
-            .args(colour)
-            .args(args)
-            .args(extra)
-            .output()
-        {
-            Ok(o) => o,
-            Err(e) => {
-                eprintln!(
-                    "distc: error: cannot run {}: {e}",
-                    self.ctx.compiler.display()
-                );
-                return Err(ExitCode::from(127));
-            }
-        };
-        let code = match (out.status.code(), out.status.signal()) {
-            (Some(c), _) => c,
-            (None, Some(sig)) => 128 + sig,
-            (None, None) => 1,
-        };
-        let mut bundle = Bundle {
-            version: BUNDLE_VERSION,
-            outputs: Vec::new(),
-            stdout: out.stdout,
-            stderr: out.stderr,
-            exit_code: code,
-        };
-        let mut storable = out.status.success();
-        if storable {
-            match fs::read(&self.job.output) {
-                Ok(data) => bundle.outputs.push(Output {
-                    role: Role::Object,
-                    data,
-                }),
-                Err(_) => storable = false,
-            }
-            if let Some(dep) = &self.job.dep_file {
-                match fs::read(&dep.path) {
-                    Ok(data) => bundle.outputs.push(Output {
-                        role: Role::DepFile,
-                        data: self.store_depfile(data),
-                    }),
-                    Err(_) => storable = false,
-                }
-            }
-        }
-        Ok(Compiled {
-            bundle,
-            code,
-            storable,
-        })
+    /// A stored result may hold colours added for a terminal; not for this stderr.
+    fn strip_colours(&self) -> bool {
+        self.auto_colour && !self.stderr_is_tty
     }
 
     /// With `base_dir`, dependency files are stored with paths under it relative to the working
@@ -521,56 +192,183 @@ impl Run {
             None => data,
         }
     }
+}
 
-    /// A stored result may hold colours added for a terminal; not for this stderr.
-    fn strip_colours(&self) -> bool {
-        self.auto_colour && !self.stderr_is_tty
+impl Family for CFamily {
+    type Inputs = Fingerprint;
+    type Depend = CDepend;
+
+    fn describe(&self) -> String {
+        self.job.source.display().to_string()
     }
 
-    fn compile_uncached(&self, args: &[OsString]) -> ExitCode {
-        report_result("uncacheable no-key");
-        exec(&self.ctx.compiler, args)
+    fn original(&self) -> (&Path, &[OsString]) {
+        (&self.ctx.compiler, &self.args)
     }
 
-    /// Writes a found bundle's outputs and streams, exits with its status.
-    fn replay(&self, found: Found, key: &Key) -> ExitCode {
-        let (bundle, remote) = match found {
-            Found::Local(b) => (b, false),
-            Found::Remote(b) => (b, true),
-        };
-        if let Err(e) = self.write_outputs(&bundle) {
-            tracing::warn!("cannot replay cached result {key}: {e}");
-            self.cache.count(Event::Error("replay"));
-            return self.compile_uncached(&self.job.args);
+    fn manifest_lookup(&self) -> Option<Key> {
+        self.direct.as_ref()?.lookup(&self.ctx, &self.job)
+    }
+
+    /// In a mesh: the manifest another machine shared for this compile, checked against this
+    /// machine's files. Any doubt is a `None`, and the full key is computed.
+    fn shared_lookup(&self, cache: &Cache) -> Option<Key> {
+        let d = self.direct.as_ref()?;
+        let payload =
+            cache.get_remote_payload(&d.shared_key(), direct::MAX_SHARED_MANIFEST as u64)?;
+        match d.merge_shared(&self.ctx, &payload, self.started) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!("manifest from the mesh rejected: {e}");
+                cache.count(Event::Error("remote-manifest"));
+                None
+            }
         }
-        self.cache.count(if remote {
-            Event::RemoteHit
-        } else {
-            Event::LocalHit
-        });
-        report_result(if remote { "remote-hit" } else { "hit" });
-        finish_streams(&bundle, bundle.exit_code, self.strip_colours())
     }
 
-    fn write_outputs(&self, bundle: &Bundle) -> io::Result<()> {
+    fn depend(&self) -> Option<CDepend> {
+        self.direct.as_ref()?;
+        if !direct::depend_eligible(&self.job) {
+            return None;
+        }
+        if self.job.dep_file.is_some() {
+            return Some(CDepend { temp: None });
+        }
+        let temp = tempfile::Builder::new()
+            .prefix("distc-dep-")
+            .suffix(".d")
+            .tempfile()
+            .ok()?;
+        Some(CDepend { temp: Some(temp) })
+    }
+
+    fn manifest_lock(&self) -> String {
+        match &self.direct {
+            Some(d) => format!("m{}", d.manifest_key),
+            None => "m".into(),
+        }
+    }
+
+    fn depend_key(&self, depend: &CDepend) -> Result<(Key, Fingerprint), &'static str> {
+        let d = self.direct.as_ref().ok_or("no-dependency-file")?;
+        let path = match (&depend.temp, &self.job.dep_file) {
+            (Some(t), _) => t.path().to_path_buf(),
+            (None, Some(dep)) => dep.path.clone(),
+            (None, None) => return Err("no-dependency-file"),
+        };
+        let fp = d.depend_fingerprint_since(&self.ctx, &self.job, &path, Some(self.started))?;
+        Ok((fp.key, fp))
+    }
+
+    fn full_key(&self) -> Result<(Key, Fingerprint), NoKey> {
+        match fingerprint::preprocessor_fingerprint(&self.ctx, &self.job, &self.common) {
+            Ok(fp) => Ok((fp.key, fp)),
+            Err(fingerprint::PreprocessError::Unlisted(label)) => Err(NoKey::uncacheable(label)),
+            Err(e) => {
+                // The compile will fail the same way and say why; nothing to cache.
+                tracing::debug!("{e}");
+                Err(NoKey {
+                    reason: "compile-failed",
+                    error: None,
+                })
+            }
+        }
+    }
+
+    /// Records the direct-mode manifest and, in a mesh, shares it: stored under its shared
+    /// key and announced, so the peer replicates it like any entry. After a store, also the
+    /// miss record `distc inspect` explains the next miss with.
+    fn record(&self, cache: &Cache, _key: &Key, fp: &Fingerprint, stored: bool) {
+        if let Some(d) = &self.direct
+            && let Some(bytes) = d.record(&self.ctx, &self.job, fp, self.started)
+            && cache.mesh_active()
+        {
+            cache.put_payload(&d.shared_key(), &bytes);
+        }
+        if stored {
+            fingerprint::record_inputs(&self.ctx, &self.job.source, fp);
+        }
+    }
+
+    fn command(&self, depend: Option<&CDepend>) -> Command {
+        let mut args: Vec<OsString> = Vec::with_capacity(self.args.len() + 4);
+        if self.auto_colour && self.stderr_is_tty {
+            args.push("-fdiagnostics-color".into());
+        }
+        args.extend(self.args.iter().cloned());
+        if let Some(CDepend { temp: Some(t) }) = depend {
+            args.extend(["-MD".into(), "-MF".into(), t.path().as_os_str().to_owned()]);
+        }
+        Command {
+            program: self.ctx.compiler.clone(),
+            args,
+            null_stdin: false,
+        }
+    }
+
+    /// The object and (when asked for) the dependency file; a missing one is not stored.
+    fn collect(&self, done: &Finished) -> Result<Bundle, Skip> {
+        let missing = Skip::Uncacheable("compile-failed");
+        let mut outputs = vec![Output {
+            role: Role::Object,
+            data: fs::read(&self.job.output).map_err(|_| missing)?,
+        }];
+        if let Some(dep) = &self.job.dep_file {
+            let data = fs::read(&dep.path).map_err(|_| missing)?;
+            outputs.push(Output {
+                role: Role::DepFile,
+                data: self.store_depfile(data),
+            });
+        }
+        Ok(Bundle {
+            version: BUNDLE_VERSION,
+            outputs,
+            stdout: done.stdout.clone(),
+            stderr: done.stderr.clone(),
+            exit_code: done.code,
+        })
+    }
+
+    fn print(&self, done: &Finished) {
+        write_streams(&done.stdout, &done.stderr, self.strip_colours());
+    }
+
+    fn replay_outputs(&self, bundle: &Bundle) -> Result<(), String> {
         let obj = bundle
             .output(Role::Object)
-            .ok_or_else(|| io::Error::other("cached result has no object"))?;
+            .ok_or("cached result has no object")?;
         if let Some(dep) = &self.job.dep_file {
             let data = bundle
                 .output(Role::DepFile)
-                .ok_or_else(|| io::Error::other("cached result has no dependency file"))?;
-            crate::cache::bundle::write_atomic(&dep.path, data)?;
+                .ok_or("cached result has no dependency file")?;
+            crate::util::write_atomic(&dep.path, data)
+                .map_err(|e| format!("cannot write {}: {e}", dep.path.display()))?;
         }
-        crate::cache::bundle::write_atomic(&self.job.output, obj)
+        crate::util::write_atomic(&self.job.output, obj)
+            .map_err(|e| format!("cannot write {}: {e}", self.job.output.display()))
+    }
+
+    fn replay_streams(&self, bundle: &Bundle) {
+        write_streams(&bundle.stdout, &bundle.stderr, self.strip_colours());
     }
 }
 
-/// Replays stdout/stderr and turns the recorded status into our exit code.
-fn finish_streams(bundle: &Bundle, code: i32, strip_colours: bool) -> ExitCode {
-    let _ = bundle.replay_streams_with(strip_colours);
-    let _ = io::stdout().flush();
-    ExitCode::from(code.clamp(0, 255) as u8)
+/// Writes a compile's stdout and stderr; with `strip_colours`, stderr without colour
+/// sequences (a result compiled for a terminal, replayed into a file or pipe).
+fn write_streams(stdout: &[u8], stderr: &[u8], strip_colours: bool) {
+    if !stdout.is_empty() {
+        let mut o = io::stdout().lock();
+        let _ = o.write_all(stdout).and_then(|()| o.flush());
+    }
+    if !stderr.is_empty() {
+        let mut e = io::stderr().lock();
+        let _ = if strip_colours {
+            e.write_all(&crate::cache::bundle::strip_ansi_colours(stderr))
+        } else {
+            e.write_all(stderr)
+        };
+        let _ = e.flush();
+    }
 }
 
 /// Rewrites absolute paths under `base` in a make dependency file to paths relative to `cwd`.
@@ -601,36 +399,6 @@ pub fn rewrite_depfile(data: &[u8], base: &Path, cwd: &Path) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn v(s: &[&str]) -> Vec<OsString> {
-        s.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn detect_modes() {
-        assert_eq!(
-            detect(&v(&["/usr/local/bin/gcc", "-c", "a.c"])),
-            Some(Invocation {
-                compiler: "gcc".into(),
-                args: v(&["-c", "a.c"])
-            })
-        );
-        assert_eq!(
-            detect(&v(&["distc", "g++-12", "-c", "a.cc"]))
-                .unwrap()
-                .compiler,
-            OsString::from("g++-12")
-        );
-        assert_eq!(
-            detect(&v(&["distc", "/bin/sh", "-c", "x"]))
-                .unwrap()
-                .compiler,
-            OsString::from("/bin/sh")
-        );
-        assert!(detect(&v(&["distc", "stats"])).is_none());
-        assert!(detect(&v(&["distc"])).is_none());
-        assert!(detect(&v(&["/x/distc", "build", "a.c"])).is_none());
-    }
 
     #[test]
     fn depfile_rewrite() {

@@ -18,20 +18,22 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Instant, SystemTime};
 
 use distc_peer::Key;
 use serde::{Deserialize, Serialize};
 
+use super::{Command, Family, Finished, NoKey, Outcome, Pipeline, Skip};
+use crate::cache::Cache;
 use crate::cache::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
 use crate::cache::stats::Event;
-use crate::cache::{Cache, Found};
 use crate::compiler::rust::args::{self as rustc, CrateType, Emit, RustJob, RustParsed};
 use crate::compiler::rust::direct::RustDirect;
-use crate::compiler::rust::key::{self as rust_key, DepInfo, KeyContext, RustKeyError, RustcId};
+use crate::compiler::rust::key::{
+    self as rust_key, DepInfo, KeyContext, KeyParts, RustKeyError, RustcId,
+};
 use crate::config::Config;
 
 /// Environment variable naming a file to which every rustc invocation appends one line
@@ -122,32 +124,41 @@ impl Roots {
     }
 }
 
-/// Entry point from `crate::pipeline::c` once argv named rustc. `real` is the rustc to run.
-pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> ExitCode {
+/// A rustc command line through the pipeline (`real` is the program named, perhaps a driver).
+pub(crate) fn run(p: &Pipeline<'_>, real: &Path, args: &[OsString]) -> ExitCode {
     let started = Instant::now();
     if !is_rustc(real) {
-        return driver(real, args, cache, started);
+        return driver(p, real, args, started);
     }
     // Files modified from now on may not be what rustc reads: direct mode does not record them.
     let started_wall = SystemTime::now();
     let job = match rustc::parse(args, &|p| fs::read(p).ok()) {
         RustParsed::Compile(job) => {
-            cache.set_source(job.describe());
+            p.cache.set_source(job.describe());
             *job
         }
         RustParsed::NotCompile => {
             // No stats write, no report: cargo probes rustc this way several times per build.
-            return exec(real, args);
+            return p.runner.exec(real, args);
         }
         RustParsed::Uncacheable(reason) => {
-            return uncacheable(cache, real, args, reason, None, started);
+            return turn_away(p, real, args, NoKey::uncacheable(reason), None, started);
         }
     };
     let cwd = match std::env::current_dir() {
         Ok(c) => c,
-        Err(_) => return uncacheable(cache, real, args, "no-cwd", Some(&job), started),
+        Err(_) => {
+            return turn_away(
+                p,
+                real,
+                args,
+                NoKey::uncacheable("no-cwd"),
+                Some(&job),
+                started,
+            );
+        }
     };
-    let remapped = with_base_dir_remap(cfg, &cwd, &job);
+    let remapped = with_base_dir_remap(p.cfg, &cwd, &job);
     let remapped_args: Vec<OsString>;
     let (job, args) = match remapped {
         Some((j, a)) => {
@@ -156,122 +167,203 @@ pub fn main(real: &Path, args: &[OsString], cfg: &Config, cache: &Cache) -> Exit
         }
         None => (job, args),
     };
-    let id = match rust_key::rustc_identity(&cfg.dir, real) {
+    let id = match rust_key::rustc_identity(&p.cfg.dir, real) {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!("cannot identify rustc: {e}");
-            cache.count(Event::Error("compiler-id"));
-            return uncacheable(cache, real, args, "compiler-id", Some(&job), started);
+            let no = NoKey {
+                reason: "compiler-id",
+                error: Some("compiler-id"),
+            };
+            return turn_away(p, real, args, no, Some(&job), started);
         }
     };
-    // Compile with the toolchain's rustc itself, not a rustup proxy that could pick another.
-    let real = id.real.as_path();
     let env_names = env_names();
     let env = |k: &str| std::env::var_os(k);
     let ctx = KeyContext {
-        distc_dir: &cfg.dir,
+        distc_dir: &p.cfg.dir,
         cwd: &cwd,
-        base_dir: cfg.base_dir.as_deref(),
+        base_dir: p.cfg.base_dir.as_deref(),
         id: &id,
         env: &env,
         env_names: &env_names,
     };
     let parts = match rust_key::key_parts(&ctx, &job) {
-        Ok(p) => p,
-        Err(e) => return no_key(cache, real, args, &job, e, started),
+        Ok(parts) => parts,
+        // Compile with the toolchain's rustc itself, not a rustup proxy that could pick another.
+        Err(e) => return turn_away(p, &id.real, args, no_key(&job, e), Some(&job), started),
     };
-    let roots = Roots::new(&cwd, &job);
+    let f = RustFamily::new(p.cfg, ctx, &job, &parts, args, started, started_wall);
+    p.run(&f)
+}
 
-    // Direct mode: a manifest maps what is known now (plus the env-deps and source files it
-    // lists) to the result key, without rustc's dep-info pass.
-    let direct = if cfg.direct_mode {
-        RustDirect::new(&ctx, &job, &parts)
-    } else {
-        None
-    };
-    if let Some(d) = &direct
-        && let Some(key) = d.lookup(&env)
-    {
-        match cache.get(&key) {
-            Some(found) => {
-                tracing::debug!("direct-mode hit {key} for {}", job.describe());
-                if let Some(code) = serve(found, cache, &job, &cwd, &roots, &key, started) {
-                    return code;
-                }
-            }
-            None => tracing::debug!("direct-mode key {key} is no longer stored"),
-        }
-    }
+/// One rustc compile, resolved once.
+pub(crate) struct RustFamily<'a> {
+    ctx: KeyContext<'a>,
+    job: &'a RustJob,
+    /// The key inputs known before rustc's dep-info pass.
+    parts: &'a KeyParts,
+    args: &'a [OsString],
+    direct: Option<RustDirect>,
+    roots: Roots,
+    /// For the per-crate log.
+    started: Instant,
+    /// Files modified from then on may not be what rustc read.
+    started_wall: SystemTime,
+}
 
-    // Depend mode: a miss outside a mesh compiles at once and learns the sources from the
-    // compile's own dep-info, so a cold build pays rustc's front end once. Inside a mesh the
-    // key must be known before compiling: it is what peers are asked for.
-    if let Some(d) = &direct
-        && cfg.depend_mode
-        && !cache.mesh_active()
-        && !d.unreadable()
-        && let Some(out) = DependOut::new(&job, &cwd)
-    {
-        let compile = Compile {
-            real,
-            args,
-            extra: out.extra.as_slice(),
-            hide: out.temp.as_ref().map(|_| out.path.as_path()),
+impl<'a> RustFamily<'a> {
+    fn new(
+        cfg: &Config,
+        ctx: KeyContext<'a>,
+        job: &'a RustJob,
+        parts: &'a KeyParts,
+        args: &'a [OsString],
+        started: Instant,
+        started_wall: SystemTime,
+    ) -> RustFamily<'a> {
+        // Direct mode: a manifest maps what is known now (plus the env-deps and source files it
+        // lists) to the result key, without rustc's dep-info pass.
+        let direct = if cfg.direct_mode {
+            RustDirect::new(&ctx, job, parts)
+        } else {
+            None
         };
-        return miss(
-            &compile,
-            cache,
-            &job,
-            &cwd,
-            &roots,
+        RustFamily {
+            roots: Roots::new(ctx.cwd, job),
+            ctx,
+            job,
+            parts,
+            args,
+            direct,
             started,
-            || {
-                let text = fs::read_to_string(&out.path).map_err(|_| "no-dep-info")?;
-                let dep = rust_key::parse_dep_info(&text);
-                let (digests, sources) = parts.sources_read_before(&ctx, &dep, started_wall)?;
-                let key = parts.inputs(&ctx, &job, &dep, sources).key();
-                Ok((key, (dep, digests)))
-            },
-            |key, (dep, digests)| d.record(&dep, &digests, key, started_wall, &env),
-        );
+            started_wall,
+        }
+    }
+}
+
+impl Family for RustFamily<'_> {
+    /// The dep-info (sources and env-deps) and each source's digest.
+    type Inputs = (DepInfo, Vec<[u8; 32]>);
+    type Depend = DependOut;
+
+    fn describe(&self) -> String {
+        self.job.describe()
     }
 
-    let dep = match rust_key::run_dep_info(&id.real, &job, &cwd) {
-        Ok(d) => d,
-        Err(e) => return no_key(cache, real, args, &job, e, started),
-    };
-    let (digests, sources) = match parts.sources(&ctx, &dep) {
-        Ok(s) => s,
-        Err(e) => return no_key(cache, real, args, &job, e, started),
-    };
-    let key = parts.inputs(&ctx, &job, &dep, sources).key();
-    let record = || {
-        if let Some(d) = &direct {
-            d.record(&dep, &digests, &key, started_wall, &env);
-        }
-    };
-    if let Some(found) = cache.get(&key)
-        && let Some(code) = serve(found, cache, &job, &cwd, &roots, &key, started)
-    {
-        record();
-        return code;
+    fn original(&self) -> (&Path, &[OsString]) {
+        (&self.ctx.id.real, self.args)
     }
-    let compile = Compile {
-        real,
-        args,
-        extra: &[],
-        hide: None,
-    };
-    miss(
-        &compile,
-        cache,
-        &job,
-        &cwd,
-        &roots,
-        started,
-        || Ok((key, ())),
-        |_, ()| record(),
-    )
+
+    fn manifest_lookup(&self) -> Option<Key> {
+        self.direct.as_ref()?.lookup(self.ctx.env)
+    }
+
+    /// A miss outside a mesh compiles at once and learns the sources from the compile's own
+    /// dep-info, so a cold build pays rustc's front end once.
+    fn depend(&self) -> Option<DependOut> {
+        if self.direct.as_ref()?.unreadable() {
+            return None;
+        }
+        DependOut::new(self.job, self.ctx.cwd)
+    }
+
+    fn manifest_lock(&self) -> String {
+        match &self.direct {
+            Some(d) => format!("m{}", d.manifest_key),
+            None => "m".into(),
+        }
+    }
+
+    fn depend_key(&self, out: &DependOut) -> Result<(Key, Self::Inputs), &'static str> {
+        let text = fs::read_to_string(&out.path).map_err(|_| "no-dep-info")?;
+        let dep = rust_key::parse_dep_info(&text);
+        let (digests, sources) =
+            self.parts
+                .sources_read_before(&self.ctx, &dep, self.started_wall)?;
+        let key = self.parts.inputs(&self.ctx, self.job, &dep, sources).key();
+        Ok((key, (dep, digests)))
+    }
+
+    fn full_key(&self) -> Result<(Key, Self::Inputs), NoKey> {
+        let dep = rust_key::run_dep_info(&self.ctx.id.real, self.job, self.ctx.cwd)
+            .map_err(|e| no_key(self.job, e))?;
+        let (digests, sources) = self
+            .parts
+            .sources(&self.ctx, &dep)
+            .map_err(|e| no_key(self.job, e))?;
+        let key = self.parts.inputs(&self.ctx, self.job, &dep, sources).key();
+        Ok((key, (dep, digests)))
+    }
+
+    fn record(&self, _cache: &Cache, key: &Key, (dep, digests): &Self::Inputs, _stored: bool) {
+        if let Some(d) = &self.direct {
+            d.record(dep, digests, key, self.started_wall, self.ctx.env);
+        }
+    }
+
+    fn command(&self, depend: Option<&DependOut>) -> Command {
+        let mut args = self.args.to_vec();
+        if let Some(d) = depend {
+            args.extend(d.extra.iter().cloned());
+        }
+        Command {
+            program: self.ctx.id.real.clone(),
+            args,
+            null_stdin: true,
+        }
+    }
+
+    /// Our own dep-info file's JSON artifact notice (`--json=artifacts`) is dropped from
+    /// stderr, so the requester sees exactly what it asked for.
+    fn tidy(&self, mut done: Finished, depend: Option<&DependOut>) -> Finished {
+        let hide = depend.and_then(|d| d.temp.as_ref().map(|_| d.path.as_path()));
+        done.stderr = drop_artifact_notice(std::mem::take(&mut done.stderr), hide);
+        done
+    }
+
+    fn collect(&self, done: &Finished) -> Result<Bundle, Skip> {
+        let files = collect(self.job, self.ctx.cwd, &self.roots).map_err(|missing| {
+            // E.g. a `#![crate_type]` attribute chose other outputs than the command line says.
+            tracing::debug!("{} wrote no {missing}; not cached", self.job.describe());
+            Skip::Uncacheable("unexpected-outputs")
+        })?;
+        let data = distc_peer::codec::encode(&files).map_err(|e| {
+            tracing::warn!("cannot encode the outputs of {}: {e}", self.job.describe());
+            Skip::Error("encode")
+        })?;
+        Ok(Bundle {
+            version: BUNDLE_VERSION,
+            outputs: vec![Output {
+                role: Role::RustFiles,
+                data,
+            }],
+            stdout: self.roots.template(&done.stdout),
+            stderr: self.roots.template(&done.stderr),
+            exit_code: done.code,
+        })
+    }
+
+    fn print(&self, done: &Finished) {
+        let _ = std::io::stdout().lock().write_all(&done.stdout);
+        let _ = std::io::stderr().lock().write_all(&done.stderr);
+    }
+
+    fn replay_outputs(&self, bundle: &Bundle) -> Result<(), String> {
+        replay_files(bundle, self.job, self.ctx.cwd, &self.roots)
+    }
+
+    /// The stored streams with this requester's paths.
+    fn replay_streams(&self, bundle: &Bundle) {
+        let out = self.roots.instantiate(&bundle.stdout);
+        let err = self.roots.instantiate(&bundle.stderr);
+        let _ = std::io::stdout().lock().write_all(&out);
+        let _ = std::io::stderr().lock().write_all(&err);
+    }
+
+    fn log(&self, outcome: &Outcome) {
+        crate_log(outcome, self.job, self.started);
+    }
 }
 
 /// With `base_dir`, the remap that makes what rustc records independent of where the checkout
@@ -318,7 +410,7 @@ fn with_base_dir_remap(
 }
 
 /// Where depend mode finds the dep-info of the compile itself.
-struct DependOut {
+pub(crate) struct DependOut {
     /// The dep-info file rustc writes.
     path: PathBuf,
     /// Extra arguments for rustc (empty when the job asks for dep-info itself).
@@ -356,17 +448,6 @@ impl DependOut {
     }
 }
 
-/// How a miss runs rustc.
-struct Compile<'a> {
-    real: &'a Path,
-    args: &'a [OsString],
-    /// Appended to `args` (depend mode's own dep-info output).
-    extra: &'a [OsString],
-    /// A file of ours rustc writes: its JSON artifact notice (`--json=artifacts`) is dropped
-    /// from stderr, so the requester sees exactly what it asked for.
-    hide: Option<&'a Path>,
-}
-
 /// `stderr` without cargo-JSON artifact notices naming `path`.
 fn drop_artifact_notice(stderr: Vec<u8>, path: Option<&Path>) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
@@ -400,7 +481,7 @@ fn is_rustc(program: &Path) -> bool {
 /// for workspace members (RUSTC_WORKSPACE_WRAPPER). Its output (lints) is not rustc's, so it
 /// is never cached and never served from rustc's results: probes are `exec`ed uncounted,
 /// compiles pass through as `clippy`.
-fn driver(real: &Path, args: &[OsString], cache: &Cache, started: Instant) -> ExitCode {
+fn driver(p: &Pipeline<'_>, real: &Path, args: &[OsString], started: Instant) -> ExitCode {
     let rest = match args.first() {
         Some(first)
             if Path::new(first)
@@ -412,132 +493,64 @@ fn driver(real: &Path, args: &[OsString], cache: &Cache, started: Instant) -> Ex
         }
         _ => args,
     };
+    let clippy = NoKey::uncacheable("clippy");
     match rustc::parse(rest, &|p| fs::read(p).ok()) {
-        RustParsed::NotCompile => exec(real, args),
-        RustParsed::Compile(job) => uncacheable(cache, real, args, "clippy", Some(&job), started),
-        RustParsed::Uncacheable(_) => uncacheable(cache, real, args, "clippy", None, started),
+        RustParsed::NotCompile => p.runner.exec(real, args),
+        RustParsed::Compile(job) => turn_away(p, real, args, clippy, Some(&job), started),
+        RustParsed::Uncacheable(_) => turn_away(p, real, args, clippy, None, started),
     }
 }
 
-/// The key could not be computed: compile without the cache.
-fn no_key(
-    cache: &Cache,
-    real: &Path,
-    args: &[OsString],
-    job: &RustJob,
-    e: RustKeyError,
-    started: Instant,
-) -> ExitCode {
+/// Why the key could not be computed.
+fn no_key(job: &RustJob, e: RustKeyError) -> NoKey {
     if let RustKeyError::DepInfo { .. } = e {
         // A compile error: the real compile reports it.
-        return uncacheable(cache, real, args, "compile-failed", Some(job), started);
+        return NoKey::uncacheable("compile-failed");
     }
     tracing::warn!("cannot compute the key of {}: {e}", job.describe());
-    cache.count(Event::Error("rust-key"));
-    uncacheable(cache, real, args, "no-key", Some(job), started)
-}
-
-/// Replays a stored result; `None` (counted as a replay error) when it cannot be used.
-fn serve(
-    found: Found,
-    cache: &Cache,
-    job: &RustJob,
-    cwd: &Path,
-    roots: &Roots,
-    key: &Key,
-    started: Instant,
-) -> Option<ExitCode> {
-    let (bundle, event, word) = match found {
-        Found::Local(b) => (b, Event::LocalHit, "hit"),
-        Found::Remote(b) => (b, Event::RemoteHit, "remote-hit"),
-    };
-    match replay_files(&bundle, job, cwd, roots) {
-        Ok(()) => {
-            cache.count(event);
-            report(word, job, started);
-            Some(finish_streams(&bundle, roots))
-        }
-        Err(e) => {
-            tracing::warn!(
-                "cannot replay cached result {key} for {}: {e}",
-                job.describe()
-            );
-            cache.count(Event::Error("replay"));
-            None
-        }
+    NoKey {
+        reason: "no-key",
+        error: Some("rust-key"),
     }
 }
 
-/// The key of `job` and its labelled inputs (for `distc inspect`).
-pub fn compute_key(
-    cfg: &Config,
-    cwd: &Path,
-    id: &RustcId,
-    job: &RustJob,
-) -> Result<(Key, Vec<(String, String)>), RustKeyError> {
-    let remapped = with_base_dir_remap(cfg, cwd, job);
-    let job = remapped.as_ref().map_or(job, |(j, _)| j);
-    let dep: DepInfo = rust_key::run_dep_info(&id.real, job, cwd)?;
-    let env_names = env_names();
-    let env = |k: &str| std::env::var_os(k);
-    let ctx = KeyContext {
-        distc_dir: &cfg.dir,
-        cwd,
-        base_dir: cfg.base_dir.as_deref(),
-        id,
-        env: &env,
-        env_names: &env_names,
-    };
-    let inputs = rust_key::key_inputs(&ctx, job, &dep)?;
-    Ok((inputs.key(), inputs.listing()))
-}
-
-/// Replaces this process with rustc.
-fn exec(real: &Path, args: &[OsString]) -> ExitCode {
-    let err = Command::new(real).args(args).exec();
-    eprintln!("distc: error: cannot run {}: {err}", real.display());
-    ExitCode::from(127)
-}
-
-fn uncacheable(
-    cache: &Cache,
+/// Counts and reports a compile not cached before the pipeline runs, then runs rustc in place
+/// of this process.
+fn turn_away(
+    p: &Pipeline<'_>,
     real: &Path,
     args: &[OsString],
-    reason: &str,
+    no: NoKey,
     job: Option<&RustJob>,
     started: Instant,
 ) -> ExitCode {
-    tracing::debug!("rustc compile not cached: {reason}");
-    cache.count(Event::Uncacheable(reason));
-    if let Some(job) = job {
-        report(&format!("uncacheable:{reason}"), job, started);
-    } else {
-        if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
-            let _ = fs::write(p, format!("uncacheable {reason}\n"));
-        }
+    if let Some(e) = no.error {
+        p.cache.count(Event::Error(e));
+    }
+    tracing::debug!("rustc compile not cached: {}", no.reason);
+    let outcome = Outcome::Uncacheable(no.reason.into());
+    p.cache.count(outcome.event());
+    outcome.report();
+    match job {
+        Some(job) => crate_log(&outcome, job, started),
         // Not parsed into a job (e.g. `incremental`), but a crate compile all the same: the
         // per-crate log must count it.
-        if let Some(name) = option_value(args, "--crate-name") {
-            let types = if args.iter().any(|a| a == "--test") {
-                "test".to_string()
-            } else {
-                option_value(args, "--crate-type").unwrap_or_else(|| "bin".into())
-            };
-            log_crate(&format!("uncacheable:{reason}"), &name, &types, started);
+        None => {
+            if let Some(name) = option_value(args, "--crate-name") {
+                let types = if args.iter().any(|a| a == "--test") {
+                    "test".to_string()
+                } else {
+                    option_value(args, "--crate-type").unwrap_or_else(|| "bin".into())
+                };
+                log_crate(&outcome, &name, &types, started);
+            }
         }
     }
-    exec(real, args)
+    p.runner.exec(real, args)
 }
 
-/// Tells `distc build` (one result line) and `distc build-project` (one line per crate).
-fn report(outcome: &str, job: &RustJob, started: Instant) {
-    if let Some(p) = std::env::var_os(crate::pipeline::RESULT_FILE_ENV) {
-        let line = match outcome.split_once(':') {
-            Some((w, r)) => format!("{w} {r}\n"),
-            None => format!("{outcome}\n"),
-        };
-        let _ = fs::write(p, line);
-    }
+/// Tells `distc build-project` (one line per crate), when it asked.
+fn crate_log(outcome: &Outcome, job: &RustJob, started: Instant) {
     let types: Vec<&str> = if job.test {
         vec!["test"]
     } else {
@@ -547,7 +560,7 @@ fn report(outcome: &str, job: &RustJob, started: Instant) {
 }
 
 /// Appends `outcome crate types ms` to the per-crate log, when `distc build-project` asked.
-fn log_crate(outcome: &str, crate_name: &str, types: &str, started: Instant) {
+fn log_crate(outcome: &Outcome, crate_name: &str, types: &str, started: Instant) {
     if let Some(p) = std::env::var_os(CRATE_LOG_ENV) {
         // One short write with O_APPEND: lines from parallel rustc processes never interleave.
         let line = format!(
@@ -575,6 +588,30 @@ fn option_value(args: &[OsString], name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The key of `job` and its labelled inputs (for `distc inspect`).
+pub fn compute_key(
+    cfg: &Config,
+    cwd: &Path,
+    id: &RustcId,
+    job: &RustJob,
+) -> Result<(Key, Vec<(String, String)>), RustKeyError> {
+    let remapped = with_base_dir_remap(cfg, cwd, job);
+    let job = remapped.as_ref().map_or(job, |(j, _)| j);
+    let dep: DepInfo = rust_key::run_dep_info(&id.real, job, cwd)?;
+    let env_names = env_names();
+    let env = |k: &str| std::env::var_os(k);
+    let ctx = KeyContext {
+        distc_dir: &cfg.dir,
+        cwd,
+        base_dir: cfg.base_dir.as_deref(),
+        id,
+        env: &env,
+        env_names: &env_names,
+    };
+    let inputs = rust_key::key_inputs(&ctx, job, &dep)?;
+    Ok((inputs.key(), inputs.listing()))
 }
 
 /// Where a stored file goes for this requester.
@@ -618,7 +655,7 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
         } else {
             f.data.clone()
         };
-        crate::cache::bundle::write_atomic(&path, &data)
+        crate::util::write_atomic(&path, &data)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         if f.exec {
             let mode = fs::metadata(&path)
@@ -631,100 +668,6 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
         }
     }
     Ok(())
-}
-
-/// Replays stdout/stderr with this requester's paths and exits with the stored status.
-fn finish_streams(bundle: &Bundle, roots: &Roots) -> ExitCode {
-    let out = roots.instantiate(&bundle.stdout);
-    let err = roots.instantiate(&bundle.stderr);
-    let _ = std::io::stdout().lock().write_all(&out);
-    let _ = std::io::stderr().lock().write_all(&err);
-    ExitCode::from(u8::try_from(bundle.exit_code).unwrap_or(1))
-}
-
-/// Compiles for real, stores a complete successful result, replays the streams. `keying`
-/// gives the key once rustc has run (and what `stored` needs), or a stats label saying why
-/// the result is not stored; `stored` runs after a successful store.
-#[allow(clippy::too_many_arguments)]
-fn miss<R>(
-    compile: &Compile<'_>,
-    cache: &Cache,
-    job: &RustJob,
-    cwd: &Path,
-    roots: &Roots,
-    started: Instant,
-    keying: impl FnOnce() -> Result<(Key, R), &'static str>,
-    stored: impl FnOnce(&Key, R),
-) -> ExitCode {
-    let real = compile.real;
-    // stdin is never read by a compile; the jobserver descriptors cargo passed are inherited.
-    let out = match Command::new(real)
-        .args(compile.args)
-        .args(compile.extra)
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("distc: error: cannot run {}: {e}", real.display());
-            return ExitCode::from(127);
-        }
-    };
-    let code = match (out.status.code(), out.status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(sig)) => 128 + sig,
-        (None, None) => 1,
-    };
-    let stderr = drop_artifact_notice(out.stderr, compile.hide);
-    let _ = std::io::stdout().lock().write_all(&out.stdout);
-    let _ = std::io::stderr().lock().write_all(&stderr);
-    if !out.status.success() {
-        cache.count(Event::Uncacheable("compile-failed"));
-        report("uncacheable:compile-failed", job, started);
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
-    }
-    let files = match collect(job, cwd, roots) {
-        Ok(f) => f,
-        Err(missing) => {
-            // E.g. a `#![crate_type]` attribute chose other outputs than the command line says.
-            tracing::debug!("{} wrote no {missing}; not cached", job.describe());
-            cache.count(Event::Uncacheable("unexpected-outputs"));
-            report("uncacheable:unexpected-outputs", job, started);
-            return ExitCode::from(u8::try_from(code).unwrap_or(1));
-        }
-    };
-    let (key, extra) = match keying() {
-        Ok(k) => k,
-        Err(reason) => {
-            tracing::debug!("{} not cached: {reason}", job.describe());
-            cache.count(Event::Uncacheable(reason));
-            report(&format!("uncacheable:{reason}"), job, started);
-            return ExitCode::from(u8::try_from(code).unwrap_or(1));
-        }
-    };
-    match distc_peer::codec::encode(&files) {
-        Ok(data) => {
-            let bundle = Bundle {
-                version: BUNDLE_VERSION,
-                outputs: vec![Output {
-                    role: Role::RustFiles,
-                    data,
-                }],
-                stdout: roots.template(&out.stdout),
-                stderr: roots.template(&stderr),
-                exit_code: code,
-            };
-            cache.put(&key, &bundle);
-            stored(&key, extra);
-            cache.count(Event::Miss);
-            report("miss", job, started);
-        }
-        Err(e) => {
-            tracing::warn!("cannot encode the outputs of {}: {e}", job.describe());
-            cache.count(Event::Error("encode"));
-        }
-    }
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// Reads every output of the crate back; `Err(name)` when one is missing.

@@ -224,7 +224,7 @@ impl DirectKey {
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
-        crate::cache::bundle::write_atomic(&path, &bytes).ok()?;
+        crate::util::write_atomic(&path, &bytes).ok()?;
         Some(bytes)
     }
 

@@ -46,12 +46,10 @@ pub fn compiler_digest(distc_dir: &Path, real: &Path) -> io::Result<[u8; 32]> {
     let bytes = fs::read(real)?;
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
     // Memoising is an optimisation: a read-only cache dir just means hashing every time.
-    let _ = fs::create_dir_all(memo.parent().unwrap_or(distc_dir)).and_then(|()| {
-        crate::cache::bundle::write_atomic(
-            &memo,
-            format!("{stamp} {}\n", hex::encode(digest)).as_bytes(),
-        )
-    });
+    crate::util::write_memo(
+        &memo,
+        format!("{stamp} {}\n", hex::encode(digest)).as_bytes(),
+    );
     Ok(digest)
 }
 
@@ -203,8 +201,7 @@ pub fn system_include_dirs(
             text.push(b'\n');
         }
     }
-    let _ = fs::create_dir_all(memo.parent().unwrap_or(distc_dir))
-        .and_then(|()| crate::cache::bundle::write_atomic(&memo, &text));
+    crate::util::write_memo(&memo, &text);
     Some(list)
 }
 

@@ -719,10 +719,7 @@ pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
             hdr.display()
         ));
     }
-    if let Some(dir) = path.parent() {
-        let _ = fs::create_dir_all(dir);
-    }
-    let _ = crate::cache::bundle::write_atomic(&path, text.as_bytes());
+    crate::util::write_memo(&path, text.as_bytes());
 }
 
 /// What changed between the last stored result for this source and `fp`: a list of

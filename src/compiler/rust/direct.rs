@@ -295,10 +295,7 @@ impl RustDirect {
             tracing::debug!("manifest {} cannot be encoded", self.manifest_key);
             return;
         };
-        if let Some(dir) = self.path.parent() {
-            let _ = fs::create_dir_all(dir);
-        }
-        let _ = crate::cache::bundle::write_atomic(&self.path, &bytes);
+        crate::util::write_memo(&self.path, &bytes);
     }
 
     fn make_entry(

@@ -117,14 +117,6 @@ fn memo_path(distc_dir: &Path, kind: &str, id: &[u8]) -> PathBuf {
         .join(format!("{kind}-{}", hex::encode(&Sha256::digest(id)[..16])))
 }
 
-fn write_memo(path: &Path, text: &str) {
-    // A memo is an optimisation: an unwritable cache dir just means recomputing next time.
-    if let Some(parent) = path.parent() {
-        let _ = fs::create_dir_all(parent);
-    }
-    let _ = crate::cache::bundle::write_atomic(path, text.as_bytes());
-}
-
 fn run_rustc(rustc: &Path, args: &[&str], what: &'static str) -> Result<String, RustKeyError> {
     let out = Command::new(rustc)
         .args(args)
@@ -186,7 +178,7 @@ pub fn resolve_real_rustc(distc_dir: &Path, rustc: &Path) -> Result<PathBuf, Rus
         && let Some(stamp) = sysroot_stamp(sysroot)
         && let (Some(s), Some(r)) = (sysroot.to_str(), real.to_str())
     {
-        write_memo(memo, &format!("{s}\n{stamp}\n{r}"));
+        crate::util::write_memo(memo, format!("{s}\n{stamp}\n{r}").as_bytes());
     }
     Ok(real)
 }
@@ -338,15 +330,16 @@ pub fn rustc_identity(distc_dir: &Path, rustc: &Path) -> Result<RustcId, RustKey
         version,
         digest: h.finalize().into(),
     };
-    write_memo(
+    crate::util::write_memo(
         &memo,
-        &format!(
+        format!(
             "{stamp}\n{}\n{}\n{}\n{}",
             hex::encode(id.digest),
             id.sysroot.display(),
             id.host,
             id.version
-        ),
+        )
+        .as_bytes(),
     );
     Ok(id)
 }
@@ -402,7 +395,10 @@ pub fn target_digest(
     h.update(target.as_bytes());
     hash_tree(&mut h, &dir, &|_| true).map_err(io_err("target libraries", &dir))?;
     let digest: [u8; 32] = h.finalize().into();
-    write_memo(&memo, &format!("{listing} {}\n", hex::encode(digest)));
+    crate::util::write_memo(
+        &memo,
+        format!("{listing} {}\n", hex::encode(digest)).as_bytes(),
+    );
     Ok(digest)
 }
 

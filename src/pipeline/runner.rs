@@ -1,0 +1,77 @@
+//! The one seam between the pipeline and the processes it starts: a compile through
+//! [`Runner::output`], the uncached compiler through [`Runner::exec`]. [`System`] runs them for
+//! real; the pipeline's tests script them.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{ExitCode, ExitStatus, Stdio};
+
+/// A compiler invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Command {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// stdin is not the requester's (rustc: a compile never reads it; the jobserver
+    /// descriptors cargo passed are inherited either way).
+    pub null_stdin: bool,
+}
+
+/// What a compile that ran left: its captured streams and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The exit code (128 + signal when killed).
+    pub code: i32,
+    pub success: bool,
+}
+
+impl Finished {
+    pub fn from_status(status: ExitStatus, stdout: Vec<u8>, stderr: Vec<u8>) -> Finished {
+        Finished {
+            stdout,
+            stderr,
+            code: status_code(status),
+            success: status.success(),
+        }
+    }
+}
+
+/// A process's status as an exit code: its code, or 128 + the signal that killed it.
+pub(crate) fn status_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    }
+}
+
+pub(crate) trait Runner {
+    /// Runs `cmd` to completion with stdout and stderr captured.
+    fn output(&self, cmd: &Command) -> io::Result<Finished>;
+    /// Runs `program` in place of this process (for real: returns only when it cannot start).
+    fn exec(&self, program: &std::path::Path, args: &[OsString]) -> ExitCode;
+}
+
+/// Real processes.
+pub(crate) struct System;
+
+impl Runner for System {
+    fn output(&self, cmd: &Command) -> io::Result<Finished> {
+        let mut c = std::process::Command::new(&cmd.program);
+        c.args(&cmd.args);
+        if cmd.null_stdin {
+            c.stdin(Stdio::null());
+        }
+        let out = c.output()?;
+        Ok(Finished::from_status(out.status, out.stdout, out.stderr))
+    }
+
+    fn exec(&self, program: &std::path::Path, args: &[OsString]) -> ExitCode {
+        let err = std::process::Command::new(program).args(args).exec();
+        eprintln!("distc: error: cannot run {}: {err}", program.display());
+        ExitCode::from(127)
+    }
+}

@@ -1,0 +1,322 @@
+//! The cached compile in process: a scripted family and a scripted compiler, so hit, miss,
+//! uncacheable, compile failure, corrupt entry and lock contention are each one test.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use distc_peer::Key;
+
+use super::*;
+use crate::cache::bundle::{BUNDLE_VERSION, Output, Role};
+use crate::cache::stats::Stats;
+
+/// A compiler that "compiles" `source` into `output` by copying it, with scripted status and
+/// streams; every call is recorded.
+struct Scripted {
+    source: PathBuf,
+    output: PathBuf,
+    code: Cell<i32>,
+    stderr: Vec<u8>,
+    runs: RefCell<Vec<Command>>,
+    execs: Cell<usize>,
+}
+
+impl Runner for Scripted {
+    fn output(&self, cmd: &Command) -> io::Result<Finished> {
+        self.runs.borrow_mut().push(cmd.clone());
+        let code = self.code.get();
+        if code == 0 {
+            fs::copy(&self.source, &self.output)?;
+        }
+        Ok(Finished {
+            stdout: b"out\n".to_vec(),
+            stderr: self.stderr.clone(),
+            code,
+            success: code == 0,
+        })
+    }
+
+    fn exec(&self, _program: &Path, _args: &[OsString]) -> ExitCode {
+        self.execs.set(self.execs.get() + 1);
+        ExitCode::from(77)
+    }
+}
+
+/// A family keyed by its source's bytes, with one output; streams go to `printed`.
+struct Toy {
+    source: PathBuf,
+    output: PathBuf,
+    no_key: Option<NoKey>,
+    recorded: Cell<usize>,
+    printed: RefCell<Vec<u8>>,
+}
+
+impl Family for Toy {
+    type Inputs = ();
+    type Depend = ();
+
+    fn describe(&self) -> String {
+        self.source.display().to_string()
+    }
+    fn original(&self) -> (&Path, &[OsString]) {
+        (Path::new("cc"), &[])
+    }
+    fn manifest_lookup(&self) -> Option<Key> {
+        None
+    }
+    fn depend(&self) -> Option<()> {
+        None
+    }
+    fn manifest_lock(&self) -> String {
+        "m-toy".into()
+    }
+    fn depend_key(&self, _: &()) -> Result<(Key, ()), &'static str> {
+        Err("no-depend")
+    }
+    fn full_key(&self) -> Result<(Key, ()), NoKey> {
+        if let Some(no) = self.no_key {
+            return Err(no);
+        }
+        let bytes = fs::read(&self.source).map_err(|_| NoKey::uncacheable("no-source"))?;
+        Ok((Key::digest(&bytes), ()))
+    }
+    fn record(&self, _: &Cache, _: &Key, _: &(), _stored: bool) {
+        self.recorded.set(self.recorded.get() + 1);
+    }
+    fn command(&self, _: Option<&()>) -> Command {
+        Command {
+            program: "cc".into(),
+            args: vec![self.source.clone().into()],
+            null_stdin: false,
+        }
+    }
+    fn collect(&self, done: &Finished) -> Result<Bundle, Skip> {
+        let data = fs::read(&self.output).map_err(|_| Skip::Uncacheable("compile-failed"))?;
+        Ok(Bundle {
+            version: BUNDLE_VERSION,
+            outputs: vec![Output {
+                role: Role::Object,
+                data,
+            }],
+            stdout: done.stdout.clone(),
+            stderr: done.stderr.clone(),
+            exit_code: done.code,
+        })
+    }
+    fn print(&self, done: &Finished) {
+        self.printed.borrow_mut().extend_from_slice(&done.stderr);
+    }
+    fn replay_outputs(&self, bundle: &Bundle) -> Result<(), String> {
+        let obj = bundle.output(Role::Object).ok_or("no object")?;
+        crate::util::write_atomic(&self.output, obj).map_err(|e| e.to_string())
+    }
+    fn replay_streams(&self, bundle: &Bundle) {
+        self.printed.borrow_mut().extend_from_slice(&bundle.stderr);
+    }
+}
+
+struct Bench {
+    dir: tempfile::TempDir,
+    cfg: Config,
+    cache: Cache,
+    runner: Scripted,
+    toy: Toy,
+}
+
+fn bench() -> Bench {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = Config {
+        dir: dir.path().join("cache"),
+        ..Config::default()
+    };
+    let cache = Cache::open(&cfg.dir, 1 << 30, Duration::from_millis(50), 1 << 30);
+    let source = dir.path().join("a.c");
+    let output = dir.path().join("a.o");
+    fs::write(&source, b"int a;\n").expect("source");
+    Bench {
+        runner: Scripted {
+            source: source.clone(),
+            output: output.clone(),
+            code: Cell::new(0),
+            stderr: b"warning: w\n".to_vec(),
+            runs: RefCell::new(Vec::new()),
+            execs: Cell::new(0),
+        },
+        toy: Toy {
+            source,
+            output,
+            no_key: None,
+            recorded: Cell::new(0),
+            printed: RefCell::new(Vec::new()),
+        },
+        cfg,
+        cache,
+        dir,
+    }
+}
+
+impl Bench {
+    fn run(&self) -> ExitCode {
+        let p = Pipeline {
+            cfg: &self.cfg,
+            cache: &self.cache,
+            runner: &self.runner,
+        };
+        p.run(&self.toy)
+    }
+
+    fn stats(&self) -> Stats {
+        Stats::read_all(&self.cfg.dir).expect("stats")
+    }
+
+    fn compiles(&self) -> usize {
+        self.runner.runs.borrow().len()
+    }
+}
+
+fn same(a: ExitCode, b: u8) -> bool {
+    format!("{a:?}") == format!("{:?}", ExitCode::from(b))
+}
+
+#[test]
+fn miss_stores_then_hit_replays_without_compiling() {
+    let b = bench();
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 1);
+    assert_eq!(b.stats().misses, 1);
+    assert_eq!(b.toy.recorded.get(), 1, "the miss is recorded");
+    assert_eq!(b.toy.printed.borrow().as_slice(), b"warning: w\n");
+
+    fs::remove_file(&b.toy.output).expect("rm");
+    b.toy.printed.borrow_mut().clear();
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 1, "a hit runs no compiler");
+    assert_eq!(fs::read(&b.toy.output).expect("replayed"), b"int a;\n");
+    assert_eq!(b.toy.printed.borrow().as_slice(), b"warning: w\n");
+    let s = b.stats();
+    assert_eq!((s.local_hits, s.misses, s.errors), (1, 1, 0));
+    assert_eq!(b.toy.recorded.get(), 2, "the hit is recorded too");
+}
+
+#[test]
+fn no_key_runs_the_compiler_uncached_and_counts_why() {
+    let mut b = bench();
+    b.toy.no_key = Some(NoKey {
+        reason: "no-key",
+        error: Some("rust-key"),
+    });
+    assert!(same(b.run(), 77), "the exec'd compiler's status");
+    assert_eq!(b.runner.execs.get(), 1);
+    assert_eq!(b.compiles(), 0);
+    let s = b.stats();
+    assert_eq!(s.uncacheable.get("no-key"), Some(&1), "{s:?}");
+    assert_eq!(s.errors_by_kind.get("rust-key"), Some(&1), "{s:?}");
+    assert_eq!(s.misses, 0);
+}
+
+#[test]
+fn a_failed_compile_keeps_its_status_and_stores_nothing() {
+    let b = bench();
+    b.runner.code.set(3);
+    assert!(same(b.run(), 3));
+    assert_eq!(b.toy.printed.borrow().as_slice(), b"warning: w\n");
+    b.runner.code.set(128 + 9);
+    assert!(same(b.run(), 137), "a killed compiler's 128 + signal");
+    assert_eq!(b.compiles(), 2, "nothing was stored to hit");
+    let s = b.stats();
+    assert_eq!(s.uncacheable.get("compile-failed"), Some(&2), "{s:?}");
+    assert_eq!((s.misses, s.hits), (0, 0));
+    assert_eq!(b.toy.recorded.get(), 0);
+}
+
+#[test]
+fn a_corrupt_entry_is_a_counted_miss_that_stores_again() {
+    let b = bench();
+    assert!(same(b.run(), 0));
+    fn corrupt(p: &Path) {
+        for e in fs::read_dir(p).expect("dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                corrupt(&p);
+            } else if p.file_name().is_some_and(|n| n.len() > 20) {
+                fs::write(&p, b"garbage").expect("write");
+            }
+        }
+    }
+    corrupt(&b.cfg.dir.join("store"));
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 2, "the corrupt entry was not served");
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 2, "the new entry is served");
+    let s = b.stats();
+    assert_eq!((s.misses, s.local_hits), (2, 1), "{s:?}");
+    assert_eq!(s.errors_by_kind.get("corrupt"), Some(&1), "{s:?}");
+}
+
+#[test]
+fn an_entry_that_cannot_be_replayed_is_counted_and_compiled_again() {
+    let b = bench();
+    let (key, ()) = b.toy.full_key().expect("key");
+    let empty = Bundle {
+        version: BUNDLE_VERSION,
+        outputs: vec![],
+        stdout: vec![],
+        stderr: vec![],
+        exit_code: 0,
+    };
+    b.cache.put(&key, &empty);
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 1);
+    let s = b.stats();
+    assert_eq!(s.errors_by_kind.get("replay"), Some(&1), "{s:?}");
+    assert_eq!(s.misses, 1);
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 1, "the stored-again result is served");
+}
+
+#[test]
+fn a_process_that_waited_for_the_lock_serves_what_the_holder_stored() {
+    let b = bench();
+    let (key, ()) = b.toy.full_key().expect("key");
+    let (held, _) =
+        KeyLock::acquire(&b.cfg.dir, &key.to_string(), Duration::from_secs(1)).expect("lock");
+    let held = held.expect("free");
+    let dir = b.cfg.dir.clone();
+    let output = fs::read(&b.toy.source).expect("source");
+    let holder = std::thread::spawn(move || {
+        // The holder compiles (here: takes a while), stores, and releases the lock.
+        std::thread::sleep(Duration::from_millis(200));
+        let cache = Cache::open(&dir, 1 << 30, Duration::from_millis(50), 1 << 30);
+        let bundle = Bundle {
+            version: BUNDLE_VERSION,
+            outputs: vec![Output {
+                role: Role::Object,
+                data: output,
+            }],
+            stdout: vec![],
+            stderr: b"from the holder\n".to_vec(),
+            exit_code: 0,
+        };
+        cache.put(&key, &bundle);
+        drop(held);
+    });
+    assert!(same(b.run(), 0));
+    holder.join().expect("holder");
+    assert_eq!(b.compiles(), 0, "the waiter compiled nothing");
+    assert_eq!(b.toy.printed.borrow().as_slice(), b"from the holder\n");
+    assert_eq!(b.stats().local_hits, 1);
+    drop(b.dir);
+}
+
+#[test]
+fn exit_codes_out_of_range_are_failures() {
+    assert!(same(exit_code(0), 0));
+    assert!(same(exit_code(255), 255));
+    assert!(same(exit_code(256), 1));
+    assert!(same(exit_code(-1), 1));
+}
