@@ -15,6 +15,7 @@ mod cache;
 pub mod cli;
 mod compiler;
 mod config;
+mod key;
 pub mod pipeline;
 mod util;
 

@@ -31,9 +31,8 @@
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use distc_peer::Key;
 use serde::{Deserialize, Serialize};
@@ -41,6 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compiler::c::CompileJob;
 use crate::compiler::c::key::{self as fingerprint, Context, Fingerprint, HeaderState, Inputs};
+use crate::key::file::{FileRecord, Time, Window, times as stat_tuple};
 
 /// 2: probes also cover the compiler's system include directories; directory stamps.
 /// 3: a manifest names its manifest key.
@@ -53,9 +53,6 @@ const MAX_MANIFEST: usize = 64 << 20;
 pub const MAX_SHARED_MANIFEST: usize = 16 << 20;
 /// Headers or probes per entry accepted from the mesh: each costs a syscall or a read here.
 const MAX_SHARED_ITEMS: usize = 1 << 16;
-/// A header's stat is trusted only if it was this much older than the recording compile:
-/// a later same-size edit then necessarily changes mtime, even on coarse-timestamp filesystems.
-const TRUST_AGE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
@@ -98,12 +95,7 @@ const NO_GUARD: u32 = u32::MAX;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Header {
     path: Vec<u8>,
-    digest: [u8; 32],
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    /// Stat equality alone proves the content unchanged.
-    trusted: bool,
+    file: FileRecord,
 }
 
 /// The direct-mode identity of one compile, computed from the source without preprocessing.
@@ -253,12 +245,11 @@ impl DirectKey {
         if shared.key != self.manifest_key {
             return Err(SharedError::WrongKey(shared.key));
         }
-        let start = secs(started);
-        let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
+        let window = Window::since(started);
         let Some(entry) = shared
             .entries
             .iter()
-            .find_map(|e| localize(&ctx.cwd, e, start, trust_before))
+            .find_map(|e| localize(&ctx.cwd, e, &window))
         else {
             return Ok(None);
         };
@@ -294,7 +285,7 @@ impl DirectKey {
     ) -> Result<Fingerprint, &'static str> {
         let text = fs::read(dep_file).map_err(|_| "no-dependency-file")?;
         let deps = parse_depfile(&text);
-        let start = started.map_or((i64::MAX, 0), secs);
+        let window = started.map_or_else(Window::unbounded, Window::since);
         let mut headers = Vec::with_capacity(deps.len());
         let mut states = Vec::with_capacity(deps.len());
         let mut h = Sha256::new();
@@ -302,11 +293,11 @@ impl DirectKey {
             if d == job.source {
                 continue;
             }
-            let state = header_state(&d, start)?;
+            let state = header_state(&d, &window)?;
             let norm = fingerprint::rewrite_arg(d.as_os_str(), ctx.base_dir.as_deref(), &ctx.cwd);
             h.update((norm.len() as u64).to_le_bytes());
             h.update(norm.as_bytes());
-            h.update(state.digest);
+            h.update(state.file.digest);
             headers.push(d);
             states.push(state);
         }
@@ -367,40 +358,36 @@ fn same_state(a: &Entry, b: &Entry) -> bool {
         && a.headers
             .iter()
             .zip(&b.headers)
-            .all(|(x, y)| x.path == y.path && x.digest == y.digest)
+            .all(|(x, y)| x.path == y.path && x.file.digest == y.file.digest)
 }
 
 /// Checks an entry from another machine against this machine's files and returns it with
 /// this machine's stats, or `None` when any header differs or any probe answers otherwise.
 /// Every header is read (a regular file only, no more than its recorded size) and hashed;
-/// one modified since `start` makes the entry unusable, as in a local recording.
-fn localize(cwd: &Path, e: &Entry, start: (i64, i64), trust_before: (i64, i64)) -> Option<Entry> {
+/// one modified since the window's start makes the entry unusable, as in a local recording.
+fn localize(cwd: &Path, e: &Entry, window: &Window) -> Option<Entry> {
     use std::io::Read;
     let mut headers = Vec::with_capacity(e.headers.len());
     for h in &e.headers {
+        let size = h.file.size;
         let path = cwd.join(OsStr::from_bytes(&h.path));
         let md = fs::metadata(&path).ok()?;
-        if !md.is_file() || md.len() != h.size {
+        if !md.is_file() || md.len() != size {
             return None;
         }
         let mut f = fs::File::open(&path).ok()?;
         let mut bytes = Vec::with_capacity(md.len() as usize);
-        (&mut f).take(h.size + 1).read_to_end(&mut bytes).ok()?;
-        if bytes.len() as u64 != h.size || <[u8; 32]>::from(Sha256::digest(&bytes)) != h.digest {
+        (&mut f).take(size + 1).read_to_end(&mut bytes).ok()?;
+        if bytes.len() as u64 != size || <[u8; 32]>::from(Sha256::digest(&bytes)) != h.file.digest {
             return None;
         }
         let md = f.metadata().ok()?;
-        let (mtime, ctime) = stat_tuple(&md);
-        if md.len() != h.size || mtime >= start || ctime >= start {
+        if md.len() != size {
             return None;
         }
         headers.push(Header {
             path: h.path.clone(),
-            digest: h.digest,
-            size: h.size,
-            mtime,
-            ctime,
-            trusted: mtime < trust_before && ctime < trust_before,
+            file: FileRecord::new(h.file.digest, &md, window)?,
         });
     }
     // Probes first, directory stamps after: a file created in between makes its directory
@@ -418,7 +405,7 @@ fn localize(cwd: &Path, e: &Entry, start: (i64, i64), trust_before: (i64, i64)) 
         }
         probes.push((p.path.clone(), p.existed));
     }
-    let (dirs, probes) = guard_probes(cwd, probes, trust_before);
+    let (dirs, probes) = guard_probes(cwd, probes, window.trust_before());
     Some(Entry {
         headers,
         dirs,
@@ -427,18 +414,20 @@ fn localize(cwd: &Path, e: &Entry, start: (i64, i64), trust_before: (i64, i64)) 
     })
 }
 
-/// Reads and hashes a header, then stats the open file: a change after `start` (or during
-/// the read) shows in the stat, so the digest is what the compile that began at `start` read.
-fn header_state(path: &Path, start: (i64, i64)) -> Result<HeaderState, &'static str> {
+/// Reads and hashes a header, then stats the open file: a change after the window's start
+/// (or during the read) shows in the stat, so the digest is what the compile that began then
+/// read.
+fn header_state(path: &Path, window: &Window) -> Result<HeaderState, &'static str> {
     use std::io::Read;
     let mut f = fs::File::open(path).map_err(|_| "unreadable-header")?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).map_err(|_| "unreadable-header")?;
     let md = f.metadata().map_err(|_| "unreadable-header")?;
-    let (mtime, ctime) = stat_tuple(&md);
-    if mtime >= start || ctime >= start || md.len() != bytes.len() as u64 {
+    if md.len() != bytes.len() as u64 {
         return Err("header-modified");
     }
+    let file =
+        FileRecord::new(Sha256::digest(&bytes).into(), &md, window).ok_or("header-modified")?;
     if fingerprint::mentions_time_macros(&bytes) {
         return Err("time-macro");
     }
@@ -447,36 +436,15 @@ fn header_state(path: &Path, start: (i64, i64)) -> Result<HeaderState, &'static 
         return Err(label);
     }
     Ok(HeaderState {
-        digest: Sha256::digest(&bytes).into(),
-        size: md.len(),
-        mtime,
-        ctime,
+        file,
         has_include: fingerprint::has_include_names(&bytes),
     })
 }
 
-fn stat_tuple(md: &fs::Metadata) -> ((i64, i64), (i64, i64)) {
-    ((md.mtime(), md.mtime_nsec()), (md.ctime(), md.ctime_nsec()))
-}
-
 fn entry_matches(cwd: &Path, e: &Entry) -> bool {
     let resolve = |p: &[u8]| cwd.join(OsStr::from_bytes(p));
-    for h in &e.headers {
-        let path = resolve(&h.path);
-        let Ok(md) = fs::metadata(&path) else {
-            return false;
-        };
-        if md.len() != h.size {
-            return false;
-        }
-        let (m, c) = stat_tuple(&md);
-        if h.trusted && m == h.mtime && c == h.ctime {
-            continue;
-        }
-        match fs::read(&path) {
-            Ok(bytes) if <[u8; 32]>::from(Sha256::digest(&bytes)) == h.digest => {}
-            _ => return false,
-        }
+    if !e.headers.iter().all(|h| h.file.matches(&resolve(&h.path))) {
+        return false;
     }
     // Each guarding directory is stat'ed at most once; a changed one means stat its probes.
     let mut unchanged: Vec<Option<bool>> = vec![None; e.dirs.len()];
@@ -558,7 +526,7 @@ impl Listings {
 fn guard_probes(
     cwd: &Path,
     probes: Vec<(Vec<u8>, bool)>,
-    trust_before: (i64, i64),
+    trust_before: Time,
 ) -> (Vec<DirStamp>, Vec<Probe>) {
     let mut dirs: Vec<DirStamp> = Vec::new();
     let mut index: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
@@ -608,13 +576,6 @@ fn guard_probes(
     (dirs, out)
 }
 
-fn secs(t: SystemTime) -> (i64, i64) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
-        Err(_) => (0, 0),
-    }
-}
-
 fn make_entry(
     ctx: &Context,
     job: &CompileJob,
@@ -626,8 +587,7 @@ fn make_entry(
     let norm = |p: &Path| -> Vec<u8> {
         fingerprint::rewrite_arg(p.as_os_str(), ctx.base_dir.as_deref(), &ctx.cwd).into_vec()
     };
-    let start = secs(started);
-    let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
+    let window = Window::since(started);
     let known = fp.header_states.len() == fp.headers.len();
     let mut out = Vec::with_capacity(fp.headers.len());
     // (directory of the file that tests it, name) for every `__has_include`.
@@ -650,12 +610,12 @@ fn make_entry(
         // Modified since the compile began: what we hash may not be what the compiler read.
         let st = if known {
             let st = fp.header_states[i].clone();
-            if st.mtime >= start || st.ctime >= start {
-                return None;
+            HeaderState {
+                file: st.file.within(&window)?,
+                ..st
             }
-            st
         } else {
-            header_state(p, start).ok()?
+            header_state(p, &window).ok()?
         };
         let path = norm(p);
         for name in st.has_include? {
@@ -663,11 +623,7 @@ fn make_entry(
         }
         out.push(Header {
             path,
-            digest: st.digest,
-            size: st.size,
-            mtime: st.mtime,
-            ctime: st.ctime,
-            trusted: st.mtime < trust_before && st.ctime < trust_before,
+            file: st.file,
         });
     }
     // Candidate include directories, in search order: the source's own, the user's search dirs
@@ -723,7 +679,7 @@ fn make_entry(
             probes.push((p, exists));
         }
     }
-    let (dirs, probes) = guard_probes(&ctx.cwd, probes, trust_before);
+    let (dirs, probes) = guard_probes(&ctx.cwd, probes, window.trust_before());
     Some(Entry {
         headers: out,
         dirs,
@@ -872,7 +828,10 @@ pub fn parse_depfile(text: &[u8]) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::key::file::time_of as secs;
 
     #[test]
     fn probes_cover_earlier_system_dirs_and_every_user_dir() {
@@ -1044,12 +1003,14 @@ mod tests {
         };
         let header = |path: &[u8], text: &[u8]| Header {
             path: path.to_vec(),
-            digest: Sha256::digest(text).into(),
-            size: text.len() as u64,
-            // Another machine's stats, claimed trusted: ignored here.
-            mtime: (1, 0),
-            ctime: (1, 0),
-            trusted: true,
+            file: FileRecord {
+                digest: Sha256::digest(text).into(),
+                size: text.len() as u64,
+                // Another machine's stats, claimed trusted: ignored here.
+                mtime: (1, 0),
+                ctime: (1, 0),
+                trusted: true,
+            },
         };
         let entry = |h: Header, probe: &[u8], existed: bool| Entry {
             headers: vec![h],
@@ -1096,7 +1057,7 @@ mod tests {
         assert_eq!(got, Some(Key([9; 32])));
         let m = dk.read(&ctx).unwrap();
         let md = fs::metadata(cwd.join("h.h")).unwrap();
-        assert_eq!(m.entries[0].headers[0].mtime, stat_tuple(&md).0);
+        assert_eq!(m.entries[0].headers[0].file.mtime, stat_tuple(&md).0);
         assert_eq!(dk.lookup(&ctx, &dummy_job()), Some(Key([9; 32])));
         // Garbage is an error.
         assert!(dk.merge_shared(&ctx, b"garbage", later).is_err());

@@ -7,25 +7,12 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-/// The stat fields that must all be unchanged for a memoised digest to be trusted: size,
-/// mtime, ctime (both with nanoseconds) and inode. Shared by every memo of a file's digest.
-pub(crate) fn stamp(md: &fs::Metadata) -> String {
-    format!(
-        "{} {} {} {} {} {}",
-        md.len(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec(),
-        md.ino()
-    )
-}
+use crate::key::file::stamp;
 
 /// SHA-256 of the compiler at `real` (already resolved, no symlinks), memoised in `distc_dir`.
 pub fn compiler_digest(distc_dir: &Path, real: &Path) -> io::Result<[u8; 32]> {

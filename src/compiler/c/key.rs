@@ -55,6 +55,9 @@ use distc_peer::Key;
 use sha2::{Digest, Sha256};
 
 use crate::compiler::c::CompileJob;
+pub use crate::key::Inputs;
+use crate::key::file::FileRecord;
+use crate::key::hash_list;
 
 /// Version of the list above. Bump on any change to what is hashed or how.
 /// 2: prefix-map OLD values under `base_dir` keyed relative to the working directory.
@@ -136,61 +139,6 @@ pub struct Context {
     pub compiler: PathBuf,
     /// The compiler name the user invoked (`gcc`, `clang++`), part of its identity.
     pub invoked_as: OsString,
-}
-
-/// One labelled input of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Input {
-    pub label: String,
-    pub digest: [u8; 32],
-}
-
-/// The labelled inputs of a key, in order (see the module docs for the list).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Inputs {
-    pub items: Vec<Input>,
-}
-
-impl Inputs {
-    pub fn push(&mut self, label: impl Into<String>, bytes: &[u8]) {
-        self.push_digest(label, Sha256::digest(bytes).into());
-    }
-
-    pub fn push_digest(&mut self, label: impl Into<String>, digest: [u8; 32]) {
-        self.items.push(Input {
-            label: label.into(),
-            digest,
-        });
-    }
-
-    /// The key: SHA-256 over every (label, digest) pair in order.
-    pub fn key(&self) -> Key {
-        let mut h = Sha256::new();
-        for i in &self.items {
-            h.update((i.label.len() as u32).to_le_bytes());
-            h.update(i.label.as_bytes());
-            h.update(i.digest);
-        }
-        Key(h.finalize().into())
-    }
-
-    /// `(label, hex digest)` pairs, for `distc inspect`.
-    pub fn listing(&self) -> Vec<(String, String)> {
-        self.items
-            .iter()
-            .map(|i| (i.label.clone(), hex::encode(i.digest)))
-            .collect()
-    }
-}
-
-/// SHA-256 of a length-prefixed concatenation, so `["ab","c"]` and `["a","bc"]` differ.
-pub(crate) fn hash_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for it in items {
-        h.update((it.len() as u64).to_le_bytes());
-        h.update(it);
-    }
-    h.finalize().into()
 }
 
 /// Inputs 1–6: everything except the source and headers. Also the base of direct-mode
@@ -610,13 +558,11 @@ pub struct Fingerprint {
     pub header_states: Vec<HeaderState>,
 }
 
-/// A header's content digest and the stat taken right after reading it.
+/// A header as read for a key: its content digest and the stat taken right after reading it,
+/// and what it tests with `__has_include`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderState {
-    pub digest: [u8; 32],
-    pub size: u64,
-    pub mtime: (i64, i64),
-    pub ctime: (i64, i64),
+    pub file: FileRecord,
     /// The names the header tests with `__has_include`: a file appearing under one changes
     /// the compile without being in any header list. `None`: one is not a literal name.
     pub has_include: Option<Vec<Vec<u8>>>,
@@ -706,7 +652,7 @@ pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
     let known = fp.header_states.len() == fp.headers.len();
     for (i, hdr) in fp.headers.iter().enumerate() {
         let digest: [u8; 32] = if known {
-            fp.header_states[i].digest
+            fp.header_states[i].file.digest
         } else {
             match fs::read(hdr) {
                 Ok(bytes) => Sha256::digest(&bytes).into(),

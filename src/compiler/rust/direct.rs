@@ -34,24 +34,21 @@
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use distc_peer::Key;
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::rust::args::RustJob;
-use crate::compiler::rust::key::{self as rust_key, DepInfo, KeyContext, KeyParts};
+use crate::compiler::rust::key::{DepInfo, KeyContext, KeyParts};
+use crate::key::file::{FileRecord, Window};
 
 /// 4: a manifest names its manifest key.
 const MANIFEST_VERSION: u32 = 4;
 /// Entries kept per manifest (newest first).
 const MAX_ENTRIES: usize = 16;
 const MAX_MANIFEST: usize = 64 << 20;
-/// A file's stat is trusted only if it was this much older than the recording invocation: a
-/// later same-size edit then necessarily changes mtime, even on coarse-timestamp filesystems.
-const TRUST_AGE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
@@ -90,12 +87,7 @@ struct StoredPath {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct FileRec {
     path: StoredPath,
-    digest: [u8; 32],
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    /// Stat equality alone proves the content unchanged.
-    trusted: bool,
+    file: FileRecord,
 }
 
 /// The direct-mode identity of one rustc invocation.
@@ -109,22 +101,11 @@ pub struct RustDirect {
     package: PathBuf,
 }
 
-fn stat_tuple(md: &fs::Metadata) -> ((i64, i64), (i64, i64)) {
-    ((md.mtime(), md.mtime_nsec()), (md.ctime(), md.ctime_nsec()))
-}
-
-fn secs(t: SystemTime) -> (i64, i64) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
-        Err(_) => (0, 0),
-    }
-}
-
 impl RustDirect {
     /// `None` when the crate root cannot be read (the dep-info path then says why).
     pub fn new(ctx: &KeyContext<'_>, job: &RustJob, parts: &KeyParts) -> Option<RustDirect> {
         let root = ctx.cwd.join(&job.input);
-        let root_digest = rust_key::file_digest(&root).ok()?;
+        let root_digest = crate::key::file::digest(&root).ok()?;
         let mut inputs = parts.pre_dep_info(ctx, job);
         inputs.push("manifest", format!("rust {MANIFEST_VERSION}").as_bytes());
         inputs.push_digest("crate-root-content", root_digest);
@@ -233,24 +214,9 @@ impl RustDirect {
         }
         for f in &e.files {
             let path = self.resolve(&f.path);
-            let Ok(md) = fs::metadata(&path) else {
-                tracing::debug!("manifest entry: {} is gone", path.display());
+            if !f.file.matches(&path) {
+                tracing::debug!("manifest entry: {} changed or is gone", path.display());
                 return false;
-            };
-            if !md.is_file() || md.len() != f.size {
-                tracing::debug!("manifest entry: {} changed size", path.display());
-                return false;
-            }
-            let (m, c) = stat_tuple(&md);
-            if f.trusted && m == f.mtime && c == f.ctime {
-                continue;
-            }
-            match rust_key::file_digest(&path) {
-                Ok(d) if d == f.digest => {}
-                _ => {
-                    tracing::debug!("manifest entry: {} changed", path.display());
-                    return false;
-                }
             }
         }
         e.probes.iter().all(|(p, existed)| {
@@ -318,25 +284,16 @@ impl RustDirect {
             }
             vars.push((name.clone(), now));
         }
-        let start = secs(started);
-        let trust_before = secs(started.checked_sub(TRUST_AGE).unwrap_or(UNIX_EPOCH));
+        let window = Window::since(started);
         let mut files = Vec::with_capacity(dep.files.len());
         let mut probes: Vec<(StoredPath, bool)> = Vec::new();
         for (f, digest) in dep.files.iter().zip(digests) {
             let abs = self.cwd.join(f);
             let md = fs::metadata(&abs).ok()?;
-            let (m, c) = stat_tuple(&md);
-            if m >= start || c >= start {
-                // Modified while we ran: what we hashed may not be what rustc read.
-                return None;
-            }
             files.push(FileRec {
                 path: self.store_path(f),
-                digest: *digest,
-                size: md.len(),
-                mtime: m,
-                ctime: c,
-                trusted: m < trust_before && c < trust_before,
+                // None when modified while we ran: what we hashed may not be what rustc read.
+                file: FileRecord::new(*digest, &md, &window)?,
             });
             if let Some(alt) = module_alternative(f) {
                 let sp = self.store_path(&alt);
@@ -372,6 +329,8 @@ fn module_alternative(file: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -413,7 +372,7 @@ mod tests {
         let digests: Vec<[u8; 32]> = dep
             .files
             .iter()
-            .map(|f| rust_key::file_digest(&cwd.join(f)).expect("digest"))
+            .map(|f| crate::key::file::digest(&cwd.join(f)).expect("digest"))
             .collect();
         let env1 = |k: &str| (k == "V").then(|| OsString::from("1"));
         let later = SystemTime::now() + Duration::from_secs(5);
@@ -461,7 +420,7 @@ mod tests {
             let _ = fs::remove_file(&d.path);
             let digests: Vec<[u8; 32]> = files
                 .iter()
-                .map(|f| rust_key::file_digest(&cwd.join(f)).expect("digest"))
+                .map(|f| crate::key::file::digest(&cwd.join(f)).expect("digest"))
                 .collect();
             let dep = DepInfo {
                 files,
@@ -489,7 +448,7 @@ mod tests {
             files: vec!["lib.rs".into()],
             env_deps: vec![],
         };
-        let digests = vec![rust_key::file_digest(&cwd.join("lib.rs")).expect("digest")];
+        let digests = vec![crate::key::file::digest(&cwd.join("lib.rs")).expect("digest")];
         let earlier = SystemTime::now() - Duration::from_secs(60);
         d.record(&dep, &digests, &Key([1; 32]), earlier, &|_| None);
         assert_eq!(d.lookup(&|_| None), None);
@@ -526,7 +485,7 @@ mod tests {
         let digests: Vec<[u8; 32]> = dep
             .files
             .iter()
-            .map(|f| rust_key::file_digest(Path::new(f)).expect("digest"))
+            .map(|f| crate::key::file::digest(Path::new(f)).expect("digest"))
             .collect();
         let mut m = direct(&cwd, &b);
         m.path = da.path.clone();

@@ -1,7 +1,7 @@
 //! The key of a rustc compile: everything that can change what rustc writes, hashed.
 //!
 //! # Key inputs (RUST_FORMAT_VERSION 3)
-//! Each input is hashed on its own and labelled ([`crate::compiler::c::key::Inputs`]), so
+//! Each input is hashed on its own and labelled ([`crate::key::Inputs`]), so
 //! `distc inspect` can list them.
 //!
 //! 1. `format` — `rust` + [`RUST_FORMAT_VERSION`]: any change to this list changes every key,
@@ -58,10 +58,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::compiler::c::identity::stamp;
-use crate::compiler::c::key::Inputs;
-use crate::compiler::c::key::hash_list;
 use crate::compiler::rust::args::{KeyArg, RustJob};
+use crate::key::file::stamp;
+use crate::key::{Inputs, hash_list};
 
 /// Version of the list above. Bump on any change to what is hashed or how.
 /// 3: the target directory variables left out of `cargo-env`; with `base_dir`, rustc runs with
@@ -275,13 +274,7 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()>
     Ok(())
 }
 
-/// SHA-256 of a file's contents.
-pub fn file_digest(path: &Path) -> io::Result<[u8; 32]> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().into())
-}
+use crate::key::file::digest as file_digest;
 
 /// The rustc identity, memoised by the real binary's stat.
 pub fn rustc_identity(distc_dir: &Path, rustc: &Path) -> Result<RustcId, RustKeyError> {
