@@ -3,6 +3,7 @@
 //! inputs its keys have (`crate::compiler::{c,rust}::key`).
 
 pub mod file;
+pub mod manifest;
 
 use distc_peer::Key;
 use sha2::{Digest, Sha256};

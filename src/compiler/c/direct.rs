@@ -41,27 +41,18 @@ use sha2::{Digest, Sha256};
 use crate::compiler::c::CompileJob;
 use crate::compiler::c::key::{self as fingerprint, Context, Fingerprint, HeaderState, Inputs};
 use crate::key::file::{FileRecord, Time, Window, times as stat_tuple};
+use crate::key::manifest::{self, MAX_ENTRIES};
 
 /// 2: probes also cover the compiler's system include directories; directory stamps.
 /// 3: a manifest names its manifest key.
 const MANIFEST_VERSION: u32 = 3;
-/// Entries kept per manifest (newest first); old header states fall off.
-const MAX_ENTRIES: usize = 16;
-const MAX_MANIFEST: usize = 64 << 20;
 /// Largest manifest accepted from the mesh (16 entries of a few thousand headers and probes
 /// each fit many times over).
 pub const MAX_SHARED_MANIFEST: usize = 16 << 20;
 /// Headers or probes per entry accepted from the mesh: each costs a syscall or a read here.
 const MAX_SHARED_ITEMS: usize = 1 << 16;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    version: u32,
-    /// The manifest key it was written for: a manifest file under another key's name (a
-    /// swapped or restored file), or shared for another compile, is refused.
-    key: Key,
-    entries: Vec<Entry>,
-}
+type Manifest = manifest::Manifest<Entry>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Entry {
@@ -148,45 +139,25 @@ impl DirectKey {
             .join(&hex[2..])
     }
 
+    /// This key's manifest; one that is corrupt is discarded (and counted).
     fn read(&self, ctx: &Context) -> Option<Manifest> {
         let path = self.path(ctx);
-        let bytes = fs::read(&path).ok()?;
-        let m: Manifest = match distc_peer::codec::decode(&bytes, MAX_MANIFEST) {
-            Ok(m) => m,
-            Err(e) => {
-                crate::cache::discard_corrupt(&ctx.distc_dir, &path, &e.to_string());
-                return None;
-            }
-        };
-        if m.version != MANIFEST_VERSION {
-            return None;
-        }
-        if m.key != self.manifest_key {
-            let why = format!(
-                "manifest of {} under the name of {}",
-                m.key, self.manifest_key
-            );
+        Manifest::read(&path, MANIFEST_VERSION, &self.manifest_key).unwrap_or_else(|why| {
             crate::cache::discard_corrupt(&ctx.distc_dir, &path, &why);
-            return None;
-        }
-        Some(m)
+            None
+        })
     }
 
-    /// A manifest for this key with no entries yet.
-    fn empty(&self) -> Manifest {
-        Manifest {
-            version: MANIFEST_VERSION,
-            key: self.manifest_key,
-            entries: Vec::new(),
-        }
+    /// This key's manifest, or one with no entries yet.
+    fn read_or_empty(&self, ctx: &Context) -> Manifest {
+        self.read(ctx)
+            .unwrap_or_else(|| Manifest::new(MANIFEST_VERSION, self.manifest_key))
     }
 
     /// The result key whose recorded header state matches the files now, if any.
     pub fn lookup(&self, ctx: &Context, _job: &CompileJob) -> Option<Key> {
         let m = self.read(ctx)?;
-        m.entries
-            .iter()
-            .find(|e| entry_matches(&ctx.cwd, e))
+        m.find(|e| entry_matches(&ctx.cwd, e))
             .map(|e| Key(e.result))
     }
 
@@ -201,23 +172,10 @@ impl DirectKey {
         started: SystemTime,
     ) -> Option<Vec<u8>> {
         let entry = make_entry(ctx, job, self, fp, started)?;
-        let mut m = self.read(ctx).unwrap_or_else(|| self.empty());
-        m.entries.retain(|e| e != &entry);
-        m.entries.insert(0, entry);
-        m.entries.truncate(MAX_ENTRIES);
-        self.write(ctx, &m)
-    }
-
-    /// Writes `m` as this key's manifest; returns the bytes written (the payload shared with
-    /// the mesh), `None` when it could not be written.
-    fn write(&self, ctx: &Context, m: &Manifest) -> Option<Vec<u8>> {
-        let bytes = distc_peer::codec::encode(m).ok()?;
-        let path = self.path(ctx);
-        if let Some(dir) = path.parent() {
-            let _ = fs::create_dir_all(dir);
-        }
-        crate::util::write_atomic(&path, &bytes).ok()?;
-        Some(bytes)
+        let mut m = self.read_or_empty(ctx);
+        m.upsert(entry, |a, b| a == b);
+        // The bytes written are the payload shared with the mesh.
+        m.write(&self.path(ctx))
     }
 
     /// The key this manifest is shared under in the mesh (an ordinary store entry whose
@@ -254,11 +212,9 @@ impl DirectKey {
             return Ok(None);
         };
         let result = Key(entry.result);
-        let mut m = self.read(ctx).unwrap_or_else(|| self.empty());
-        m.entries.retain(|e| !same_state(e, &entry));
-        m.entries.insert(0, entry);
-        m.entries.truncate(MAX_ENTRIES);
-        let _ = self.write(ctx, &m);
+        let mut m = self.read_or_empty(ctx);
+        m.upsert(entry, same_state);
+        let _ = m.write(&self.path(ctx));
         Ok(Some(result))
     }
 

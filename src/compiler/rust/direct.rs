@@ -43,20 +43,12 @@ use serde::{Deserialize, Serialize};
 use crate::compiler::rust::args::RustJob;
 use crate::compiler::rust::key::{DepInfo, KeyContext, KeyParts};
 use crate::key::file::{FileRecord, Window};
+use crate::key::manifest;
 
 /// 4: a manifest names its manifest key.
 const MANIFEST_VERSION: u32 = 4;
-/// Entries kept per manifest (newest first).
-const MAX_ENTRIES: usize = 16;
-const MAX_MANIFEST: usize = 64 << 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    version: u32,
-    /// The manifest key it was written for: a file under another key's name is refused.
-    key: Key,
-    entries: Vec<Entry>,
-}
+type Manifest = manifest::Manifest<Entry>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Entry {
@@ -129,27 +121,12 @@ impl RustDirect {
         })
     }
 
+    /// This key's manifest; one that is corrupt is discarded (and counted).
     fn read(&self) -> Option<Manifest> {
-        let bytes = fs::read(&self.path).ok()?;
-        let m: Manifest = match distc_peer::codec::decode(&bytes, MAX_MANIFEST) {
-            Ok(m) => m,
-            Err(e) => {
-                crate::cache::discard_corrupt(&self.distc_dir, &self.path, &e.to_string());
-                return None;
-            }
-        };
-        if m.version != MANIFEST_VERSION {
-            return None;
-        }
-        if m.key != self.manifest_key {
-            let why = format!(
-                "manifest of {} under the name of {}",
-                m.key, self.manifest_key
-            );
+        Manifest::read(&self.path, MANIFEST_VERSION, &self.manifest_key).unwrap_or_else(|why| {
             crate::cache::discard_corrupt(&self.distc_dir, &self.path, &why);
-            return None;
-        }
-        Some(m)
+            None
+        })
     }
 
     fn resolve(&self, p: &StoredPath) -> PathBuf {
@@ -198,10 +175,7 @@ impl RustDirect {
             tracing::debug!("no manifest {}", self.manifest_key);
             return None;
         };
-        m.entries
-            .iter()
-            .find(|e| self.matches(e, env))
-            .map(|e| Key(e.result))
+        m.find(|e| self.matches(e, env)).map(|e| Key(e.result))
     }
 
     fn matches(&self, e: &Entry, env: &dyn Fn(&str) -> Option<OsString>) -> bool {
@@ -246,22 +220,13 @@ impl RustDirect {
             tracing::debug!("no direct-mode entry recorded for {}", self.manifest_key);
             return;
         };
-        let mut m = self.read().unwrap_or(Manifest {
-            version: MANIFEST_VERSION,
-            key: self.manifest_key,
-            entries: Vec::new(),
-        });
-        m.entries.retain(|e| e != &entry);
-        m.entries.insert(0, entry);
-        m.entries.truncate(MAX_ENTRIES);
-        let Some(bytes) = distc_peer::codec::encode(&m)
-            .ok()
-            .filter(|b| b.len() <= MAX_MANIFEST)
-        else {
-            tracing::debug!("manifest {} cannot be encoded", self.manifest_key);
-            return;
-        };
-        crate::util::write_memo(&self.path, &bytes);
+        let mut m = self
+            .read()
+            .unwrap_or_else(|| Manifest::new(MANIFEST_VERSION, self.manifest_key));
+        m.upsert(entry, |a, b| a == b);
+        if m.write(&self.path).is_none() {
+            tracing::debug!("manifest {} cannot be written", self.manifest_key);
+        }
     }
 
     fn make_entry(
