@@ -2,12 +2,14 @@
 # distc's benchmark suite: plain compiler vs ccache vs sccache vs distc, side by side in one run.
 #
 #   bash scripts/bench.sh            # everything
-#   BENCH_ONLY=hello bash scripts/bench.sh   # one scenario: hello | large | project | rss
+#   BENCH_ONLY=hello bash scripts/bench.sh   # one scenario: hello | large | sqlite | project | rss
 #   BENCH_RUNS=20 bash scripts/bench.sh      # more runs per measurement (default 15)
 #
 # Scenarios: (a) hello.c hit and miss, (b) a large C++ translation unit hit and miss,
-# (c) a real multi-file C project (Lua 5.4, the C sources vendored by the crates.io package
-# lua-src) built cold and warm with `make -j2`, (d) peak RSS of one wrapper call on a hit.
+# (c) the SQLite amalgamation `sqlite3.c` (9 MB of source in one TU, from the crates.io package
+# libsqlite3-sys) hit at -O2 (its miss with BENCH_SQLITE_MISS_RUNS=N), (d) a real multi-file C project (Lua 5.4, the C sources
+# vendored by the crates.io package lua-src) built cold and warm with `make -j2`, (e) peak RSS of
+# one wrapper call on a hit.
 # Every tool gets its own empty cache directory. Prints a markdown table of medians and ratios;
 # the raw hyperfine JSON stays in $BENCH_OUT (default: a temporary directory, printed at the end).
 # Missing ccache/sccache are reported and their columns left empty (install: apt-get install
@@ -83,11 +85,13 @@ wrap() { # wrap TOOL COMPILER
   esac
 }
 
-single_tu() { # single_tu LABEL COMPILER SOURCE FLAGS
-  local label=$1 cc=$2 src=$3 flags=$4 t cmds=()
+single_tu() { # single_tu LABEL COMPILER SOURCE FLAGS [MISS_RUNS]
+  local label=$1 cc=$2 src=$3 flags=$4 t cmds=() hit_runs=$runs
   for t in "${tools[@]}"; do cmds+=("$(wrap "$t" "$cc") $flags -c $src -o $work/$label-$t.o"); done
-  # Miss: every run starts from empty caches.
-  measure "$label-miss" "$clear_caches" "${cmds[@]}"
+  # Miss: every run starts from empty caches (MISS_RUNS=0: hit only).
+  runs=${5:-$runs}
+  [ "$runs" -gt 0 ] && measure "$label-miss" "$clear_caches" "${cmds[@]}"
+  runs=$hit_runs
   # Hit: warm every cache once, then measure.
   eval "$clear_caches"
   for c in "${cmds[@]}"; do $c; done
@@ -103,15 +107,31 @@ if [ "$only" = all ] || [ "$only" = large ]; then
   single_tu large g++ "$work/large.cpp" "-O2"
 fi
 
-if [ "$only" = all ] || [ "$only" = project ]; then
-  echo "bench: Lua 5.4 (lua-src from crates.io) with make -j2, cold and warm" >&2
-  fetch=$work/fetch
+# crate_src CRATE VERSION SUBDIR: fetch a crates.io package with cargo and print SUBDIR of it.
+crate_src() {
+  local fetch=$work/fetch-$1
   mkdir -p "$fetch/src"
-  printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\nlua-src = "=547.1.0"\n' >"$fetch/Cargo.toml"
+  printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\n%s = { version = "=%s", default-features = false }\n' "$1" "$2" >"$fetch/Cargo.toml"
   echo 'fn main() {}' >"$fetch/src/main.rs"
   (cd "$fetch" && cargo fetch --quiet)
-  luasrc=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 3 -type d -path '*lua-src-547.1.0/lua-5.4.7' | head -n 1)
-  [ -n "$luasrc" ] || { echo "bench: lua-src sources not found after cargo fetch" >&2; exit 1; }
+  local dir
+  dir=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 3 -type d -path "*$1-$2/$3" | head -n 1)
+  [ -n "$dir" ] || { echo "bench: $1 $2 sources ($3) not found after cargo fetch" >&2; exit 1; }
+  echo "$dir"
+}
+
+if [ "$only" = all ] || [ "$only" = sqlite ]; then
+  echo "bench: sqlite3.c (libsqlite3-sys from crates.io) hit" >&2
+  sq=$(crate_src libsqlite3-sys 0.30.1 sqlite3)
+  cp "$sq/sqlite3.c" "$sq/sqlite3.h" "$work/"
+  # A 9 MB TU compiles for about a minute at -O2, so its miss (2 warm-ups + runs, per tool)
+  # is measured only when asked: BENCH_SQLITE_MISS_RUNS=3.
+  single_tu sqlite gcc "$work/sqlite3.c" "-O2" "${BENCH_SQLITE_MISS_RUNS:-0}"
+fi
+
+if [ "$only" = all ] || [ "$only" = project ]; then
+  echo "bench: Lua 5.4 (lua-src from crates.io) with make -j2, cold and warm" >&2
+  luasrc=$(crate_src lua-src 547.1.0 lua-5.4.7)
   proj=$work/lua
   cp -r "$luasrc" "$proj"
   cat >"$proj/Makefile" <<'EOF'
@@ -153,6 +173,7 @@ order = ["plain", "ccache", "sccache", "distc"]
 tools = open(os.path.join(out, "tools.txt")).read().split()
 rows = [("hello-miss", "hello.c miss"), ("hello-hit", "hello.c hit"),
         ("large-miss", "large TU miss"), ("large-hit", "large TU hit"),
+        ("sqlite-miss", "sqlite3.c miss"), ("sqlite-hit", "sqlite3.c hit"),
         ("project-cold", "Lua make -j2 cold"), ("project-warm", "Lua make -j2 warm")]
 print("| scenario (median ms) | " + " | ".join(order) + " | distc / ccache | distc / plain |")
 print("|---|" + "---:|" * (len(order) + 2))
