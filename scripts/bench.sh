@@ -6,10 +6,10 @@
 #   BENCH_RUNS=20 bash scripts/bench.sh      # more runs per measurement (default 15)
 #
 # Scenarios: (a) hello.c hit and miss, (b) a large C++ translation unit hit and miss,
-# (c) the SQLite amalgamation `sqlite3.c` (9 MB of source in one TU, from the crates.io package
-# libsqlite3-sys) hit at -O2 (its miss with BENCH_SQLITE_MISS_RUNS=N), (d) a real multi-file C project (Lua 5.4, the C sources
-# vendored by the crates.io package lua-src) built cold and warm with `make -j2`, (e) peak RSS of
-# one wrapper call on a hit.
+# (c) the SQLite amalgamation `sqlite3.c` (9 MB of source in one TU, from the crates.io
+# package libsqlite3-sys) hit at -O2 (its miss too with BENCH_SQLITE_MISS_RUNS=N), (d) a real
+# multi-file C project (Lua 5.4, the C sources vendored by the crates.io package lua-src)
+# built cold and warm with `make -j2`, (e) peak RSS of one wrapper call on a hit.
 # Every tool gets its own empty cache directory. Prints a markdown table of medians and ratios;
 # the raw hyperfine JSON stays in $BENCH_OUT (default: a temporary directory, printed at the end).
 # Missing ccache/sccache are reported and their columns left empty (install: apt-get install
