@@ -504,3 +504,47 @@ fn uncacheable_reasons_are_counted() {
     assert_eq!(s.uncacheable.get("dependencies-only"), Some(&1), "{s:?}");
     assert_eq!(s.hits + s.misses, 0);
 }
+
+/// A source large enough for its digest to be memoised by stat (an amalgamation): a hit
+/// reads no source, and an edit of the same size, made long after the memo, still misses
+/// with the right object.
+#[test]
+fn a_large_source_edited_at_the_same_size_misses() {
+    each_mode(|sb, run, mode| {
+        let big = |x: u32| {
+            let mut s = String::from("#include <stdio.h>\n");
+            for i in 0..12_000 {
+                s.push_str(&format!("int v{i:05} = {:05};\n", i + 10_000));
+            }
+            s.push_str(&format!(
+                "int main(void) {{ printf(\"%d\\n\", {x}); return 0; }}\n"
+            ));
+            s
+        };
+        let age = |rel: &str| {
+            // Old enough for its stat to be trusted, as a checked-out file is.
+            let out = std::process::Command::new("touch")
+                .args(["-d", "-1 minute"])
+                .arg(sb.work.join(rel))
+                .output()
+                .expect("run touch");
+            assert_ok(&out, "touch");
+        };
+        sb.write("big.c", big(1));
+        age("big.c");
+        let args = ["gcc", "-c", "big.c", "-o", "big.o"];
+        assert_ok(&run(&args), mode);
+        assert_ok(&run(&args), mode);
+        assert_eq!(sb.compiles(), 1, "{mode}: second compile must be a hit");
+        let first = sb.read("big.o");
+        sb.write("big.c", big(2));
+        age("big.c");
+        assert_ok(&run(&args), mode);
+        assert_eq!(sb.compiles(), 2, "{mode}: an edited source must miss");
+        reference(sb, "gcc", &["-c", "big.c", "-o", "ref.o"]);
+        assert_eq!(sb.read("big.o"), sb.read("ref.o"), "{mode}");
+        assert_ne!(sb.read("big.o"), first, "{mode}");
+        assert_ok(&run(&args), mode);
+        assert_eq!(sb.compiles(), 2, "{mode}: unchanged again, a hit");
+    });
+}

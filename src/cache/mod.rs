@@ -38,7 +38,7 @@ pub struct Cache {
 }
 
 /// Directories of `$DISTC_DIR` that grow with the store and are trimmed with it.
-const AUX_DIRS: &[&str] = &["manifests", "misses", "locks"];
+const AUX_DIRS: &[&str] = &["manifests", "misses", "locks", "sources"];
 
 /// What a lookup found.
 pub enum Found {

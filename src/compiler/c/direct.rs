@@ -97,6 +97,81 @@ pub struct DirectKey {
     source_digest: [u8; 32],
 }
 
+/// Sources at least this large have what direct mode learns of them memoised by stat (see
+/// [`source_facts`]); smaller ones are read and hashed on every call, which costs no more
+/// than reading the memo would.
+const SOURCE_MEMO_MIN: u64 = 128 << 10;
+
+/// The digest of a source direct mode may key, `None` when it must not (it mentions a time
+/// macro, or names a file no dependency output lists: `.incbin`, `#embed`; the preprocessor
+/// path then decides). For a large source (an amalgamation such as `sqlite3.c`), reading,
+/// scanning and hashing it dominate a hit, so the answer is memoised under
+/// `$DISTC_DIR/sources/` by the source's absolute path and full stat (size, mtime, ctime,
+/// inode), with the rule headers follow: only a file unchanged for [`TRUST_AGE`] is memoised,
+/// so a later same-size edit necessarily changes its stat. The memo names the key and
+/// manifest formats, whose rules the answer depends on.
+fn source_facts(ctx: &Context, source: &Path) -> Option<[u8; 32]> {
+    use std::io::Read;
+    let mut f = fs::File::open(source).ok()?;
+    let md = f.metadata().ok()?;
+    let memo = (md.len() >= SOURCE_MEMO_MIN).then(|| {
+        let abs = ctx.cwd.join(source);
+        let name = hex::encode(Sha256::digest(abs.as_os_str().as_bytes()));
+        let stamp = format!(
+            "v{}.{} {}",
+            fingerprint::FORMAT_VERSION,
+            MANIFEST_VERSION,
+            crate::compiler::c::identity::stamp(&md)
+        );
+        (
+            ctx.distc_dir
+                .join("sources")
+                .join(&name[..2])
+                .join(&name[2..]),
+            stamp,
+        )
+    });
+    if let Some((path, stamp)) = &memo {
+        if let Ok(text) = fs::read_to_string(path) {
+            if let Some((s, answer)) = text.split_once('\n') {
+                let answer = answer.trim_end();
+                let mut digest = [0u8; 32];
+                if s == stamp && answer == "-" {
+                    return None;
+                }
+                // A memo that does not parse is recomputed and rewritten.
+                if s == stamp && hex::decode_to_slice(answer, &mut digest).is_ok() {
+                    return Some(digest);
+                }
+            }
+        }
+    }
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    f.read_to_end(&mut bytes).ok()?;
+    let digest: Option<[u8; 32]> = (!fingerprint::mentions_time_macros(&bytes)
+        && fingerprint::unlisted_input(&bytes).is_none())
+    .then(|| Sha256::digest(&bytes).into());
+    if let Some((path, stamp)) = memo {
+        let (mtime, ctime) = ((md.mtime(), md.mtime_nsec()), (md.ctime(), md.ctime_nsec()));
+        let trust_before = secs(
+            SystemTime::now()
+                .checked_sub(TRUST_AGE)
+                .unwrap_or(UNIX_EPOCH),
+        );
+        if mtime < trust_before && ctime < trust_before {
+            let answer = digest.map_or_else(|| "-".to_string(), hex::encode);
+            if let Some(dir) = path.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let _ = crate::cache::bundle::write_atomic(
+                &path,
+                format!("{stamp}\n{answer}\n").as_bytes(),
+            );
+        }
+    }
+    digest
+}
+
 /// Whether depend mode can learn this job's headers from a `-MD` file: either we add our own,
 /// or the user's is a full `-MD` (`-MMD` leaves out system headers).
 pub fn depend_eligible(job: &CompileJob) -> bool {
@@ -109,15 +184,7 @@ impl DirectKey {
         if job.direct_blocker.is_some() || !job.language.is_preprocessed_by_compiler() {
             return None;
         }
-        let source = fs::read(&job.source).ok()?;
-        // A file named by `.incbin` or `#embed` is in no header list: the preprocessor path
-        // decides (and refuses the compile, or keys the data `-E` output holds).
-        if fingerprint::mentions_time_macros(&source)
-            || fingerprint::unlisted_input(&source).is_some()
-        {
-            return None;
-        }
-        let source_digest: [u8; 32] = Sha256::digest(&source).into();
+        let source_digest = source_facts(ctx, &job.source)?;
         let norm_source = fingerprint::normalised_source(ctx, job);
         let mut inputs = common.clone();
         inputs.push("manifest", &MANIFEST_VERSION.to_le_bytes());
