@@ -107,7 +107,7 @@ const SOURCE_MEMO_MIN: u64 = 128 << 10;
 /// path then decides). For a large source (an amalgamation such as `sqlite3.c`), reading,
 /// scanning and hashing it dominate a hit, so the answer is memoised under
 /// `$DISTC_DIR/sources/` by the source's absolute path and full stat (size, mtime, ctime,
-/// inode), with the rule headers follow: only a file unchanged for [`TRUST_AGE`] is memoised,
+/// inode), with the rule headers follow: only a file unchanged for [`crate::key::file::TRUST_AGE`] is memoised,
 /// so a later same-size edit necessarily changes its stat. The memo names the key and
 /// manifest formats, whose rules the answer depends on.
 fn source_facts(ctx: &Context, source: &Path) -> Option<[u8; 32]> {
@@ -121,7 +121,7 @@ fn source_facts(ctx: &Context, source: &Path) -> Option<[u8; 32]> {
             "v{}.{} {}",
             fingerprint::FORMAT_VERSION,
             MANIFEST_VERSION,
-            crate::compiler::c::identity::stamp(&md)
+            crate::key::file::stamp(&md)
         );
         (
             ctx.distc_dir
@@ -152,21 +152,10 @@ fn source_facts(ctx: &Context, source: &Path) -> Option<[u8; 32]> {
         && fingerprint::unlisted_input(&bytes).is_none())
     .then(|| Sha256::digest(&bytes).into());
     if let Some((path, stamp)) = memo {
-        let (mtime, ctime) = ((md.mtime(), md.mtime_nsec()), (md.ctime(), md.ctime_nsec()));
-        let trust_before = secs(
-            SystemTime::now()
-                .checked_sub(TRUST_AGE)
-                .unwrap_or(UNIX_EPOCH),
-        );
-        if mtime < trust_before && ctime < trust_before {
+        let (mtime, ctime) = stat_tuple(&md);
+        if Window::since(SystemTime::now()).trusts(mtime, ctime) {
             let answer = digest.map_or_else(|| "-".to_string(), hex::encode);
-            if let Some(dir) = path.parent() {
-                let _ = fs::create_dir_all(dir);
-            }
-            let _ = crate::cache::bundle::write_atomic(
-                &path,
-                format!("{stamp}\n{answer}\n").as_bytes(),
-            );
+            crate::util::write_memo(&path, format!("{stamp}\n{answer}\n").as_bytes());
         }
     }
     digest
