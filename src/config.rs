@@ -93,7 +93,7 @@ impl Default for Config {
             disable: false,
             direct_mode: true,
             depend_mode: true,
-            peer_timeout_ms: 2000,
+            peer_timeout_ms: 500,
             auto_start: true,
             log: "warn".into(),
             replication: 2,

@@ -730,3 +730,137 @@ fn a_peer_holding_another_keys_entry_never_serves_it() {
     );
     drop(b);
 }
+
+/// Runs a wrapped compile with a bounded wait: `None` if it had to be killed (a hang).
+fn compile_bounded(sb: &Sandbox, dir: &Path, src: &str, budget_ms: u64) -> Option<Duration> {
+    let obj = format!("{}.o", src.trim_end_matches(".c"));
+    let _ = std::fs::remove_file(sb.work.join(&obj));
+    let mut cmd = distc_in(sb, dir);
+    cmd.env("DISTC_PEER_TIMEOUT_MS", budget_ms.to_string())
+        .args(["gcc", "-c", src, "-o", &obj]);
+    let t = Instant::now();
+    let (status, stderr) = run_bounded(cmd, Duration::from_secs(60));
+    let took = t.elapsed();
+    let status = status?;
+    assert!(status.success(), "compile {src}: {stderr}");
+    let reference = std::process::Command::new("gcc")
+        .current_dir(&sb.work)
+        .args(["-c", src, "-o", "reference.o"])
+        .status()
+        .expect("reference compile");
+    assert!(reference.success());
+    let want = std::fs::read(sb.work.join("reference.o")).expect("reference object");
+    assert!(
+        std::fs::read(sb.work.join(&obj)).ok() == Some(want),
+        "{src}: wrong or missing object"
+    );
+    Some(took)
+}
+
+fn peer_timeouts(dir: &Path) -> u64 {
+    distc::stats::Stats::read_all(dir)
+        .map(|s| s.errors_by_kind.get("peer-timeout").copied().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Resumes a SIGSTOPped peer when the test ends, whatever happens, so it can be killed.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// A machine's peer stopped with SIGSTOP (Ctrl-Z): compiles finish, correct, and only one of
+/// them waits for the peer (one budget); the rest skip it at no cost while it is marked
+/// unresponsive. With its accept queue full, a compile still returns (a blocking connect would
+/// never). `distc status` says the peer is not answering and how to see why. Bounded waits
+/// only: a hang fails the test instead of stalling it.
+#[test]
+fn a_stopped_local_peer_costs_one_budget_and_never_hangs_a_compile() {
+    let sb = mesh_sandbox();
+    let a = start_peer(&sb, "a", &[]);
+    let b = start_peer(&sb, "b", &[address(&sb, &a)]);
+    for p in [&a, &b] {
+        wait_until("2 peers up", Duration::from_secs(15), || {
+            up_peers(&sb, &p.dir) == 1
+        });
+    }
+    wait_until("mesh marker", Duration::from_secs(10), || {
+        distc_peer::ipc::mesh_active(&a.dir)
+    });
+    let budget_ms = 1000;
+    let sources: Vec<String> = (0..20).map(|i| format!("s{i}.c")).collect();
+    for (i, s) in sources.iter().enumerate() {
+        std::fs::write(
+            sb.work.join(s),
+            format!("int f{i}(void) {{ return {i}; }}\n"),
+        )
+        .unwrap();
+    }
+
+    signal(a.pid(), "-STOP");
+    let _resume = Resume(a.pid());
+    let mut total = Duration::ZERO;
+    for s in &sources {
+        total += compile_bounded(&sb, &a.dir, s, budget_ms)
+            .unwrap_or_else(|| panic!("compile of {s} hung on the stopped peer"));
+    }
+    eprintln!("20 compiles with the local peer stopped: {total:?} (budget {budget_ms} ms)");
+    assert_eq!(sb.compiles(), 20);
+    assert_eq!(
+        peer_timeouts(&a.dir),
+        1,
+        "the stopped peer was waited for more than once"
+    );
+    assert!(distc_peer::ipc::unresponsive_for(&a.dir).is_some());
+
+    // `distc status` says so, and how to look.
+    let (status, stderr) = run_bounded(
+        {
+            let mut c = distc_in(&sb, &a.dir);
+            c.arg("status");
+            c
+        },
+        Duration::from_secs(60),
+    );
+    let status = status.expect("distc status hung on the stopped peer");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("not answering") && stderr.contains(&a.pid().to_string()),
+        "{stderr}"
+    );
+
+    // Fill the stopped peer's accept queue, forget the marker: the next compile tries the
+    // peer again and still returns.
+    let mut held = Vec::new();
+    while held.len() < 5000 {
+        match distc_peer::ipc::IpcClient::connect(&a.dir, Duration::from_millis(50)) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                eprintln!("accept queue full after {} connections: {e}", held.len());
+                break;
+            }
+        }
+    }
+    assert!(held.len() < 5000, "the accept queue never filled");
+    distc_peer::ipc::clear_unresponsive(&a.dir);
+    std::fs::write(sb.work.join("late.c"), "int late(void) { return 99; }\n").unwrap();
+    let took = compile_bounded(&sb, &a.dir, "late.c", budget_ms)
+        .expect("a compile hung on the full accept queue");
+    eprintln!("compile with the accept queue full: {took:?}");
+    assert_eq!(peer_timeouts(&a.dir), 2);
+    drop(held);
+    drop(b);
+}

@@ -66,6 +66,9 @@ pub struct PeerOptions {
     pub metrics_public: bool,
     /// The wrappers' counters, read at each scrape.
     pub wrapper_counters: Option<WrapperSource>,
+    /// How long a lookup for a local client may take in all before it is answered "not found"
+    /// (less than the client's own deadline, so that a live peer always answers in time).
+    pub lookup_timeout: Duration,
 }
 
 impl PeerOptions {
@@ -90,6 +93,7 @@ impl PeerOptions {
             metrics_listen: None,
             metrics_public: false,
             wrapper_counters: None,
+            lookup_timeout: Duration::from_secs(4),
         }
     }
 }
@@ -325,6 +329,8 @@ struct PeerHandler {
     node: Node,
     mesh_key: Option<String>,
     shutdown: tokio::sync::mpsc::Sender<()>,
+    /// [`PeerOptions::lookup_timeout`].
+    lookup_timeout: Duration,
 }
 
 /// Builds `distc status`'s report from the node's view.
@@ -381,7 +387,10 @@ impl PeerHandler {
                 version: ipc::IPC_VERSION,
             },
             IpcRequest::Get(key) => {
-                let entry = self.node.get(&key).await;
+                let entry = tokio::time::timeout(self.lookup_timeout, self.node.get(&key))
+                    .await
+                    .ok()
+                    .flatten();
                 metrics::global().fetched(entry.is_some());
                 IpcResponse::Entry(entry.map(Bytes))
             }
@@ -501,6 +510,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
         node: node.clone(),
         mesh_key: key.map(psk::fingerprint),
         shutdown: shutdown_tx,
+        lookup_timeout: opts.lookup_timeout,
     });
     let listener = ipc::bind(&dir).map_err(io_err("cannot create socket in", &dir))?;
     let activity = Arc::new(AtomicU64::new(unix_now()));

@@ -51,6 +51,41 @@ pub fn mesh_active(distc_dir: &Path) -> bool {
 
 const MESH_MARKER_NAME: &str = "peer.mesh";
 
+/// The marker a wrapper leaves when the local peer missed its deadline (stopped with Ctrl-Z or
+/// `kill -STOP`, or hung): while it is younger than [`UNRESPONSIVE_BACKOFF`], wrappers skip
+/// the peer without a connect, so a hung peer costs a build one budget, not one per compile.
+/// The first wrapper after the back-off tries again and removes it when the peer answers.
+pub fn unresponsive_marker_path(distc_dir: &Path) -> PathBuf {
+    distc_dir.join("peer.unresponsive")
+}
+
+/// How long wrappers skip a local peer that missed a deadline.
+pub const UNRESPONSIVE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long ago a wrapper found the local peer unresponsive, if a marker exists.
+pub fn unresponsive_for(distc_dir: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(unresponsive_marker_path(distc_dir))
+        .and_then(|m| m.modified())
+        .ok()?;
+    Some(modified.elapsed().unwrap_or_default())
+}
+
+/// Records that the local peer missed a deadline now (see [`unresponsive_marker_path`]).
+pub fn mark_unresponsive(distc_dir: &Path) -> io::Result<()> {
+    std::fs::write(unresponsive_marker_path(distc_dir), b"")
+}
+
+/// Removes the marker: the peer answered.
+pub fn clear_unresponsive(distc_dir: &Path) {
+    let _ = std::fs::remove_file(unresponsive_marker_path(distc_dir));
+}
+
+/// True for the errors of a peer that did not answer in time (a read or connect timeout, a
+/// full accept queue), as opposed to one that is not there (refused, no socket).
+pub fn is_timeout(e: &IpcError) -> bool {
+    matches!(e, IpcError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
 /// What a local client asks its peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum IpcRequest {
@@ -121,10 +156,29 @@ pub struct IpcClient {
 
 impl IpcClient {
     /// Connects to the peer of `distc_dir`. Fails at once when no socket exists or nobody
-    /// listens on it; `timeout` bounds every later read and write.
+    /// listens on it; the connect never blocks (a stopped peer's full accept queue is a
+    /// timeout error at once, not a hang); `timeout` bounds every later read and write.
     pub fn connect(distc_dir: &Path, timeout: Duration) -> io::Result<IpcClient> {
         let path = socket_path(distc_dir);
-        let stream = UnixStream::connect(&path)?;
+        // A Unix socket connect never waits when non-blocking: it succeeds (the peer's accept
+        // queue has room, even when the peer is stopped) or fails with EAGAIN (queue full).
+        let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&socket2::SockAddr::unix(&path)?) {
+            Ok(()) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{}: the peer does not accept connections", path.display()),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        socket.set_nonblocking(false)?;
+        let stream = UnixStream::from(socket);
         let timeout = Some(timeout.max(Duration::from_millis(1)));
         stream.set_read_timeout(timeout)?;
         stream.set_write_timeout(timeout)?;
@@ -170,11 +224,15 @@ impl IpcClient {
     }
 
     /// Tells the peer that `key` was stored locally; it replicates it in the background.
+    /// Never waits: the request is written without blocking and the answer is not read, so a
+    /// stopped peer costs nothing here.
     pub fn announce(&mut self, key: &Key) -> Result<(), IpcError> {
-        match self.call(&IpcRequest::Announce(*key))? {
-            IpcResponse::Ok => Ok(()),
-            _ => Err(IpcError::Unexpected),
-        }
+        self.stream.set_nonblocking(true)?;
+        frame::write_sync(
+            &mut self.stream,
+            &codec::encode(&IpcRequest::Announce(*key))?,
+        )?;
+        Ok(())
     }
 
     /// Every known peer, as the local peer sees the mesh.

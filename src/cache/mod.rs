@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use distc_peer::Key;
+use distc_peer::ipc::{self, IpcClient, IpcError};
 use distc_peer::store::{Store, StoreError};
 
 use crate::cache::bundle::Bundle;
@@ -25,8 +26,16 @@ pub struct Cache {
     pub dir: PathBuf,
     /// `None` when the store cannot be opened (read-only or missing dir): compile only.
     store: Option<Store>,
-    /// Bound on every wait for the local peer.
+    /// The budget of this process (one compile) for all its waits on the local peer together:
+    /// connects, lookups, manifest fetches. Announces never wait.
     peer_timeout: Duration,
+    /// When that budget runs out; set by the first request to the peer.
+    peer_deadline: std::cell::Cell<Option<Instant>>,
+    /// The peer is not asked again in this process: it is absent, missed the deadline, or was
+    /// marked unresponsive by another wrapper within the back-off.
+    peer_skipped: std::cell::Cell<bool>,
+    /// An old unresponsive marker was found (back-off over): an answer removes it.
+    peer_retrying: std::cell::Cell<bool>,
     /// Largest entry accepted from a peer.
     max_entry_size: u64,
     /// One warning per process about an unusable cache directory.
@@ -52,6 +61,9 @@ impl Cache {
             dir: dir.to_path_buf(),
             store: None,
             peer_timeout,
+            peer_deadline: std::cell::Cell::new(None),
+            peer_skipped: std::cell::Cell::new(false),
+            peer_retrying: std::cell::Cell::new(false),
             max_entry_size,
             warned: std::cell::Cell::new(false),
             opened: Instant::now(),
@@ -146,7 +158,7 @@ impl Cache {
         if !self.mesh_active() {
             return None;
         }
-        let raw = peer_get(&self.dir, key, self.peer_timeout)?;
+        let raw = self.peer_get(key)?;
         // What the mesh sends must be this key's entry, checked like a local one.
         match Store::verify_raw(&raw, key, max_payload.min(self.max_entry_size)) {
             Ok(p) => Some((raw, p)),
@@ -208,7 +220,7 @@ impl Cache {
         match store.put(key, payload) {
             Ok(_) => {
                 if self.peer_socket().exists() {
-                    peer_announce(&self.dir, key, self.peer_timeout);
+                    self.peer_announce(key);
                 }
             }
             Err(e) => {
@@ -225,6 +237,89 @@ impl Cache {
     fn peer_socket(&self) -> PathBuf {
         distc_peer::ipc::socket_path(&self.dir)
     }
+
+    /// What is left of this compile's budget for the local peer; `None`: skip it.
+    fn peer_budget(&self) -> Option<Duration> {
+        if self.peer_skipped.get() {
+            return None;
+        }
+        let deadline = match self.peer_deadline.get() {
+            Some(d) => d,
+            None => {
+                match ipc::unresponsive_for(&self.dir) {
+                    Some(age) if age < ipc::UNRESPONSIVE_BACKOFF => {
+                        self.peer_skipped.set(true);
+                        return None;
+                    }
+                    Some(_) => self.peer_retrying.set(true),
+                    None => {}
+                }
+                let d = Instant::now() + self.peer_timeout;
+                self.peer_deadline.set(Some(d));
+                d
+            }
+        };
+        match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => {
+                self.peer_skipped.set(true);
+                None
+            }
+        }
+    }
+
+    /// Books the outcome of one request to the local peer. A timeout marks the peer
+    /// unresponsive for every wrapper (for the back-off) and is counted; a peer that is not
+    /// there is simply not asked again in this process.
+    fn peer_outcome<T>(&self, what: &str, r: Result<T, IpcError>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                if self.peer_retrying.replace(false) {
+                    ipc::clear_unresponsive(&self.dir);
+                }
+                Some(v)
+            }
+            Err(e) => {
+                self.peer_skipped.set(true);
+                if ipc::is_timeout(&e) {
+                    tracing::warn!(
+                        "local peer did not answer {what} within {} ms; skipping it for {} s",
+                        self.peer_timeout.as_millis(),
+                        ipc::UNRESPONSIVE_BACKOFF.as_secs()
+                    );
+                    let _ = ipc::mark_unresponsive(&self.dir);
+                    self.count(Event::Error("peer-timeout"));
+                } else {
+                    tracing::debug!("local peer {what}: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Raw entry bytes for `key` from the ring owners, via the local peer, within the budget.
+    fn peer_get(&self, key: &Key) -> Option<Vec<u8>> {
+        let budget = self.peer_budget()?;
+        let r = IpcClient::connect(&self.dir, budget)
+            .map_err(IpcError::from)
+            .and_then(|mut c| {
+                // The connect took part of the budget.
+                c.set_timeout(self.peer_budget().unwrap_or(Duration::from_millis(1)))?;
+                c.get(key)
+            });
+        self.peer_outcome("a lookup", r).flatten()
+    }
+
+    /// "key is stored locally, replicate it": written without waiting for any answer.
+    fn peer_announce(&self, key: &Key) {
+        let Some(budget) = self.peer_budget() else {
+            return;
+        };
+        let r = IpcClient::connect(&self.dir, budget)
+            .map_err(IpcError::from)
+            .and_then(|mut c| c.announce(key));
+        self.peer_outcome("an announce", r);
+    }
 }
 
 /// A file of `$DISTC_DIR` (a manifest) that does not hold what its name says: removed so it is
@@ -233,31 +328,6 @@ pub fn discard_corrupt(distc_dir: &Path, path: &Path, why: &str) {
     tracing::warn!("{}: {why}; removing it", path.display());
     let _ = fs::remove_file(path);
     let _ = Stats::record(distc_dir, Event::Error("corrupt"));
-}
-
-// ---------------------------------------------------------------------------------------------
-// The two call sites of the peer IPC client (sync, no tokio), reached only when the peer's
-// socket exists, each bounded by `peer_timeout_ms`.
-
-/// Raw entry bytes for `key` from the ring owners, via the local peer.
-fn peer_get(dir: &Path, key: &Key, timeout: Duration) -> Option<Vec<u8>> {
-    let mut client = distc_peer::ipc::IpcClient::connect(dir, timeout).ok()?;
-    match client.get(key) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::debug!("peer get {key}: {e}");
-            None
-        }
-    }
-}
-
-/// Fire-and-forget: "key is stored locally, replicate it".
-fn peer_announce(dir: &Path, key: &Key, timeout: Duration) {
-    if let Ok(mut client) = distc_peer::ipc::IpcClient::connect(dir, timeout)
-        && let Err(e) = client.announce(key)
-    {
-        tracing::debug!("peer announce {key}: {e}");
-    }
 }
 
 #[cfg(test)]

@@ -108,7 +108,12 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
     o.vnodes = config.vnodes.max(1) as usize;
     o.max_entry_size = config.max_entry_size;
     o.max_size = config.max_size;
-    o.get_timeout = Duration::from_millis(config.peer_timeout_ms.clamp(100, 10_000));
+    // A wrapper gives its local peer `peer_timeout_ms` in all; the peer answers a lookup
+    // within most of it (then "not found"), so that only a stuck local peer ever misses a
+    // wrapper's deadline, and gives each remote owner a part, so that a dead owner leaves
+    // time to ask the next.
+    o.lookup_timeout = Duration::from_millis(config.peer_timeout_ms * 4 / 5);
+    o.get_timeout = Duration::from_millis((config.peer_timeout_ms * 2 / 5).clamp(50, 10_000));
     o.metrics_listen = args.metrics.or(config.metrics_listen);
     o.metrics_public = args.metrics_public;
     let dir = config.dir.clone();
@@ -265,9 +270,59 @@ pub fn render_status(s: &StatusReport) -> String {
     out
 }
 
+/// What `status` says when the local peer holds its socket but does not answer.
+fn not_answering_message(config: &Config) -> String {
+    let pid = std::fs::read_to_string(config.dir.join("peer.pid"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let (who, how) = match &pid {
+        Some(pid) => (
+            format!("the local peer (pid {pid})"),
+            format!(
+                "if `ps -o stat= -p {pid}` shows T it is stopped (Ctrl-Z, kill -STOP): resume it \
+                 with `kill -CONT {pid}`; otherwise see"
+            ),
+        ),
+        None => ("the local peer".to_string(), "see".to_string()),
+    };
+    let marked = match distc_peer::ipc::unresponsive_for(&config.dir) {
+        Some(age) => format!(
+            "; compiles found it unresponsive {} s ago and skip it for {} s at a time",
+            age.as_secs(),
+            distc_peer::ipc::UNRESPONSIVE_BACKOFF.as_secs()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{who} for {} is not answering: {how} {}{marked}",
+        config.dir.display(),
+        config.dir.join("peer.log").display()
+    )
+}
+
+/// How long `status` waits for the local peer's answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `distc status [--json]`.
 pub fn status(config: &Config, json: bool) -> Result<ExitCode> {
-    let Some(mut c) = client(config, Duration::from_secs(3)) else {
+    let not_answering = || {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "running": true, "answering": false, "peers": [] })
+            );
+        } else {
+            eprintln!("distc: {}", not_answering_message(config));
+        }
+        Ok(ExitCode::FAILURE)
+    };
+    let connected = match IpcClient::connect(&config.dir, STATUS_TIMEOUT) {
+        Ok(c) => Some(c),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return not_answering(),
+        Err(_) => None,
+    };
+    let Some(mut c) = connected.or_else(|| client(config, Duration::from_secs(3))) else {
         if json {
             println!("{}", serde_json::json!({ "running": false, "peers": [] }));
         } else {
@@ -275,11 +330,18 @@ pub fn status(config: &Config, json: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     };
-    let s = c.status().context("the local peer did not answer")?;
+    c.set_timeout(STATUS_TIMEOUT)
+        .context("cannot set a timeout on the local peer's socket")?;
+    let s = match c.status() {
+        Ok(s) => s,
+        Err(e) if distc_peer::ipc::is_timeout(&e) => return not_answering(),
+        Err(e) => return Err(e).context("the local peer did not answer"),
+    };
     if json {
         let mut v = serde_json::to_value(&s)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("running".into(), serde_json::Value::Bool(true));
+            o.insert("answering".into(), serde_json::Value::Bool(true));
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

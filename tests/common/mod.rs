@@ -147,6 +147,9 @@ impl Sandbox {
         cmd.current_dir(&self.work)
             .env("DISTC_DIR", &self.distc_dir)
             .env("DISTC_AUTO_START", "0")
+            // Tests share a few loaded cores: a budget generous enough that a live but slow
+            // peer is never taken for a hung one. Tests of the budget set their own.
+            .env("DISTC_PEER_TIMEOUT_MS", "5000")
             .env("DISTC_CONFIG_DIR", self.root.path().join("config"))
             .env("HOME", self.root.path().join("home"))
             .env("XDG_CONFIG_HOME", self.root.path().join("config"))
