@@ -37,6 +37,8 @@ pub const KEYS: &[&str] = &[
     "max_entry_size",
     "idle_timeout_secs",
     "metrics_listen",
+    "trust",
+    "distrust",
 ];
 
 /// The effective configuration. Each field documents itself in `config/distc.toml`.
@@ -82,6 +84,10 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// Where `distc peer` serves Prometheus metrics (None = off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Producers whose entries this machine accepts: `None` = any member ("mesh").
+    pub trust: Option<Vec<String>>,
+    /// Producers refused whatever `trust` says.
+    pub distrust: Vec<String>,
 }
 
 impl Default for Config {
@@ -107,6 +113,8 @@ impl Default for Config {
             max_entry_size: 512 << 20,
             idle_timeout_secs: 900,
             metrics_listen: None,
+            trust: None,
+            distrust: Vec::new(),
         }
     }
 }
@@ -328,6 +336,18 @@ impl Config {
                     a => Some(a.parse().map_err(|_| bad(SOCKET))?),
                 };
             }
+            "trust" => {
+                let text = match &raw {
+                    Raw::Toml(toml::Value::String(s)) => Some(s.as_str()),
+                    Raw::Text(s) => Some(*s),
+                    Raw::Toml(_) => None,
+                };
+                self.trust = match text {
+                    Some(s) if s.trim().eq_ignore_ascii_case("mesh") => None,
+                    _ => Some(peer_ids(&raw).ok_or_else(|| bad(TRUST))?),
+                }
+            }
+            "distrust" => self.distrust = peer_ids(&raw).ok_or_else(|| bad(PEER_IDS))?,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     source_: source.clone(),
@@ -357,6 +377,14 @@ impl Config {
     /// The content-addressed store's directory.
     pub fn store_dir(&self) -> PathBuf {
         self.dir.join("store")
+    }
+
+    /// The trust policy the peer enforces.
+    pub fn trust_policy(&self) -> distc_peer::trust::TrustPolicy {
+        distc_peer::trust::TrustPolicy {
+            only: self.trust.clone(),
+            distrust: self.distrust.clone(),
+        }
     }
 
     /// The mesh key file.
@@ -389,6 +417,18 @@ const BOOL: &str = "true or false (also 1/0, yes/no, on/off; empty is false)";
 const SIZE: &str = "a size in bytes, or a number with K, M, G or T (e.g. \"5G\")";
 const SOCKET: &str = "an IP address and port such as \"127.0.0.1:9464\" (or \"\" for off)";
 const LIST: &str = "a list of multiaddrs (comma-separated in the environment)";
+const PEER_IDS: &str = "a list of peer ids as `distc status` shows them (comma-separated in \
+                        the environment)";
+const TRUST: &str = "\"mesh\" (any member) or a list of peer ids as `distc status` shows them \
+                     (comma-separated in the environment)";
+
+/// A list of peer ids, each checked.
+fn peer_ids(raw: &Raw<'_>) -> Option<Vec<String>> {
+    let ids = list(raw)?;
+    ids.iter()
+        .all(|s| distc_peer::trust::parse_peer_id(s).is_ok())
+        .then(|| ids.into_iter().map(|s| s.trim().to_string()).collect())
+}
 
 fn string(raw: &Raw<'_>) -> Option<String> {
     match raw {
@@ -605,6 +645,26 @@ mod tests {
             assert_eq!(cfg.dir, home.join("dcache"));
             assert_eq!(cfg.base_dir, Some(home));
         }
+    }
+
+    #[test]
+    fn trust_is_mesh_or_a_list_of_peer_ids() {
+        let id = "12D3KooWHwFct279AkXH316RCj7G6sPEXfJmNn2Z6qbpduAmPBBY";
+        let mut cfg = Config::default();
+        cfg.apply_toml(&format!("trust = [\"{id}\"]\ndistrust = []"), file())
+            .unwrap();
+        assert_eq!(cfg.trust, Some(vec![id.to_string()]));
+        let env = Source::Env("DISTC_TRUST".into());
+        cfg.set("trust", Raw::Text("mesh"), &env).unwrap();
+        assert_eq!(cfg.trust, None);
+        cfg.set("distrust", Raw::Text(&format!("{id}, {id}")), &env)
+            .unwrap();
+        assert_eq!(cfg.trust_policy().distrust.len(), 2);
+        let e = cfg
+            .apply_toml("trust = [\"alice\"]", file())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trust") && e.contains("peer ids"), "{e}");
     }
 
     #[test]

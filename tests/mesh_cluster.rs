@@ -864,3 +864,214 @@ fn a_stopped_local_peer_costs_one_budget_and_never_hangs_a_compile() {
     drop(held);
     drop(b);
 }
+
+/// A compile as `distc inspect FILE` predicts it: `cc -c FILE -o STEM.o` in the work dir.
+fn compile_cc(sb: &Sandbox, dir: &Path, src: &str) {
+    let obj = format!("{}.o", src.trim_end_matches(".c"));
+    let out = distc_in(sb, dir)
+        .current_dir(&sb.work)
+        .args(["cc", "-c", src, "-o", &obj])
+        .output()
+        .expect("run distc cc");
+    assert_ok(&out, &format!("compile {src}"));
+}
+
+/// Entries carry their producer: B's copy of A's result names A (`distc inspect`), A keeps its
+/// peer id across a restart, and what it signs after the restart is still A's.
+#[test]
+fn entries_name_their_producer_and_a_restarted_peer_keeps_its_identity() {
+    let sb = mesh_sandbox();
+    std::fs::write(sb.work.join("hello.c"), "int hello(void) { return 42; }\n").unwrap();
+    std::fs::write(sb.work.join("later.c"), "int later(void) { return 9; }\n").unwrap();
+    let a = start_peer(&sb, "a", &[]);
+    let b = start_peer(&sb, "b", &[address(&sb, &a)]);
+    for p in [&a, &b] {
+        wait_until("2 peers up", Duration::from_secs(15), || {
+            up_peers(&sb, &p.dir) == 1
+        });
+        wait_until("mesh marker", Duration::from_secs(10), || {
+            distc_peer::ipc::mesh_active(&p.dir)
+        });
+    }
+    let a_id = status(&sb, &a.dir).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    compile_cc(&sb, &a.dir, "hello.c");
+    wait_until("replication to B", Duration::from_secs(15), || {
+        store_files(&b.dir).len() == 2
+    });
+    let inspect = |dir: &Path| {
+        let out = distc_in(&sb, dir)
+            .current_dir(&sb.work)
+            .args(["inspect", "hello.c"])
+            .output()
+            .unwrap();
+        assert_ok(&out, "distc inspect")
+    };
+    let on_b = inspect(&b.dir);
+    assert!(
+        on_b.contains(&format!("Producer      {a_id} (signed")),
+        "{on_b}"
+    );
+    let on_a = inspect(&a.dir);
+    assert!(on_a.contains("Producer      this machine"), "{on_a}");
+    let human = distc_in(&sb, &b.dir).arg("status").output().unwrap();
+    let human = assert_ok(&human, "distc status");
+    assert!(human.contains("Trust: mesh"), "{human}");
+
+    let mut a = a;
+    a.kill();
+    let a = start_peer(&sb, "a", &[address(&sb, &b)]);
+    assert_eq!(status(&sb, &a.dir).unwrap()["id"].as_str().unwrap(), a_id);
+    wait_until("A back in the mesh", Duration::from_secs(15), || {
+        up_peers(&sb, &b.dir) == 1 && distc_peer::ipc::mesh_active(&a.dir)
+    });
+    compile_cc(&sb, &a.dir, "later.c");
+    wait_until("replication to B", Duration::from_secs(15), || {
+        store_files(&b.dir).len() == 4
+    });
+    for f in store_files(&b.dir) {
+        let raw = std::fs::read(&f).unwrap();
+        assert_eq!(
+            distc_peer::trust::claimed_producer(&raw).map(|p| p.to_string()),
+            Some(a_id.clone()),
+            "{f:?}"
+        );
+    }
+    compile_cc(&sb, &b.dir, "later.c");
+    assert_eq!(sb.compiles(), 2, "B did not use the restarted A's entry");
+    let s = status(&sb, &b.dir).unwrap();
+    assert_eq!(s["refused"]["bad_signature"], 0, "{s}");
+}
+
+/// The key of the one entry in a store.
+fn only_key(dir: &Path) -> distc_peer::Key {
+    let files = store_files(dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let f = &files[0];
+    let hex = format!(
+        "{}{}",
+        f.parent().unwrap().file_name().unwrap().to_string_lossy(),
+        f.file_name().unwrap().to_string_lossy()
+    );
+    hex.parse().unwrap()
+}
+
+/// The attack of issue 13: a member stores another program's valid result under the key of
+/// `victim.c` (found by compiling it on its own, outside the mesh) and has its peer announce
+/// it, so that its peer signs it and pushes it to the key's owners. Returns the key and the
+/// object `victim.c` really compiles to.
+fn plant(sb: &Sandbox, planter: &Peer) -> (distc_peer::Key, Vec<u8>) {
+    sb.write("victim.c", "int answer(void) { return 42; }\n");
+    sb.write("other.c", "int answer(void) { return 666; }\n");
+    let (scratch_v, scratch_o) = (
+        sb.root.path().join("scratch-v"),
+        sb.root.path().join("scratch-o"),
+    );
+    compile(sb, &scratch_v, "victim.c");
+    let right = sb.read("victim.o");
+    compile(sb, &scratch_o, "other.c");
+    let (key, other) = (only_key(&scratch_v), only_key(&scratch_o));
+    let payload = distc_peer::store::Store::open(&scratch_o.join("store"), 1 << 30)
+        .unwrap()
+        .get(&other)
+        .unwrap()
+        .unwrap();
+    distc_peer::store::Store::open(&planter.dir.join("store"), 1 << 30)
+        .unwrap()
+        .put(&key, &payload)
+        .unwrap();
+    distc_peer::ipc::IpcClient::connect(&planter.dir, Duration::from_secs(5))
+        .unwrap()
+        .announce(&key)
+        .unwrap();
+    (key, right)
+}
+
+fn two_peer_mesh(sb: &Sandbox) -> (Peer, Peer, String) {
+    let p = start_peer(sb, "planter", &[]);
+    let v = start_peer(sb, "victim", &[address(sb, &p)]);
+    for x in [&p, &v] {
+        wait_until("2 peers up", Duration::from_secs(15), || {
+            up_peers(sb, &x.dir) == 1
+        });
+        wait_until("mesh marker", Duration::from_secs(10), || {
+            distc_peer::ipc::mesh_active(&x.dir)
+        });
+    }
+    let id = status(sb, &p.dir).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (p, v, id)
+}
+
+fn holds(dir: &Path, key: &distc_peer::Key) -> bool {
+    distc_peer::store::Store::open(&dir.join("store"), 1 << 30)
+        .unwrap()
+        .contains(key)
+}
+
+/// A distrusted planter's entry is dropped from the victim's store, refused when it is sent
+/// again, and never used: the victim compiles the right object itself.
+#[test]
+fn a_distrusted_producers_planted_entry_is_never_used() {
+    let sb = mesh_sandbox();
+    let (p, v, p_id) = two_peer_mesh(&sb);
+    let (key, right) = plant(&sb, &p);
+    wait_until(
+        "the planted entry reaches the victim",
+        Duration::from_secs(15),
+        || holds(&v.dir, &key),
+    );
+    let out = distc_in(&sb, &v.dir)
+        .args(["mesh", "distrust", &p_id])
+        .output()
+        .unwrap();
+    let said = assert_ok(&out, "distc mesh distrust");
+    assert!(said.contains("distrusted"), "{said}");
+    assert!(
+        !holds(&v.dir, &key),
+        "the distrusted producer's entry was kept"
+    );
+    let human = assert_ok(
+        &distc_in(&sb, &v.dir).arg("status").output().unwrap(),
+        "status",
+    );
+    assert!(human.contains(&format!("distrusted: {p_id}")), "{human}");
+    // Sent again, it is refused.
+    distc_peer::ipc::IpcClient::connect(&p.dir, Duration::from_secs(5))
+        .unwrap()
+        .announce(&key)
+        .unwrap();
+    let before = sb.compiles();
+    compile(&sb, &v.dir, "victim.c");
+    assert_eq!(
+        sb.read("victim.o"),
+        right,
+        "the victim used the planted object"
+    );
+    assert_eq!(sb.compiles(), before + 1);
+    let s = distc::stats::Stats::read_all(&v.dir).unwrap();
+    assert_eq!(s.remote_hits, 0, "{s:?}");
+    let st = status(&sb, &v.dir).unwrap();
+    assert!(st["refused"]["untrusted"].as_u64().unwrap() >= 1, "{st}");
+    // Trusted again: the list is empty once more.
+    let out = distc_in(&sb, &v.dir)
+        .args(["mesh", "trust", &p_id])
+        .output()
+        .unwrap();
+    assert_ok(&out, "distc mesh trust");
+    let st = status(&sb, &v.dir).unwrap();
+    assert!(
+        !st["trust"].as_str().unwrap().contains("distrusted"),
+        "{st}"
+    );
+    let bad = distc_in(&sb, &v.dir)
+        .args(["mesh", "distrust", "not-a-peer"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).1.contains("not a peer id"), "{:?}", text(&bad));
+}

@@ -69,6 +69,8 @@ pub struct PeerOptions {
     /// How long a lookup for a local client may take in all before it is answered "not found"
     /// (less than the client's own deadline, so that a live peer always answers in time).
     pub lookup_timeout: Duration,
+    /// Whose entries this peer accepts (config `trust`, `distrust`).
+    pub trust: crate::trust::TrustPolicy,
 }
 
 impl PeerOptions {
@@ -94,6 +96,7 @@ impl PeerOptions {
             metrics_public: false,
             wrapper_counters: None,
             lookup_timeout: Duration::from_secs(4),
+            trust: crate::trust::TrustPolicy::default(),
         }
     }
 }
@@ -368,6 +371,8 @@ pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
         mesh_key,
         peers,
         bad_entries: node.bad_entries(),
+        trust: node.trust().policy().describe(),
+        refused: node.trust().refusals(),
     }
 }
 
@@ -434,6 +439,13 @@ impl PeerHandler {
                         .collect(),
                 )
             }
+            IpcRequest::SetTrust(policy) => {
+                if let Err(e) = self.node.trust().set_policy(policy) {
+                    return IpcResponse::Error(e.to_string());
+                }
+                purge_untrusted(&self.node).await;
+                IpcResponse::Ok
+            }
             IpcRequest::Shutdown => {
                 let _ = self.shutdown.try_send(());
                 IpcResponse::Ok
@@ -493,6 +505,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     cfg.max_entry_size = opts.max_entry_size;
     cfg.gossip_interval = opts.gossip_interval;
     cfg.get_timeout = opts.get_timeout;
+    cfg.trust = opts.trust.clone();
     cfg.timing = Timing {
         suspect_after: opts.gossip_interval * 5,
         down_after: opts.gossip_interval * 12,
@@ -501,6 +514,12 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let (node, event_loop) = node::new(cfg, store)?;
     tracing::info!(peer = %node.view().me, "peer starting");
     let ev_task = tokio::spawn(event_loop.run());
+    // Entries of producers the policy refuses (it may have changed while the peer was down)
+    // are dropped before they are served; the scan reads headers only.
+    tokio::spawn({
+        let node = node.clone();
+        async move { purge_untrusted(&node).await }
+    });
     let repair = tokio::spawn(
         node.clone()
             .repair_loop(opts.gossip_interval * 3, Duration::from_secs(60)),
@@ -562,6 +581,22 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let _ = tokio::time::timeout(Duration::from_secs(2), node.leave()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), ev_task).await;
     Ok(())
+}
+
+/// Drops the stored entries whose producer the node's policy no longer accepts.
+async fn purge_untrusted(node: &Node) {
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || n.trust().purge(n.store())).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => {
+            tracing::info!(
+                removed,
+                "dropped entries of producers this machine does not trust"
+            )
+        }
+        Ok(Err(e)) => tracing::warn!("cannot drop untrusted entries: {e}"),
+        Err(e) => tracing::warn!("cannot drop untrusted entries: {e}"),
+    }
 }
 
 /// What a metrics scrape reads besides the process's counters: store, members, wrappers.

@@ -25,7 +25,8 @@ use crate::report::{FlushReport, OwnerInfo, StatusReport};
 /// Socket file name inside `$DISTC_DIR`.
 pub const SOCKET_NAME: &str = "peer.sock";
 /// Version of the local protocol; a mismatch makes the client treat the peer as absent.
-pub const IPC_VERSION: u32 = 1;
+/// 2: the status report names the trust policy and refused entries; `SetTrust`.
+pub const IPC_VERSION: u32 = 2;
 /// Largest frame either side accepts. The socket is owner-only, but a frame is still
 /// length-checked and read into a buffer that grows with the bytes received.
 pub const MAX_FRAME: usize = 1 << 30;
@@ -105,6 +106,9 @@ pub enum IpcRequest {
     Shutdown,
     /// The peer's own counters since it started (`distc top`).
     Counters,
+    /// Replace the trust policy (`distc mesh trust|distrust`); the peer drops the entries of
+    /// producers it no longer accepts.
+    SetTrust(crate::trust::TrustPolicy),
 }
 
 impl IpcRequest {
@@ -119,6 +123,7 @@ impl IpcRequest {
             IpcRequest::Owners(_) => "owners",
             IpcRequest::Shutdown => "shutdown",
             IpcRequest::Counters => "counters",
+            IpcRequest::SetTrust(_) => "set-trust",
         }
     }
 }
@@ -264,6 +269,15 @@ impl IpcClient {
     pub fn owners(&mut self, key: &Key) -> Result<Vec<OwnerInfo>, IpcError> {
         match self.call(&IpcRequest::Owners(*key))? {
             IpcResponse::Owners(o) => Ok(o),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// Replaces the running peer's trust policy; it answers once it has dropped the entries
+    /// of producers it no longer accepts.
+    pub fn set_trust(&mut self, policy: crate::trust::TrustPolicy) -> Result<(), IpcError> {
+        match self.call(&IpcRequest::SetTrust(policy))? {
+            IpcResponse::Ok => Ok(()),
             _ => Err(IpcError::Unexpected),
         }
     }

@@ -15,6 +15,8 @@
 //! - [`daemon`]: `distc peer` (lock, identity, trust rules, IPC server) and auto-start.
 //! - [`psk`]: the mesh key (swarm.key format) and join tokens.
 //! - [`report`]: what `status`, `flush` and `inspect` receive from the peer.
+//! - [`trust`]: entry signatures (the producer's identity) and the policy of whose entries
+//!   this machine accepts.
 
 pub mod codec;
 pub mod daemon;
@@ -30,5 +32,6 @@ pub mod psk;
 pub mod report;
 pub mod ring;
 pub mod store;
+pub mod trust;
 
 pub use key::Key;

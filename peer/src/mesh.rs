@@ -14,13 +14,24 @@ use crate::membership::Liveness;
 use crate::node::{Node, RequestError};
 use crate::protocol::{self, Bytes, Request, Response};
 use crate::store::{Store, StoreError};
+use crate::trust::{OutgoingError, Trust};
 
 /// The answer to an inbound request that needs the disk; runs on a blocking thread.
-pub(crate) fn serve(store: &Store, request: Request, max_entry_size: u64) -> Response {
+pub(crate) fn serve(
+    store: &Store,
+    trust: &Trust,
+    request: Request,
+    max_entry_size: u64,
+) -> Response {
     match request {
-        // Checked before serving: a corrupt entry of our own is removed, never sent again.
+        // Checked before serving: a corrupt entry of our own is removed, never sent again; one
+        // made here is signed as it leaves; one whose producer is no longer trusted is dropped.
         Request::Get(key) => match store.get_checked(&key) {
-            Ok(entry) => Response::Entry(entry.map(|e| Bytes(e.raw))),
+            Ok(Some(e)) => match outgoing(store, trust, &key, e.raw) {
+                Some(raw) => Response::Entry(Some(Bytes(raw))),
+                None => Response::Entry(None),
+            },
+            Ok(None) => Response::Entry(None),
             Err(e @ StoreError::Corrupt { .. }) => {
                 tracing::warn!(%key, "{e}");
                 Response::Entry(None)
@@ -33,6 +44,10 @@ pub(crate) fn serve(store: &Store, request: Request, max_entry_size: u64) -> Res
             }
             if let Err(e) = Store::verify_raw(&entry.0, &key, max_entry_size) {
                 tracing::warn!(%key, "rejected entry from the mesh: {e}");
+                return Response::Error(e.to_string());
+            }
+            if let Err(e) = trust.incoming(&entry.0, &key) {
+                tracing::warn!(%key, "refused entry from the mesh: {e}");
                 return Response::Error(e.to_string());
             }
             match store.put_raw(&key, &entry.0) {
@@ -54,11 +69,34 @@ pub(crate) fn serve(store: &Store, request: Request, max_entry_size: u64) -> Res
     }
 }
 
+/// A stored entry as this peer sends it ([`Trust::outgoing`]); `None` when it must not leave
+/// (its producer is no longer trusted: it is removed here too).
+pub(crate) fn outgoing(store: &Store, trust: &Trust, key: &Key, raw: Vec<u8>) -> Option<Vec<u8>> {
+    match trust.outgoing(raw, key) {
+        Ok(raw) => Some(raw),
+        Err(e @ OutgoingError::Untrusted(_)) => {
+            tracing::info!(%key, "{e}: removed");
+            let _ = store.remove(key);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%key, "cannot send entry: {e}");
+            None
+        }
+    }
+}
+
 /// What happened to a key pushed to its owners.
 #[derive(Debug, Clone, Default)]
 pub struct Replicated {
     /// Peers that now hold it (including this one when it is an owner).
     pub holders: Vec<PeerId>,
+}
+
+/// Why a received entry is not used.
+enum Bad {
+    Corrupt(StoreError),
+    Refused(crate::trust::Refusal),
 }
 
 impl Node {
@@ -91,8 +129,12 @@ impl Node {
                     // async workers, which also run the connections.
                     let max = self.max_entry_size;
                     let k = *key;
+                    let trust = self.trust.clone();
                     let (entry, verdict) = match tokio::task::spawn_blocking(move || {
-                        let verdict = Store::verify_raw(&entry.0, &k, max).map(drop);
+                        let verdict = match Store::verify_raw(&entry.0, &k, max) {
+                            Ok(_) => trust.incoming(&entry.0, &k).map_err(Bad::Refused),
+                            Err(e) => Err(Bad::Corrupt(e)),
+                        };
                         (entry, verdict)
                     })
                     .await
@@ -103,14 +145,24 @@ impl Node {
                             return None;
                         }
                     };
-                    if let Err(e) = verdict {
-                        // A wrong answer (another key's entry, or a corrupt one): that peer is
-                        // no source for this key; the next one is asked.
-                        tracing::warn!(%peer, %key, "peer sent a bad entry, asking the next one: {e}");
-                        self.bad_entries
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        answered += 1;
-                        continue;
+                    match verdict {
+                        Ok(_) => {}
+                        Err(Bad::Corrupt(e)) => {
+                            // A wrong answer (another key's entry, or a corrupt one): that peer
+                            // is no source for this key; the next one is asked.
+                            tracing::warn!(%peer, %key, "peer sent a bad entry, asking the next one: {e}");
+                            self.bad_entries
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            answered += 1;
+                            continue;
+                        }
+                        Err(Bad::Refused(e)) => {
+                            // Unsigned, forged or from a producer not trusted here (counted by
+                            // the trust module): routed around like a wrong answer.
+                            tracing::warn!(%peer, %key, "refused the entry a peer sent, asking the next one: {e}");
+                            answered += 1;
+                            continue;
+                        }
                     }
                     tracing::debug!(%peer, %key, rank, "remote hit");
                     if !missed.is_empty() {
@@ -156,9 +208,15 @@ impl Node {
     /// owners that cannot be reached so that R peers hold it.
     pub async fn replicate(&self, key: &Key) -> Replicated {
         let mut out = Replicated::default();
-        let store = self.store.clone();
+        let (store, trust) = (self.store.clone(), self.trust.clone());
         let k = *key;
-        let entry = match tokio::task::spawn_blocking(move || store.get_raw(&k)).await {
+        let entry = match tokio::task::spawn_blocking(move || {
+            store
+                .get_raw(&k)
+                .map(|e| e.and_then(|e| outgoing(&store, &trust, &k, e)))
+        })
+        .await
+        {
             Ok(Ok(Some(e))) => Bytes(e),
             Ok(Ok(None)) => return out,
             Ok(Err(e)) => {
@@ -219,8 +277,14 @@ impl Node {
                     _ => break,
                 };
                 for k in want.into_iter().filter(|k| chunk.contains(k)) {
-                    let store = self.store.clone();
-                    let entry = match tokio::task::spawn_blocking(move || store.get_raw(&k)).await {
+                    let (store, trust) = (self.store.clone(), self.trust.clone());
+                    let entry = match tokio::task::spawn_blocking(move || {
+                        store
+                            .get_raw(&k)
+                            .map(|e| e.and_then(|e| outgoing(&store, &trust, &k, e)))
+                    })
+                    .await
+                    {
                         Ok(Ok(Some(e))) => e,
                         _ => continue,
                     };

@@ -32,6 +32,7 @@ use crate::metrics;
 use crate::protocol::{self, Codec, Request, Response};
 use crate::ring::Ring;
 use crate::store::{Store, Usage};
+use crate::trust::{Trust, TrustPolicy};
 
 /// How a node is set up. Built by the daemon from the config file and flags.
 #[derive(Clone)]
@@ -65,6 +66,8 @@ pub struct NodeConfig {
     /// Protocol versions spoken, preferred first ([`protocol::PROTOCOLS`]; tests and the
     /// benchmark pin one to measure or check interoperation).
     pub protocols: Vec<StreamProtocol>,
+    /// Whose entries this node accepts from other peers ([`crate::trust`]).
+    pub trust: TrustPolicy,
 }
 
 impl NodeConfig {
@@ -91,6 +94,7 @@ impl NodeConfig {
             timing: Timing::default(),
             idle_connection_timeout: Duration::from_secs(300),
             protocols: protocol::PROTOCOLS.to_vec(),
+            trust: TrustPolicy::default(),
         }
     }
 }
@@ -104,6 +108,8 @@ pub enum NodeError {
     Mdns(std::io::Error),
     #[error("cannot listen on {addr}: {reason} (is another program using that port?)")]
     Listen { addr: Multiaddr, reason: String },
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
 }
 
 /// Why a request to another peer failed. Every one of them is a miss to the caller.
@@ -189,6 +195,8 @@ pub struct Node {
     /// Entries peers sent for a key that failed the check (another key's, or corrupt), since
     /// start: shown by `distc status`.
     pub(crate) bad_entries: Arc<std::sync::atomic::AtomicU64>,
+    /// Signs what this node sends, checks what it receives, holds the policy.
+    pub(crate) trust: Arc<Trust>,
 }
 
 /// The actor: owns the swarm. Run it with [`EventLoop::run`].
@@ -201,6 +209,8 @@ pub struct EventLoop {
     membership: Membership,
     pending: HashMap<request_response::OutboundRequestId, Pending>,
     store: Store,
+    /// For the inbound requests the store answers ([`crate::mesh::serve`]).
+    trust: Arc<Trust>,
     /// Peers whose connection to us runs over loopback (they may learn loopback addresses).
     loopback_peers: HashSet<PeerId>,
     /// Peers that do not speak our protocol version: never gossiped with.
@@ -263,6 +273,7 @@ fn strip_p2p(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
 /// Creates a node: binds the listen addresses and returns the handle and its event loop.
 pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError> {
     let me = cfg.keypair.public().to_peer_id();
+    let trust = Arc::new(Trust::new(&cfg.keypair, cfg.trust.clone())?);
     let transport = build_transport(&cfg.keypair, cfg.psk)?;
     let rr = request_response::Behaviour::with_codec(
         Codec::new(cfg.max_entry_size),
@@ -327,6 +338,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         get_timeout: cfg.get_timeout,
         request_timeout: cfg.request_timeout,
         bad_entries: Arc::default(),
+        trust: trust.clone(),
     };
     let ev = EventLoop {
         swarm,
@@ -337,6 +349,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         membership: Membership::new(me, cfg.timing),
         pending: HashMap::new(),
         store,
+        trust,
         loopback_peers: HashSet::new(),
         incompatible: HashSet::new(),
         protocols: cfg.protocols.clone(),
@@ -722,11 +735,12 @@ impl EventLoop {
                 }
                 other => {
                     let store = self.store.clone();
+                    let trust = self.trust.clone();
                     let done = self.done_tx.clone();
                     let max = self.max_entry_size;
                     tokio::task::spawn_blocking(move || {
                         let (summary, started) = (metrics::Summary::of(&other), Instant::now());
-                        let response = crate::mesh::serve(&store, other, max);
+                        let response = crate::mesh::serve(&store, &trust, other, max);
                         metrics::global().inbound(summary, &response, started.elapsed());
                         let _ = done.send((channel, response));
                     });
@@ -816,6 +830,11 @@ impl Node {
     /// How many entries peers sent that failed the check (wrong key, corrupt), since start.
     pub fn bad_entries(&self) -> u64 {
         self.bad_entries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The node's signer, trust policy and refusal counters.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// Sends one request and waits at most `timeout` for the answer.

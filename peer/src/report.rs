@@ -41,6 +41,11 @@ pub struct StatusReport {
     /// Entries peers sent that were not the entry asked for (another key's, or corrupt) since
     /// the local peer started; each was refused and the next peer asked.
     pub bad_entries: u64,
+    /// Whose entries the local peer accepts ([`crate::trust::TrustPolicy::describe`]).
+    pub trust: String,
+    /// Entries refused since the local peer started: unsigned, wrongly signed, or from a
+    /// producer it does not trust.
+    pub refused: crate::trust::Refusals,
 }
 
 /// What `distc flush` did on one peer.

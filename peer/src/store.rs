@@ -12,11 +12,16 @@
 //!   `usage()` and the size cap need no directory scan; the scan happens only when a put pushes
 //!   the total over the cap (LRU by modification time, which hits refresh at most once a minute).
 //!
-//! Entry format 2 (all integers little-endian):
+//! Entry format 3 (all integers little-endian):
 //! `b"DSTC"` | format `u8` | key `[u8; 32]` | payload length `u64` | digest `[u8; 32]` |
-//! zstd(payload), where digest = sha256(magic, format, key, length, payload): the key and the
-//! format are inside the checked bytes. Entries of another format are a miss (removed, not
-//! counted as corruption).
+//! provenance | zstd(payload), where digest = sha256(magic, format, key, length, payload): the
+//! key and the format are inside the checked bytes. Provenance is one byte, `0` for an entry
+//! made on this machine (a wrapper stored it; nothing to sign), or `1` followed by the
+//! producer's ed25519 public key `[u8; 32]` and its signature `[u8; 64]` over
+//! [`signing_message`] (key, digest, producer): what every entry that crossed the network
+//! carries. The store checks the digest; signatures are checked by the peer that receives an
+//! entry ([`crate::trust`]). Entries of another format are a miss (removed, not counted as
+//! corruption).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -30,12 +35,20 @@ use sha2::{Digest, Sha256};
 use crate::key::Key;
 
 const MAGIC: &[u8; 4] = b"DSTC";
-/// 2: the entry names its key, and the digest covers the header.
-const FORMAT: u8 = 2;
+/// The store entry format: 2 named the key and put the header under the digest; 3 adds the
+/// provenance (who produced the entry, signed).
+pub const ENTRY_FORMAT: u8 = 3;
+const FORMAT: u8 = ENTRY_FORMAT;
 const KEY_AT: usize = 5;
 const LEN_AT: usize = KEY_AT + 32;
 const DIGEST_AT: usize = LEN_AT + 8;
-const HEADER_LEN: usize = DIGEST_AT + 32;
+const PROVENANCE_AT: usize = DIGEST_AT + 32;
+/// The shortest header: an entry made on this machine (provenance byte `0`).
+const HEADER_LEN: usize = PROVENANCE_AT + 1;
+/// The header of a signed entry: provenance `1`, public key, signature.
+pub const SIGNED_HEADER_LEN: usize = HEADER_LEN + 32 + 64;
+const LOCAL: u8 = 0;
+const SIGNED: u8 = 1;
 const USAGE_FILE: &str = "usage";
 const EVICT_LOCK: &str = "evict.lock";
 /// The number of entries evicted so far, as text (see [`Store::evictions`]).
@@ -103,6 +116,33 @@ pub struct CheckedEntry {
     pub raw: Vec<u8>,
     pub payload: Vec<u8>,
 }
+
+/// Who produced an entry, as its header says (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// Made on this machine by a wrapper: not signed (its peer signs it when it first sends
+    /// it).
+    Local,
+    /// Produced elsewhere: the producer's ed25519 public key and its signature, as received
+    /// (not checked here; see [`crate::trust`]).
+    Signed {
+        producer: [u8; 32],
+        signature: [u8; 64],
+    },
+}
+
+/// The bytes a producer signs for an entry: a domain tag, the key, the entry digest (which
+/// covers key, length and payload) and the producer's public key.
+pub fn signing_message(key: &Key, digest: &[u8; 32], producer: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNING_TAG.len() + 96);
+    m.extend_from_slice(SIGNING_TAG);
+    m.extend_from_slice(&key.0);
+    m.extend_from_slice(digest);
+    m.extend_from_slice(producer);
+    m
+}
+
+const SIGNING_TAG: &[u8] = b"distc entry signature v1\0";
 
 /// Number of entries and bytes on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -216,18 +256,7 @@ impl Store {
     /// its payload. Refuses payloads that claim more than `max_payload` bytes before
     /// decompressing anything.
     pub fn verify_raw(entry: &[u8], key: &Key, max_payload: u64) -> Result<Vec<u8>, StoreError> {
-        if entry.len() < HEADER_LEN {
-            return Err(StoreError::Invalid(format!(
-                "truncated: {} bytes is shorter than the header",
-                entry.len()
-            )));
-        }
-        if &entry[..4] != MAGIC {
-            return Err(StoreError::Invalid("bad magic".into()));
-        }
-        if entry[4] != FORMAT {
-            return Err(StoreError::OtherFormat(entry[4]));
-        }
+        let body = payload_start(entry)?;
         let mut found = [0u8; 32];
         found.copy_from_slice(&entry[KEY_AT..LEN_AT]);
         if found != key.0 {
@@ -247,7 +276,7 @@ impl Store {
         }
         // The frame names its content size too: it must agree with the header before a buffer
         // of that size is allocated (a flipped length bit would ask for an absurd one).
-        match zstd::zstd_safe::get_frame_content_size(&entry[HEADER_LEN..]) {
+        match zstd::zstd_safe::get_frame_content_size(&entry[body..]) {
             Ok(Some(n)) if n == len => {}
             _ => {
                 return Err(StoreError::Invalid(format!(
@@ -257,7 +286,7 @@ impl Store {
         }
         let capacity = usize::try_from(len)
             .map_err(|_| StoreError::Invalid(format!("payload length {len} too large")))?;
-        let payload = zstd::bulk::decompress(&entry[HEADER_LEN..], capacity)
+        let payload = zstd::bulk::decompress(&entry[body..], capacity)
             .map_err(|e| StoreError::Invalid(format!("decompression failed: {e}")))?;
         if payload.len() != capacity {
             return Err(StoreError::Invalid(format!(
@@ -265,7 +294,7 @@ impl Store {
                 payload.len()
             )));
         }
-        if entry_digest(&entry[..DIGEST_AT], &payload) != entry[DIGEST_AT..HEADER_LEN] {
+        if entry_digest(&entry[..DIGEST_AT], &payload) != entry[DIGEST_AT..PROVENANCE_AT] {
             return Err(StoreError::Invalid("digest mismatch".into()));
         }
         Ok(payload)
@@ -282,8 +311,71 @@ impl Store {
         entry.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         let digest = entry_digest(&entry, payload);
         entry.extend_from_slice(&digest);
+        entry.push(LOCAL);
         entry.extend_from_slice(&compressed);
         Ok(entry)
+    }
+
+    /// Who produced `entry`, from its header alone (magic, format and provenance checked; the
+    /// digest is not: [`Store::verify_raw`] does that).
+    pub fn provenance(entry: &[u8]) -> Result<Provenance, StoreError> {
+        payload_start(entry)?;
+        Ok(match entry[PROVENANCE_AT] {
+            SIGNED => {
+                let mut producer = [0u8; 32];
+                let mut signature = [0u8; 64];
+                producer.copy_from_slice(&entry[HEADER_LEN..HEADER_LEN + 32]);
+                signature.copy_from_slice(&entry[HEADER_LEN + 32..SIGNED_HEADER_LEN]);
+                Provenance::Signed {
+                    producer,
+                    signature,
+                }
+            }
+            _ => Provenance::Local,
+        })
+    }
+
+    /// The key and digest an entry's header names (unchecked: verify the entry first).
+    pub fn header_key_digest(entry: &[u8]) -> Result<(Key, [u8; 32]), StoreError> {
+        payload_start(entry)?;
+        let mut key = [0u8; 32];
+        let mut digest = [0u8; 32];
+        key.copy_from_slice(&entry[KEY_AT..LEN_AT]);
+        digest.copy_from_slice(&entry[DIGEST_AT..PROVENANCE_AT]);
+        Ok((Key(key), digest))
+    }
+
+    /// `entry` with its provenance replaced by `producer`'s `signature` (the payload and the
+    /// checked header are kept as they are).
+    pub fn with_signature(
+        entry: &[u8],
+        producer: &[u8; 32],
+        signature: &[u8; 64],
+    ) -> Result<Vec<u8>, StoreError> {
+        let body = payload_start(entry)?;
+        let mut out = Vec::with_capacity(SIGNED_HEADER_LEN + entry.len() - body);
+        out.extend_from_slice(&entry[..PROVENANCE_AT]);
+        out.push(SIGNED);
+        out.extend_from_slice(producer);
+        out.extend_from_slice(signature);
+        out.extend_from_slice(&entry[body..]);
+        Ok(out)
+    }
+
+    /// The first bytes of the entry under `key`: enough for [`Store::provenance`] (scans that
+    /// sort entries by producer read no payload).
+    pub fn read_header(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.entry_path(key);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        let mut buf = Vec::with_capacity(SIGNED_HEADER_LEN);
+        file.take(SIGNED_HEADER_LEN as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| StoreError::io(&path, e))?;
+        Ok(Some(buf))
     }
 
     /// Stores `payload` under `key` atomically. Returns the entry's size on disk.
@@ -600,6 +692,39 @@ fn walk_files(dir: &Path, depth: u32, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
     }
 }
 
+/// Where the compressed payload of `entry` begins, after checking magic, format and that the
+/// provenance block is whole.
+fn payload_start(entry: &[u8]) -> Result<usize, StoreError> {
+    if entry.len() < HEADER_LEN {
+        return Err(StoreError::Invalid(format!(
+            "truncated: {} bytes is shorter than the header",
+            entry.len()
+        )));
+    }
+    if &entry[..4] != MAGIC {
+        return Err(StoreError::Invalid("bad magic".into()));
+    }
+    if entry[4] != FORMAT {
+        return Err(StoreError::OtherFormat(entry[4]));
+    }
+    let start = match entry[PROVENANCE_AT] {
+        LOCAL => HEADER_LEN,
+        SIGNED => SIGNED_HEADER_LEN,
+        other => {
+            return Err(StoreError::Invalid(format!(
+                "unknown provenance kind {other}"
+            )));
+        }
+    };
+    if entry.len() < start {
+        return Err(StoreError::Invalid(format!(
+            "truncated: {} bytes is shorter than the signed header",
+            entry.len()
+        )));
+    }
+    Ok(start)
+}
+
 /// The digest of an entry: its header up to the digest (magic, format, key, length), then the
 /// payload.
 fn entry_digest(head: &[u8], payload: &[u8]) -> [u8; 32] {
@@ -708,7 +833,7 @@ mod tests {
         }
         assert!(
             Store::verify_raw(
-                b"DSTC\x02garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage",
+                b"DSTC\x03garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage",
                 &k,
                 1 << 20
             )

@@ -9,6 +9,7 @@ use distc_peer::node::{self, Node, NodeConfig, View};
 use distc_peer::protocol::{Request, Response};
 use distc_peer::psk;
 use distc_peer::store::Store;
+use distc_peer::trust;
 use libp2p::{Multiaddr, identity};
 
 struct TestNode {
@@ -328,5 +329,128 @@ async fn garbage_entries_and_garbage_bytes_are_refused() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (k3, e3) = entry(b"still alive");
     a.node.store().put_raw(&k3, &e3).unwrap();
-    assert_eq!(b.node.get(&k3).await, Some(e3));
+    let got = b.node.get(&k3).await.expect("hit");
+    assert_eq!(
+        Store::verify_raw(&got, &k3, 1 << 20).unwrap(),
+        b"still alive"
+    );
+    assert_eq!(trust::claimed_producer(&got), Some(a_id));
+}
+
+/// A's entries reach B by replication and C by B's repair after A died: every copy still
+/// carries A's signature, and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_and_handoff_keep_the_producers_signature() {
+    let key = psk::generate().unwrap();
+    let a = spawn(Some(key), vec![]).await;
+    let b = spawn(Some(key), vec![a.addr.clone()]).await;
+    for n in [&a, &b] {
+        assert!(n.node.wait_for(Duration::from_secs(10), ring_size(2)).await);
+    }
+    let a_id = a.node.view().me;
+    let mut keys = Vec::new();
+    for i in 0..20u32 {
+        let payload = format!("signed entry {i}");
+        let k = Key::digest(payload.as_bytes());
+        a.node.store().put(&k, payload.as_bytes()).unwrap();
+        assert_eq!(a.node.replicate(&k).await.holders.len(), 2);
+        keys.push(k);
+    }
+    // A's own copies stay as its wrappers wrote them; B's are signed by A.
+    for k in &keys {
+        let raw = b.node.store().get_raw(k).unwrap().expect("replicated");
+        assert_eq!(trust::verify_signature(&raw, k), Ok(a_id));
+        let own = a.node.store().get_raw(k).unwrap().unwrap();
+        assert_eq!(trust::claimed_producer(&own), None);
+    }
+    a.kill();
+    let c = spawn(Some(key), vec![b.addr.clone()]).await;
+    for n in [&b, &c] {
+        assert!(n.node.wait_for(Duration::from_secs(15), ring_size(2)).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !keys.iter().all(|k| c.node.store().contains(k)) {
+        b.node.repair().await;
+        assert!(Instant::now() < deadline, "B did not hand A's keys to C");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for k in &keys {
+        let raw = c.node.store().get_raw(k).unwrap().unwrap();
+        assert_eq!(
+            trust::verify_signature(&raw, k),
+            Ok(a_id),
+            "handoff lost the origin"
+        );
+    }
+    assert_eq!(c.node.trust().refusals(), trust::Refusals::default());
+}
+
+/// A member that serves or pushes an entry whose signature does not match its producer or
+/// its key, or an unsigned one, is refused (counted), and the requester asks the next peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_with_a_wrong_or_no_signature_are_refused_and_routed_around() {
+    let key = psk::generate().unwrap();
+    let a = spawn(Some(key), vec![]).await;
+    let m = spawn(Some(key), vec![a.addr.clone()]).await;
+    let v = spawn(Some(key), vec![a.addr.clone()]).await;
+    for n in [&a, &m, &v] {
+        assert!(n.node.wait_for(Duration::from_secs(10), ring_size(3)).await);
+    }
+    let (a_id, v_id) = (a.node.view().me, v.node.view().me);
+    // A signs an entry for its key; M re-encodes the payload under the victim's key and keeps
+    // A's signature (the digest is recomputed, so only the signature can tell).
+    let (k, _) = entry(b"object of a");
+    a.node.store().put(&k, b"object of a").unwrap();
+    let signed = m.node.get(&k).await.expect("M fetches A's entry");
+    let victim = Key::digest(b"victim key");
+    let distc_peer::store::Provenance::Signed {
+        producer,
+        signature,
+    } = Store::provenance(&signed).unwrap()
+    else {
+        panic!("a served entry is signed")
+    };
+    let moved = Store::with_signature(
+        &Store::encode_entry(&victim, b"object of a").unwrap(),
+        &producer,
+        &signature,
+    )
+    .unwrap();
+    assert!(Store::verify_raw(&moved, &victim, 1 << 20).is_ok());
+    // Pushed to V: refused, not stored.
+    let unsigned = Store::encode_entry(&victim, b"unsigned").unwrap();
+    for bad in [moved.clone(), unsigned] {
+        let r = m
+            .node
+            .request(
+                v_id,
+                Request::Put {
+                    key: victim,
+                    entry: distc_peer::protocol::Bytes(bad),
+                },
+                Duration::from_secs(3),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r, Response::Error(_)), "{r:?}");
+        assert!(!v.node.store().contains(&victim));
+    }
+    let r = v.node.trust().refusals();
+    assert_eq!((r.bad_signature, r.unsigned), (1, 1), "{r:?}");
+    // Served by M (as a stored entry of its own, received from elsewhere): V refuses it and
+    // asks the next peer; A, which holds the right one, answers.
+    m.node.store().put_raw(&victim, &moved).unwrap();
+    assert!(v.node.get(&victim).await.is_none(), "used a forged entry");
+    assert_eq!(v.node.trust().refusals().bad_signature, 2);
+    a.node.store().put(&victim, b"the right object").unwrap();
+    let got = v.node.get(&victim).await.expect("routed around M");
+    assert_eq!(
+        Store::verify_raw(&got, &victim, 1 << 20).unwrap(),
+        b"the right object"
+    );
+    assert_eq!(trust::verify_signature(&got, &victim), Ok(a_id));
+    assert!(
+        !v.node.store().contains(&victim)
+            || v.node.store().get_raw(&victim).unwrap() != Some(moved)
+    );
 }

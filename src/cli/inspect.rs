@@ -35,6 +35,23 @@ fn describe(mode: Mode) -> &'static str {
     }
 }
 
+/// Who produced a stored entry, from its header: this machine (not signed), or the peer whose
+/// signature it carries (checked by this machine's peer when it arrived).
+fn producer_line(head: &[u8]) -> String {
+    match Store::provenance(head) {
+        Ok(distc_peer::store::Provenance::Local) => {
+            "this machine (compiled here; its peer signs it when it shares it)".into()
+        }
+        Ok(distc_peer::store::Provenance::Signed { producer, .. }) => {
+            match distc_peer::trust::producer_id(&producer) {
+                Some(id) => format!("{id} (signed; verified when it was received)"),
+                None => "unknown (the producer key is not valid)".into(),
+            }
+        }
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
 /// The ring owners of `key` as the local peer sees them: one line per owner, or a sentence
 /// saying why there are none. The mesh support owns what the peer answers.
 pub fn owner_peers(config: &Config, key: &Key) -> Vec<String> {
@@ -224,18 +241,23 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
     }
 
     let store_dir = config.store_dir();
-    let stored = Store::open(&store_dir, config.max_size)
-        .map(|s| s.contains(&fp.key) || s.contains(&pre.key))
+    let store = Store::open(&store_dir, config.max_size)
         .with_context(|| format!("cannot open the cache store {}", store_dir.display()))?;
+    let stored = [fp.key, pre.key]
+        .into_iter()
+        .find_map(|k| store.read_header(&k).ok().flatten());
     let _ = writeln!(
         out,
         "Stored        {}",
-        if stored {
+        if stored.is_some() {
             "yes: the next compile is a hit"
         } else {
             "no: the next compile is a miss"
         }
     );
+    if let Some(head) = stored {
+        let _ = writeln!(out, "Producer      {}", producer_line(&head));
+    }
 
     let _ = writeln!(
         out,

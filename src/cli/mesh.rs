@@ -67,6 +67,18 @@ pub enum MeshAction {
     },
     /// Print the join token of this machine's mesh key.
     Token,
+    /// Accept entries produced by PEER (its id as `distc status` shows it): added to the
+    /// config's `trust` list (when it is a list) and removed from `distrust`.
+    Trust {
+        /// The producer's peer id.
+        peer: String,
+    },
+    /// Refuse entries produced by PEER: added to the config's `distrust` list; its entries
+    /// are dropped from this machine's store and no longer served to other peers.
+    Distrust {
+        /// The producer's peer id.
+        peer: String,
+    },
 }
 
 fn parse_addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
@@ -116,6 +128,7 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
     o.get_timeout = Duration::from_millis((config.peer_timeout_ms * 2 / 5).clamp(50, 10_000));
     o.metrics_listen = args.metrics.or(config.metrics_listen);
     o.metrics_public = args.metrics_public;
+    o.trust = config.trust_policy();
     let dir = config.dir.clone();
     o.wrapper_counters = Some(WrapperSource(std::sync::Arc::new(move || {
         let s = crate::stats::Stats::read_all(&dir).ok()?;
@@ -179,6 +192,8 @@ pub fn mesh(config: &Config, action: &MeshAction) -> Result<ExitCode> {
                 path.display()
             );
         }
+        MeshAction::Trust { peer } => return set_trust(peer, true),
+        MeshAction::Distrust { peer } => return set_trust(peer, false),
         MeshAction::Token => match psk::load(&path)? {
             Some(key) => println!("{}", psk::to_token(key)),
             None => bail!(
@@ -187,6 +202,88 @@ pub fn mesh(config: &Config, action: &MeshAction) -> Result<ExitCode> {
             ),
         },
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `distc mesh trust|distrust PEER`: edits `trust`/`distrust` in the config file (comments
+/// kept), then tells the running peer, or drops the producer's entries from the store itself.
+fn set_trust(peer: &str, trusted: bool) -> Result<ExitCode> {
+    let id = distc_peer::trust::parse_peer_id(peer)?.to_string();
+    let path = crate::config::config_file()
+        .context("no config file location (set DISTC_CONFIG or DISTC_CONFIG_DIR)")?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML; fix it first", path.display()))?;
+    let ids = |doc: &toml_edit::DocumentMut, key: &str| -> Option<Vec<String>> {
+        doc.get(key)?.as_array().map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+    };
+    let set = |doc: &mut toml_edit::DocumentMut, key: &str, list: Vec<String>| {
+        let mut a = toml_edit::Array::new();
+        for s in list {
+            a.push(s);
+        }
+        doc[key] = toml_edit::value(a);
+    };
+    let mut distrust = ids(&doc, "distrust").unwrap_or_default();
+    let trust_list = ids(&doc, "trust");
+    let said = if trusted {
+        distrust.retain(|p| *p != id);
+        match trust_list {
+            Some(mut list) => {
+                if !list.contains(&id) {
+                    list.push(id.clone());
+                }
+                set(&mut doc, "trust", list);
+                format!("{id} added to the trusted producers")
+            }
+            None => format!("{id} is trusted (trust = \"mesh\": every member is)"),
+        }
+    } else {
+        if !distrust.contains(&id) {
+            distrust.push(id.clone());
+        }
+        if let Some(mut list) = trust_list {
+            list.retain(|p| *p != id);
+            set(&mut doc, "trust", list);
+        }
+        format!("{id} is distrusted: its entries are refused, dropped and not served")
+    };
+    set(&mut doc, "distrust", distrust);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::util::write_atomic(&path, doc.to_string().as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    for var in ["DISTC_TRUST", "DISTC_DISTRUST"] {
+        if std::env::var_os(var).is_some() {
+            eprintln!("distc: warning: {var} is set and overrides the config file");
+        }
+    }
+    let config = Config::load().context("the edited config does not load")?;
+    let policy = config.trust_policy();
+    match IpcClient::connect(&config.dir, Duration::from_secs(30)) {
+        Ok(mut c) => c
+            .set_trust(policy.clone())
+            .context("the local peer did not take the new policy; restart it")?,
+        Err(_) => {
+            let store = distc_peer::store::Store::open(&config.store_dir(), config.max_size)?;
+            let removed = distc_peer::trust::purge_policy(&store, &policy)?;
+            if removed > 0 {
+                eprintln!("Dropped {removed} entries of producers no longer trusted.");
+            }
+        }
+    }
+    println!("{said}");
+    println!("Trust: {} (in {})", policy.describe(), path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -242,6 +339,15 @@ pub fn render_status(s: &StatusReport) -> String {
     };
     let _ = writeln!(out, "Mesh: {mesh}; replication R = {}", s.replication);
     let _ = writeln!(out, "This peer: {} (distc {})", s.id, s.version);
+    let _ = writeln!(out, "Trust: {}", s.trust);
+    let r = &s.refused;
+    if r.unsigned + r.bad_signature + r.untrusted > 0 {
+        let _ = writeln!(
+            out,
+            "Refused entries: {} unsigned, {} wrongly signed, {} from producers not trusted here",
+            r.unsigned, r.bad_signature, r.untrusted
+        );
+    }
     if s.bad_entries > 0 {
         let _ = writeln!(
             out,

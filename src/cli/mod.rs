@@ -155,13 +155,14 @@ fn long_version() -> String {
         .collect();
     format!(
         "{}\nmesh protocols: {} (preferred first)\nlocal IPC protocol: {}\n\
-         key formats: C/C++ {}, Rust {}; result bundle {}",
+         key formats: C/C++ {}, Rust {}; result bundle {}; store entry {} (signed)",
         env!("CARGO_PKG_VERSION"),
         mesh.join(", "),
         distc_peer::ipc::IPC_VERSION,
         crate::compiler::c::key::FORMAT_VERSION,
         crate::compiler::rust::key::RUST_FORMAT_VERSION,
         crate::cache::bundle::BUNDLE_VERSION,
+        distc_peer::store::ENTRY_FORMAT,
     )
 }
 
