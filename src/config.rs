@@ -39,6 +39,7 @@ pub const KEYS: &[&str] = &[
     "metrics_listen",
     "trust",
     "distrust",
+    "verify_rate",
 ];
 
 /// The effective configuration. Each field documents itself in `config/distc.toml`.
@@ -88,6 +89,33 @@ pub struct Config {
     pub trust: Option<Vec<String>>,
     /// Producers refused whatever `trust` says.
     pub distrust: Vec<String>,
+    /// Share of remote hits also compiled here and compared.
+    pub verify_rate: VerifyRate,
+}
+
+/// The share of remote hits re-verified, in millionths (so that the config stays `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyRate(pub u32);
+
+impl VerifyRate {
+    /// The share as a fraction from 0 to 1.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 1e6
+    }
+
+    /// True with the probability of this rate (a sample is due). Never true at 0.
+    pub fn sample(self) -> bool {
+        use std::hash::{BuildHasher, Hasher};
+        if self.0 == 0 {
+            return false;
+        }
+        // A fresh random value per call from the standard library's seeded hasher keys: no
+        // RNG crate on the wrapper's path.
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        (r % 1_000_000) < u64::from(self.0)
+    }
 }
 
 impl Default for Config {
@@ -115,6 +143,7 @@ impl Default for Config {
             metrics_listen: None,
             trust: None,
             distrust: Vec::new(),
+            verify_rate: VerifyRate(10_000),
         }
     }
 }
@@ -348,6 +377,19 @@ impl Config {
                 }
             }
             "distrust" => self.distrust = peer_ids(&raw).ok_or_else(|| bad(PEER_IDS))?,
+            "verify_rate" => {
+                let f = match &raw {
+                    Raw::Toml(toml::Value::Float(f)) => Some(*f),
+                    Raw::Toml(toml::Value::Integer(i)) => Some(*i as f64),
+                    Raw::Toml(toml::Value::String(s)) => s.trim().parse().ok(),
+                    Raw::Text(s) => s.trim().parse().ok(),
+                    Raw::Toml(_) => None,
+                };
+                self.verify_rate = match f {
+                    Some(f) if (0.0..=1.0).contains(&f) => VerifyRate((f * 1e6).round() as u32),
+                    _ => return Err(bad("a share from 0 to 1, such as 0.01 (0 = off)")),
+                };
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     source_: source.clone(),

@@ -969,9 +969,18 @@ fn plant(sb: &Sandbox, planter: &Peer) -> (distc_peer::Key, Vec<u8>) {
         sb.root.path().join("scratch-v"),
         sb.root.path().join("scratch-o"),
     );
-    compile(sb, &scratch_v, "victim.c");
+    // Outside the mesh, with the preprocessor key: the key every member computes.
+    let scratch = |dir: &Path, src: &str| {
+        let out = distc_in(sb, dir)
+            .env("DISTC_DEPEND_MODE", "0")
+            .args(["gcc", "-c", src, "-o", &src.replace(".c", ".o")])
+            .output()
+            .unwrap();
+        assert_ok(&out, src);
+    };
+    scratch(&scratch_v, "victim.c");
     let right = sb.read("victim.o");
-    compile(sb, &scratch_o, "other.c");
+    scratch(&scratch_o, "other.c");
     let (key, other) = (only_key(&scratch_v), only_key(&scratch_o));
     let payload = distc_peer::store::Store::open(&scratch_o.join("store"), 1 << 30)
         .unwrap()
@@ -1074,4 +1083,81 @@ fn a_distrusted_producers_planted_entry_is_never_used() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(text(&bad).1.contains("not a peer id"), "{:?}", text(&bad));
+}
+
+/// With default trust and every remote hit re-verified, the planted entry is caught: the
+/// warning names key, source and producer, the build gets the right object, the entry is
+/// replaced, and `stats --json` and `status` list the mismatch by producer. An honest remote
+/// hit is verified and raises nothing.
+#[test]
+fn re_verification_catches_a_planted_entry_and_names_its_producer() {
+    let sb = mesh_sandbox();
+    let (p, v, p_id) = two_peer_mesh(&sb);
+    sb.write("honest.c", "int honest(void) { return 1; }\n");
+    compile(&sb, &p.dir, "honest.c");
+    let honest = sb.read("honest.o");
+    let (key, right) = plant(&sb, &p);
+    wait_until(
+        "the planted entry reaches the victim",
+        Duration::from_secs(15),
+        || holds(&v.dir, &key),
+    );
+    let verify = |src: &str| {
+        let before = sb.compiles();
+        let obj = format!("{}.o", src.trim_end_matches(".c"));
+        let _ = std::fs::remove_file(sb.work.join(&obj));
+        let out = distc_in(&sb, &v.dir)
+            .env("DISTC_VERIFY_RATE", "1.0")
+            .args(["gcc", "-c", src, "-o", &obj])
+            .output()
+            .unwrap();
+        assert_ok(&out, src);
+        (text(&out).1, sb.compiles() - before, sb.read(&obj))
+    };
+    let (stderr, compiles, obj) = verify("victim.c");
+    assert_eq!(obj, right, "the victim's build used the planted object");
+    assert_eq!(compiles, 2, "compiled and confirmed here");
+    for want in [
+        key.to_string().as_str(),
+        "victim.c",
+        p_id.as_str(),
+        "WARNING",
+    ] {
+        assert!(stderr.contains(want), "warning lacks {want}: {stderr}");
+    }
+    let raw = std::fs::read(
+        v.dir
+            .join("store")
+            .join(&key.to_hex()[..2])
+            .join(&key.to_hex()[2..]),
+    )
+    .unwrap();
+    assert_eq!(
+        distc_peer::trust::claimed_producer(&raw),
+        None,
+        "planted entry kept"
+    );
+    let stats = distc_in(&sb, &v.dir)
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&assert_ok(&stats, "stats --json")).unwrap();
+    assert_eq!(stats["mismatches"][&p_id], 1, "{stats}");
+    assert_eq!(status(&sb, &v.dir).unwrap()["mismatches"][&p_id], 1);
+    let human = assert_ok(
+        &distc_in(&sb, &v.dir).arg("status").output().unwrap(),
+        "status",
+    );
+    assert!(
+        human.contains("MISMATCH") && human.contains(&p_id),
+        "{human}"
+    );
+
+    let (stderr, compiles, obj) = verify("honest.c");
+    assert_eq!(obj, honest);
+    assert_eq!(compiles, 1, "a matching sample compiles once");
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    let s = distc::stats::Stats::read_all(&v.dir).unwrap();
+    assert_eq!((s.verified, s.mismatches.len()), (1, 1), "{s:?}");
 }

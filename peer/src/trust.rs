@@ -190,6 +190,12 @@ impl Trust {
         })
     }
 
+    /// A producer with a fresh identity that is kept nowhere (tests and benchmarks that need
+    /// another machine's signed entries).
+    pub fn with_new_identity(policy: TrustPolicy) -> Result<Trust, TrustError> {
+        Trust::new(&identity::Keypair::generate_ed25519(), policy)
+    }
+
     /// This peer's id (the producer id of the entries it signs).
     pub fn me(&self) -> PeerId {
         self.me

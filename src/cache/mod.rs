@@ -50,9 +50,21 @@ pub struct Cache {
 const AUX_DIRS: &[&str] = &["manifests", "misses", "locks", "sources"];
 
 /// What a lookup found.
-pub enum Found {
-    Local(Bundle),
-    Remote(Bundle),
+pub struct Found {
+    pub bundle: Bundle,
+    /// Fetched from the mesh by this lookup (else read from the local store).
+    pub remote: bool,
+    /// The producer's public key when another machine produced the entry (received now or
+    /// earlier: a replica pushed here is local but foreign); `None` for this machine's own.
+    pub producer: Option<[u8; 32]>,
+}
+
+/// The producer key an entry's header names, if it is signed (another machine's).
+fn producer_of(raw: &[u8]) -> Option<[u8; 32]> {
+    match Store::provenance(raw) {
+        Ok(distc_peer::store::Provenance::Signed { producer, .. }) => Some(producer),
+        _ => None,
+    }
 }
 
 impl Cache {
@@ -106,18 +118,24 @@ impl Cache {
             Event::RemoteHit => (Outcome::RemoteHit, None),
             Event::Miss => (Outcome::Miss, None),
             Event::Uncacheable(r) => (Outcome::Uncacheable, Some(r)),
-            Event::Error(_) => return,
+            Event::Error(_) | Event::Verified | Event::VerifySkipped(_) | Event::Mismatch(_) => {
+                return;
+            }
         };
         let source = self.source.borrow();
         let _ = events::append(&self.dir, outcome, reason, self.opened.elapsed(), &source);
     }
 
     /// Local store lookup. A corrupt entry is removed by the store, counted, and is a miss.
-    pub fn get_local(&self, key: &Key) -> Option<Bundle> {
+    pub fn get_local(&self, key: &Key) -> Option<Found> {
         let store = self.store.as_ref()?;
-        match store.get(key) {
-            Ok(Some(payload)) => match Bundle::decode(&payload) {
-                Ok(b) => Some(b),
+        match store.get_checked(key) {
+            Ok(Some(entry)) => match Bundle::decode(&entry.payload) {
+                Ok(bundle) => Some(Found {
+                    bundle,
+                    remote: false,
+                    producer: producer_of(&entry.raw),
+                }),
                 Err(e) => {
                     tracing::warn!("cache entry {key} does not decode: {e}; removing it");
                     let _ = store.remove(key);
@@ -141,10 +159,17 @@ impl Cache {
 
     /// Local store, then the local peer (only when its socket exists).
     pub fn get(&self, key: &Key) -> Option<Found> {
-        if let Some(b) = self.get_local(key) {
-            return Some(Found::Local(b));
+        if let Some(f) = self.get_local(key) {
+            return Some(f);
         }
-        self.get_remote(key).map(Found::Remote)
+        self.get_remote_found(key)
+    }
+
+    /// Removes the entry under `key` from the local store (a re-verification found it wrong).
+    pub fn remove(&self, key: &Key) {
+        if let Some(store) = &self.store {
+            let _ = store.remove(key);
+        }
     }
 
     /// Whether asking the mesh can help: the local peer has other live members.
@@ -177,7 +202,7 @@ impl Cache {
     }
 
     /// Asks the machine's peer for `key`; verifies and stores what comes back.
-    pub fn get_remote(&self, key: &Key) -> Option<Bundle> {
+    fn get_remote_found(&self, key: &Key) -> Option<Found> {
         let (raw, payload) = self.fetch_remote(key, self.max_entry_size)?;
         let bundle = match Bundle::decode(&payload) {
             Ok(b) => b,
@@ -192,7 +217,11 @@ impl Cache {
         {
             tracing::debug!("cannot keep remote entry {key} locally: {e}");
         }
-        Some(bundle)
+        Some(Found {
+            bundle,
+            remote: true,
+            producer: producer_of(&raw),
+        })
     }
 
     /// Stores a result and tells the local peer about it. Failures warn once and are counted.

@@ -29,6 +29,14 @@ pub enum Event<'a> {
     Uncacheable(&'a str),
     /// Something went wrong in the cache (never in the build); the kind, e.g. `corrupt`.
     Error(&'a str),
+    /// A sampled remote hit compiled here gave the same outputs.
+    Verified,
+    /// A sampled remote hit that could not be compared, for this reason (`time-macros`,
+    /// `nonreproducible`, `compile-failed`).
+    VerifySkipped(&'a str),
+    /// A sampled remote hit whose outputs differed from this machine's compile (twice the
+    /// same here): the producer's peer id.
+    Mismatch(&'a str),
 }
 
 impl Event<'_> {
@@ -39,6 +47,9 @@ impl Event<'_> {
             Event::Miss => "misses".into(),
             Event::Uncacheable(r) => format!("uncacheable.{r}").into(),
             Event::Error(k) => format!("errors.{k}").into(),
+            Event::Verified => "verify.matched".into(),
+            Event::VerifySkipped(r) => format!("verify.skipped.{r}").into(),
+            Event::Mismatch(p) => format!("verify.mismatch.{p}").into(),
         }
     }
 }
@@ -57,6 +68,12 @@ pub struct Stats {
     pub errors: u64,
     /// Error kind (`corrupt`, `store-read`, `store-write`, ...) -> count.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Sampled remote hits compiled here that matched (`verify_rate`).
+    pub verified: u64,
+    /// Sampled remote hits not compared: reason -> count.
+    pub verify_skipped: BTreeMap<String, u64>,
+    /// Sampled remote hits that differed from this machine's compile: producer -> count.
+    pub mismatches: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -139,7 +156,16 @@ impl Stats {
             "hits.local" => self.local_hits += v,
             "hits.remote" => self.remote_hits += v,
             "misses" => self.misses += v,
+            "verify.matched" => self.verified += v,
             c => {
+                if let Some(r) = c.strip_prefix("verify.skipped.") {
+                    *self.verify_skipped.entry(r.to_string()).or_insert(0) += v;
+                    return;
+                }
+                if let Some(p) = c.strip_prefix("verify.mismatch.") {
+                    *self.mismatches.entry(p.to_string()).or_insert(0) += v;
+                    return;
+                }
                 if let Some(r) = c.strip_prefix("uncacheable.") {
                     *self.uncacheable.entry(r.to_string()).or_insert(0) += v;
                 } else if let Some(k) = c.strip_prefix("errors.") {

@@ -443,15 +443,26 @@ pub fn status(config: &Config, json: bool) -> Result<ExitCode> {
         Err(e) if distc_peer::ipc::is_timeout(&e) => return not_answering(),
         Err(e) => return Err(e).context("the local peer did not answer"),
     };
+    // Re-verification is the wrappers' (their counters), not the peer's.
+    let mismatches = crate::stats::Stats::read_all(&config.dir)
+        .map(|s| s.mismatches)
+        .unwrap_or_default();
     if json {
         let mut v = serde_json::to_value(&s)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("running".into(), serde_json::Value::Bool(true));
             o.insert("answering".into(), serde_json::Value::Bool(true));
+            o.insert("mismatches".into(), serde_json::to_value(&mismatches)?);
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render_status(&s));
+        for (producer, n) in &mismatches {
+            println!(
+                "MISMATCH: {n} re-verified entries produced by {producer} differed from this \
+                 machine's compile (`distc mesh distrust {producer}` refuses its entries)"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -80,6 +80,21 @@ impl Report {
         for (kind, n) in &c.errors_by_kind {
             let _ = writeln!(out, "  {kind:<17}{n}");
         }
+        let skipped: u64 = c.verify_skipped.values().sum();
+        let mismatched: u64 = c.mismatches.values().sum();
+        if c.verified + skipped + mismatched > 0 {
+            let _ = writeln!(
+                out,
+                "Re-verified        {} matched, {mismatched} MISMATCHED, {skipped} skipped",
+                c.verified
+            );
+            for (producer, n) in &c.mismatches {
+                let _ = writeln!(out, "  mismatch from {producer}: {n}");
+            }
+            for (reason, n) in &c.verify_skipped {
+                let _ = writeln!(out, "  skipped {reason:<9}{n}");
+            }
+        }
         let _ = writeln!(out, "Entries            {}", self.usage.entries);
         let _ = writeln!(
             out,

@@ -202,6 +202,17 @@ impl Family for CFamily {
         self.job.source.display().to_string()
     }
 
+    /// `__DATE__`, `__TIME__` or `__TIMESTAMP__` in the source (without `SOURCE_DATE_EPOCH`)
+    /// give another object at every second: never re-verified. In a header they are caught
+    /// by the confirming compile, which runs a second later.
+    fn unreproducible(&self) -> Option<&'static str> {
+        if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+            return None;
+        }
+        let bytes = fs::read(&self.job.source).ok()?;
+        fingerprint::mentions_time_macros(&bytes).then_some("time-macros")
+    }
+
     fn original(&self) -> (&Path, &[OsString]) {
         (&self.ctx.compiler, &self.args)
     }

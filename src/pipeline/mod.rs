@@ -90,6 +90,11 @@ pub(crate) trait Family {
     fn replay_streams(&self, bundle: &Bundle);
     /// What else hears of the outcome (the per-crate log of `distc build-project`).
     fn log(&self, _outcome: &Outcome) {}
+    /// Why this compile cannot be expected to give the same bytes on another machine (the
+    /// stats label), known before compiling; re-verification skips it.
+    fn unreproducible(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Why no key could be computed: the compile runs without the cache.
@@ -267,11 +272,21 @@ impl Pipeline<'_> {
     }
 
     /// Replays a stored result; `None` (counted as a replay error) when it cannot be used.
+    /// A share (`verify_rate`) of the hits on entries another machine produced is compiled
+    /// here instead and compared ([`Pipeline::reverify`]).
     fn serve<F: Family>(&self, f: &F, found: Found, key: &Key) -> Option<ExitCode> {
-        let (bundle, outcome) = match found {
-            Found::Local(b) => (b, Outcome::Hit),
-            Found::Remote(b) => (b, Outcome::RemoteHit),
+        let outcome = if found.remote {
+            Outcome::RemoteHit
+        } else {
+            Outcome::Hit
         };
+        if let Some(producer) = found.producer
+            && self.cfg.verify_rate.sample()
+            && let Some(code) = self.reverify(f, &found.bundle, &producer, key, &outcome)
+        {
+            return Some(code);
+        }
+        let bundle = found.bundle;
         match f.replay_outputs(&bundle) {
             Ok(()) => {
                 self.finish(f, outcome);
@@ -289,6 +304,80 @@ impl Pipeline<'_> {
         }
     }
 
+    /// A sampled hit on another machine's entry: compiled here too, and the build gets the
+    /// local result. Outputs and exit status are compared byte for byte (the streams are not:
+    /// colour and terminal settings change them). A difference is confirmed by a second
+    /// compile here, a second later: when the two local compiles differ, the compile is not reproducible and
+    /// the sample is skipped; when they agree, the entry is wrong — a loud warning names key,
+    /// source and producer, the entry is replaced by the local result, and the mismatch is
+    /// counted by producer. `None`: not sampled after all (serve the hit).
+    fn reverify<F: Family>(
+        &self,
+        f: &F,
+        served: &Bundle,
+        producer: &[u8; 32],
+        key: &Key,
+        outcome: &Outcome,
+    ) -> Option<ExitCode> {
+        if let Some(reason) = f.unreproducible() {
+            self.cache.count(Event::VerifySkipped(reason));
+            return None;
+        }
+        let same = |a: &Bundle, b: &Bundle| a.outputs == b.outputs && a.exit_code == b.exit_code;
+        let compile = || -> Option<(Finished, Result<Bundle, Skip>)> {
+            let cmd = f.command(None);
+            let done = f.tidy(self.runner.output(&cmd).ok()?, None);
+            let bundle = if done.success {
+                f.collect(&done)
+            } else {
+                Err(Skip::Uncacheable("compile-failed"))
+            };
+            Some((done, bundle))
+        };
+        let (done, local) = compile()?;
+        self.finish(f, outcome.clone());
+        let done = match local {
+            Ok(local) if same(&local, served) => {
+                self.cache.count(Event::Verified);
+                done
+            }
+            Ok(local) => match confirm(&compile) {
+                Some((again, Ok(second))) if same(&second, &local) => {
+                    let id = distc_peer::trust::producer_id(producer)
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "an unknown producer".into());
+                    eprintln!(
+                        "distc: WARNING: the cached result {key} for {} produced by peer {id} \
+                         differs from this machine's compile of it (compiled twice here, the \
+                         same both times). The build uses the local result, and the entry was \
+                         replaced by it. If this peer is not to be trusted: distc mesh \
+                         distrust {id}",
+                        f.describe()
+                    );
+                    tracing::warn!(%key, producer = %id, source = %f.describe(), "re-verification mismatch");
+                    self.cache.remove(key);
+                    self.cache.put(key, &second);
+                    self.cache.count(Event::Mismatch(&id));
+                    again
+                }
+                Some((again, _)) => {
+                    self.cache.count(Event::VerifySkipped("nonreproducible"));
+                    again
+                }
+                None => {
+                    self.cache.count(Event::VerifySkipped("nonreproducible"));
+                    done
+                }
+            },
+            Err(_) => {
+                self.cache.count(Event::VerifySkipped("compile-failed"));
+                done
+            }
+        };
+        f.print(&done);
+        Some(exit_code(done.code))
+    }
+
     /// No key: the real compiler replaces this process.
     fn uncached<F: Family>(&self, f: &F, reason: &'static str) -> ExitCode {
         self.finish(f, Outcome::Uncacheable(reason.into()));
@@ -303,6 +392,18 @@ impl Pipeline<'_> {
         f.log(&outcome);
     }
 }
+
+/// The confirming compile of a re-verification that found a difference. A clock in the output
+/// (`__TIME__` in a header) changes every second: this compile runs in another second than the
+/// first, so such a compile never agrees with itself and is skipped, never reported. Only a
+/// difference pays the wait.
+fn confirm<T>(compile: &dyn Fn() -> Option<T>) -> Option<T> {
+    std::thread::sleep(RECOMPILE_DELAY);
+    compile()
+}
+
+/// How long re-verification waits before the confirming compile (see [`Pipeline::reverify`]).
+const RECOMPILE_DELAY: std::time::Duration = std::time::Duration::from_millis(1100);
 
 /// Counts and reports a compile turned away before a [`Family`] exists, then runs the real
 /// compiler in place of this process.

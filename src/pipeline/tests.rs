@@ -24,6 +24,8 @@ struct Scripted {
     stderr: Vec<u8>,
     runs: RefCell<Vec<Command>>,
     execs: Cell<usize>,
+    /// Each compile's output differs (a clock in the object).
+    vary: Cell<bool>,
 }
 
 impl Runner for Scripted {
@@ -32,6 +34,11 @@ impl Runner for Scripted {
         let code = self.code.get();
         if code == 0 {
             fs::copy(&self.source, &self.output)?;
+            if self.vary.get() {
+                let mut o = fs::read(&self.output)?;
+                o.extend_from_slice(format!("{}", self.runs.borrow().len()).as_bytes());
+                fs::write(&self.output, o)?;
+            }
         }
         Ok(Finished {
             stdout: b"out\n".to_vec(),
@@ -146,6 +153,7 @@ fn bench() -> Bench {
             stderr: b"warning: w\n".to_vec(),
             runs: RefCell::new(Vec::new()),
             execs: Cell::new(0),
+            vary: Cell::new(false),
         },
         toy: Toy {
             source,
@@ -319,4 +327,97 @@ fn exit_codes_out_of_range_are_failures() {
     assert!(same(exit_code(255), 255));
     assert!(same(exit_code(256), 1));
     assert!(same(exit_code(-1), 1));
+}
+
+/// Stores, as another machine's signed entry under the toy's key, a result whose object is
+/// `object`; returns the producer's peer id.
+fn plant_foreign(b: &Bench, object: &[u8]) -> String {
+    let key = Key::digest(&fs::read(&b.toy.source).expect("source"));
+    let bundle = Bundle {
+        version: BUNDLE_VERSION,
+        outputs: vec![Output {
+            role: Role::Object,
+            data: object.to_vec(),
+        }],
+        stdout: b"out\n".to_vec(),
+        stderr: b"warning: w\n".to_vec(),
+        exit_code: 0,
+    };
+    let producer = distc_peer::trust::Trust::with_new_identity(Default::default()).expect("id");
+    let local = Store::encode_entry(&key, &bundle.encode().expect("encode")).expect("entry");
+    let signed = producer.outgoing(local, &key).expect("sign");
+    Store::open(&b.cfg.dir.join("store"), 1 << 30)
+        .expect("store")
+        .put_raw(&key, &signed)
+        .expect("plant");
+    producer.me().to_string()
+}
+
+fn verifying(rate: u32) -> Bench {
+    let mut b = bench();
+    b.cfg.verify_rate = crate::config::VerifyRate(rate);
+    b
+}
+
+use distc_peer::store::Store;
+
+#[test]
+fn a_sampled_foreign_entry_that_differs_is_reported_replaced_and_not_used() {
+    let b = verifying(1_000_000);
+    let producer = plant_foreign(&b, b"int planted;\n");
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 2, "compiled, then confirmed");
+    assert_eq!(
+        fs::read(&b.toy.output).unwrap(),
+        b"int a;\n",
+        "the build got the planted object"
+    );
+    let s = b.stats();
+    assert_eq!(s.mismatches.get(&producer), Some(&1), "{s:?}");
+    assert_eq!(s.verified, 0);
+    // Replaced by this machine's own result: the next hit is local, not re-verified.
+    let f = b
+        .cache
+        .get_local(&Key::digest(b"int a;\n"))
+        .expect("stored");
+    assert_eq!(f.producer, None);
+    assert_eq!(f.bundle.output(Role::Object), Some(&b"int a;\n"[..]));
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 2);
+}
+
+#[test]
+fn a_sampled_foreign_entry_that_matches_is_counted_and_the_local_result_used() {
+    let b = verifying(1_000_000);
+    plant_foreign(&b, b"int a;\n");
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 1);
+    let s = b.stats();
+    assert_eq!(
+        (s.verified, s.mismatches.len(), s.local_hits),
+        (1, 0, 1),
+        "{s:?}"
+    );
+    assert_eq!(b.toy.printed.borrow().as_slice(), b"warning: w\n");
+}
+
+#[test]
+fn a_compile_that_differs_from_itself_is_skipped_never_reported() {
+    let b = verifying(1_000_000);
+    b.runner.vary.set(true);
+    plant_foreign(&b, b"int a;\n");
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 2);
+    let s = b.stats();
+    assert!(s.mismatches.is_empty(), "{s:?}");
+    assert_eq!(s.verify_skipped.get("nonreproducible"), Some(&1), "{s:?}");
+}
+
+#[test]
+fn verify_rate_zero_never_compiles_a_hit() {
+    let b = verifying(0);
+    plant_foreign(&b, b"int planted;\n");
+    assert!(same(b.run(), 0));
+    assert_eq!(b.compiles(), 0);
+    assert_eq!(fs::read(&b.toy.output).unwrap(), b"int planted;\n");
 }
