@@ -44,12 +44,25 @@ fn distc_in(sb: &Sandbox, dir: &Path) -> Command {
 }
 
 fn start_peer(sb: &Sandbox, name: &str, bootstrap: &[String]) -> Peer {
+    start_peer_with(sb, name, bootstrap, |c| {
+        c.env("DISTC_LOG", "info,distc_peer=debug");
+    })
+}
+
+/// [`start_peer`] with the command adjusted by `setup` (log level, config dir), its output in
+/// `NAME.log` in the sandbox root.
+fn start_peer_with(
+    sb: &Sandbox,
+    name: &str,
+    bootstrap: &[String],
+    setup: impl FnOnce(&mut Command),
+) -> Peer {
     let dir = sb.root.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(sb.root.path().join(format!("{name}.log"))).unwrap();
     let mut cmd = distc_in(sb, &dir);
+    setup(&mut cmd);
     cmd.args(["peer", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .env("DISTC_LOG", "info,distc_peer=debug")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
@@ -561,6 +574,108 @@ fn a_peer_with_another_key_cannot_join_or_fetch() {
     compile(&sb, &dir, "t.c");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(status(&sb, &a.dir).unwrap()["peers"][0]["entries"], 1);
+}
+
+/// A peer with another key, and a keyless peer given `--bootstrap`, say at the default log
+/// level why they cannot join, and `distc status` lists them as rejected.
+#[test]
+fn a_peer_that_cannot_join_says_why_in_its_log_and_in_status() {
+    let sb = mesh_sandbox();
+    let default_level = |c: &mut Command| {
+        c.env_remove("DISTC_LOG");
+    };
+    let a = start_peer_with(&sb, "a", &[], default_level);
+    let a_addr = address(&sb, &a);
+    let a_tcp = a_addr.split("/p2p/").next().unwrap().to_string();
+
+    let other_cfg = sb.root.path().join("other-config");
+    let out = sb
+        .distc()
+        .env("DISTC_CONFIG_DIR", &other_cfg)
+        .args(["mesh", "init"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "mesh init (other)");
+    let x = start_peer_with(&sb, "x", std::slice::from_ref(&a_addr), |c| {
+        c.env_remove("DISTC_LOG")
+            .env("DISTC_CONFIG_DIR", &other_cfg);
+    });
+    let log = |name: &str| std::fs::read_to_string(sb.root.path().join(format!("{name}.log")));
+    let rejected = |dir: &Path| -> Vec<serde_json::Value> {
+        status(&sb, dir)
+            .and_then(|s| s["rejected"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    // The dialer names the address it could not join; the dialed peer names where the
+    // connection came from. The key handshake may end in a reset or run into the upgrade
+    // timeout (10 s), so this can take a while.
+    wait_until(
+        "both peers name each other as rejected",
+        Duration::from_secs(40),
+        || {
+            rejected(&x.dir)
+                .iter()
+                .any(|r| r["addr"] == a_tcp.as_str() && r["direction"] == "dial")
+                && rejected(&a.dir)
+                    .iter()
+                    .any(|r| r["addr"] == "/ip4/127.0.0.1" && r["direction"] == "inbound")
+        },
+    );
+    let x_log = log("x").unwrap();
+    assert!(
+        x_log.contains("WARN")
+            && x_log.contains(&a_tcp)
+            && x_log.contains("does not have this mesh's key")
+            && x_log.contains("distc mesh join"),
+        "no warning naming {a_tcp} at the default level: {x_log}"
+    );
+    let a_log = log("a").unwrap();
+    assert!(
+        a_log.contains("WARN")
+            && a_log.contains("127.0.0.1")
+            && a_log.contains("without this mesh's key")
+            && a_log.contains("distc mesh join"),
+        "no warning naming the intruder at the default level: {a_log}"
+    );
+    // Rate-limited: the dialer retries every half second while alone, one warning a minute.
+    let warnings = x_log.matches("does not have this mesh's key").count();
+    assert_eq!(warnings, 1, "not rate-limited: {x_log}");
+    let out = distc_in(&sb, &x.dir).arg("status").output().unwrap();
+    let table = assert_ok(&out, "status");
+    assert!(
+        table.contains("Rejected") && table.contains(&a_tcp) && table.contains("mesh join"),
+        "{table}"
+    );
+    // Neither joined the other.
+    assert_eq!(
+        status(&sb, &a.dir).unwrap()["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A keyless peer given --bootstrap says it will not dial, and why.
+    let keyless_cfg = sb.root.path().join("keyless-config");
+    let k = start_peer_with(&sb, "k", std::slice::from_ref(&a_addr), |c| {
+        c.env_remove("DISTC_LOG")
+            .env("DISTC_CONFIG_DIR", &keyless_cfg);
+    });
+    let k_log = log("k").unwrap();
+    assert!(
+        k_log.contains("WARN")
+            && k_log.contains("not dialing bootstrap")
+            && k_log.contains(&a_tcp)
+            && k_log.contains("no mesh key")
+            && k_log.contains("distc mesh join"),
+        "{k_log}"
+    );
+    let r = rejected(&k.dir);
+    assert!(
+        r.iter()
+            .any(|r| r["addr"] == a_tcp.as_str() && r["direction"] == "not dialed"),
+        "{r:?}"
+    );
 }
 
 /// Kills (SIGKILL) the process whose pid is in a file when dropped, if it still runs: the

@@ -25,7 +25,7 @@ use crate::metrics::{self, WrapperSource};
 use crate::node::{self, Node, NodeConfig};
 use crate::protocol::Bytes;
 use crate::psk;
-use crate::report::{OwnerInfo, PeerStatus, StatusReport};
+use crate::report::{OwnerInfo, PeerStatus, RejectedPeer, StatusReport};
 use crate::store::Store;
 
 /// The default TCP port of a peer that has a mesh key (config `port`).
@@ -331,9 +331,20 @@ pub fn mode(opts: &PeerOptions, keyed: bool) -> Result<Mode, DaemonError> {
 struct PeerHandler {
     node: Node,
     mesh_key: Option<String>,
+    /// Bootstrap addresses this peer will not dial ([`undialable_bootstrap`]), for `status`.
+    not_dialed: Vec<RejectedPeer>,
     shutdown: tokio::sync::mpsc::Sender<()>,
     /// [`PeerOptions::lookup_timeout`].
     lookup_timeout: Duration,
+}
+
+/// Why a peer without a key does not dial bootstrap addresses (a closed mesh would refuse it,
+/// and it serves only this machine), or `None` when it dials them.
+pub fn undialable_bootstrap(opts: &PeerOptions, keyed: bool) -> Option<String> {
+    (!keyed && !opts.open && !opts.bootstrap.is_empty()).then(|| {
+        "this peer has no mesh key, so it serves only this machine and does not dial bootstrap          addresses: run `distc mesh join TOKEN` here (TOKEN from `distc mesh token` on a          machine of the mesh), or pass --open for a keyless mesh on a network you trust"
+            .to_string()
+    })
 }
 
 /// Builds `distc status`'s report from the node's view.
@@ -373,6 +384,18 @@ pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
         bad_entries: node.bad_entries(),
         trust: node.trust().policy().describe(),
         refused: node.trust().refusals(),
+        rejected: v
+            .rejected
+            .iter()
+            .map(|r| RejectedPeer {
+                addr: r.addr.to_string(),
+                peer: r.peer.map(|p| p.to_string()),
+                direction: if r.inbound { "inbound" } else { "dial" }.into(),
+                reason: r.reason.clone(),
+                attempts: r.attempts,
+                last_seen: r.last_unix,
+            })
+            .collect(),
     }
 }
 
@@ -410,6 +433,7 @@ impl PeerHandler {
             }
             IpcRequest::Status => {
                 let mut s = status_report(&self.node, self.mesh_key.clone());
+                s.rejected.extend(self.not_dialed.iter().cloned());
                 if let Ok(u) = self.node.store().usage() {
                     s.peers[0].entries = u.entries;
                     s.peers[0].bytes = u.bytes;
@@ -497,7 +521,32 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let store = Store::open(&dir.join("store"), opts.max_size)?;
     let mut cfg = NodeConfig::new(identity(&dir)?);
     cfg.listen = mode.listen.clone();
-    cfg.bootstrap = opts.bootstrap.clone();
+    let mut not_dialed = Vec::new();
+    match undialable_bootstrap(&opts, key.is_some()) {
+        Some(why) => {
+            let list: Vec<String> = opts.bootstrap.iter().map(|a| a.to_string()).collect();
+            tracing::warn!(
+                "not dialing bootstrap address(es) {}: {why}",
+                list.join(", ")
+            );
+            not_dialed = opts
+                .bootstrap
+                .iter()
+                .map(|a| {
+                    let (addr, peer) = node::strip_p2p(a);
+                    RejectedPeer {
+                        addr: addr.to_string(),
+                        peer: peer.map(|p| p.to_string()),
+                        direction: "not dialed".into(),
+                        reason: why.clone(),
+                        attempts: 0,
+                        last_seen: 0,
+                    }
+                })
+                .collect();
+        }
+        None => cfg.bootstrap = opts.bootstrap.clone(),
+    }
     cfg.mdns = mode.mdns;
     cfg.psk = key;
     cfg.replication = opts.replication.max(1);
@@ -528,6 +577,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     let handler = Arc::new(PeerHandler {
         node: node.clone(),
         mesh_key: key.map(psk::fingerprint),
+        not_dialed,
         shutdown: shutdown_tx,
         lookup_timeout: opts.lookup_timeout,
     });

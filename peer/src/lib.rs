@@ -7,6 +7,8 @@
 //! - [`membership`]: the member table, merged from gossip; liveness (up/suspect/down).
 //! - [`protocol`]: peer-to-peer wire messages and their bounded request-response codec.
 //! - [`frame`]: length-prefixed framing, the one home of every length on the wire.
+//! - [`handshake`]: why a connection failed: unreachable, not answering, or refused at the mesh
+//!   key handshake (the table `distc status` shows as `rejected`).
 //! - [`node`]: the libp2p node as an actor (cloneable `Node` handle + `EventLoop`): the
 //!   mechanism — one request to one peer, and the latest view of members and ring.
 //! - [`mesh`]: the policy on top: get from owners, replicate, repair, flush, inbound answers.
@@ -21,6 +23,7 @@
 pub mod codec;
 pub mod daemon;
 pub mod frame;
+pub mod handshake;
 pub mod ipc;
 pub mod key;
 pub mod membership;

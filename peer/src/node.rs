@@ -26,6 +26,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::handshake::{self, Attempts, Rejections, Stage};
 use crate::key::Key;
 use crate::membership::{self, Liveness, Membership, Timing};
 use crate::metrics;
@@ -147,6 +148,8 @@ pub struct View {
     pub ring: Ring,
     pub members: Vec<MemberView>,
     pub replication: usize,
+    /// Addresses whose connections failed the mesh key handshake lately.
+    pub rejected: Vec<handshake::Rejection>,
 }
 
 impl View {
@@ -230,11 +233,18 @@ pub struct EventLoop {
     gossip_interval: Duration,
     ticks: u64,
     dirty: bool,
+    /// Whether this node has a mesh key (changes what a failed handshake means).
+    keyed: bool,
+    /// Connection attempts past TCP connect, shared with the transport ([`handshake`]).
+    attempts: Attempts,
+    /// Addresses refused at the key handshake: warned about, shown by `distc status`.
+    rejections: Rejections,
 }
 
 fn build_transport(
     keypair: &identity::Keypair,
     psk: Option<pnet::PreSharedKey>,
+    attempts: Attempts,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NodeError> {
     let noise = noise::Config::new(keypair)?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
@@ -243,13 +253,18 @@ fn build_transport(
     let upgrade_timeout = Duration::from_secs(10);
     Ok(match psk {
         Some(psk) => tcp
-            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+            .and_then(move |socket, point| {
+                pnet::PnetConfig::new(psk).handshake(attempts.watch(socket, &point))
+            })
             .upgrade(upgrade::Version::V1)
             .authenticate(noise)
             .multiplex(yamux_cfg)
             .timeout(upgrade_timeout)
             .boxed(),
         None => tcp
+            .and_then(move |socket, point| {
+                futures::future::ok::<_, std::io::Error>(attempts.watch(socket, &point))
+            })
             .upgrade(upgrade::Version::V1)
             .authenticate(noise)
             .multiplex(yamux_cfg)
@@ -258,7 +273,8 @@ fn build_transport(
     })
 }
 
-fn strip_p2p(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
+/// `addr` without its trailing `/p2p/ID`, and that id.
+pub fn strip_p2p(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
     let mut a = addr.clone();
     match a.pop() {
         Some(libp2p::multiaddr::Protocol::P2p(id)) => (a, Some(id)),
@@ -274,7 +290,9 @@ fn strip_p2p(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
 pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError> {
     let me = cfg.keypair.public().to_peer_id();
     let trust = Arc::new(Trust::new(&cfg.keypair, cfg.trust.clone())?);
-    let transport = build_transport(&cfg.keypair, cfg.psk)?;
+    let attempts = Attempts::default();
+    let keyed = cfg.psk.is_some();
+    let transport = build_transport(&cfg.keypair, cfg.psk, attempts.clone())?;
     let rr = request_response::Behaviour::with_codec(
         Codec::new(cfg.max_entry_size),
         cfg.protocols
@@ -326,6 +344,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         ring: ring.clone(),
         members: Vec::new(),
         replication: cfg.replication,
+        rejected: Vec::new(),
     });
     let (view_tx, view_rx) = watch::channel(view);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -364,6 +383,9 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         gossip_interval: cfg.gossip_interval,
         ticks: 0,
         dirty: true,
+        keyed,
+        attempts,
+        rejections: Rejections::default(),
     };
     Ok((node, ev))
 }
@@ -449,6 +471,7 @@ impl EventLoop {
             ring: self.ring.clone(),
             members,
             replication: self.replication,
+            rejected: self.rejections.list(),
         };
         self.view_tx.send_replace(Arc::new(view));
     }
@@ -496,6 +519,8 @@ impl EventLoop {
         self.ticks += 1;
         let now = Instant::now();
         self.membership.tick(now);
+        self.attempts.prune(now);
+        self.rejections.expire(now);
         if let Ok(u) = self.store.usage() {
             self.membership.set_local_usage(u);
         }
@@ -566,6 +591,44 @@ impl EventLoop {
         }
     }
 
+    /// A connection attempt failed in the transport. If the other side spoke but the
+    /// handshake failed, it is a peer without this mesh's key (or not a distc peer): filed,
+    /// and warned about (rate-limited). No TCP connection, or silence, is only unreachable.
+    fn on_failed_attempt(
+        &mut self,
+        addr: &Multiaddr,
+        peer: Option<PeerId>,
+        inbound: bool,
+        error: &str,
+    ) {
+        let stage = self.attempts.finish(addr);
+        // Inbound, a connection that closes unheard is a port probe, not a peer.
+        let refused = match stage {
+            Stage::Heard => true,
+            Stage::Closed => !inbound,
+            Stage::Silent | Stage::NoConnection => false,
+        };
+        if !refused {
+            tracing::debug!(%addr, ?stage, "connection attempt failed, not at the key handshake");
+            return;
+        }
+        let peer = peer.or_else(|| strip_p2p(addr).1);
+        let filed = handshake::rejection_addr(addr, inbound);
+        let reason = handshake::reason(self.keyed, inbound);
+        tracing::debug!(%addr, ?stage, "key handshake failed: {error}");
+        if let Some(msg) = self.rejections.record(
+            filed,
+            peer,
+            inbound,
+            reason,
+            Instant::now(),
+            membership::unix_now(),
+        ) {
+            tracing::warn!("{msg}");
+        }
+        self.dirty = true;
+    }
+
     fn gossip_all(&mut self) {
         let peers: Vec<PeerId> = self
             .swarm
@@ -623,6 +686,11 @@ impl EventLoop {
                 ..
             } => {
                 let remote = endpoint.get_remote_address();
+                self.attempts.finish(remote);
+                if endpoint.is_dialer() {
+                    self.rejections
+                        .clear(&handshake::rejection_addr(remote, false), &peer_id);
+                }
                 if membership::is_loopback(remote) {
                     self.loopback_peers.insert(peer_id);
                 }
@@ -654,14 +722,25 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, "dial failed: {error}");
+                if let libp2p::swarm::DialError::Transport(tried) = &error {
+                    for (addr, e) in tried {
+                        self.on_failed_attempt(addr, peer_id, false, &e.to_string());
+                    }
+                }
                 if let Some(p) = peer_id {
                     self.membership.set_unreachable(&p, Instant::now());
                     self.dirty = true;
                 }
             }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
-                // Most often a peer without our key (pnet/noise handshake fails).
-                tracing::debug!("rejected incoming connection: {error}");
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, "incoming connection failed: {error}");
+                if let libp2p::swarm::ListenError::Transport(e) = &error {
+                    self.on_failed_attempt(&send_back_addr, None, true, &e.to_string());
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

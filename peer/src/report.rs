@@ -46,6 +46,26 @@ pub struct StatusReport {
     /// Entries refused since the local peer started: unsigned, wrongly signed, or from a
     /// producer it does not trust.
     pub refused: crate::trust::Refusals,
+    /// Addresses this peer refused or was refused by at the mesh key handshake lately, and
+    /// bootstrap addresses it will not dial: why each one cannot join.
+    pub rejected: Vec<RejectedPeer>,
+}
+
+/// An address that cannot join this peer's mesh (`distc status`, "rejected").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectedPeer {
+    /// The address dialed, or the IP address an inbound connection came from.
+    pub addr: String,
+    /// The peer id, when the address named one.
+    pub peer: Option<String>,
+    /// `inbound` (it connected here), `dial` (this peer dialed it) or `not dialed`.
+    pub direction: String,
+    /// What is wrong and what to do.
+    pub reason: String,
+    /// Failed attempts (0 for an address not dialed).
+    pub attempts: u64,
+    /// When the last attempt failed (seconds since the epoch; 0 = never tried).
+    pub last_seen: u64,
 }
 
 /// What `distc flush` did on one peer.

@@ -373,6 +373,22 @@ pub fn render_status(s: &StatusReport) -> String {
             p.addrs.join(" ")
         );
     }
+    if !s.rejected.is_empty() {
+        let _ = writeln!(out, "Rejected (cannot join this mesh):");
+        for r in &s.rejected {
+            let peer = r
+                .peer
+                .as_deref()
+                .map(|p| format!(" {p}"))
+                .unwrap_or_default();
+            let tried = match r.attempts {
+                0 => r.direction.clone(),
+                1 => format!("{}, 1 attempt, {}", r.direction, ago(r.last_seen)),
+                n => format!("{}, {n} attempts, last {}", r.direction, ago(r.last_seen)),
+            };
+            let _ = writeln!(out, "  {}{peer} ({tried}): {}", r.addr, r.reason);
+        }
+    }
     out
 }
 
