@@ -454,3 +454,176 @@ async fn entries_with_a_wrong_or_no_signature_are_refused_and_routed_around() {
             || v.node.store().get_raw(&victim).unwrap() != Some(moved)
     );
 }
+
+/// A mesh member that answers every request for an entry with `answer` (set by the test: a
+/// valid, signed entry of another key), as a peer with a swapped or restored store would if it
+/// did not check (a real peer checks its entries before serving them, so this one is written
+/// against the wire protocol). It gossips its own record, so the others put it on their rings.
+struct Rogue {
+    id: libp2p::PeerId,
+    addr: Multiaddr,
+    answer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    gets: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Rogue {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn spawn_rogue(key: psk::PreSharedKey) -> Rogue {
+    use distc_peer::protocol::{Bytes, Codec, MemberRecord, PROTOCOLS};
+    use futures::StreamExt;
+    use libp2p::core::upgrade;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Transport, noise, pnet, request_response, tcp, yamux};
+
+    let keypair = identity::Keypair::generate_ed25519();
+    let id = keypair.public().to_peer_id();
+    let transport = tcp::tokio::Transport::new(tcp::Config::default())
+        .and_then(move |socket, _| pnet::PnetConfig::new(key).handshake(socket))
+        .upgrade(upgrade::Version::V1)
+        .authenticate(noise::Config::new(&keypair).unwrap())
+        .multiplex(yamux::Config::default())
+        .boxed();
+    let rr = request_response::Behaviour::with_codec(
+        Codec::new(1 << 20),
+        PROTOCOLS
+            .iter()
+            .map(|p| (p.clone(), request_response::ProtocolSupport::Full)),
+        request_response::Config::default(),
+    );
+    let mut swarm = libp2p::Swarm::new(
+        transport,
+        rr,
+        id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
+    );
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let listen = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let other = answer.clone();
+    let gets = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = gets.clone();
+    let incarnation = distc_peer::membership::unix_now() * 1000;
+    let me = MemberRecord {
+        peer: Bytes(id.to_bytes()),
+        addrs: vec![Bytes(listen.to_vec())],
+        incarnation,
+        heartbeat: 0,
+        usage: Default::default(),
+        left: false,
+    };
+    let task = tokio::spawn(async move {
+        let mut heartbeat = 0;
+        loop {
+            let SwarmEvent::Behaviour(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) = swarm.select_next_some().await
+            else {
+                continue;
+            };
+            let response = match request {
+                Request::Gossip(_) => {
+                    heartbeat += 1;
+                    Response::Gossip(vec![MemberRecord {
+                        heartbeat,
+                        ..me.clone()
+                    }])
+                }
+                Request::Get(_) => {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let e = other.lock().map(|e| e.clone()).unwrap_or_default();
+                    Response::Entry(Some(Bytes(e)))
+                }
+                Request::Put { .. } => Response::Stored,
+                Request::Offer(_) => Response::Want(Vec::new()),
+                Request::Flush => Response::Error("no".into()),
+            };
+            let _ = swarm.behaviour_mut().send_response(channel, response);
+        }
+    });
+    Rogue {
+        id,
+        addr: listen.with(libp2p::multiaddr::Protocol::P2p(id)),
+        answer,
+        gets,
+        task,
+    }
+}
+
+/// A peer that answers a request for K with another key's valid entry is routed around: the
+/// requester takes K's entry from the next owner that has it, or misses (and the wrapper
+/// compiles) when none does; each bad answer is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_answers_with_another_keys_entry_is_routed_around() {
+    let key = psk::generate().unwrap();
+    let rogue = spawn_rogue(key).await;
+    let a = spawn(Some(key), vec![rogue.addr.clone()]).await;
+    let b = spawn(Some(key), vec![a.addr.clone()]).await;
+    for n in [&a, &b] {
+        assert!(
+            n.node.wait_for(Duration::from_secs(15), ring_size(3)).await,
+            "no ring of three: {:?}",
+            n.node.view().ring.members()
+        );
+    }
+    // The rogue's answer: B's entry of another compile, as B serves it (signed by B).
+    let b_id = b.node.view().me;
+    let other = b"the object of some other compile";
+    let j = Key::digest(other);
+    b.node.store().put(&j, other).unwrap();
+    let Ok(Response::Entry(Some(signed))) = a
+        .node
+        .request(b_id, Request::Get(j), Duration::from_secs(3))
+        .await
+    else {
+        panic!("B does not serve its entry");
+    };
+    assert!(Store::verify_raw(&signed.0, &j, 1 << 20).is_ok());
+    *rogue.answer.lock().unwrap() = signed.0;
+    // Keys whose primary owner, as A sees the ring, is the rogue: A asks it first.
+    let rogue_first = |tag: &str| {
+        (0u32..)
+            .map(|i| format!("{tag} {i}").into_bytes())
+            .find(|p| a.node.owners(&Key::digest(p)).first() == Some(&rogue.id))
+            .unwrap()
+    };
+    let payload = rogue_first("held by b");
+    let k = Key::digest(&payload);
+    b.node.store().put(&k, &payload).unwrap();
+    let got = a
+        .node
+        .get(&k)
+        .await
+        .expect("A did not get K's entry from B");
+    assert_eq!(
+        Store::verify_raw(&got, &k, 1 << 20).unwrap(),
+        payload,
+        "A did not get K's own entry from B"
+    );
+    assert_eq!(a.node.bad_entries(), 1, "the bad answer was not counted");
+    let k2 = Key::digest(&rogue_first("held by nobody"));
+    let got = a.node.get(&k2).await;
+    assert!(got.is_none(), "another key's entry was taken");
+    assert_eq!(a.node.bad_entries(), 2);
+    assert_eq!(
+        rogue.gets.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "the rogue was not asked"
+    );
+    assert!(!a.node.store().contains(&k2));
+}
