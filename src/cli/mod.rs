@@ -118,7 +118,8 @@ pub enum Command {
         action: crate::cli::mesh::MeshAction,
     },
 
-    /// Show every known peer: state, last seen, entries, bytes, ring share.
+    /// Show every known peer: state, last seen, entries, bytes, ring share; and addresses that
+    /// cannot join (another mesh key, or none), and why.
     Status {
         /// Print JSON.
         #[arg(long)]
