@@ -8,7 +8,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -159,9 +158,7 @@ pub fn lock(distc_dir: &Path) -> Result<PeerLock, DaemonError> {
         .mode(0o600)
         .open(&path)
         .map_err(io_err("cannot open", &path))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    if !crate::lockfile::try_lock(&file).map_err(io_err("cannot lock", &path))? {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
         return Err(DaemonError::AlreadyRunning {
@@ -180,9 +177,7 @@ pub fn is_running(distc_dir: &Path) -> bool {
     let Ok(file) = File::open(&path) else {
         return false;
     };
-    // SAFETY: as in `lock`; a shared probe that is released at once.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    rc != 0
+    crate::lockfile::is_locked(&file)
 }
 
 /// Starts `exe peer --auto-started` in the background for `distc_dir` unless a peer already

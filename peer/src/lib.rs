@@ -26,6 +26,7 @@ pub mod frame;
 pub mod handshake;
 pub mod ipc;
 pub mod key;
+pub mod lockfile;
 pub mod membership;
 pub mod mesh;
 pub mod metrics;

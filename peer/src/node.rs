@@ -528,7 +528,7 @@ impl EventLoop {
         // Dial members we are not connected to. The peer with the smaller id dials first;
         // the other waits a few rounds, so two peers rarely dial each other at once.
         let me = self.membership.me();
-        let late = self.ticks % 4 == 0;
+        let late = self.ticks.is_multiple_of(4);
         let mut to_dial: Vec<PeerId> = self
             .membership
             .members()
@@ -541,7 +541,7 @@ impl EventLoop {
                 self.dial(peer);
             }
         }
-        if self.swarm.connected_peers().next().is_none() || self.ticks % 10 == 0 {
+        if self.swarm.connected_peers().next().is_none() || self.ticks.is_multiple_of(10) {
             for i in 0..self.bootstrap.len() {
                 self.dial_bootstrap(i);
             }

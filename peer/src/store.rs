@@ -26,7 +26,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -635,7 +634,7 @@ impl Store {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
-        flock(&file, libc::LOCK_EX).map_err(|e| StoreError::io(&path, e))?;
+        crate::lockfile::lock(&file).map_err(|e| StoreError::io(&path, e))?;
         let mut buf = [0u8; 16];
         let n = file.read_at(&mut buf, 0).unwrap_or(0);
         let mut usage = parse_usage(&buf[..n]);
@@ -662,16 +661,16 @@ impl Store {
     /// Waits for an exclusive lock on `name`; released when the file is dropped.
     fn lock_file(&self, name: &str) -> Result<File, StoreError> {
         let (file, path) = self.open_lock_file(name)?;
-        flock(&file, libc::LOCK_EX).map_err(|e| StoreError::io(&path, e))?;
+        crate::lockfile::lock(&file).map_err(|e| StoreError::io(&path, e))?;
         Ok(file)
     }
 
     /// The exclusive lock on `name` if nobody holds it, else `None`.
     fn try_lock_file(&self, name: &str) -> Result<Option<File>, StoreError> {
         let (file, path) = self.open_lock_file(name)?;
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => Ok(Some(file)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        match crate::lockfile::try_lock(&file) {
+            Ok(true) => Ok(Some(file)),
+            Ok(false) => Ok(None),
             Err(e) => Err(StoreError::io(&path, e)),
         }
     }
@@ -752,20 +751,6 @@ fn key_of_path(path: &Path) -> Option<Key> {
     let file = path.file_name()?.to_str()?;
     let dir = path.parent()?.file_name()?.to_str()?;
     format!("{dir}{file}").parse().ok()
-}
-
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock on a valid, owned file descriptor has no memory-safety preconditions.
-        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 #[cfg(test)]

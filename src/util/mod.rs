@@ -1,9 +1,9 @@
-//! Small file helpers every layer uses: atomic writes, best-effort memo files, `flock`.
+//! Small file helpers every layer uses: atomic writes, best-effort memo files, and (re-exported
+//! from the peer package) `flock`.
 //! Nothing here knows about compilers or the cache.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, then rename.
@@ -44,50 +44,8 @@ pub fn write_memo(path: &Path, data: &[u8]) {
     let _ = write_atomic(path, data);
 }
 
-/// `flock(2)` on `f`, retried when a signal interrupts it: the one wrapper of the call.
-fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock on a valid open descriptor; no memory is passed.
-        let r = unsafe { libc::flock(f.as_raw_fd(), op) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Takes the exclusive lock of `f` if no one holds it now (`false` if someone does). It is
-/// held until `f` is closed, and released by the kernel if the holder dies.
-pub fn try_lock(f: &File) -> io::Result<bool> {
-    match flock(f, libc::LOCK_EX | libc::LOCK_NB) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// An advisory `flock` held until drop.
-pub struct Flock<'a>(&'a File);
-
-impl<'a> Flock<'a> {
-    pub fn exclusive(f: &'a File) -> io::Result<Flock<'a>> {
-        flock(f, libc::LOCK_EX).map(|()| Flock(f))
-    }
-
-    pub fn shared(f: &'a File) -> io::Result<Flock<'a>> {
-        flock(f, libc::LOCK_SH).map(|()| Flock(f))
-    }
-}
-
-impl Drop for Flock<'_> {
-    fn drop(&mut self) {
-        // Unlocking cannot fail in a way we could act on.
-        let _ = flock(self.0, libc::LOCK_UN);
-    }
-}
+/// Advisory file locks live with the peer package (the lower layer), so both use one home.
+pub use distc_peer::lockfile::{Flock, try_lock};
 
 #[cfg(test)]
 mod tests {
@@ -101,17 +59,5 @@ mod tests {
         write_atomic(&p, b"defg").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"defg");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn flock_try_sees_a_holder() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("l");
-        let a = File::create(&p).unwrap();
-        let b = File::open(&p).unwrap();
-        let held = Flock::exclusive(&a).unwrap();
-        assert!(!try_lock(&b).unwrap());
-        drop(held);
-        assert!(try_lock(&b).unwrap());
     }
 }

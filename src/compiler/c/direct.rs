@@ -131,19 +131,18 @@ fn source_facts(ctx: &Context, source: &Path) -> Option<[u8; 32]> {
             stamp,
         )
     });
-    if let Some((path, stamp)) = &memo {
-        if let Ok(text) = fs::read_to_string(path) {
-            if let Some((s, answer)) = text.split_once('\n') {
-                let answer = answer.trim_end();
-                let mut digest = [0u8; 32];
-                if s == stamp && answer == "-" {
-                    return None;
-                }
-                // A memo that does not parse is recomputed and rewritten.
-                if s == stamp && hex::decode_to_slice(answer, &mut digest).is_ok() {
-                    return Some(digest);
-                }
-            }
+    if let Some((path, stamp)) = &memo
+        && let Ok(text) = fs::read_to_string(path)
+        && let Some((s, answer)) = text.split_once('\n')
+    {
+        let answer = answer.trim_end();
+        let mut digest = [0u8; 32];
+        if s == stamp && answer == "-" {
+            return None;
+        }
+        // A memo that does not parse is recomputed and rewritten.
+        if s == stamp && hex::decode_to_slice(answer, &mut digest).is_ok() {
+            return Some(digest);
         }
     }
     let mut bytes = Vec::with_capacity(md.len() as usize);
