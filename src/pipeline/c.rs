@@ -126,8 +126,9 @@ pub(crate) struct CFamily {
 
 /// Where depend mode finds the headers a compile read: the job's own `-MD` file, or ours.
 pub(crate) struct CDepend {
-    /// Our own dependency file when the user asked for none (removed on drop).
-    temp: Option<tempfile::NamedTempFile>,
+    /// Our own dependency file when the user asked for none (in memory where it can be; gone
+    /// on drop).
+    temp: Option<crate::util::Scratch>,
 }
 
 impl CFamily {
@@ -245,11 +246,7 @@ impl Family for CFamily {
         if self.job.dep_file.is_some() {
             return Some(CDepend { temp: None });
         }
-        let temp = tempfile::Builder::new()
-            .prefix("distc-dep-")
-            .suffix(".d")
-            .tempfile()
-            .ok()?;
+        let temp = crate::util::Scratch::new("distc-dep-", ".d").ok()?;
         Some(CDepend { temp: Some(temp) })
     }
 
