@@ -51,7 +51,10 @@ pub fn write_memo(path: &Path, data: &[u8]) {
 /// transaction on ext4 under load). Elsewhere, or without a usable `/proc`, a temporary file.
 pub enum Scratch {
     /// `_file` is held open for the name to stay valid.
-    Memory { _file: File, path: PathBuf },
+    Memory {
+        _file: File,
+        path: PathBuf,
+    },
     Temp(tempfile::NamedTempFile),
 }
 
