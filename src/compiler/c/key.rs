@@ -642,7 +642,8 @@ fn miss_record_path(distc_dir: &Path, cwd: &Path, source: &Path, compiler: &Path
 }
 
 /// Records the inputs (and header digests) of a result just stored, so a later miss of the same
-/// source can say what changed. Best effort.
+/// source can say what changed. Best effort, rewritten in place (see
+/// [`crate::util::write_record`]).
 pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
     let path = miss_record_path(&ctx.distc_dir, &ctx.cwd, source, &ctx.compiler);
     let mut text = format!("key {}\n", fp.key);
@@ -665,7 +666,7 @@ pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
             hdr.display()
         ));
     }
-    crate::util::write_memo(&path, text.as_bytes());
+    crate::util::write_record(&path, text.as_bytes());
 }
 
 /// What changed between the last stored result for this source and `fp`: a list of
