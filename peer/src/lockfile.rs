@@ -1,6 +1,7 @@
-//! Advisory whole-file locks, the one home for both packages: `flock(2)` semantics through
-//! std's `File::lock` family (held until unlocked or the file is closed, released by the
-//! kernel if the holder dies), with a wait that a signal interrupts retried.
+//! Advisory locks, the one home for both packages: whole-file locks with `flock(2)` semantics
+//! through std's `File::lock` family (held until unlocked or the file is closed, released by
+//! the kernel if the holder dies), with a wait that a signal interrupts retried; and on Linux
+//! locks of one byte of a file ([`try_lock_byte`]), so many keys share one lock file.
 
 use std::fs::{File, TryLockError};
 use std::io;
@@ -21,6 +22,32 @@ pub fn try_lock(f: &File) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(TryLockError::WouldBlock) => Ok(false),
         Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Takes the exclusive lock of byte `offset` of `f` if no other open file description holds
+/// it (`false` if one does): an open file description lock (`F_OFD_SETLK`), held until `f` is
+/// closed and released by the kernel if the holder dies, like [`try_lock`]'s.
+#[cfg(target_os = "linux")]
+pub fn try_lock_byte(f: &File, offset: i64) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: an all-zero `flock` is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = offset;
+    fl.l_len = 1;
+    loop {
+        // SAFETY: fcntl on a valid open descriptor with a pointer to a live `flock`.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EACCES) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
     }
 }
 
@@ -82,5 +109,20 @@ mod tests {
         assert!(try_lock(&b).unwrap());
         let c = File::open(&p).unwrap();
         assert!(is_locked(&c));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn byte_locks_exclude_per_byte_and_open_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("locks");
+        // A write lock needs a descriptor open for writing.
+        let a = File::create(&p).unwrap();
+        let b = File::options().write(true).open(&p).unwrap();
+        assert!(try_lock_byte(&a, 7).unwrap());
+        assert!(!try_lock_byte(&b, 7).unwrap());
+        assert!(try_lock_byte(&b, 8).unwrap());
+        drop(a);
+        assert!(try_lock_byte(&b, 7).unwrap());
     }
 }

@@ -88,29 +88,9 @@ fn open(dir: &Path, name: &str) -> io::Result<(File, i64)> {
     Ok((open_lock_file(&locks.join(name), Some(&locks))?, 0))
 }
 
-/// Takes the lock on byte `slot` of `file` if no other open file description holds it.
 #[cfg(target_os = "linux")]
 fn try_lock(file: &File, slot: i64) -> io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: an all-zero `flock` is a valid value of the plain C struct.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = slot;
-    fl.l_len = 1;
-    loop {
-        // SAFETY: fcntl on a valid open descriptor with a pointer to a live `flock`.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-        if r == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::EACCES) => return Ok(false),
-            Some(libc::EINTR) => continue,
-            _ => return Err(e),
-        }
-    }
+    distc_peer::lockfile::try_lock_byte(file, slot)
 }
 
 #[cfg(not(target_os = "linux"))]
