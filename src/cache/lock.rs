@@ -95,7 +95,7 @@ fn try_lock(file: &File, slot: i64) -> io::Result<bool> {
 
 #[cfg(not(target_os = "linux"))]
 fn try_lock(file: &File, _slot: i64) -> io::Result<bool> {
-    crate::util::try_lock(file)
+    distc_peer::lockfile::try_lock(file)
 }
 
 #[cfg(test)]

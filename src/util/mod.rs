@@ -141,7 +141,7 @@ impl Scratch {
 }
 
 /// Advisory file locks live with the peer package (the lower layer), so both use one home.
-pub use distc_peer::lockfile::{Flock, try_lock};
+pub use distc_peer::lockfile::Flock;
 
 #[cfg(test)]
 mod tests {
