@@ -3,6 +3,7 @@
 //! ```console
 //! $ cargo run --release -p distc-peer --example mesh_bench -- transfer [MB] [RUNS]
 //! $ cargo run --release -p distc-peer --example mesh_bench -- converge N [RUNS]
+//! $ cargo run --release -p distc-peer --example mesh_bench -- sign [RUNS]
 //! ```
 //!
 //! `transfer`: two nodes on 127.0.0.1 sharing a mesh key (pnet, as in a closed mesh); node A
@@ -19,6 +20,12 @@
 //! `converge`: starts N nodes at once (each bootstrapping from the first, the daemon's gossip
 //! timing) and measures the time from the first node's start until every node's ring holds
 //! all N members. Median of RUNS (default 5).
+//!
+//! `sign`: what provenance costs, per entry, for an object of 4 KB and one of 20 MB
+//! (incompressible): the producer's peer signing an entry made on its machine as it first
+//! sends it (`Trust::outgoing`), and the receiving peer's checks of a remote hit, the digest
+//! check it always paid (`Store::verify_raw`: decompress and hash) and the signature and policy
+//! check added to it (`Trust::incoming`). Median of RUNS (default 201) timings of each.
 //!
 //! Output lines are tab-separated: `measure  median_ms  mb_per_s  detail`.
 
@@ -116,7 +123,9 @@ fn line(measure: &str, d: Duration, bytes: Option<usize>, detail: &str) {
     let rate = bytes
         .map(|b| format!("{:.0}", b as f64 / 1e6 / d.as_secs_f64()))
         .unwrap_or_default();
-    println!("{measure}\t{ms:.1}\t{rate}\t{detail}");
+    // Sub-millisecond measures (signatures) need more digits.
+    let prec = if ms < 1.0 { 3 } else { 1 };
+    println!("{measure}\t{ms:.prec$}\t{rate}\t{detail}");
 }
 
 /// CPU time (user + system) this process has used so far.
@@ -169,7 +178,11 @@ async fn transfer(mb: usize, runs: usize) -> anyhow::Result<()> {
     let size = a.node.store().put(&k, &payload)?;
     a10.node.store().put(&k, &payload)?;
     an.node.store().put(&k, &payload)?;
-    let entry_len = a.node.store().get_raw(&k)?.map(|e| e.len()).unwrap_or(0);
+    // What a peer serves: its own entry, signed as it leaves.
+    let entry_len = match a.node.store().get_raw(&k)? {
+        Some(e) => a.node.trust().outgoing(e, &k)?.len(),
+        None => 0,
+    };
     let timeout = Duration::from_secs(60);
     let raw_get = |from: &Bench, to: &Bench| {
         let (node, peer) = (to.node.clone(), from.node.view().me);
@@ -271,6 +284,70 @@ async fn converge(n: usize, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sign(runs: usize) -> anyhow::Result<()> {
+    use distc_peer::trust::{Trust, TrustPolicy};
+    let producer = Trust::with_new_identity(TrustPolicy::default())?;
+    let receiver = Trust::with_new_identity(TrustPolicy::default())?;
+    for (name, len, runs) in [("4KB", 4_000, runs), ("20MB", 20_000_000, runs.min(15))] {
+        let payload = noise(len);
+        let k = Key::digest(&payload);
+        let local = Store::encode_entry(&k, &payload)?;
+        let signed = producer.outgoing(local.clone(), &k)?;
+        let time = |f: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<Duration> {
+            let mut v = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let t = Instant::now();
+                f()?;
+                v.push(t.elapsed());
+            }
+            Ok(median(v))
+        };
+        let sign = time(&|| {
+            producer.outgoing(local.clone(), &k)?;
+            Ok(())
+        })?;
+        let copy = time(&|| {
+            std::hint::black_box(local.clone());
+            Ok(())
+        })?;
+        let digest = time(&|| {
+            Store::verify_raw(&signed, &k, u64::MAX)?;
+            Ok(())
+        })?;
+        let check = time(&|| {
+            receiver
+                .incoming(&signed, &k)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        })?;
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let detail = |what: &str| format!("{runs} runs, entry {} bytes, {what}", signed.len());
+        line(
+            &format!("sign-{name}"),
+            sign.saturating_sub(copy),
+            None,
+            &detail(&format!(
+                "signing on first send ({:.1} us, less {:.1} us copying the entry to call it)",
+                us(sign),
+                us(copy)
+            )),
+        );
+        line(
+            &format!("digest-{name}"),
+            digest,
+            None,
+            &detail("digest check of a remote hit (decompress + SHA-256), as before"),
+        );
+        line(
+            &format!("verify-{name}"),
+            check,
+            None,
+            &detail("signature + policy check added to a remote hit"),
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -285,6 +362,9 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("transfer") => transfer(num(1, 20)?, num(2, 7)?.max(1)).await,
         Some("converge") => converge(num(1, 3)?.max(2), num(2, 5)?.max(1)).await,
-        _ => anyhow::bail!("usage: mesh_bench transfer [MB] [RUNS] | converge N [RUNS]"),
+        Some("sign") => sign(num(1, 201)?.max(1)),
+        _ => anyhow::bail!(
+            "usage: mesh_bench transfer [MB] [RUNS] | converge N [RUNS] | sign [RUNS]"
+        ),
     }
 }
