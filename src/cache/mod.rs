@@ -172,9 +172,21 @@ impl Cache {
         }
     }
 
-    /// Whether asking the mesh can help: the local peer has other live members.
+    /// Whether asking the mesh can help: the local peer has other live members, and it is
+    /// neither absent nor marked unresponsive. A stopped peer cannot remove its `peer.mesh`
+    /// marker; while it is skipped, compiles run as without a mesh (depend mode, no shared
+    /// manifests), so that it costs a build one budget and nothing per compile after that.
     pub fn mesh_active(&self) -> bool {
-        distc_peer::ipc::mesh_active(&self.dir)
+        if self.peer_skipped.get() || !distc_peer::ipc::mesh_active(&self.dir) {
+            return false;
+        }
+        match ipc::unresponsive_for(&self.dir) {
+            Some(age) if age < ipc::UNRESPONSIVE_BACKOFF => {
+                self.peer_skipped.set(true);
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Asks the machine's peer for `key` (only while the mesh is active); returns the raw
