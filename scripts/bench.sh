@@ -108,17 +108,7 @@ if [ "$only" = all ] || [ "$only" = large ]; then
 fi
 
 # crate_src CRATE VERSION SUBDIR: fetch a crates.io package with cargo and print SUBDIR of it.
-crate_src() {
-  local fetch=$work/fetch-$1
-  mkdir -p "$fetch/src"
-  printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\n%s = { version = "=%s", default-features = false }\n' "$1" "$2" >"$fetch/Cargo.toml"
-  echo 'fn main() {}' >"$fetch/src/main.rs"
-  (cd "$fetch" && cargo fetch --quiet)
-  local dir
-  dir=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 3 -type d -path "*$1-$2/$3" | head -n 1)
-  [ -n "$dir" ] || { echo "bench: $1 $2 sources ($3) not found after cargo fetch" >&2; exit 1; }
-  echo "$dir"
-}
+crate_src() { "$root/scripts/crate_src.sh" "$@"; }
 
 if [ "$only" = all ] || [ "$only" = sqlite ]; then
   echo "bench: sqlite3.c (libsqlite3-sys from crates.io) hit" >&2
@@ -131,20 +121,8 @@ fi
 
 if [ "$only" = all ] || [ "$only" = project ]; then
   echo "bench: Lua 5.4 (lua-src from crates.io) with make -j2, cold and warm" >&2
-  luasrc=$(crate_src lua-src 547.1.0 lua-5.4.7)
   proj=$work/lua
-  cp -r "$luasrc" "$proj"
-  cat >"$proj/Makefile" <<'EOF'
-CC ?= gcc
-CFLAGS = -O2 -Wall -DLUA_USE_LINUX -g
-OBJS = $(patsubst %.c,%.o,$(wildcard *.c))
-liblua.a: $(OBJS)
-	ar rcs $@ $(OBJS)
-%.o: %.c
-	$(CC) $(CFLAGS) -c $< -o $@
-clean:
-	rm -f *.o liblua.a
-EOF
+  "$root/scripts/lua_project.sh" "$proj"
   cmds=()
   for t in "${tools[@]}"; do cmds+=("make -s -C $proj -j2 CC='$(wrap "$t" gcc)'"); done
   measure project-cold "make -s -C $proj clean && $clear_caches" "${cmds[@]}"
