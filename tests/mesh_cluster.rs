@@ -325,6 +325,128 @@ fn shared_manifests_give_a_first_remote_hit_without_any_compiler_run() {
     );
 }
 
+/// Two machines (two DISTC_DIRs, one peer each, one closed mesh), two checkouts of one C
+/// project at different paths and depths under base_dir, compiled as CMake does (absolute
+/// paths, a build directory, `-g` with the build directory mapped): machine two's whole build
+/// is served from machine one's results, and no object names checkout one.
+#[test]
+fn a_second_machine_builds_another_checkout_from_the_first_ones_results() {
+    let sb = mesh_sandbox();
+    let one_peer = start_peer(&sb, "one", &[]);
+    let two_peer = start_peer(&sb, "two", &[address(&sb, &one_peer)]);
+    for p in [&one_peer, &two_peer] {
+        wait_until("2 peers up", Duration::from_secs(15), || {
+            up_peers(&sb, &p.dir) == 1
+        });
+        wait_until("mesh marker", Duration::from_secs(10), || {
+            distc_peer::ipc::mesh_active(&p.dir)
+        });
+    }
+    let base = sb.root.path().join("home");
+    let one = base.join("alice/src/app");
+    let two = base.join("bob/work/clones/app");
+    let sources = ["src/main.c", "src/list.c", "src/util/text.c"];
+    for ck in [&one, &two] {
+        for (rel, text) in [
+            (
+                "include/app.h",
+                "#define WHERE __FILE__\nint list_len(void);\n",
+            ),
+            (
+                "src/main.c",
+                "#include <assert.h>\n#include \"app.h\"\n\
+                 const char *main_file(void) { return WHERE; }\n\
+                 int run(int n) { assert(n > 0); return list_len() + n; }\n",
+            ),
+            (
+                "src/list.c",
+                "#include \"app.h\"\nint list_len(void) { return 3; }\n",
+            ),
+            (
+                "src/util/text.c",
+                "#include <string.h>\n#include \"app.h\"\n\
+                 const char *text_file(void) { return __FILE__; }\n\
+                 size_t text_len(const char *s) { return strlen(s); }\n",
+            ),
+        ] {
+            let p = ck.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        std::fs::create_dir_all(ck.join("build/src/util")).unwrap();
+    }
+    let build = |dir: &Path, ck: &Path| -> Vec<Vec<u8>> {
+        let c = ck.display();
+        sources
+            .iter()
+            .map(|src| {
+                let obj = format!("{c}/build/{src}.o");
+                let out = distc_in(&sb, dir)
+                    .current_dir(ck.join("build"))
+                    .env("DISTC_BASE_DIR", &base)
+                    .arg("gcc")
+                    .arg(format!("-I{c}/include"))
+                    .args(["-g", "-O1"])
+                    .arg(format!("-fdebug-prefix-map={c}/build=."))
+                    .args(["-MD", "-MT", &obj, "-MF", &format!("{obj}.d")])
+                    .args(["-o", &obj, "-c", &format!("{c}/{src}")])
+                    .output()
+                    .expect("run distc gcc");
+                assert_ok(&out, &format!("{src} in {c}"));
+                std::fs::read(&obj).expect("object")
+            })
+            .collect()
+    };
+    // (local hits, remote hits, misses) as `distc stats --json` counts them.
+    let counts = |dir: &Path| {
+        let out = distc_in(&sb, dir)
+            .args(["stats", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&assert_ok(&out, "stats --json")).unwrap();
+        let n = |k: &str| v[k].as_u64().unwrap();
+        (n("local_hits"), n("remote_hits"), n("misses"))
+    };
+    let first = build(&one_peer.dir, &one);
+    assert_eq!(sb.compiles(), sources.len());
+    assert_eq!(counts(&one_peer.dir), (0, 0, sources.len() as u64));
+    // Results and shared manifests reach machine two's peer (R = 2 of 2 peers).
+    wait_until("replication", Duration::from_secs(15), || {
+        store_files(&two_peer.dir).len() >= 2 * sources.len()
+    });
+    let mut held = store_files(&two_peer.dir).len();
+    wait_until("replication settled", Duration::from_secs(15), || {
+        std::thread::sleep(Duration::from_millis(1000));
+        let now = store_files(&two_peer.dir).len();
+        std::mem::replace(&mut held, now) == now
+    });
+    // Machine two holds copies as an owner; empty its store so every object crosses the mesh
+    // at lookup, as on a machine that never held them.
+    for f in store_files(&two_peer.dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let second = build(&two_peer.dir, &two);
+    assert_eq!(sb.compiles(), sources.len(), "machine two compiled");
+    // Every compile a hit; from the mesh, unless a replica still in flight landed in machine
+    // two's store after it was emptied (then it is a local copy of machine one's result).
+    let (local, remote, misses) = counts(&two_peer.dir);
+    assert!(
+        local + remote == sources.len() as u64 && remote > 0 && misses == 0,
+        "machine two's build was not served by machine one's results: {local} local hits, \
+         {remote} remote hits, {misses} misses"
+    );
+    let needle = one.display().to_string();
+    for (src, (a, b)) in sources.iter().zip(first.iter().zip(&second)) {
+        assert!(a == b, "{src}: objects differ between the machines");
+        assert!(
+            !b.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{src}: machine two's object names checkout one ({needle})"
+        );
+        let dep = std::fs::read_to_string(two.join(format!("build/{src}.o.d"))).unwrap();
+        assert!(!dep.contains(&needle), "{src}: {dep}");
+    }
+}
+
 #[test]
 fn status_and_flush_cover_the_mesh() {
     let sb = mesh_sandbox();
