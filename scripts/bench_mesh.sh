@@ -185,7 +185,7 @@ print("|---|---:|---:|---|")
 for line in open(os.path.join(work, "node.tsv")):
     m, ms, rate, detail = line.rstrip("\n").split("\t")
     label = {"transfer": "20 MB entry, one Get between two peers",
-             "get+verify": "20 MB entry, Node::get (transfer + digest check)",
+             "get+verify": "20 MB entry, Node::get (transfer + digest and signature checks)",
              "transfer-1.0": "20 MB entry, one Get, /distc/1.0.0 framing",
              "transfer-nokey": "20 MB entry, one Get, no mesh key (Noise + Yamux only)",
              "converge-3": "start to stable ring, 3 peers",
