@@ -664,6 +664,7 @@ fn scraper(
             max_bytes: max_size,
             evictions: node.store().evictions(),
             bad_entries: node.bad_entries(),
+            refused: node.trust().refusals(),
             members,
             wrapper: wrapper.as_ref().and_then(|w| (w.0)()),
         }

@@ -230,6 +230,9 @@ pub struct WrapperCounters {
     pub uncacheable: BTreeMap<String, u64>,
     /// Error kind -> count.
     pub errors: BTreeMap<String, u64>,
+    /// Producer peer id -> re-verified hits of its entries that differed from the local
+    /// compile.
+    pub mismatches: BTreeMap<String, u64>,
 }
 
 /// Reads the wrappers' counters when a scrape comes (`None` when they cannot be read).
@@ -251,6 +254,8 @@ pub struct Scrape {
     pub evictions: u64,
     /// Entries from peers that failed verification (the node counts them).
     pub bad_entries: u64,
+    /// Received entries refused as unsigned, wrongly signed or untrusted.
+    pub refused: crate::trust::Refusals,
     /// Members by state (`self`, `up`, `suspect`, `down`), the answering peer included.
     pub members: BTreeMap<String, u64>,
     pub wrapper: Option<WrapperCounters>,
@@ -308,6 +313,11 @@ pub fn render(scrape: &Scrape) -> String {
             "wrapper_errors",
             "Cache faults in wrapped compiles (each degraded to a compile), by kind",
             counters("kind", &w.errors),
+        );
+        r.register(
+            "verify_mismatches",
+            "Re-verified hits whose entry differed from this machine's compile, by producer",
+            counters("producer", &w.mismatches),
         );
     }
     r.register(
@@ -370,6 +380,19 @@ pub fn render(scrape: &Scrape) -> String {
         "bad_entries",
         "Entries from peers that failed verification (another key's, or corrupt)",
         counter(scrape.bad_entries),
+    );
+    let refused = Family::<Label, Counter>::default();
+    for (reason, n) in [
+        ("unsigned", scrape.refused.unsigned),
+        ("bad-signature", scrape.refused.bad_signature),
+        ("untrusted", scrape.refused.untrusted),
+    ] {
+        refused.get_or_create(&label("reason", reason)).inc_by(n);
+    }
+    r.register(
+        "refused_entries",
+        "Entries from peers refused: unsigned, wrongly signed, or from a producer not trusted here",
+        refused,
     );
     r.register(
         "peer_request_duration_seconds",
@@ -562,6 +585,7 @@ mod tests {
             "distc_store_entries 3",
             "distc_store_evictions_total 2",
             "distc_bad_entries_total 0",
+            "distc_refused_entries_total{reason=\"untrusted\"} 0",
             "distc_members{state=\"up\"} 2",
             "distc_members{state=\"suspect\"} 0",
             "distc_peer_errors_total{kind=\"timeout\"}",

@@ -138,6 +138,7 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
             misses: s.misses,
             uncacheable: s.uncacheable,
             errors: s.errors_by_kind,
+            mismatches: s.mismatches,
         })
     })));
     if args.auto_started && !keyed && config.idle_timeout_secs > 0 {
