@@ -65,11 +65,7 @@ fn config_with(
     cfg.bootstrap = bootstrap;
     cfg.protocols = protocols.to_vec();
     // The daemon's defaults (see daemon::run_async).
-    cfg.timing = Timing {
-        suspect_after: cfg.gossip_interval * 5,
-        down_after: cfg.gossip_interval * 12,
-        ..Timing::default()
-    };
+    cfg.timing = Timing::default();
     cfg
 }
 

@@ -31,6 +31,19 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
 /// Decodes a whole value from `bytes`, refusing inputs over `limit` bytes, trailing bytes, and
 /// any claimed length that would allocate more than the input could hold.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
+    let (v, used) = decode_prefix(bytes, limit)?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(v)
+}
+
+/// Decodes one value from the start of `bytes` (more may follow) and says how many bytes it
+/// used; bounded like [`decode`].
+pub fn decode_prefix<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(T, usize), CodecError> {
     if bytes.len() > limit {
         return Err(CodecError::TooLarge {
             len: bytes.len(),
@@ -46,10 +59,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
         ($($rung:literal),*) => {
             $(
                 if need <= $rung {
-                    return finish(bytes.len(), bincode::serde::decode_from_slice(
+                    return Ok(bincode::serde::decode_from_slice(
                         bytes,
                         config::standard().with_limit::<$rung>(),
-                    ));
+                    )?);
                 }
             )*
         };
@@ -63,17 +76,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
 
 /// Largest ratio between what bincode claims for a value and the bytes it was decoded from.
 const CLAIM_FACTOR: usize = 16;
-
-fn finish<T>(
-    total: usize,
-    r: Result<(T, usize), bincode::error::DecodeError>,
-) -> Result<T, CodecError> {
-    let (v, used) = r?;
-    if used != total {
-        return Err(CodecError::Trailing(total - used));
-    }
-    Ok(v)
-}
 
 #[cfg(test)]
 mod tests {

@@ -550,11 +550,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     cfg.gossip_interval = opts.gossip_interval;
     cfg.get_timeout = opts.get_timeout;
     cfg.trust = opts.trust.clone();
-    cfg.timing = Timing {
-        suspect_after: opts.gossip_interval * 5,
-        down_after: opts.gossip_interval * 12,
-        ..Timing::default()
-    };
+    cfg.timing = Timing::default();
     let (node, event_loop) = node::new(cfg, store)?;
     tracing::info!(peer = %node.view().me, "peer starting");
     let ev_task = tokio::spawn(event_loop.run());

@@ -36,6 +36,7 @@ pub mod psk;
 pub mod report;
 pub mod ring;
 pub mod store;
+pub mod swim;
 pub mod trust;
 
 pub use key::Key;

@@ -1,35 +1,50 @@
 //! The member table: who is in the mesh, as far as this peer can tell.
 //!
-//! Membership spreads by push-pull gossip: every round each peer raises its own heartbeat and
-//! swaps its whole table with the peers it is connected to. A record replaces an older one of
-//! the same member when its `(incarnation, heartbeat)` is larger. A member whose heartbeat has
-//! not advanced for `down_after` leaves the ring; every peer applies the same rule to the same
-//! gossip, so all of them derive the same member set (and so the same ring) within a round or
-//! two of any change.
+//! Membership is SWIM, run by [foca](https://docs.rs/foca): every probe period a peer probes one
+//! member (round-robin over a shuffled list), asks a few others to probe it indirectly when it
+//! does not answer in time, and only then suspects it; a suspected member that is alive refutes
+//! by raising its incarnation, and one that stays silent for the suspicion timeout is declared
+//! down. Changes (joins, suspicions, downs, leaves) ride piggybacked on probe traffic and on a
+//! little periodic gossip, each sent a bounded number of times. So a peer's membership traffic
+//! depends on the rate of change, not on the size of the mesh squared.
+//!
+//! What gossip misses, anti-entropy repairs: every `sync_interval` a peer sends one random
+//! member a digest of the member set it derives its ring from; only when the digests differ do
+//! the two swap whole tables (and foca merges them). Members carry their dialable addresses in
+//! their identity ([`SwimId`]), so any member can be dialed. The ring's member set is this peer
+//! plus every member foca holds active (alive or suspect); every peer applies the same rules to
+//! the same records, so all of them derive the same ring once the news has spread.
 //!
 //! Separately, each peer remembers who it could not reach itself (`unreachable`): that only
 //! changes how it routes requests (it skips them for a while), never the ring.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, State, Timer};
 use libp2p::{Multiaddr, PeerId};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::protocol::{Bytes, MemberRecord};
 use crate::store::Usage;
+use crate::swim::{FocaCodec, SwimId, SwimRequest, SwimResponse};
+pub use crate::swim::{MAX_ADDRS, MAX_MEMBERS};
 
-/// Most members accepted from one gossip message, and most addresses per member.
-pub const MAX_MEMBERS: usize = 1024;
-pub const MAX_ADDRS: usize = 16;
-
-/// How long silence means what.
+/// How often what happens, and how long silence means what.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
-    /// No new heartbeat for this long: shown as suspect.
-    pub suspect_after: Duration,
-    /// No new heartbeat for this long: down, out of the ring.
-    pub down_after: Duration,
+    /// One member is probed this often.
+    pub probe_period: Duration,
+    /// A probe unanswered for this long is retried through other members.
+    pub probe_rtt: Duration,
+    /// A suspect that does not refute for this long is down, out of the ring.
+    pub suspect_to_down: Duration,
+    /// Anti-entropy with one random member this often.
+    pub sync_interval: Duration,
     /// Down for this long: forgotten.
     pub forget_after: Duration,
     /// After a failed dial or request, skip the peer for this long.
@@ -37,10 +52,14 @@ pub struct Timing {
 }
 
 impl Default for Timing {
+    /// Widened from foca's LAN settings (1 s probes, 500 ms round trip), so that a peer on a
+    /// busy laptop (a build saturating its cores) is not suspected for answering late.
     fn default() -> Self {
         Timing {
-            suspect_after: Duration::from_millis(2500),
-            down_after: Duration::from_secs(6),
+            probe_period: Duration::from_secs(1),
+            probe_rtt: Duration::from_millis(600),
+            suspect_to_down: Duration::from_secs(5),
+            sync_interval: Duration::from_secs(2),
             forget_after: Duration::from_secs(600),
             unreachable_backoff: Duration::from_secs(5),
         }
@@ -65,20 +84,17 @@ impl std::fmt::Display for Liveness {
     }
 }
 
-/// One remote member.
+/// One remote member, as this peer sees it.
 #[derive(Debug, Clone)]
 pub struct Member {
     pub id: PeerId,
-    /// Where it says it listens.
+    /// Where it can be dialed (from its identity).
     pub addrs: Vec<Multiaddr>,
-    pub incarnation: u64,
-    pub heartbeat: u64,
+    /// What SWIM says.
+    pub state: Liveness,
+    /// Its store usage, as of the last anti-entropy exchange with it.
     pub usage: Usage,
-    /// It announced it was leaving.
-    pub left: bool,
-    /// When its heartbeat last advanced (local clock).
-    pub last_change: Instant,
-    /// The same moment as wall-clock seconds since the epoch, for display.
+    /// When this peer last heard from it directly (wall-clock seconds), 0 if never.
     pub last_seen_unix: u64,
     /// We have at least one open connection to it.
     pub connected: bool,
@@ -86,17 +102,51 @@ pub struct Member {
     pub unreachable_since: Option<Instant>,
 }
 
-/// The local peer's member table.
+/// What this peer knows of a member beyond SWIM.
+#[derive(Debug, Clone, Default)]
+struct Local {
+    usage: Usage,
+    last_seen_unix: u64,
+    connected: bool,
+    unreachable_since: Option<Instant>,
+}
+
+/// A foca datagram to send.
 #[derive(Debug)]
+pub struct Outgoing {
+    pub to: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub packet: Vec<u8>,
+}
+
+/// The local peer's member table.
 pub struct Membership {
     me: PeerId,
-    incarnation: u64,
-    heartbeat: u64,
-    my_addrs: Vec<Multiaddr>,
+    foca: Foca<SwimId, FocaCodec, SmallRng, NoCustomBroadcast>,
+    rt: AccumulatingRuntime<SwimId>,
+    timers: BTreeMap<(Instant, u64), Timer<SwimId>>,
+    timer_seq: u64,
+    outbox: Vec<Outgoing>,
+    changed: bool,
+    listen: Vec<Multiaddr>,
     my_usage: Usage,
-    leaving: bool,
-    members: BTreeMap<PeerId, Member>,
+    local: HashMap<PeerId, Local>,
     timing: Timing,
+    /// The cluster size foca's retransmission count was last set for.
+    sized_for: u32,
+    rng: SmallRng,
+    syncs: u64,
+    /// The latest time a caller told us (timers are due relative to it, never before now).
+    clock: Instant,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("me", &self.me)
+            .field("active", &self.foca.num_members())
+            .finish()
+    }
 }
 
 pub fn unix_now() -> u64 {
@@ -123,17 +173,84 @@ pub fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+/// The addresses a peer announces: its non-loopback listen addresses, or its loopback ones
+/// when it listens on nothing else (then only peers on this machine can reach it anyway).
+pub fn announced(listen: &[Multiaddr]) -> Vec<Multiaddr> {
+    let public: Vec<Multiaddr> = listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
+    let mut out = if public.is_empty() {
+        listen.to_vec()
+    } else {
+        public
+    };
+    out.truncate(MAX_ADDRS);
+    out
+}
+
+fn liveness(state: State) -> Liveness {
+    match state {
+        State::Alive => Liveness::Up,
+        State::Suspect => Liveness::Suspect,
+        State::Down => Liveness::Down,
+    }
+}
+
+fn foca_config(t: &Timing, cluster_size: u32) -> foca::Config {
+    let mut c =
+        foca::Config::new_lan(NonZeroU32::new(cluster_size.max(2)).unwrap_or(NonZeroU32::MIN));
+    c.probe_period = t.probe_period;
+    c.probe_rtt = t.probe_rtt.min(t.probe_period / 2);
+    c.suspect_to_down_after = t.suspect_to_down;
+    c.remove_down_after = Some(t.forget_after);
+    // foca's 4·log10(n+1) sends each change once or twice in a small mesh (memberlist rounds
+    // the logarithm up, so never fewer than 4): a lost or late message would leave a peer
+    // behind until anti-entropy.
+    c.max_transmissions = c
+        .max_transmissions
+        .max(std::num::NonZeroU8::new(4).unwrap_or(c.max_transmissions));
+    // foca's LAN profile gossips every 200 ms while there is news; each message is a stream on
+    // a libp2p connection, so with a hundred peers on one busy machine that alone saturates it.
+    // Once per probe period to 3 members (changes also ride on every probe and ack).
+    c.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: t.probe_period,
+        num_members: std::num::NonZeroUsize::new(3).unwrap_or(std::num::NonZeroUsize::MIN),
+    });
+    // Over TCP there is no fragmentation to avoid: room for ~60 updates per message.
+    c.max_packet_size = std::num::NonZeroUsize::new(4096).unwrap_or(c.max_packet_size);
+    c
+}
+
 impl Membership {
     pub fn new(me: PeerId, timing: Timing) -> Membership {
+        let id = SwimId {
+            peer: me,
+            generation: unix_now_ms(),
+            addrs: Vec::new(),
+        };
+        let seed = {
+            let h = Sha256::digest([me.to_bytes(), unix_now_ms().to_le_bytes().to_vec()].concat());
+            u64::from_le_bytes(h[..8].try_into().unwrap_or_default())
+        };
         Membership {
             me,
-            incarnation: unix_now_ms(),
-            heartbeat: 0,
-            my_addrs: Vec::new(),
+            foca: Foca::new(
+                id,
+                foca_config(&timing, 2),
+                SmallRng::seed_from_u64(seed),
+                FocaCodec,
+            ),
+            rt: AccumulatingRuntime::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            outbox: Vec::new(),
+            changed: true,
+            listen: Vec::new(),
             my_usage: Usage::default(),
-            leaving: false,
-            members: BTreeMap::new(),
+            local: HashMap::new(),
             timing,
+            sized_for: 2,
+            rng: SmallRng::seed_from_u64(seed ^ 0x5eed),
+            syncs: 0,
+            clock: Instant::now(),
         }
     }
 
@@ -145,20 +262,112 @@ impl Membership {
         self.timing
     }
 
-    /// One gossip round passed: raise our heartbeat, forget long-dead members.
-    pub fn tick(&mut self, now: Instant) {
-        self.heartbeat += 1;
-        let forget = self.timing.down_after + self.timing.forget_after;
-        self.members
-            .retain(|_, m| m.connected || now.duration_since(m.last_change) < forget);
+    /// Moves what foca asked for (sends, timers, notifications) to where it goes.
+    fn drain(&mut self) {
+        while let Some((to, data)) = self.rt.to_send() {
+            self.outbox.push(Outgoing {
+                to: to.peer,
+                addrs: to.addrs,
+                packet: data.to_vec(),
+            });
+        }
+        let now = self.clock.max(Instant::now());
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.timer_seq += 1;
+            self.timers.insert((now + after, self.timer_seq), timer);
+        }
+        while let Some(n) = self.rt.to_notify() {
+            self.changed = true;
+            match n {
+                OwnedNotification::MemberUp(id) => {
+                    tracing::info!(peer = %id.peer, "member up");
+                    let l = self.local.entry(id.peer).or_default();
+                    if l.last_seen_unix == 0 {
+                        l.last_seen_unix = unix_now();
+                    }
+                }
+                OwnedNotification::MemberDown(id) => {
+                    tracing::info!(peer = %id.peer, "member down");
+                }
+                OwnedNotification::Rejoin(id) => {
+                    tracing::info!(generation = id.generation, "declared down: rejoined");
+                }
+                OwnedNotification::Defunct => {
+                    tracing::warn!("declared down by the mesh and cannot rejoin");
+                }
+                other => tracing::debug!(?other, "membership"),
+            }
+        }
     }
 
+    fn log_err(what: &str, r: Result<(), foca::Error>) {
+        if let Err(e) = r {
+            tracing::debug!("membership: {what}: {e}");
+        }
+    }
+
+    /// What foca wants sent, taken. (Never to ourselves: foca remembers our previous
+    /// identities as down members and may announce to them.)
+    pub fn take_outbox(&mut self) -> Vec<Outgoing> {
+        let me = self.me;
+        let mut out = std::mem::take(&mut self.outbox);
+        out.retain(|o| o.to != me);
+        out
+    }
+
+    /// True (once) if the member set or a member's state changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// When the next foca timer is due.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|k| k.0)
+    }
+
+    /// Fires every foca timer due by `now`.
+    pub fn fire_timers(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            let r = self.foca.handle_timer(timer, &mut self.rt);
+            Self::log_err("timer", r);
+        }
+        self.drain();
+    }
+
+    /// A foca datagram arrived from `from`.
+    pub fn handle_packet(&mut self, from: PeerId, data: &[u8]) {
+        self.local.entry(from).or_default().last_seen_unix = unix_now();
+        let r = self.foca.handle_data(data, &mut self.rt);
+        Self::log_err("packet", r);
+        self.drain();
+    }
+
+    /// Our listen addresses changed: members learn the new ones under a new generation.
     pub fn set_local_addrs(&mut self, addrs: Vec<Multiaddr>) {
-        self.my_addrs = addrs;
+        let announce = announced(&addrs);
+        self.listen = addrs;
+        let current = self.foca.identity().clone();
+        if current.addrs == announce {
+            return;
+        }
+        let new = SwimId {
+            peer: self.me,
+            generation: current.generation + 1,
+            addrs: announce,
+        };
+        let r = self.foca.change_identity(new, &mut self.rt);
+        Self::log_err("address change", r);
+        self.changed = true;
+        self.drain();
     }
 
     pub fn local_addrs(&self) -> &[Multiaddr] {
-        &self.my_addrs
+        &self.listen
     }
 
     pub fn set_local_usage(&mut self, usage: Usage) {
@@ -169,164 +378,240 @@ impl Membership {
         self.my_usage
     }
 
-    /// We are shutting down: the next records we send say so.
+    /// We are shutting down: declare ourselves down to a few members, who spread it.
     pub fn leave(&mut self) {
-        self.leaving = true;
-        self.heartbeat += 1;
+        let r = self.foca.leave_cluster(&mut self.rt);
+        Self::log_err("leave", r);
+        self.drain();
     }
 
-    /// Our table as gossip. Loopback addresses are only given to peers on this machine.
-    pub fn records(&self, for_loopback_peer: bool) -> Vec<MemberRecord> {
-        let addrs = |a: &[Multiaddr]| -> Vec<Bytes> {
-            a.iter()
-                .filter(|a| for_loopback_peer || !is_loopback(a))
-                .take(MAX_ADDRS)
-                .map(|a| Bytes(a.to_vec()))
-                .collect()
-        };
-        let mut out = Vec::with_capacity(self.members.len() + 1);
-        out.push(MemberRecord {
-            peer: Bytes(self.me.to_bytes()),
-            addrs: addrs(&self.my_addrs),
-            incarnation: self.incarnation,
-            heartbeat: self.heartbeat,
-            usage: self.my_usage,
-            left: self.leaving,
-        });
-        for m in self.members.values().take(MAX_MEMBERS - 1) {
-            out.push(MemberRecord {
-                peer: Bytes(m.id.to_bytes()),
-                addrs: addrs(&m.addrs),
-                incarnation: m.incarnation,
-                heartbeat: m.heartbeat,
-                usage: m.usage,
-                left: m.left,
-            });
+    /// Once per node tick: keep foca's retransmission count fit for the mesh size, forget
+    /// what we kept about members foca has forgotten.
+    pub fn tick(&mut self) {
+        let n = self.foca.num_members() as u32 + 1;
+        if n > self.sized_for * 2 || n * 2 < self.sized_for {
+            let r = self.foca.set_config(foca_config(&self.timing, n));
+            Self::log_err("resize", r);
+            self.sized_for = n;
         }
+        if self.local.len() > self.foca.iter_membership_state().len() + 64 {
+            let known: std::collections::HashSet<PeerId> = self
+                .foca
+                .iter_membership_state()
+                .map(|m| m.id().peer)
+                .collect();
+            self.local.retain(|p, l| l.connected || known.contains(p));
+        }
+    }
+
+    /// The digest of the ring's member set (peer and generation of every active member, and
+    /// ours): equal digests, same ring.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut ids: Vec<(Vec<u8>, u64)> = self
+            .foca
+            .iter_members()
+            .map(|m| (m.id().peer.to_bytes(), m.id().generation))
+            .collect();
+        let me = self.foca.identity();
+        ids.push((me.peer.to_bytes(), me.generation));
+        ids.sort();
+        let mut h = Sha256::new();
+        for (p, g) in ids {
+            h.update((p.len() as u32).to_le_bytes());
+            h.update(&p);
+            h.update(g.to_le_bytes());
+        }
+        h.finalize().into()
+    }
+
+    /// Our whole table for anti-entropy: every record foca holds (down ones too) and ours.
+    pub fn table(&self) -> Vec<foca::Member<SwimId>> {
+        let mut out: Vec<foca::Member<SwimId>> =
+            Vec::with_capacity(self.foca.iter_membership_state().len() + 1);
+        out.push(foca::Member::alive(self.foca.identity().clone()));
+        out.extend(
+            self.foca
+                .iter_membership_state()
+                .take(MAX_MEMBERS - 1)
+                .cloned(),
+        );
         out
     }
 
-    /// Merges gossip. Returns the members seen for the first time (to dial them).
-    pub fn merge(&mut self, records: &[MemberRecord], now: Instant) -> Vec<PeerId> {
-        let mut new = Vec::new();
-        for r in records.iter().take(MAX_MEMBERS) {
-            let Ok(id) = PeerId::from_bytes(&r.peer.0) else {
-                continue;
-            };
-            if id == self.me {
-                continue;
+    /// Merges a table another member sent.
+    pub fn apply_table(&mut self, table: Vec<foca::Member<SwimId>>) {
+        let r = self
+            .foca
+            .apply_many(table.into_iter().take(MAX_MEMBERS), true, &mut self.rt);
+        Self::log_err("table", r);
+        self.drain();
+    }
+
+    /// Answers a membership request from `from` (a foca datagram, or an anti-entropy
+    /// exchange: our whole table back only if the digests differ).
+    pub fn answer(&mut self, from: PeerId, request: SwimRequest) -> SwimResponse {
+        match request {
+            SwimRequest::Packet(data) => {
+                self.handle_packet(from, &data.0);
+                SwimResponse::Ack
             }
-            let addrs: Vec<Multiaddr> = r
-                .addrs
-                .iter()
-                .take(MAX_ADDRS)
-                .filter_map(|a| Multiaddr::try_from(a.0.clone()).ok())
-                .collect();
-            match self.members.get_mut(&id) {
-                Some(m) => {
-                    if (r.incarnation, r.heartbeat) > (m.incarnation, m.heartbeat) {
-                        m.incarnation = r.incarnation;
-                        m.heartbeat = r.heartbeat;
-                        m.usage = r.usage;
-                        m.left = r.left;
-                        if !addrs.is_empty() {
-                            m.addrs = addrs;
-                        }
-                        m.last_change = now;
-                        m.last_seen_unix = unix_now();
-                    }
+            SwimRequest::Sync {
+                digest,
+                usage,
+                table,
+            } => {
+                self.note_sync(from, usage);
+                if let Some(t) = table {
+                    self.apply_table(t);
                 }
-                None => {
-                    if r.left {
-                        continue;
-                    }
-                    self.members.insert(
-                        id,
-                        Member {
-                            id,
-                            addrs,
-                            incarnation: r.incarnation,
-                            heartbeat: r.heartbeat,
-                            usage: r.usage,
-                            left: false,
-                            last_change: now,
-                            last_seen_unix: unix_now(),
-                            connected: false,
-                            unreachable_since: None,
-                        },
-                    );
-                    new.push(id);
+                let mine = self.digest();
+                SwimResponse::Sync {
+                    digest: mine,
+                    usage: self.my_usage,
+                    table: (mine != digest).then(|| self.table()),
                 }
             }
         }
-        new
+    }
+
+    /// An anti-entropy request to send (our whole table with it if `push`).
+    pub fn sync_request(&self, push: bool) -> SwimRequest {
+        SwimRequest::Sync {
+            digest: self.digest(),
+            usage: self.my_usage,
+            table: push.then(|| self.table()),
+        }
+    }
+
+    /// Takes the answer to our anti-entropy request; true if we should now push our table
+    /// (we know something the other side does not, and have not sent it yet).
+    pub fn on_sync_answer(&mut self, from: PeerId, pushed: bool, answer: SwimResponse) -> bool {
+        let SwimResponse::Sync {
+            digest,
+            usage,
+            table,
+        } = answer
+        else {
+            return false;
+        };
+        self.note_sync(from, usage);
+        if let Some(t) = table {
+            self.apply_table(t);
+        }
+        !pushed && self.digest() != digest
+    }
+
+    /// What a member told us about itself in an anti-entropy exchange.
+    pub fn note_sync(&mut self, peer: PeerId, usage: Usage) {
+        let l = self.local.entry(peer).or_default();
+        l.usage = usage;
+        l.last_seen_unix = unix_now();
+    }
+
+    /// Whom to run anti-entropy with next: a random active member, and every tenth time a
+    /// random down one (so a healed partition finds its way back).
+    pub fn sync_target(&mut self) -> Option<(PeerId, Vec<Multiaddr>)> {
+        self.syncs += 1;
+        let me = self.me;
+        let pick = |want_down: bool, rng: &mut SmallRng, foca: &Foca<_, _, _, _>| {
+            let c: Vec<&foca::Member<SwimId>> = foca
+                .iter_membership_state()
+                .filter(|m: &&foca::Member<SwimId>| {
+                    (m.state() == State::Down) == want_down && m.id().peer != me
+                })
+                .collect();
+            c.choose(rng).map(|m| (m.id().peer, m.id().addrs.clone()))
+        };
+        if self.syncs.is_multiple_of(10)
+            && let Some(t) = pick(true, &mut self.rng, &self.foca)
+        {
+            return Some(t);
+        }
+        pick(false, &mut self.rng, &self.foca)
+    }
+
+    /// How many members foca holds active (alive or suspect), not counting us.
+    pub fn num_active(&self) -> usize {
+        self.foca.num_members()
     }
 
     pub fn set_connected(&mut self, peer: &PeerId, connected: bool) {
-        if let Some(m) = self.members.get_mut(peer) {
-            m.connected = connected;
-            if connected {
-                m.unreachable_since = None;
-            }
+        let l = self.local.entry(*peer).or_default();
+        l.connected = connected;
+        if connected {
+            l.unreachable_since = None;
         }
     }
 
     /// We could not reach `peer` (dial or request failed).
     pub fn set_unreachable(&mut self, peer: &PeerId, now: Instant) {
-        if let Some(m) = self.members.get_mut(peer)
-            && !m.connected
+        if let Some(l) = self.local.get_mut(peer)
+            && !l.connected
         {
-            m.unreachable_since = Some(now);
+            l.unreachable_since = Some(now);
         }
     }
 
-    pub fn get(&self, peer: &PeerId) -> Option<&Member> {
-        self.members.get(peer)
+    fn member(&self, m: &foca::Member<SwimId>) -> Member {
+        let l = self.local.get(&m.id().peer).cloned().unwrap_or_default();
+        Member {
+            id: m.id().peer,
+            addrs: m.id().addrs.clone(),
+            state: liveness(m.state()),
+            usage: l.usage,
+            last_seen_unix: l.last_seen_unix,
+            connected: l.connected,
+            unreachable_since: l.unreachable_since,
+        }
     }
 
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values()
+    pub fn get(&self, peer: &PeerId) -> Option<Member> {
+        if *peer == self.me {
+            return None;
+        }
+        self.foca
+            .iter_membership_state()
+            .find(|m| m.id().peer == *peer)
+            .map(|m| self.member(m))
     }
 
-    fn fresh(&self, m: &Member, now: Instant) -> bool {
-        !m.left && now.duration_since(m.last_change) < self.timing.down_after
+    /// Every member foca holds a record of (down ones too), in peer id order.
+    pub fn members(&self) -> Vec<Member> {
+        let mut out: Vec<Member> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.id().peer != self.me)
+            .map(|m| self.member(m))
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
     }
 
-    /// What we believe about `m` now.
+    /// What we believe about `m` now: SWIM's state, or down while we cannot reach it.
     pub fn liveness(&self, m: &Member, now: Instant) -> Liveness {
-        if !self.fresh(m, now) {
-            return Liveness::Down;
-        }
         if let Some(t) = m.unreachable_since
             && !m.connected
             && now.duration_since(t) < self.timing.unreachable_backoff
         {
             return Liveness::Down;
         }
-        if now.duration_since(m.last_change) < self.timing.suspect_after {
-            Liveness::Up
-        } else {
-            Liveness::Suspect
-        }
+        m.state
     }
 
-    /// The ring's member set: us plus every member with a fresh heartbeat. Depends only on
-    /// gossip, so it is the same on every peer.
-    pub fn ring_members(&self, now: Instant) -> Vec<PeerId> {
+    /// The ring's member set, sorted: us plus every member SWIM holds alive or suspect.
+    /// Depends only on membership records, so it is the same on every peer.
+    pub fn ring_members(&self) -> Vec<PeerId> {
         let mut out = vec![self.me];
-        out.extend(
-            self.members
-                .values()
-                .filter(|m| self.fresh(m, now))
-                .map(|m| m.id),
-        );
+        out.extend(self.foca.iter_members().map(|m| m.id().peer));
+        out.sort();
+        out.dedup();
         out
     }
 
     /// Worth sending a request to right now.
     pub fn routable(&self, peer: &PeerId, now: Instant) -> bool {
-        match self.members.get(peer) {
-            Some(m) => self.liveness(m, now) != Liveness::Down,
+        match self.get(peer) {
+            Some(m) => self.liveness(&m, now) != Liveness::Down,
             None => false,
         }
     }
@@ -336,100 +621,247 @@ impl Membership {
 mod tests {
     use super::*;
 
-    fn rec(id: PeerId, inc: u64, hb: u64) -> MemberRecord {
-        MemberRecord {
-            peer: Bytes(id.to_bytes()),
-            addrs: vec![Bytes(
-                "/ip4/10.0.0.1/tcp/1".parse::<Multiaddr>().unwrap().to_vec(),
-            )],
-            incarnation: inc,
-            heartbeat: hb,
-            usage: Usage::default(),
-            left: false,
+    /// Delivers every queued packet between in-memory members until none is left.
+    fn pump(ms: &mut [Membership]) {
+        for _ in 0..100 {
+            let mut any = false;
+            for i in 0..ms.len() {
+                for out in ms[i].take_outbox() {
+                    any = true;
+                    let from = ms[i].me();
+                    if let Some(j) = ms.iter().position(|m| m.me() == out.to) {
+                        ms[j].handle_packet(from, &out.packet);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
         }
     }
 
-    #[test]
-    fn gossip_converges_and_silence_means_down() {
-        let t = Timing {
-            suspect_after: Duration::from_millis(100),
-            down_after: Duration::from_millis(200),
-            forget_after: Duration::from_millis(300),
-            unreachable_backoff: Duration::from_millis(50),
-        };
-        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let mut ma = Membership::new(a, t);
-        let mut mb = Membership::new(b, t);
-        let mut mc = Membership::new(c, t);
-        let now = Instant::now();
-        // a <-> b, b <-> c: a learns about c through b.
-        assert_eq!(mb.merge(&ma.records(true), now), vec![a]);
-        mb.merge(&mc.records(true), now);
-        mc.merge(&mb.records(true), now);
-        ma.merge(&mb.records(true), now);
-        let mut ra = ma.ring_members(now);
-        let mut rc = mc.ring_members(now);
-        ra.sort();
-        rc.sort();
-        assert_eq!(ra, rc);
-        assert_eq!(ra.len(), 3);
-        // Old records never overwrite new ones.
-        ma.tick(now);
-        mb.merge(&ma.records(true), now);
-        mb.merge(&[rec(a, 0, 0)], now);
-        assert_eq!(mb.get(&a).unwrap().heartbeat, 1);
-        // Silence: suspect, then down and out of the ring, then forgotten.
-        let m = mb.get(&a).unwrap().clone();
-        assert_eq!(
-            mb.liveness(&m, now + Duration::from_millis(150)),
-            Liveness::Suspect
-        );
-        assert_eq!(
-            mb.liveness(&m, now + Duration::from_millis(250)),
-            Liveness::Down
-        );
-        assert!(
-            !mb.ring_members(now + Duration::from_millis(250))
-                .contains(&a)
-        );
-        mb.tick(now + Duration::from_millis(600));
-        assert!(mb.get(&a).is_none());
+    fn addr(i: usize) -> Multiaddr {
+        format!("/ip4/10.0.0.{i}/tcp/4100").parse().unwrap()
     }
 
     #[test]
-    fn unreachable_is_local_and_leaving_is_immediate() {
+    fn tables_join_members_and_digests_agree() {
         let t = Timing::default();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let mut ma = Membership::new(a, t);
-        let mut mb = Membership::new(b, t);
+        let mut ms: Vec<Membership> = (0..3)
+            .map(|i| {
+                let mut m = Membership::new(PeerId::random(), t);
+                m.set_local_addrs(vec![addr(i), "/ip4/127.0.0.1/tcp/4100".parse().unwrap()]);
+                m
+            })
+            .collect();
+        // Loopback addresses are not announced when there are others.
+        assert_eq!(ms[0].table()[0].id().addrs, vec![addr(0)]);
+        // b and c join through a (table push, then a's table back).
+        for j in 1..3 {
+            let tj = ms[j].table();
+            ms[0].apply_table(tj);
+            let t0 = ms[0].table();
+            ms[j].apply_table(t0);
+        }
+        // b joined before c: anti-entropy with a brings it the news.
+        let t0 = ms[0].table();
+        ms[1].apply_table(t0);
+        pump(&mut ms);
+        let ring = ms[0].ring_members();
+        assert_eq!(ring.len(), 3);
+        for m in &ms {
+            assert_eq!(m.ring_members(), ring);
+            assert_eq!(m.digest(), ms[0].digest());
+        }
+        // A member's addresses travel with its record.
+        let b = ms[2].get(&ms[1].me()).unwrap();
+        assert_eq!(b.addrs, vec![addr(1)]);
+        assert_eq!(b.state, Liveness::Up);
+        // Unreachability is local and never changes the ring.
         let now = Instant::now();
-        ma.merge(&mb.records(true), now);
-        ma.set_unreachable(&b, now);
-        assert!(!ma.routable(&b, now));
-        assert_eq!(
-            ma.ring_members(now).len(),
-            2,
-            "unreachability never changes the ring"
-        );
-        assert!(ma.routable(&b, now + t.unreachable_backoff));
-        mb.leave();
-        ma.merge(&mb.records(true), now);
-        assert_eq!(ma.ring_members(now), vec![a]);
+        let idb = ms[1].me();
+        ms[0].set_unreachable(&idb, now);
+        assert!(!ms[0].routable(&idb, now));
+        assert_eq!(ms[0].ring_members().len(), 3);
+        assert!(ms[0].routable(&idb, now + t.unreachable_backoff));
+        // A leave is immediate for those told, and spreads from them.
+        ms[2].leave();
+        pump(&mut ms);
+        assert_eq!(ms[0].ring_members().len(), 2, "{:?}", ms[0].members());
+        assert_eq!(ms[1].ring_members(), ms[0].ring_members());
+    }
+
+    /// Every member fires the timers due by `at`, and the packets that causes are delivered.
+    fn advance(ms: &mut [Membership], at: Instant) {
+        for m in ms.iter_mut() {
+            m.fire_timers(at);
+        }
+        pump(ms);
     }
 
     #[test]
-    fn loopback_addresses_stay_local() {
-        let a = PeerId::random();
-        let mut ma = Membership::new(a, Timing::default());
-        ma.set_local_addrs(vec![
-            "/ip4/127.0.0.1/tcp/5".parse().unwrap(),
-            "/ip4/192.168.1.2/tcp/5".parse().unwrap(),
-        ]);
-        assert_eq!(ma.records(true)[0].addrs.len(), 2);
-        assert_eq!(ma.records(false)[0].addrs.len(), 1);
-        // Garbage records are skipped, not fatal.
-        let mut bad = rec(PeerId::random(), 1, 1);
-        bad.peer = Bytes(vec![1, 2, 3]);
-        assert!(ma.merge(&[bad], Instant::now()).is_empty());
+    fn a_suspected_member_that_is_alive_refutes() {
+        let t = Timing::default();
+        let mut ms: Vec<Membership> = (0..3)
+            .map(|i| {
+                let mut m = Membership::new(PeerId::random(), t);
+                m.set_local_addrs(vec![addr(i)]);
+                m
+            })
+            .collect();
+        for j in 1..3 {
+            let tj = ms[j].table();
+            ms[0].apply_table(tj);
+        }
+        for j in 1..3 {
+            let t0 = ms[0].table();
+            ms[j].apply_table(t0);
+        }
+        pump(&mut ms);
+        let b = ms[1].me();
+        let b_id = ms[1].foca.identity().clone();
+        // a hears that b is suspect (as if its probes had gone unanswered).
+        ms[0].apply_table(vec![foca::Member::new(b_id, 0, State::Suspect)]);
+        assert_eq!(ms[0].get(&b).unwrap().state, Liveness::Suspect);
+        assert_eq!(ms[0].ring_members().len(), 3, "a suspect stays in the ring");
+        // b learns of it (anti-entropy with a) and refutes with a higher incarnation, which
+        // its next messages carry; a's suspicion timeout then finds the suspicion refuted.
+        let t0 = ms[0].table();
+        ms[1].apply_table(t0);
+        let start = Instant::now();
+        advance(&mut ms, start + Duration::from_millis(1100));
+        advance(&mut ms, start + t.suspect_to_down + Duration::from_secs(1));
+        assert_eq!(ms[0].get(&b).unwrap().state, Liveness::Up);
+        assert_eq!(ms[0].ring_members().len(), 3);
+        assert_eq!(ms[2].get(&b).unwrap().state, Liveness::Up);
+    }
+
+    /// One anti-entropy exchange of `a` with `b`, as the node runs it.
+    fn sync(ms: &mut [Membership], a: usize, b: usize) {
+        let (da, ta) = (ms[a].digest(), ms[a].table());
+        if da != ms[b].digest() {
+            ms[b].apply_table(ta);
+            let tb = ms[b].table();
+            ms[a].apply_table(tb);
+        }
+    }
+
+    /// Runs a simulated mesh in virtual time (100 ms steps, anti-entropy every 2 s) until
+    /// `done` holds, for at most `limit`; `dead` members neither send nor receive.
+    fn run_until(
+        ms: &mut [Membership],
+        clock: &mut Instant,
+        dead: &[PeerId],
+        limit: Duration,
+        done: impl Fn(&[Membership]) -> bool,
+    ) -> Duration {
+        let start = *clock;
+        let mut step = 0u64;
+        while !done(ms) {
+            assert!(*clock - start < limit, "no agreement within {limit:?}");
+            *clock += Duration::from_millis(100);
+            step += 1;
+            for m in ms.iter_mut() {
+                m.fire_timers(*clock);
+            }
+            if step.is_multiple_of(20) {
+                for a in 0..ms.len() {
+                    if dead.contains(&ms[a].me()) {
+                        continue;
+                    }
+                    if let Some((peer, _)) = ms[a].sync_target()
+                        && !dead.contains(&peer)
+                        && let Some(b) = ms.iter().position(|m| m.me() == peer)
+                    {
+                        sync(ms, a, b);
+                    }
+                }
+            }
+            for _ in 0..10 {
+                let mut any = false;
+                for i in 0..ms.len() {
+                    let from = ms[i].me();
+                    for out in ms[i].take_outbox() {
+                        if dead.contains(&from) || dead.contains(&out.to) {
+                            continue;
+                        }
+                        any = true;
+                        if let Some(j) = ms.iter().position(|m| m.me() == out.to) {
+                            ms[j].handle_packet(from, &out.packet);
+                        }
+                    }
+                }
+                if !any {
+                    break;
+                }
+            }
+        }
+        *clock - start
+    }
+
+    fn agree(ms: &[Membership], skip: &[PeerId], want: usize) -> bool {
+        let live: Vec<&Membership> = ms.iter().filter(|m| !skip.contains(&m.me())).collect();
+        let ring = live[0].ring_members();
+        ring.len() == want && live.iter().all(|m| m.ring_members() == ring)
+    }
+
+    /// 120 members in virtual time (SWIM's real code, packets delivered in memory): one ring
+    /// after the joins, after a graceful leave and after a kill.
+    #[test]
+    fn a_hundred_and_twenty_members_agree_after_joins_a_leave_and_a_kill() {
+        let n = 120;
+        let t = Timing::default();
+        let mut clock = Instant::now();
+        let mut ms: Vec<Membership> = Vec::new();
+        for i in 0..n {
+            let mut m = Membership::new(PeerId::random(), t);
+            m.set_local_addrs(vec![
+                format!("/ip4/10.0.{}.{}/tcp/4100", i / 200, i % 200 + 1)
+                    .parse()
+                    .unwrap(),
+            ]);
+            ms.push(m);
+            if i > 0 {
+                // Join through one of the first three: push our table, take theirs.
+                let seed = i % i.min(3);
+                let tj = ms[i].table();
+                ms[seed].apply_table(tj);
+                let ts = ms[seed].table();
+                ms[i].apply_table(ts);
+            }
+        }
+        let d = run_until(&mut ms, &mut clock, &[], Duration::from_secs(120), |ms| {
+            agree(ms, &[], n)
+        });
+        eprintln!("{n} members agree {d:?} (virtual) after the joins");
+        let leaver = ms[n / 2].me();
+        ms[n / 2].leave();
+        let gone = [leaver];
+        // Its few goodbyes go out; then its process is gone.
+        let bye = ms[n / 2].take_outbox();
+        for out in bye {
+            if let Some(j) = ms.iter().position(|m| m.me() == out.to) {
+                ms[j].handle_packet(leaver, &out.packet);
+            }
+        }
+        let d = run_until(&mut ms, &mut clock, &gone, Duration::from_secs(60), |ms| {
+            agree(ms, &gone, n - 1)
+        });
+        eprintln!("a leave agreed in {d:?}");
+        let victim = ms[n / 3].me();
+        let dead = [leaver, victim];
+        let d = run_until(&mut ms, &mut clock, &dead, Duration::from_secs(60), |ms| {
+            agree(ms, &dead, n - 2)
+        });
+        eprintln!("a kill agreed in {d:?}");
+    }
+
+    #[test]
+    fn garbage_packets_are_ignored() {
+        let mut m = Membership::new(PeerId::random(), Timing::default());
+        m.handle_packet(PeerId::random(), &[1, 2, 3, 4, 5]);
+        m.handle_packet(PeerId::random(), &[]);
+        assert_eq!(m.ring_members().len(), 1);
+        assert!(m.take_outbox().is_empty());
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! [`new`] returns a cloneable [`Node`] handle and an [`EventLoop`]. The event loop owns the
 //! `Swarm`, the member table and the map of requests in flight, and runs one `select!` over
-//! swarm events, commands from handles, finished inbound work and the gossip timer. Handles
+//! swarm events, commands from handles, finished inbound work, foca's timers and a housekeeping tick. Handles
 //! never touch the swarm: they send a [`Command`] carrying a oneshot for the reply, and read
-//! the latest [`View`] (members + ring) from a watch channel. This module is the mechanism
+//! the latest [`View`] (members + ring) from a watch channel. Membership (SWIM, see
+//! [`crate::membership`]) runs on its own request-response protocol ([`crate::swim`]); its
+//! timers fire from the same loop. This module is the mechanism
 //! only: the policy built on those two primitives (get from the owners, replicate, repair,
 //! flush, how an inbound request is answered) lives in [`crate::mesh`], so the loop itself
 //! never waits on anything and never decides whom to ask.
@@ -33,6 +35,7 @@ use crate::metrics;
 use crate::protocol::{self, Codec, Request, Response};
 use crate::ring::Ring;
 use crate::store::{Store, Usage};
+use crate::swim::{self, SwimCodec, SwimRequest, SwimResponse};
 use crate::trust::{Trust, TrustPolicy};
 
 /// How a node is set up. Built by the daemon from the config file and flags.
@@ -58,9 +61,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// How long a get waits for one peer before trying the next.
     pub get_timeout: Duration,
-    /// Gossip round length.
+    /// The node's housekeeping tick: store usage refresh, bootstrap redials, anti-entropy.
     pub gossip_interval: Duration,
-    /// Liveness thresholds.
+    /// SWIM probe, suspicion and anti-entropy timing.
     pub timing: Timing,
     /// Connections without traffic are closed after this long.
     pub idle_connection_timeout: Duration,
@@ -150,6 +153,9 @@ pub struct View {
     pub replication: usize,
     /// Addresses whose connections failed the mesh key handshake lately.
     pub rejected: Vec<handshake::Rejection>,
+    /// Membership protocol bytes this node has sent and received since start.
+    pub membership_sent: u64,
+    pub membership_received: u64,
 }
 
 impl View {
@@ -176,12 +182,21 @@ enum Command {
 
 enum Pending {
     Client(oneshot::Sender<Result<Response, RequestError>>),
-    Gossip,
+}
+
+/// A membership request in flight.
+enum SwimPending {
+    Packet,
+    /// An anti-entropy exchange; `pushed` if our table went with it.
+    Sync {
+        pushed: bool,
+    },
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     rr: request_response::Behaviour<Codec>,
+    swim: request_response::Behaviour<SwimCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -211,12 +226,14 @@ pub struct EventLoop {
     view_tx: watch::Sender<Arc<View>>,
     membership: Membership,
     pending: HashMap<request_response::OutboundRequestId, Pending>,
+    swim_pending: HashMap<request_response::OutboundRequestId, SwimPending>,
+    /// Membership bytes moved (shown by `distc status`).
+    traffic: Arc<swim::Traffic>,
+    next_sync: Instant,
     store: Store,
     /// For the inbound requests the store answers ([`crate::mesh::serve`]).
     trust: Arc<Trust>,
-    /// Peers whose connection to us runs over loopback (they may learn loopback addresses).
-    loopback_peers: HashSet<PeerId>,
-    /// Peers that do not speak our protocol version: never gossiped with.
+    /// Peers that do not speak our protocol version: never asked anything.
     incompatible: HashSet<PeerId>,
     /// The protocol versions we speak.
     protocols: Vec<StreamProtocol>,
@@ -302,6 +319,15 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
             .with_request_timeout(cfg.request_timeout)
             .with_max_concurrent_streams(256),
     );
+    let swim_codec = SwimCodec::default();
+    let traffic = swim_codec.traffic.clone();
+    let swim = request_response::Behaviour::with_codec(
+        swim_codec,
+        [(swim::PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(cfg.timing.probe_period.max(Duration::from_secs(5)))
+            .with_max_concurrent_streams(256),
+    );
     let identify = identify::Behaviour::new(identify::Config::new(
         "/distc/id/1.0.0".to_string(),
         cfg.keypair.public(),
@@ -318,6 +344,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
     };
     let behaviour = Behaviour {
         rr,
+        swim,
         identify,
         mdns: Toggle::from(mdns),
     };
@@ -345,6 +372,8 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         members: Vec::new(),
         replication: cfg.replication,
         rejected: Vec::new(),
+        membership_sent: 0,
+        membership_received: 0,
     });
     let (view_tx, view_rx) = watch::channel(view);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -367,9 +396,11 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         view_tx,
         membership: Membership::new(me, cfg.timing),
         pending: HashMap::new(),
+        swim_pending: HashMap::new(),
+        traffic,
+        next_sync: Instant::now(),
         store,
         trust,
-        loopback_peers: HashSet::new(),
         incompatible: HashSet::new(),
         protocols: cfg.protocols.clone(),
         bootstrap: cfg.bootstrap.iter().map(strip_p2p).collect(),
@@ -395,12 +426,38 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.gossip_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Know our own addresses before anyone learns of us: they are part of our membership
+        // identity, and each change is a new generation the mesh has to learn.
+        let listening = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut settle: Option<tokio::time::Instant> = None;
+        loop {
+            let until = settle.unwrap_or(listening).min(listening);
+            match tokio::time::timeout_at(until, self.swarm.select_next_some()).await {
+                Ok(ev) => self.on_swarm_event(ev),
+                Err(_) => break,
+            }
+            if self.dirty {
+                self.publish();
+            }
+            if settle.is_none() && !self.listen_addrs.is_empty() {
+                // One address per interface arrives in a burst: take the whole burst.
+                settle = Some(tokio::time::Instant::now() + Duration::from_millis(50));
+            }
+        }
+        self.publish();
         for i in 0..self.bootstrap.len() {
             self.dial_bootstrap(i);
         }
         loop {
+            let timer = self
+                .membership
+                .next_timer()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                _ = tokio::time::sleep_until(timer.into()) => {
+                    self.membership.fire_timers(Instant::now());
+                }
                 cmd = self.cmd_rx.recv() => match cmd {
                     Some(Command::Leave(reply)) => {
                         self.leave().await;
@@ -415,18 +472,24 @@ impl EventLoop {
                 }
                 _ = tick.tick() => self.on_tick(),
             }
+            self.flush_outbox();
+            if self.membership.take_changed() {
+                self.dirty = true;
+            }
             if self.dirty {
                 self.publish();
             }
         }
     }
 
-    /// Tells connected peers we are leaving, then gives the messages a moment to go out.
+    /// Tells a few members we are leaving (they spread it), then gives the messages a moment
+    /// to go out.
     async fn leave(&mut self) {
+        self.swim_pending.clear();
         self.membership.leave();
-        self.gossip_all();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-        while self.pending.values().any(|p| matches!(p, Pending::Gossip)) {
+        self.flush_outbox();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !self.swim_pending.is_empty() {
             match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
                 Ok(ev) => self.on_swarm_event(ev),
                 Err(_) => break,
@@ -437,28 +500,36 @@ impl EventLoop {
     fn publish(&mut self) {
         self.dirty = false;
         let now = Instant::now();
-        let mut ring_members = self.membership.ring_members(now);
-        ring_members.sort();
+        let ring_members = self.membership.ring_members();
         if ring_members != self.ring_members {
+            let joined: Vec<String> = ring_members
+                .iter()
+                .filter(|p| !self.ring_members.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            let left: Vec<String> = self
+                .ring_members
+                .iter()
+                .filter(|p| !ring_members.contains(p))
+                .map(|p| p.to_string())
+                .collect();
             tracing::info!(
                 members = ring_members.len(),
-                "ring changed: {}",
-                ring_members
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "ring changed: joined [{}], left [{}]",
+                joined.join(", "),
+                left.join(", ")
             );
-            self.ring = Ring::new(ring_members.iter().copied(), self.vnodes);
+            self.ring = self.ring.rebuilt(ring_members.iter().copied(), self.vnodes);
             self.ring_members = ring_members;
         }
         let members = self
             .membership
             .members()
+            .into_iter()
             .map(|m| MemberView {
                 id: m.id,
                 addrs: m.addrs.clone(),
-                liveness: self.membership.liveness(m, now),
+                liveness: self.membership.liveness(&m, now),
                 last_seen_unix: m.last_seen_unix,
                 usage: m.usage,
                 connected: self.swarm.is_connected(&m.id),
@@ -472,6 +543,11 @@ impl EventLoop {
             members,
             replication: self.replication,
             rejected: self.rejections.list(),
+            membership_sent: self.traffic.sent.load(std::sync::atomic::Ordering::Relaxed),
+            membership_received: self
+                .traffic
+                .received
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         self.view_tx.send_replace(Arc::new(view));
     }
@@ -507,7 +583,7 @@ impl EventLoop {
         let mut addrs: Vec<Multiaddr> = self
             .membership
             .get(peer)
-            .map(|m| m.addrs.clone())
+            .map(|m| m.addrs)
             .unwrap_or_default();
         if let Some(h) = self.hints.get(peer) {
             addrs.extend(h.iter().cloned());
@@ -518,35 +594,82 @@ impl EventLoop {
     fn on_tick(&mut self) {
         self.ticks += 1;
         let now = Instant::now();
-        self.membership.tick(now);
+        self.membership.tick();
         self.attempts.prune(now);
         self.rejections.expire(now);
         if let Ok(u) = self.store.usage() {
             self.membership.set_local_usage(u);
         }
-        self.gossip_all();
-        // Dial members we are not connected to. The peer with the smaller id dials first;
-        // the other waits a few rounds, so two peers rarely dial each other at once.
+        // Anti-entropy with one random member.
+        if now >= self.next_sync {
+            self.next_sync = now + self.membership.timing().sync_interval;
+            if let Some((peer, addrs)) = self.membership.sync_target() {
+                self.send_sync(peer, addrs, false);
+            }
+        }
+        // Peers found by mDNS or identify that are not members yet: connect, and the
+        // connection starts a join. The peer with the smaller id dials first; the other waits
+        // a few rounds, so two peers rarely dial each other at once.
         let me = self.membership.me();
         let late = self.ticks.is_multiple_of(4);
-        let mut to_dial: Vec<PeerId> = self
-            .membership
-            .members()
-            .filter(|m| !m.connected && self.membership.routable(&m.id, now))
-            .map(|m| m.id)
-            .collect();
-        to_dial.extend(self.hints.keys().copied());
-        for peer in to_dial {
+        let hinted: Vec<PeerId> = self.hints.keys().copied().collect();
+        for peer in hinted {
             if me < peer || late {
                 self.dial(peer);
             }
         }
-        if self.swarm.connected_peers().next().is_none() || self.ticks.is_multiple_of(10) {
+        // Alone: join through the bootstrap peers (push our table to those we are connected
+        // to, dial the others), every other tick until one answers; and now and then anyway,
+        // to heal a partition.
+        let alone = self.membership.num_active() == 0;
+        if (alone && self.ticks.is_multiple_of(2)) || self.ticks.is_multiple_of(20) {
             for i in 0..self.bootstrap.len() {
-                self.dial_bootstrap(i);
+                match self.bootstrap[i].1 {
+                    Some(p) if alone && self.swarm.is_connected(&p) => {
+                        self.send_sync(p, Vec::new(), true)
+                    }
+                    _ => self.dial_bootstrap(i),
+                }
             }
         }
         self.dirty = true;
+    }
+
+    /// Sends what foca queued.
+    fn flush_outbox(&mut self) {
+        for out in self.membership.take_outbox() {
+            if self.incompatible.contains(&out.to) {
+                continue;
+            }
+            let mut addrs = out.addrs;
+            if let Some(h) = self.hints.get(&out.to) {
+                addrs.extend(h.iter().cloned());
+            }
+            let id = self.swarm.behaviour_mut().swim.send_request_with_addresses(
+                &out.to,
+                SwimRequest::Packet(protocol::Bytes(out.packet)),
+                addrs,
+            );
+            self.swim_pending.insert(id, SwimPending::Packet);
+        }
+    }
+
+    /// Starts an anti-entropy exchange with `peer`, with our whole table if `push`.
+    fn send_sync(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>, push: bool) {
+        if peer == self.membership.me() || self.incompatible.contains(&peer) {
+            return;
+        }
+        if let Some(h) = self.hints.get(&peer) {
+            addrs.extend(h.iter().cloned());
+        }
+        let request = self.membership.sync_request(push);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .swim
+            .send_request_with_addresses(&peer, request, addrs);
+        self.swim_pending
+            .insert(id, SwimPending::Sync { pushed: push });
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -629,41 +752,6 @@ impl EventLoop {
         self.dirty = true;
     }
 
-    fn gossip_all(&mut self) {
-        let peers: Vec<PeerId> = self
-            .swarm
-            .connected_peers()
-            .filter(|p| !self.incompatible.contains(p))
-            .copied()
-            .collect();
-        for p in peers {
-            self.gossip_to(p);
-        }
-    }
-
-    fn gossip_to(&mut self, peer: PeerId) {
-        let records = self.membership.records(self.loopback_peers.contains(&peer));
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rr
-            .send_request(&peer, Request::Gossip(records));
-        self.pending.insert(id, Pending::Gossip);
-    }
-
-    fn merge(&mut self, records: &[protocol::MemberRecord]) {
-        let new = self.membership.merge(records, Instant::now());
-        let me = self.membership.me();
-        for peer in new {
-            tracing::info!(%peer, "new member");
-            self.hints.remove(&peer);
-            if me < peer {
-                self.dial(peer);
-            }
-        }
-        self.dirty = true;
-    }
-
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -691,9 +779,6 @@ impl EventLoop {
                     self.rejections
                         .clear(&handshake::rejection_addr(remote, false), &peer_id);
                 }
-                if membership::is_loopback(remote) {
-                    self.loopback_peers.insert(peer_id);
-                }
                 if endpoint.is_dialer() {
                     let (addr, _) = strip_p2p(remote);
                     for b in self.bootstrap.iter_mut() {
@@ -704,8 +789,13 @@ impl EventLoop {
                 }
                 self.membership.set_connected(&peer_id, true);
                 tracing::debug!(%peer_id, %remote, "connected");
-                if num_established.get() == 1 && !self.incompatible.contains(&peer_id) {
-                    self.gossip_to(peer_id);
+                // A peer we reached (bootstrap, mDNS) that is not a member yet: join through
+                // it by pushing our table; it answers with its own.
+                if num_established.get() == 1
+                    && !self.incompatible.contains(&peer_id)
+                    && self.membership.get(&peer_id).is_none()
+                {
+                    self.send_sync(peer_id, Vec::new(), true);
                 }
                 self.dirty = true;
             }
@@ -717,7 +807,6 @@ impl EventLoop {
             } => {
                 tracing::debug!(%peer_id, ?cause, "disconnected");
                 self.membership.set_connected(&peer_id, false);
-                self.loopback_peers.remove(&peer_id);
                 self.dirty = true;
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -743,6 +832,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Swim(ev)) => self.on_swim_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -792,6 +882,66 @@ impl EventLoop {
         }
     }
 
+    fn on_swim_event(&mut self, ev: request_response::Event<SwimRequest, SwimResponse>) {
+        use request_response::{Event, Message, OutboundFailure};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = self.membership.answer(peer, request);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .swim
+                    .send_response(channel, response);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(SwimPending::Sync { pushed }) = self.swim_pending.remove(&request_id)
+                    && self.membership.on_sync_answer(peer, pushed, response)
+                {
+                    self.send_sync(peer, Vec::new(), true);
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(SwimPending::Sync { .. }) = self.swim_pending.remove(&request_id) {
+                    tracing::debug!(%peer, "anti-entropy exchange failed: {error}");
+                }
+                match error {
+                    OutboundFailure::UnsupportedProtocols => {
+                        self.incompatible.insert(peer);
+                    }
+                    OutboundFailure::DialFailure | OutboundFailure::ConnectionClosed => {
+                        self.membership.set_unreachable(&peer, Instant::now());
+                        self.dirty = true;
+                    }
+                    _ => tracing::debug!(%peer, "membership request failed: {error}"),
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "inbound membership request failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn on_rr_event(&mut self, ev: request_response::Event<Request, Response>) {
         use request_response::{Event, Message, OutboundFailure};
         match ev {
@@ -803,14 +953,15 @@ impl EventLoop {
                     },
                 ..
             } => match request {
-                Request::Gossip(records) => {
-                    self.merge(&records);
-                    let reply = self.membership.records(self.loopback_peers.contains(&peer));
+                Request::Gossip(_) => {
+                    // Table swapping of peers before SWIM: membership moved to its own
+                    // protocol, so such a peer learns nothing here.
+                    tracing::debug!(%peer, "ignored table-swap gossip from an older peer");
                     let _ = self
                         .swarm
                         .behaviour_mut()
                         .rr
-                        .send_response(channel, Response::Gossip(reply));
+                        .send_response(channel, Response::Gossip(Vec::new()));
                 }
                 other => {
                     let store = self.store.clone();
@@ -835,11 +986,6 @@ impl EventLoop {
             } => match self.pending.remove(&request_id) {
                 Some(Pending::Client(reply)) => {
                     let _ = reply.send(Ok(response));
-                }
-                Some(Pending::Gossip) => {
-                    if let Response::Gossip(records) = response {
-                        self.merge(&records);
-                    }
                 }
                 None => {}
             },

@@ -27,9 +27,9 @@ pub struct Ring {
     members: Vec<PeerId>,
 }
 
-fn point(peer: &PeerId, vnode: u32) -> u64 {
+fn point(peer: &[u8], vnode: u32) -> u64 {
     let mut h = Sha256::new();
-    h.update(peer.to_bytes());
+    h.update(peer);
     h.update(vnode.to_le_bytes());
     let d = h.finalize();
     let mut b = [0u8; 8];
@@ -52,12 +52,76 @@ impl Ring {
         let vnodes = vnodes.max(1);
         let mut points = Vec::with_capacity(members.len() * vnodes);
         for (i, m) in members.iter().enumerate() {
+            let bytes = m.to_bytes();
             for v in 0..vnodes {
-                points.push((point(m, v as u32), i));
+                points.push((point(&bytes, v as u32), i));
             }
         }
         points.sort_unstable();
         Ring { points, members }
+    }
+
+    /// The ring of `members`, built from this one: the points of members in both are kept,
+    /// only those of new members are hashed, and the two sorted lists are merged. The result is
+    /// exactly [`Ring::new`]'s, in time linear in the points instead of a hash per point and
+    /// a sort (a ring of 200 members has 51 200 points, rebuilt on every membership change).
+    pub fn rebuilt(&self, members: impl IntoIterator<Item = PeerId>, vnodes: usize) -> Ring {
+        let vnodes = vnodes.max(1);
+        if self.points.len() != self.members.len() * vnodes {
+            return Ring::new(members, vnodes);
+        }
+        let mut keyed: Vec<(Vec<u8>, PeerId)> =
+            members.into_iter().map(|p| (p.to_bytes(), p)).collect();
+        keyed.sort();
+        keyed.dedup();
+        let new_index: std::collections::HashMap<PeerId, usize> = keyed
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| (*p, i))
+            .collect();
+        let remap: Vec<Option<usize>> = self
+            .members
+            .iter()
+            .map(|m| new_index.get(m).copied())
+            .collect();
+        // Old indices map to new ones in the same order (both lists are sorted by bytes), so
+        // the kept points stay sorted by (position, index).
+        let kept: Vec<(u64, usize)> = self
+            .points
+            .iter()
+            .filter_map(|&(p, i)| remap[i].map(|j| (p, j)))
+            .collect();
+        let old: std::collections::HashSet<&PeerId> = self.members.iter().collect();
+        let mut added: Vec<(u64, usize)> = Vec::new();
+        for (i, (bytes, p)) in keyed.iter().enumerate() {
+            if !old.contains(p) {
+                for v in 0..vnodes {
+                    added.push((point(bytes, v as u32), i));
+                }
+            }
+        }
+        added.sort_unstable();
+        let mut points = Vec::with_capacity(kept.len() + added.len());
+        let (mut a, mut b) = (kept.into_iter().peekable(), added.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => {
+                    if x <= y {
+                        a.next()
+                    } else {
+                        b.next()
+                    }
+                }
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            points.extend(next);
+        }
+        Ring {
+            points,
+            members: keyed.into_iter().map(|(_, p)| p).collect(),
+        }
     }
 
     /// The members, in canonical order.
@@ -209,6 +273,14 @@ mod tests {
         let n = 9;
         let ps = peers(n);
         let before = Ring::new(ps.clone(), DEFAULT_VNODES);
+        // Rebuilding from another ring gives exactly the ring built from scratch.
+        let mut other = ps.clone();
+        other.truncate(ps.len() / 2);
+        other.push(PeerId::random());
+        let from = Ring::new(other, DEFAULT_VNODES);
+        let again = from.rebuilt(ps.clone(), DEFAULT_VNODES);
+        assert_eq!(again.points, before.points);
+        assert_eq!(again.members, before.members);
         let newcomer = PeerId::random();
         let mut grown = ps.clone();
         grown.push(newcomer);

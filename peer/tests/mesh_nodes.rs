@@ -42,8 +42,10 @@ async fn spawn(key: Option<psk::PreSharedKey>, bootstrap: Vec<Multiaddr>) -> Tes
     cfg.get_timeout = Duration::from_millis(1500);
     cfg.max_entry_size = 1 << 20;
     cfg.timing = Timing {
-        suspect_after: Duration::from_millis(500),
-        down_after: Duration::from_millis(1200),
+        probe_period: Duration::from_millis(300),
+        probe_rtt: Duration::from_millis(150),
+        suspect_to_down: Duration::from_millis(900),
+        sync_interval: Duration::from_millis(500),
         forget_after: Duration::from_secs(60),
         unreachable_backoff: Duration::from_secs(2),
     };
@@ -458,7 +460,8 @@ async fn entries_with_a_wrong_or_no_signature_are_refused_and_routed_around() {
 /// A mesh member that answers every request for an entry with `answer` (set by the test: a
 /// valid, signed entry of another key), as a peer with a swapped or restored store would if it
 /// did not check (a real peer checks its entries before serving them, so this one is written
-/// against the wire protocol). It gossips its own record, so the others put it on their rings.
+/// against the wire protocol). It runs the real membership (SWIM), so the others put it on
+/// their rings.
 struct Rogue {
     id: libp2p::PeerId,
     addr: Multiaddr,
@@ -474,11 +477,19 @@ impl Drop for Rogue {
 }
 
 async fn spawn_rogue(key: psk::PreSharedKey) -> Rogue {
-    use distc_peer::protocol::{Bytes, Codec, MemberRecord, PROTOCOLS};
+    use distc_peer::membership::Membership;
+    use distc_peer::protocol::{Bytes, Codec, PROTOCOLS};
+    use distc_peer::swim::{self, SwimCodec, SwimRequest};
     use futures::StreamExt;
     use libp2p::core::upgrade;
-    use libp2p::swarm::SwarmEvent;
+    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
     use libp2p::{Transport, noise, pnet, request_response, tcp, yamux};
+
+    #[derive(NetworkBehaviour)]
+    struct RogueBehaviour {
+        rr: request_response::Behaviour<Codec>,
+        swim: request_response::Behaviour<SwimCodec>,
+    }
 
     let keypair = identity::Keypair::generate_ed25519();
     let id = keypair.public().to_peer_id();
@@ -488,16 +499,23 @@ async fn spawn_rogue(key: psk::PreSharedKey) -> Rogue {
         .authenticate(noise::Config::new(&keypair).unwrap())
         .multiplex(yamux::Config::default())
         .boxed();
-    let rr = request_response::Behaviour::with_codec(
-        Codec::new(1 << 20),
-        PROTOCOLS
-            .iter()
-            .map(|p| (p.clone(), request_response::ProtocolSupport::Full)),
-        request_response::Config::default(),
-    );
+    let behaviour = RogueBehaviour {
+        rr: request_response::Behaviour::with_codec(
+            Codec::new(1 << 20),
+            PROTOCOLS
+                .iter()
+                .map(|p| (p.clone(), request_response::ProtocolSupport::Full)),
+            request_response::Config::default(),
+        ),
+        swim: request_response::Behaviour::with_codec(
+            SwimCodec::default(),
+            [(swim::PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    };
     let mut swarm = libp2p::Swarm::new(
         transport,
-        rr,
+        behaviour,
         id,
         libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(60)),
@@ -514,46 +532,73 @@ async fn spawn_rogue(key: psk::PreSharedKey) -> Rogue {
     let other = answer.clone();
     let gets = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = gets.clone();
-    let incarnation = distc_peer::membership::unix_now() * 1000;
-    let me = MemberRecord {
-        peer: Bytes(id.to_bytes()),
-        addrs: vec![Bytes(listen.to_vec())],
-        incarnation,
-        heartbeat: 0,
-        usage: Default::default(),
-        left: false,
-    };
+    let mut membership = Membership::new(id, Timing::default());
+    membership.set_local_addrs(vec![listen.clone()]);
     let task = tokio::spawn(async move {
-        let mut heartbeat = 0;
         loop {
-            let SwarmEvent::Behaviour(request_response::Event::Message {
-                message:
+            let due = membership
+                .next_timer()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let ev = tokio::select! {
+                ev = swarm.select_next_some() => ev,
+                _ = tokio::time::sleep_until(due.into()) => {
+                    membership.fire_timers(Instant::now());
+                    for out in membership.take_outbox() {
+                        swarm.behaviour_mut().swim.send_request_with_addresses(
+                            &out.to,
+                            SwimRequest::Packet(Bytes(out.packet)),
+                            out.addrs,
+                        );
+                    }
+                    continue;
+                }
+            };
+            match ev {
+                SwarmEvent::Behaviour(RogueBehaviourEvent::Swim(
+                    request_response::Event::Message { peer, message, .. },
+                )) => match message {
                     request_response::Message::Request {
                         request, channel, ..
+                    } => {
+                        let response = membership.answer(peer, request);
+                        let _ = swarm.behaviour_mut().swim.send_response(channel, response);
+                    }
+                    // It never starts an exchange, so any answer is to a push of its own.
+                    request_response::Message::Response { response, .. } => {
+                        membership.on_sync_answer(peer, true, response);
+                    }
+                },
+                SwarmEvent::Behaviour(RogueBehaviourEvent::Rr(
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
                     },
-                ..
-            }) = swarm.select_next_some().await
-            else {
-                continue;
-            };
-            let response = match request {
-                Request::Gossip(_) => {
-                    heartbeat += 1;
-                    Response::Gossip(vec![MemberRecord {
-                        heartbeat,
-                        ..me.clone()
-                    }])
+                )) => {
+                    let response = match request {
+                        Request::Gossip(_) => Response::Gossip(Vec::new()),
+                        Request::Get(_) => {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let e = other.lock().map(|e| e.clone()).unwrap_or_default();
+                            Response::Entry(Some(Bytes(e)))
+                        }
+                        Request::Put { .. } => Response::Stored,
+                        Request::Offer(_) => Response::Want(Vec::new()),
+                        Request::Flush => Response::Error("no".into()),
+                    };
+                    let _ = swarm.behaviour_mut().rr.send_response(channel, response);
                 }
-                Request::Get(_) => {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let e = other.lock().map(|e| e.clone()).unwrap_or_default();
-                    Response::Entry(Some(Bytes(e)))
-                }
-                Request::Put { .. } => Response::Stored,
-                Request::Offer(_) => Response::Want(Vec::new()),
-                Request::Flush => Response::Error("no".into()),
-            };
-            let _ = swarm.behaviour_mut().send_response(channel, response);
+                _ => {}
+            }
+            for out in membership.take_outbox() {
+                swarm.behaviour_mut().swim.send_request_with_addresses(
+                    &out.to,
+                    SwimRequest::Packet(Bytes(out.packet)),
+                    out.addrs,
+                );
+            }
         }
     });
     Rogue {

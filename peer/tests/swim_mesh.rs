@@ -1,0 +1,132 @@
+//! A mesh of real nodes in one process (libp2p over 127.0.0.1 TCP, port 0): SWIM membership
+//! brings every one of them to the same ring after the joins, after a graceful leave and after
+//! a kill. Every wait is on a condition, bounded generously, so a slow machine makes the test
+//! slower, not flaky.
+//!
+//! 120 nodes in an optimised build (`cargo test --release -p distc-peer --test swim_mesh`);
+//! 24 in a debug build, where libp2p's unoptimised per-message cost would starve a hundred
+//! event loops sharing two cores (probes answered seconds late are failed probes). The same
+//! protocol code at 120 members without sockets is `membership::tests`, in virtual time.
+//! `SWIM_TEST_N` overrides the size.
+
+use std::time::{Duration, Instant};
+
+use distc_peer::membership::Timing;
+use distc_peer::node::{self, Node, NodeConfig};
+use distc_peer::store::Store;
+use libp2p::{Multiaddr, PeerId, identity};
+
+fn n() -> usize {
+    std::env::var("SWIM_TEST_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if cfg!(debug_assertions) { 24 } else { 120 })
+}
+
+struct TestNode {
+    node: Node,
+    task: tokio::task::JoinHandle<()>,
+    addr: Multiaddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn spawn(bootstrap: Vec<Multiaddr>) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+    let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
+    cfg.bootstrap = bootstrap;
+    // The daemon's timing: 120 nodes share the test's two worker threads (and the machine's
+    // cores with whatever else runs), which is what the widened probe timeouts are for.
+    cfg.timing = Timing::default();
+    let (node, ev) = node::new(cfg, store).unwrap();
+    let task = tokio::spawn(ev.run());
+    assert!(
+        node.wait_for(Duration::from_secs(30), |v| !v.listen.is_empty())
+            .await,
+        "node never listened"
+    );
+    let v = node.view();
+    let addr = v.listen[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(v.me));
+    TestNode {
+        node,
+        task,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// Waits until every node's ring is exactly `want`; says who disagrees if not.
+async fn all_agree(nodes: &[&TestNode], want: &[PeerId], limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    for n in nodes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ok = n.node.wait_for(left, |v| v.ring.members() == want).await;
+        if !ok {
+            let sizes: Vec<usize> = nodes.iter().map(|n| n.node.view().ring.len()).collect();
+            eprintln!("ring sizes: {sizes:?}");
+        }
+        assert!(
+            ok,
+            "{what}: {} has a ring of {} members, want {}",
+            n.node.view().me,
+            n.node.view().ring.len(),
+            want.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_agree_on_one_ring_through_joins_a_leave_and_a_kill() {
+    let t0 = Instant::now();
+    let count = n();
+    let first = spawn(vec![]).await;
+    let mut nodes = vec![first];
+    for i in 1..count {
+        // Each joins through one of the first few (as a team would list two or three seeds).
+        let seed = nodes[i % nodes.len().min(3)].addr.clone();
+        nodes.push(spawn(vec![seed]).await);
+    }
+    let mut ids: Vec<PeerId> = nodes.iter().map(|n| n.node.view().me).collect();
+    ids.sort_by_key(|p| p.to_bytes());
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    all_agree(&all, &ids, Duration::from_secs(180), "after the joins").await;
+    eprintln!("{count} members on one ring {:?} after start", t0.elapsed());
+
+    // A graceful leave: everyone drops it.
+    let leaver = nodes.remove(count / 2);
+    let gone = leaver.node.view().me;
+    let t1 = Instant::now();
+    leaver.node.leave().await;
+    ids.retain(|p| *p != gone);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    all_agree(&all, &ids, Duration::from_secs(120), "after a leave").await;
+    eprintln!("leave agreed in {:?}", t1.elapsed());
+    drop(leaver);
+
+    // A kill: the event loop and its connections vanish at once; SWIM finds out.
+    let victim = nodes.remove(count / 3);
+    let dead = victim.node.view().me;
+    let t2 = Instant::now();
+    victim.task.abort();
+    ids.retain(|p| *p != dead);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    all_agree(&all, &ids, Duration::from_secs(120), "after a kill").await;
+    eprintln!("kill agreed in {:?}", t2.elapsed());
+    drop(victim);
+
+    // Every member is known with the addresses it announced, so anyone can dial anyone.
+    let v = nodes[0].node.view();
+    for m in &v.members {
+        if ids.contains(&m.id) {
+            assert!(!m.addrs.is_empty(), "{} has no address", m.id);
+        }
+    }
+}
