@@ -255,8 +255,9 @@ pub fn inspect_file(config: &Config, file: &Path, flags: &[String]) -> Result<Ex
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let id = crate::compiler::rust::key::rustc_identity(&config.dir, &real)
-        .with_context(|| format!("cannot identify {}", real.display()))?;
+    let id =
+        crate::compiler::rust::key::rustc_identity(&crate::pipeline::System, &config.dir, &real)
+            .with_context(|| format!("cannot identify {}", real.display()))?;
     let (key, inputs) = crate::pipeline::rust::compute_key(config, &cwd, &id, &job)
         .with_context(|| format!("cannot compute the key of {}", file.display()))?;
     println!("key:    {key}");

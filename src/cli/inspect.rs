@@ -167,6 +167,7 @@ pub fn inspect(config: &Config, file: &Path, flags: &[String]) -> Result<ExitCod
     }
 
     let ctx = Context {
+        runner: &System,
         distc_dir: config.dir.clone(),
         cwd,
         base_dir: config.base_dir.clone(),

@@ -76,6 +76,7 @@ pub(crate) fn run(
         return pass_through(p.cache, p.runner, &real, args, "output-not-a-file");
     }
     let ctx = Context {
+        runner: p.runner,
         distc_dir: p.cfg.dir.clone(),
         cwd,
         base_dir: p.cfg.base_dir.clone(),
@@ -105,8 +106,8 @@ pub(crate) struct NoIdentity {
 }
 
 /// One gcc/clang compile, resolved once.
-pub(crate) struct CFamily {
-    ctx: Context,
+pub(crate) struct CFamily<'a> {
+    ctx: Context<'a>,
     job: CompileJob,
     /// The arguments the real compiler runs with: as given (response files unexpanded), or
     /// with base_dir the rewritten ones.
@@ -131,15 +132,15 @@ pub(crate) struct CDepend {
     temp: Option<crate::util::Scratch>,
 }
 
-impl CFamily {
+impl<'a> CFamily<'a> {
     pub fn new(
         cfg: &Config,
-        ctx: Context,
+        ctx: Context<'a>,
         job: CompileJob,
         args: &[OsString],
         started: SystemTime,
         stderr_is_tty: bool,
-    ) -> Result<CFamily, NoIdentity> {
+    ) -> Result<CFamily<'a>, NoIdentity> {
         let common = fingerprint::common_inputs(&ctx, &job).map_err(|source| NoIdentity {
             compiler: ctx.compiler.clone(),
             source,
@@ -162,7 +163,7 @@ impl CFamily {
         })
     }
 
-    pub fn context(&self) -> &Context {
+    pub fn context(&self) -> &Context<'a> {
         &self.ctx
     }
 
@@ -195,7 +196,7 @@ impl CFamily {
     }
 }
 
-impl Family for CFamily {
+impl Family for CFamily<'_> {
     type Inputs = Fingerprint;
     type Depend = CDepend;
 
@@ -307,11 +308,7 @@ impl Family for CFamily {
         if let Some(CDepend { temp: Some(t) }) = depend {
             args.extend(["-MD".into(), "-MF".into(), t.path().as_os_str().to_owned()]);
         }
-        Command {
-            program: self.ctx.compiler.clone(),
-            args,
-            null_stdin: false,
-        }
+        Command::new(self.ctx.compiler.clone(), args)
     }
 
     /// The object and (when asked for) the dependency file; a missing one is not stored.

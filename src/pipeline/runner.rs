@@ -1,6 +1,7 @@
-//! The one seam between the pipeline and the processes it starts: a compile through
-//! [`Runner::output`], the uncached compiler through [`Runner::exec`]. [`System`] runs them for
-//! real; the pipeline's tests script them.
+//! The one seam between distc and the compiler processes it starts: a compile and every
+//! compiler probe (the C compiler's include search list and preprocessor run, rustc's `-vV`,
+//! sysroot and dep-info passes) through [`Runner::output`], the uncached compiler through
+//! [`Runner::exec`]. [`System`] runs them for real; the pipeline's tests script them.
 
 use std::ffi::OsString;
 use std::io;
@@ -8,14 +9,34 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus, Stdio};
 
-/// A compiler invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A compiler invocation. Unset fields keep the requester's: its environment, working
+/// directory and stdin; stdout and stderr are captured unless discarded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Command {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     /// stdin is not the requester's (rustc: a compile never reads it; the jobserver
     /// descriptors cargo passed are inherited either way).
     pub null_stdin: bool,
+    /// stdout goes nowhere (a probe that reads only stderr): [`Finished::stdout`] is empty.
+    pub null_stdout: bool,
+    /// stderr goes nowhere: [`Finished::stderr`] is empty.
+    pub null_stderr: bool,
+    /// Variables set on top of the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// The working directory, when not the requester's.
+    pub cwd: Option<PathBuf>,
+}
+
+impl Command {
+    /// `program` with `args`, everything else as [`Command`] says by default.
+    pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>) -> Command {
+        Command {
+            program: program.into(),
+            args,
+            ..Command::default()
+        }
+    }
 }
 
 /// What a compile that ran left: its captured streams and status.
@@ -48,7 +69,7 @@ pub(crate) fn status_code(status: ExitStatus) -> i32 {
     }
 }
 
-pub(crate) trait Runner {
+pub(crate) trait Runner: std::fmt::Debug {
     /// Runs `cmd` to completion with stdout and stderr captured.
     fn output(&self, cmd: &Command) -> io::Result<Finished>;
     /// Runs `program` in place of this process (for real: returns only when it cannot start).
@@ -56,6 +77,7 @@ pub(crate) trait Runner {
 }
 
 /// Real processes.
+#[derive(Debug)]
 pub(crate) struct System;
 
 impl Runner for System {
@@ -64,6 +86,16 @@ impl Runner for System {
         c.args(&cmd.args);
         if cmd.null_stdin {
             c.stdin(Stdio::null());
+        }
+        if cmd.null_stdout {
+            c.stdout(Stdio::null());
+        }
+        if cmd.null_stderr {
+            c.stderr(Stdio::null());
+        }
+        c.envs(cmd.env.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &cmd.cwd {
+            c.current_dir(dir);
         }
         let out = c.output()?;
         Ok(Finished::from_status(out.status, out.stdout, out.stderr))

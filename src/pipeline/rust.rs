@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime};
 use distc_peer::Key;
 use serde::{Deserialize, Serialize};
 
-use super::{Command, Family, Finished, NoKey, Outcome, Pipeline, Skip};
+use super::{Command, Family, Finished, NoKey, Outcome, Pipeline, Skip, System};
 use crate::cache::Cache;
 use crate::cache::bundle::{BUNDLE_VERSION, Bundle, Output, Role};
 use crate::cache::stats::Event;
@@ -167,7 +167,7 @@ pub(crate) fn run(p: &Pipeline<'_>, real: &Path, args: &[OsString]) -> ExitCode 
         }
         None => (job, args),
     };
-    let id = match rust_key::rustc_identity(&p.cfg.dir, real) {
+    let id = match rust_key::rustc_identity(p.runner, &p.cfg.dir, real) {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!("cannot identify rustc: {e}");
@@ -181,6 +181,7 @@ pub(crate) fn run(p: &Pipeline<'_>, real: &Path, args: &[OsString]) -> ExitCode 
     let env_names = env_names();
     let env = |k: &str| std::env::var_os(k);
     let ctx = KeyContext {
+        runner: p.runner,
         distc_dir: &p.cfg.dir,
         cwd: &cwd,
         base_dir: p.cfg.base_dir.as_deref(),
@@ -286,8 +287,9 @@ impl Family for RustFamily<'_> {
     }
 
     fn full_key(&self) -> Result<(Key, Self::Inputs), NoKey> {
-        let dep = rust_key::run_dep_info(&self.ctx.id.real, self.job, self.ctx.cwd)
-            .map_err(|e| no_key(self.job, e))?;
+        let dep =
+            rust_key::run_dep_info(self.ctx.runner, &self.ctx.id.real, self.job, self.ctx.cwd)
+                .map_err(|e| no_key(self.job, e))?;
         let (digests, sources) = self
             .parts
             .sources(&self.ctx, &dep)
@@ -308,9 +310,8 @@ impl Family for RustFamily<'_> {
             args.extend(d.extra.iter().cloned());
         }
         Command {
-            program: self.ctx.id.real.clone(),
-            args,
             null_stdin: true,
+            ..Command::new(self.ctx.id.real.clone(), args)
         }
     }
 
@@ -599,10 +600,11 @@ pub fn compute_key(
 ) -> Result<(Key, Vec<(String, String)>), RustKeyError> {
     let remapped = with_base_dir_remap(cfg, cwd, job);
     let job = remapped.as_ref().map_or(job, |(j, _)| j);
-    let dep: DepInfo = rust_key::run_dep_info(&id.real, job, cwd)?;
+    let dep: DepInfo = rust_key::run_dep_info(&System, &id.real, job, cwd)?;
     let env_names = env_names();
     let env = |k: &str| std::env::var_os(k);
     let ctx = KeyContext {
+        runner: &System,
         distc_dir: &cfg.dir,
         cwd,
         base_dir: cfg.base_dir.as_deref(),

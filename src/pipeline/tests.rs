@@ -17,6 +17,7 @@ use crate::cache::stats::Stats;
 
 /// A compiler that "compiles" `source` into `output` by copying it, with scripted status and
 /// streams; every call is recorded.
+#[derive(Debug)]
 struct Scripted {
     source: PathBuf,
     output: PathBuf,
@@ -96,11 +97,7 @@ impl Family for Toy {
         self.recorded.set(self.recorded.get() + 1);
     }
     fn command(&self, _: Option<&()>) -> Command {
-        Command {
-            program: "cc".into(),
-            args: vec![self.source.clone().into()],
-            null_stdin: false,
-        }
+        Command::new("cc", vec![self.source.clone().into()])
     }
     fn collect(&self, done: &Finished) -> Result<Bundle, Skip> {
         let data = fs::read(&self.output).map_err(|_| Skip::Uncacheable("compile-failed"))?;
@@ -420,4 +417,216 @@ fn verify_rate_zero_never_compiles_a_hit() {
     assert!(same(b.run(), 0));
     assert_eq!(b.compiles(), 0);
     assert_eq!(fs::read(&b.toy.output).unwrap(), b"int planted;\n");
+}
+
+/// A scripted gcc/rustc for the compiler probes: its preprocessor output and `-vV` carry
+/// `version`, `-E -v` prints `include` as the search list, a compile writes its `-o` file.
+/// The compiler itself is a file that cannot run, so a probe that bypassed the runner fails.
+#[derive(Debug)]
+struct Probed {
+    version: Cell<u32>,
+    include: PathBuf,
+    sysroot: PathBuf,
+    runs: RefCell<Vec<Command>>,
+    execs: Cell<usize>,
+}
+
+impl Probed {
+    fn new(dir: &Path) -> Probed {
+        let include = dir.join("include");
+        let sysroot = dir.join("sysroot");
+        fs::create_dir_all(&include).expect("include dir");
+        fs::create_dir_all(sysroot.join("lib")).expect("sysroot");
+        Probed {
+            version: Cell::new(1),
+            include,
+            sysroot,
+            runs: RefCell::new(Vec::new()),
+            execs: Cell::new(0),
+        }
+    }
+
+    /// The runs whose arguments include `arg`.
+    fn runs_with(&self, arg: &str) -> usize {
+        self.runs
+            .borrow()
+            .iter()
+            .filter(|c| c.args.iter().any(|a| a == arg))
+            .count()
+    }
+}
+
+impl Runner for Probed {
+    fn output(&self, cmd: &Command) -> io::Result<Finished> {
+        self.runs.borrow_mut().push(cmd.clone());
+        let v = self.version.get();
+        let has = |s: &str| cmd.args.iter().any(|a| a == s);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        if has("-E") && has("-v") {
+            stderr = format!(
+                "#include <...> search starts here:\n {}\nEnd of search list.\n",
+                self.include.display()
+            )
+            .into_bytes();
+        } else if has("-E") {
+            let source = cmd.args.last().map(PathBuf::from).unwrap_or_default();
+            stdout = format!("# 1 \"{}\"\nint v = {v};\n", source.display()).into_bytes();
+        } else if has("-vV") {
+            stdout = format!("rustc 1.{v}.0\nhost: x86_64-unknown-linux-gnu\n").into_bytes();
+        } else if has("--print") {
+            stdout = format!("{}\n", self.sysroot.display()).into_bytes();
+        } else if let Some(i) = cmd.args.iter().position(|a| a == "-o") {
+            fs::write(&cmd.args[i + 1], format!("object {v}"))?;
+        }
+        if cmd.null_stdout {
+            stdout.clear();
+        }
+        if cmd.null_stderr {
+            stderr.clear();
+        }
+        Ok(Finished {
+            stdout,
+            stderr,
+            code: 0,
+            success: true,
+        })
+    }
+
+    fn exec(&self, _program: &Path, _args: &[OsString]) -> ExitCode {
+        self.execs.set(self.execs.get() + 1);
+        ExitCode::from(77)
+    }
+}
+
+/// A gcc compile of `a.c` through the whole C family with the scripted compiler `cc`.
+fn c_compile(dir: &Path, cfg: &Config, runner: &Probed) -> ExitCode {
+    let cache = Cache::open(&cfg.dir, 1 << 30, Duration::from_millis(50), 1 << 30);
+    let p = Pipeline {
+        cfg,
+        cache: &cache,
+        runner,
+    };
+    let args: Vec<OsString> = vec![
+        "-O2".into(),
+        "-c".into(),
+        dir.join("a.c").into(),
+        "-o".into(),
+        dir.join("a.o").into(),
+    ];
+    let started = std::time::SystemTime::now();
+    super::c::run(&p, dir.join("cc"), "gcc".as_ref(), &args, started)
+}
+
+fn probe_bench() -> (tempfile::TempDir, Probed) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Not executable: only the runner can "run" it.
+    fs::write(dir.path().join("cc"), b"scripted compiler\n").expect("compiler");
+    fs::write(dir.path().join("a.c"), b"int v = V;\n").expect("source");
+    let runner = Probed::new(dir.path());
+    (dir, runner)
+}
+
+#[test]
+fn the_preprocessor_runs_through_the_runner_and_decides_the_key() {
+    let (dir, runner) = probe_bench();
+    let cfg = Config {
+        dir: dir.path().join("cache"),
+        direct_mode: false,
+        depend_mode: false,
+        ..Config::default()
+    };
+    assert!(same(c_compile(dir.path(), &cfg, &runner), 0));
+    assert!(same(c_compile(dir.path(), &cfg, &runner), 0));
+    runner.version.set(2);
+    assert!(same(c_compile(dir.path(), &cfg, &runner), 0));
+    assert_eq!(runner.execs.get(), 0, "every compile had a key");
+    let s = Stats::read_all(&cfg.dir).expect("stats");
+    assert_eq!(
+        (s.misses, s.local_hits),
+        (2, 1),
+        "another preprocessor output is another key: {s:?}"
+    );
+    assert_eq!(runner.runs_with("-E"), 3, "one preprocessor run a compile");
+    assert_eq!(runner.runs_with("-c"), 2, "and a compile a miss");
+    let runs = runner.runs.borrow();
+    assert!(
+        runs.iter().all(|c| c.program == dir.path().join("cc")),
+        "{runs:?}"
+    );
+    let pp = runs.iter().filter(|c| c.args.iter().any(|a| a == "-E"));
+    assert!(
+        pp.clone()
+            .all(|c| c.null_stdin && c.null_stderr && !c.null_stdout)
+    );
+    assert_eq!(
+        fs::read(dir.path().join("a.o")).expect("object"),
+        b"object 2"
+    );
+}
+
+#[test]
+fn the_include_list_probe_runs_through_the_runner_and_a_hit_runs_nothing() {
+    let (dir, runner) = probe_bench();
+    let cfg = Config {
+        dir: dir.path().join("cache"),
+        depend_mode: false,
+        ..Config::default()
+    };
+    assert!(same(c_compile(dir.path(), &cfg, &runner), 0));
+    assert_eq!(
+        runner.runs_with("-v"),
+        1,
+        "the manifest asked for the search list"
+    );
+    let probe = runner
+        .runs
+        .borrow()
+        .iter()
+        .find(|c| c.args.iter().any(|a| a == "-v"))
+        .cloned();
+    let probe = probe.expect("the search-list probe");
+    assert_eq!(probe.env, vec![("LC_ALL".into(), "C".into())]);
+    assert!(probe.null_stdin && probe.null_stdout && !probe.null_stderr);
+    let before = runner.runs.borrow().len();
+    fs::remove_file(dir.path().join("a.o")).expect("rm object");
+    assert!(same(c_compile(dir.path(), &cfg, &runner), 0));
+    assert_eq!(
+        runner.runs.borrow().len(),
+        before,
+        "a direct-mode hit starts no probe and no compile"
+    );
+    assert_eq!(
+        fs::read(dir.path().join("a.o")).expect("object"),
+        b"object 1"
+    );
+    let s = Stats::read_all(&cfg.dir).expect("stats");
+    assert_eq!((s.misses, s.local_hits), (1, 1), "{s:?}");
+}
+
+#[test]
+fn rustc_identity_probes_run_through_the_runner() {
+    let (dir, runner) = probe_bench();
+    let rustc = dir.path().join("rustc");
+    fs::write(&rustc, b"scripted rustc\n").expect("rustc");
+    let id = |v: u32, cache: &str| {
+        runner.version.set(v);
+        crate::compiler::rust::key::rustc_identity(&runner, &dir.path().join(cache), &rustc)
+            .expect("identity")
+    };
+    let one = id(1, "c1");
+    let two = id(2, "c2");
+    assert_eq!(one.sysroot, runner.sysroot);
+    assert_eq!(one.host, "x86_64-unknown-linux-gnu");
+    assert_ne!(one.digest, two.digest, "another -vV is another toolchain");
+    assert_eq!(runner.runs_with("-vV"), 2);
+    let again = id(2, "c2");
+    assert_eq!(again.digest, two.digest);
+    assert_eq!(runner.runs_with("-vV"), 2, "the identity is memoised");
+    assert!(
+        runner
+            .runs
+            .borrow()
+            .iter()
+            .all(|c| c.program == rustc && c.null_stdin)
+    );
 }

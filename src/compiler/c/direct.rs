@@ -646,6 +646,7 @@ fn make_entry(
         .unwrap_or_default();
     let identity = identity_of(common);
     let system = crate::compiler::c::identity::system_include_dirs(
+        ctx.runner,
         &ctx.distc_dir,
         &ctx.compiler,
         &identity,
@@ -1000,6 +1001,7 @@ mod tests {
         fs::create_dir_all(&cwd).unwrap();
         fs::write(cwd.join("h.h"), "#define X 1\n").unwrap();
         let ctx = Context {
+            runner: &crate::pipeline::System,
             distc_dir: d.path().join("cache"),
             cwd: cwd.clone(),
             base_dir: None,

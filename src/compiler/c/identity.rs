@@ -8,11 +8,11 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
 use crate::key::file::stamp;
+use crate::pipeline::{Command, Runner};
 
 /// SHA-256 of the compiler at `real` (already resolved, no symlinks), memoised in `distc_dir`.
 pub fn compiler_digest(distc_dir: &Path, real: &Path) -> io::Result<[u8; 32]> {
@@ -119,8 +119,10 @@ pub struct SearchList {
 /// must cover the compiler binary and the environment that changes the list (CPATH and
 /// friends). Memoised under `$DISTC_DIR/compilers/` (per working directory too when a path
 /// among the arguments is relative), and recomputed once a skipped directory exists; runs
-/// `compiler -x LANG -E -v -` once per memo key. `None` when the compiler does not say.
+/// `compiler -x LANG -E -v -` through `runner` once per memo key. `None` when the compiler
+/// does not say.
 pub fn system_include_dirs(
+    runner: &dyn Runner,
     distc_dir: &Path,
     compiler: &Path,
     identity: &[u8; 32],
@@ -165,16 +167,17 @@ pub fn system_include_dirs(
             return Some(list);
         }
     }
-    let out = Command::new(compiler)
-        .args(&list_args)
-        .args(["-x", language, "-E", "-v", "-"])
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+    let mut args = list_args;
+    args.extend(["-x", language, "-E", "-v", "-"].map(OsString::from));
+    let out = runner
+        .output(&Command {
+            null_stdin: true,
+            null_stdout: true,
+            env: vec![("LC_ALL".into(), "C".into())],
+            ..Command::new(compiler, args)
+        })
         .ok()?;
-    if !out.status.success() {
+    if !out.success {
         return None;
     }
     let list = parse_search_list(&out.stderr)?;

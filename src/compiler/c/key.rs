@@ -49,7 +49,6 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use distc_peer::Key;
 use sha2::{Digest, Sha256};
@@ -58,6 +57,7 @@ use crate::compiler::c::CompileJob;
 pub use crate::key::Inputs;
 use crate::key::file::FileRecord;
 use crate::key::hash_list;
+use crate::pipeline::{Command, Runner};
 
 /// Version of the list above. Bump on any change to what is hashed or how.
 /// 2: prefix-map OLD values under `base_dir` keyed relative to the working directory.
@@ -127,7 +127,9 @@ pub const ARG_FILES: &[&str] = &[
 
 /// What the key is computed in, shared by all inputs of one compile.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct Context<'a> {
+    /// Where the compiler probes (preprocessor, include search list) run.
+    pub runner: &'a dyn Runner,
     /// `$DISTC_DIR`.
     pub distc_dir: PathBuf,
     /// The working directory (absolute, as getcwd reports it).
@@ -355,9 +357,9 @@ pub enum PreprocessError {
         #[source]
         source: io::Error,
     },
-    /// The preprocessor failed: the real compile will fail too and show why.
-    #[error("the preprocessor exited with {0}")]
-    Failed(std::process::ExitStatus),
+    /// The preprocessor failed (its exit code): the real compile will fail too and show why.
+    #[error("the preprocessor exited with code {0}")]
+    Failed(i32),
     /// The compile reads a file that no dependency output lists: never cached (the label).
     #[error("the compile reads a file no dependency output lists ({0})")]
     Unlisted(&'static str),
@@ -365,21 +367,22 @@ pub enum PreprocessError {
 
 /// Runs `compiler -E` with the job's preprocessor arguments and hashes its output.
 pub fn preprocess(ctx: &Context, job: &CompileJob) -> Result<Preprocessed, PreprocessError> {
-    let out = Command::new(&ctx.compiler)
-        .args(&job.cpp_args)
-        .arg("-E")
-        .arg("-x")
-        .arg(job.language.name())
-        .arg(&job.source)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
+    let mut args = job.cpp_args.clone();
+    args.extend(["-E".into(), "-x".into(), job.language.name().into()]);
+    args.push(job.source.clone().into_os_string());
+    let out = ctx
+        .runner
+        .output(&Command {
+            null_stdin: true,
+            null_stderr: true,
+            ..Command::new(&ctx.compiler, args)
+        })
         .map_err(|source| PreprocessError::Spawn {
             compiler: ctx.compiler.clone(),
             source,
         })?;
-    if !out.status.success() {
-        return Err(PreprocessError::Failed(out.status));
+    if !out.success {
+        return Err(PreprocessError::Failed(out.code));
     }
     let pp = hash_preprocessed(&out.stdout, &job.source, ctx.base_dir.as_deref(), &ctx.cwd);
     match pp.unlisted {

@@ -53,7 +53,6 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -116,18 +115,23 @@ fn memo_path(distc_dir: &Path, kind: &str, id: &[u8]) -> PathBuf {
         .join(format!("{kind}-{}", hex::encode(&Sha256::digest(id)[..16])))
 }
 
-fn run_rustc(rustc: &Path, args: &[&str], what: &'static str) -> Result<String, RustKeyError> {
-    let out = Command::new(rustc)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+fn run_rustc(
+    runner: &dyn Runner,
+    rustc: &Path,
+    args: &[&str],
+    what: &'static str,
+) -> Result<String, RustKeyError> {
+    let out = runner
+        .output(&Command {
+            null_stdin: true,
+            ..Command::new(rustc, args.iter().map(OsString::from).collect())
+        })
         .map_err(|e| RustKeyError::Rustc {
             rustc: rustc.to_path_buf(),
             what,
             detail: e.to_string(),
         })?;
-    if !out.status.success() {
+    if !out.success {
         return Err(RustKeyError::Rustc {
             rustc: rustc.to_path_buf(),
             what,
@@ -148,7 +152,11 @@ fn run_rustc(rustc: &Path, args: &[&str], what: &'static str) -> Result<String, 
 /// the memo is keyed by everything rustup decides the toolchain from (see [`proxy_inputs`])
 /// and holds the sysroot's stat, checked on every use (a toolchain reinstalled, updated or
 /// relinked has another).
-pub fn resolve_real_rustc(distc_dir: &Path, rustc: &Path) -> Result<PathBuf, RustKeyError> {
+pub fn resolve_real_rustc(
+    runner: &dyn Runner,
+    distc_dir: &Path,
+    rustc: &Path,
+) -> Result<PathBuf, RustKeyError> {
     let canon = fs::canonicalize(rustc).map_err(io_err("rustc", rustc))?;
     let is_proxy = canon
         .file_name()
@@ -169,7 +177,7 @@ pub fn resolve_real_rustc(distc_dir: &Path, rustc: &Path) -> Result<PathBuf, Rus
     {
         return Ok(PathBuf::from(real));
     }
-    let sysroot = run_rustc(rustc, &["--print", "sysroot"], "--print sysroot")?;
+    let sysroot = run_rustc(runner, rustc, &["--print", "sysroot"], "--print sysroot")?;
     let sysroot = Path::new(sysroot.trim_end());
     let real = sysroot.join("bin").join("rustc");
     let real = fs::canonicalize(&real).map_err(io_err("rustc", &real))?;
@@ -275,10 +283,15 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()>
 }
 
 use crate::key::file::digest as file_digest;
+use crate::pipeline::{Command, Runner};
 
-/// The rustc identity, memoised by the real binary's stat.
-pub fn rustc_identity(distc_dir: &Path, rustc: &Path) -> Result<RustcId, RustKeyError> {
-    let real = resolve_real_rustc(distc_dir, rustc)?;
+/// The rustc identity, memoised by the real binary's stat; the probes run through `runner`.
+pub fn rustc_identity(
+    runner: &dyn Runner,
+    distc_dir: &Path,
+    rustc: &Path,
+) -> Result<RustcId, RustKeyError> {
+    let real = resolve_real_rustc(runner, distc_dir, rustc)?;
     let md = fs::metadata(&real).map_err(io_err("rustc", &real))?;
     let stamp = stamp(&md);
     let memo = memo_path(distc_dir, "id", real.as_os_str().as_bytes());
@@ -287,7 +300,7 @@ pub fn rustc_identity(distc_dir: &Path, rustc: &Path) -> Result<RustcId, RustKey
     {
         return Ok(id);
     }
-    let version = run_rustc(&real, &["-vV"], "-vV")?;
+    let version = run_rustc(runner, &real, &["-vV"], "-vV")?;
     let host = version
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
@@ -297,8 +310,9 @@ pub fn rustc_identity(distc_dir: &Path, rustc: &Path) -> Result<RustcId, RustKey
             what: "-vV",
             detail: "no `host:` line in its output".into(),
         })?;
-    let sysroot =
-        PathBuf::from(run_rustc(&real, &["--print", "sysroot"], "--print sysroot")?.trim_end());
+    let sysroot = PathBuf::from(
+        run_rustc(runner, &real, &["--print", "sysroot"], "--print sysroot")?.trim_end(),
+    );
     let mut h = Sha256::new();
     h.update(file_digest(&real).map_err(io_err("rustc", &real))?);
     h.update(version.as_bytes());
@@ -586,36 +600,42 @@ fn unescape_env(v: &str) -> String {
 }
 
 /// Runs rustc's dep-info pass (`--emit=dep-info -o TMP`) with the job's other arguments, in
-/// the same working directory and environment, and parses what it lists.
-pub fn run_dep_info(rustc: &Path, job: &RustJob, cwd: &Path) -> Result<DepInfo, RustKeyError> {
+/// the same working directory and environment, through `runner`, and parses what it lists.
+pub fn run_dep_info(
+    runner: &dyn Runner,
+    rustc: &Path,
+    job: &RustJob,
+    cwd: &Path,
+) -> Result<DepInfo, RustKeyError> {
     let tmp = tempfile::Builder::new()
         .prefix("distc-depinfo-")
         .tempdir()
         .map_err(io_err("temporary directory", Path::new("$TMPDIR")))?;
     let dep = tmp.path().join("deps.d");
-    let out = Command::new(rustc)
-        .args(&job.depinfo_args)
-        .arg("--emit=dep-info")
-        .arg("-o")
-        .arg(&dep)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+    let mut args = job.depinfo_args.clone();
+    args.extend([
+        "--emit=dep-info".into(),
+        "-o".into(),
+        dep.clone().into_os_string(),
+    ]);
+    let out = runner
+        .output(&Command {
+            null_stdin: true,
+            null_stdout: true,
+            cwd: Some(cwd.to_path_buf()),
+            ..Command::new(rustc, args)
+        })
         .map_err(|e| RustKeyError::Rustc {
             rustc: rustc.to_path_buf(),
             what: "--emit=dep-info",
             detail: e.to_string(),
         })?;
-    if !out.status.success() {
+    if !out.success {
         tracing::debug!(
             "dep-info pass failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        return Err(RustKeyError::DepInfo {
-            code: out.status.code().unwrap_or(-1),
-        });
+        return Err(RustKeyError::DepInfo { code: out.code });
     }
     let text = fs::read_to_string(&dep).map_err(io_err("dep-info output", &dep))?;
     Ok(parse_dep_info(&text))
@@ -623,6 +643,8 @@ pub fn run_dep_info(rustc: &Path, job: &RustJob, cwd: &Path) -> Result<DepInfo, 
 
 /// Everything the key of one rustc job is computed in.
 pub struct KeyContext<'a> {
+    /// Where the dep-info pass runs.
+    pub runner: &'a dyn Runner,
     pub distc_dir: &'a Path,
     pub cwd: &'a Path,
     pub base_dir: Option<&'a Path>,
