@@ -122,6 +122,20 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until each of `peers` sees all the others up (15 s) and then has its mesh marker
+/// (`marker` each).
+fn wait_meshed(sb: &Sandbox, peers: &[&Peer], marker: Duration) {
+    let label = format!("{} peers up", peers.len());
+    for p in peers {
+        wait_until(&label, Duration::from_secs(15), || {
+            up_peers(sb, &p.dir) == peers.len() - 1
+        });
+        wait_until("mesh marker", marker, || {
+            distc_peer::ipc::mesh_active(&p.dir)
+        });
+    }
+}
+
 fn compile(sb: &Sandbox, dir: &Path, src: &str) -> Output {
     let obj = format!("{}.o", src.trim_end_matches(".c"));
     let _ = std::fs::remove_file(sb.work.join(&obj));
@@ -255,14 +269,7 @@ fn shared_manifests_give_a_first_remote_hit_without_any_compiler_run() {
     let boot = vec![address(&sb, &a)];
     let b = start_peer(&sb, "b", &boot);
     let c = start_peer(&sb, "c", &boot);
-    for p in [&a, &b, &c] {
-        wait_until("3 peers up", Duration::from_secs(15), || {
-            up_peers(&sb, &p.dir) == 2
-        });
-        wait_until("mesh marker", Duration::from_secs(5), || {
-            distc_peer::ipc::mesh_active(&p.dir)
-        });
-    }
+    wait_meshed(&sb, &[&a, &b, &c], Duration::from_secs(5));
     // Three "machines": each peer's dir, each with a checkout of its own under one base_dir.
     let base = sb.root.path().join("src");
     let on_a = checkout(&base, "a", 1);
@@ -334,14 +341,7 @@ fn a_second_machine_builds_another_checkout_from_the_first_ones_results() {
     let sb = mesh_sandbox();
     let one_peer = start_peer(&sb, "one", &[]);
     let two_peer = start_peer(&sb, "two", &[address(&sb, &one_peer)]);
-    for p in [&one_peer, &two_peer] {
-        wait_until("2 peers up", Duration::from_secs(15), || {
-            up_peers(&sb, &p.dir) == 1
-        });
-        wait_until("mesh marker", Duration::from_secs(10), || {
-            distc_peer::ipc::mesh_active(&p.dir)
-        });
-    }
+    wait_meshed(&sb, &[&one_peer, &two_peer], Duration::from_secs(10));
     let base = sb.root.path().join("home");
     let one = base.join("alice/src/app");
     let two = base.join("bob/work/clones/app");
@@ -913,14 +913,7 @@ fn a_peer_holding_another_keys_entry_never_serves_it() {
     let sb = mesh_sandbox();
     let a = start_peer(&sb, "a", &[]);
     let b = start_peer(&sb, "b", &[address(&sb, &a)]);
-    for p in [&a, &b] {
-        wait_until("2 peers up", Duration::from_secs(15), || {
-            up_peers(&sb, &p.dir) == 1
-        });
-        wait_until("mesh marker", Duration::from_secs(10), || {
-            distc_peer::ipc::mesh_active(&p.dir)
-        });
-    }
+    wait_meshed(&sb, &[&a, &b], Duration::from_secs(10));
     let sources = ["x.c", "y.c"];
     std::fs::write(sb.work.join("x.c"), "int x(void) { return 1; }\n").unwrap();
     std::fs::write(sb.work.join("y.c"), "int y(void) { return 2; }\n").unwrap();
@@ -1134,14 +1127,7 @@ fn entries_name_their_producer_and_a_restarted_peer_keeps_its_identity() {
     std::fs::write(sb.work.join("later.c"), "int later(void) { return 9; }\n").unwrap();
     let a = start_peer(&sb, "a", &[]);
     let b = start_peer(&sb, "b", &[address(&sb, &a)]);
-    for p in [&a, &b] {
-        wait_until("2 peers up", Duration::from_secs(15), || {
-            up_peers(&sb, &p.dir) == 1
-        });
-        wait_until("mesh marker", Duration::from_secs(10), || {
-            distc_peer::ipc::mesh_active(&p.dir)
-        });
-    }
+    wait_meshed(&sb, &[&a, &b], Duration::from_secs(10));
     let a_id = status(&sb, &a.dir).unwrap()["id"]
         .as_str()
         .unwrap()
@@ -1250,14 +1236,7 @@ fn plant(sb: &Sandbox, planter: &Peer) -> (distc_peer::Key, Vec<u8>) {
 fn two_peer_mesh(sb: &Sandbox) -> (Peer, Peer, String) {
     let p = start_peer(sb, "planter", &[]);
     let v = start_peer(sb, "victim", &[address(sb, &p)]);
-    for x in [&p, &v] {
-        wait_until("2 peers up", Duration::from_secs(15), || {
-            up_peers(sb, &x.dir) == 1
-        });
-        wait_until("mesh marker", Duration::from_secs(10), || {
-            distc_peer::ipc::mesh_active(&x.dir)
-        });
-    }
+    wait_meshed(sb, &[&p, &v], Duration::from_secs(10));
     let id = status(sb, &p.dir).unwrap()["id"]
         .as_str()
         .unwrap()
