@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, assert_ok, text};
+use common::{Sandbox, assert_ok, text, wait_until};
 
 /// A running `distc peer`, killed (SIGKILL) and reaped on drop.
 struct Peer {
@@ -112,14 +112,6 @@ fn up_peers(sb: &Sandbox, dir: &Path) -> usize {
                 .map(|a| a.iter().filter(|p| p["state"] == "up").count())
         })
         .unwrap_or(0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until each of `peers` sees all the others up (15 s) and then has its mesh marker

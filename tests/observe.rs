@@ -8,9 +8,9 @@ mod common;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Sandbox, assert_ok, distc_bin, have_tool, repo_root, text};
+use common::{Sandbox, assert_ok, distc_bin, have_tool, repo_root, text, wait_until};
 
 /// A running `distc peer`, killed and reaped on drop.
 struct Peer {
@@ -28,14 +28,6 @@ impl Drop for Peer {
 impl Peer {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
