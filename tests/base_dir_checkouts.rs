@@ -8,12 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Sandbox, assert_ok};
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, text).expect("write fixture file");
-}
+use common::{Sandbox, assert_ok, write};
 
 /// A small project: a C and a C++ source using a header of the project and `__FILE__`.
 fn write_project(dir: &Path) {

@@ -10,20 +10,15 @@
 //! this file (under cargo's test tmpdir) so `itoa` is downloaded once. When crates.io cannot
 //! be reached the tests print `SKIP:` and pass.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn distc_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_distc"))
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, text).expect("write fixture file");
-}
+use common::{distc_bin, write};
 
 /// The fixture workspace, written into `dir`.
 fn write_fixture(dir: &Path) {

@@ -236,6 +236,12 @@ impl Sandbox {
 }
 
 /// Output as text, for assertions and failure messages.
+/// Writes a fixture file, creating its directory.
+pub fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write fixture file");
+}
+
 /// Polls `f` every 100 ms until it holds; fails the test, naming `what`, after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
