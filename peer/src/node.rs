@@ -96,7 +96,10 @@ impl NodeConfig {
             get_timeout: Duration::from_secs(2),
             gossip_interval: Duration::from_millis(500),
             timing: Timing::default(),
-            idle_connection_timeout: Duration::from_secs(300),
+            // Connections live while used (probes, anti-entropy, fetches) and close after
+            // this long idle, so a peer holds a dozen or so, not one per member; a member it
+            // needs is dialed on demand (its address travels with its membership record).
+            idle_connection_timeout: Duration::from_secs(10),
             protocols: protocol::PROTOCOLS.to_vec(),
             trust: TrustPolicy::default(),
         }
