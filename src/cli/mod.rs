@@ -2,15 +2,17 @@
 //!
 //! `src/main.rs` decides whether argv is a compiler invocation (wrapper mode) or a command; for
 //! commands it calls [`main`]. Each subcommand's work lives in its own module: [`build`] and
-//! [`build_rust`] (`build`, `build-project`), [`inspect`], [`stats`], [`flush`], and [`mesh`]
-//! (`peer`, `mesh`, `status`). Each takes a loaded [`Config`].
+//! [`build_rust`] (`build`, `build-project`), [`inspect`], [`stats`], [`flush`], [`peer`], [`mesh`],
+//! [`status`] and [`top`]. Each takes a loaded [`Config`].
 
 mod build;
 mod build_rust;
 mod flush;
 mod inspect;
 mod mesh;
+mod peer;
 mod stats;
+mod status;
 mod top;
 
 use std::path::PathBuf;
@@ -110,7 +112,7 @@ pub enum Command {
     Flush,
 
     /// Run this machine's mesh peer in the foreground (see docs/mesh.md).
-    Peer(crate::cli::mesh::PeerArgs),
+    Peer(crate::cli::peer::PeerArgs),
 
     /// Create or join a mesh: its shared key and one-line join token.
     Mesh {
@@ -254,9 +256,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             crate::cli::flush::flush(&config)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Peer(args) => crate::cli::mesh::peer(&config, &args),
+        Command::Peer(args) => crate::cli::peer::peer(&config, &args),
         Command::Mesh { action } => crate::cli::mesh::mesh(&config, &action),
-        Command::Status { json } => crate::cli::mesh::status(&config, json),
+        Command::Status { json } => crate::cli::status::status(&config, json),
         Command::Top { once } => crate::cli::top::top(&config, once),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command(), "distc", &mut std::io::stdout());
