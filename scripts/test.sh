@@ -8,4 +8,6 @@ bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
-cargo test --workspace --all-targets --locked
+# Multi-peer tests start real peers and compilers; on a small machine, four at a time keeps
+# each one's peers from being starved into timeouts that a real mesh would not see.
+cargo test --workspace --all-targets --locked -- --test-threads=4
