@@ -1,29 +1,19 @@
 //! Real nodes on real sockets (127.0.0.1, port 0), in one process: discovery by bootstrap,
 //! gossip convergence, replication, failover, repair, flush, and the key boundary.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::TestNode;
 use distc_peer::Key;
 use distc_peer::membership::Timing;
-use distc_peer::node::{self, Node, NodeConfig, View};
+use distc_peer::node::{NodeConfig, View};
 use distc_peer::protocol::{Request, Response};
 use distc_peer::psk;
 use distc_peer::store::Store;
 use distc_peer::trust;
 use libp2p::{Multiaddr, identity};
-
-struct TestNode {
-    node: Node,
-    task: tokio::task::JoinHandle<()>,
-    addr: Multiaddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 impl TestNode {
     /// Simulates a crash: the event loop (and with it every connection) vanishes at once.
@@ -33,8 +23,6 @@ impl TestNode {
 }
 
 async fn spawn(key: Option<psk::PreSharedKey>, bootstrap: Vec<Multiaddr>) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store"), 1 << 30).unwrap();
     let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
     cfg.psk = key;
     cfg.bootstrap = bootstrap;
@@ -49,23 +37,7 @@ async fn spawn(key: Option<psk::PreSharedKey>, bootstrap: Vec<Multiaddr>) -> Tes
         forget_after: Duration::from_secs(60),
         unreachable_backoff: Duration::from_secs(2),
     };
-    let (node, ev) = node::new(cfg, store).unwrap();
-    let task = tokio::spawn(ev.run());
-    assert!(
-        node.wait_for(Duration::from_secs(5), |v| !v.listen.is_empty())
-            .await,
-        "node never listened"
-    );
-    let v = node.view();
-    let addr = v.listen[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(v.me));
-    TestNode {
-        node,
-        task,
-        addr,
-        _dir: dir,
-    }
+    common::start(cfg, 1 << 30, Duration::from_secs(5)).await
 }
 
 fn ring_size(n: usize) -> impl Fn(&View) -> bool {

@@ -10,11 +10,13 @@
 //! docs/mesh.md, "Membership at scale"). The same protocol code at 120 members without sockets
 //! is `membership::tests`, in virtual time. `SWIM_TEST_N` overrides the size.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::TestNode;
 use distc_peer::membership::Timing;
-use distc_peer::node::{self, Node, NodeConfig};
-use distc_peer::store::Store;
+use distc_peer::node::NodeConfig;
 use libp2p::{Multiaddr, PeerId, identity};
 
 fn n() -> usize {
@@ -24,44 +26,13 @@ fn n() -> usize {
         .unwrap_or(if cfg!(debug_assertions) { 24 } else { 120 })
 }
 
-struct TestNode {
-    node: Node,
-    task: tokio::task::JoinHandle<()>,
-    addr: Multiaddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 async fn spawn(bootstrap: Vec<Multiaddr>) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
     let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
     cfg.bootstrap = bootstrap;
     // The daemon's timing: 120 nodes share the test's two worker threads (and the machine's
     // cores with whatever else runs), which is what the widened probe timeouts are for.
     cfg.timing = Timing::default();
-    let (node, ev) = node::new(cfg, store).unwrap();
-    let task = tokio::spawn(ev.run());
-    assert!(
-        node.wait_for(Duration::from_secs(30), |v| !v.listen.is_empty())
-            .await,
-        "node never listened"
-    );
-    let v = node.view();
-    let addr = v.listen[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(v.me));
-    TestNode {
-        node,
-        task,
-        addr,
-        _dir: dir,
-    }
+    common::start(cfg, 1 << 20, Duration::from_secs(30)).await
 }
 
 /// Waits until every node's ring is exactly `want`; says who disagrees if not.
