@@ -28,6 +28,8 @@ pub const KEYS: &[&str] = &[
     "log",
     "replication",
     "vnodes",
+    "weight",
+    "role",
     "port",
     "listen",
     "bootstrap",
@@ -65,8 +67,12 @@ pub struct Config {
     pub log: String,
     /// Copies of each result in the mesh.
     pub replication: u32,
-    /// Virtual nodes per peer on the ring.
+    /// Virtual nodes on the ring of a peer of weight 100.
     pub vnodes: u32,
+    /// This peer's weight on the ring (None = "auto": from `max_size`).
+    pub weight: Option<u32>,
+    /// Owns no range of the ring (`role = "client"`).
+    pub client: bool,
     /// Default TCP port of a peer.
     pub port: u16,
     /// Explicit listen multiaddrs (empty = defaults derived from `port` and the mesh key).
@@ -132,6 +138,8 @@ impl Default for Config {
             log: "warn".into(),
             replication: 2,
             vnodes: 128,
+            weight: None,
+            client: false,
             port: 7878,
             listen: Vec::new(),
             bootstrap: Vec::new(),
@@ -341,6 +349,24 @@ impl Config {
                     .ok_or_else(|| bad("a whole number from 1 to 4096"))?
                     as u32
             }
+            "weight" => {
+                self.weight = match string(&raw) {
+                    Some(s) if s.trim().eq_ignore_ascii_case("auto") => None,
+                    _ => Some(
+                        integer(&raw, 1, distc_peer::ring::MAX_WEIGHT as u64)
+                            .ok_or_else(|| bad("\"auto\" or a whole number from 1 to 10000"))?
+                            as u32,
+                    ),
+                }
+            }
+            "role" => {
+                let s = string(&raw).ok_or_else(|| bad(ROLE))?;
+                self.client = match s.trim().to_ascii_lowercase().as_str() {
+                    "owner" | "" => false,
+                    "client" => true,
+                    _ => return Err(bad(ROLE)),
+                };
+            }
             "port" => {
                 self.port =
                     integer(&raw, 0, 65535).ok_or_else(|| bad("a TCP port from 0 to 65535"))? as u16
@@ -455,6 +481,7 @@ pub fn config_file() -> Option<PathBuf> {
     }
 }
 
+const ROLE: &str = "\"owner\" (owns part of the ring) or \"client\" (owns no range)";
 const BOOL: &str = "true or false (also 1/0, yes/no, on/off; empty is false)";
 const SIZE: &str = "a size in bytes, or a number with K, M, G or T (e.g. \"5G\")";
 const SOCKET: &str = "an IP address and port such as \"127.0.0.1:9464\" (or \"\" for off)";
@@ -669,6 +696,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn weight_is_auto_or_a_number_and_role_owner_or_client() {
+        let mut cfg = Config::default();
+        assert_eq!((cfg.weight, cfg.client), (None, false));
+        cfg.apply_toml("weight = 250\nrole = \"client\"", file())
+            .unwrap();
+        assert_eq!((cfg.weight, cfg.client), (Some(250), true));
+        cfg.set(
+            "weight",
+            Raw::Text("auto"),
+            &Source::Env("DISTC_WEIGHT".into()),
+        )
+        .unwrap();
+        cfg.set(
+            "role",
+            Raw::Text("Owner"),
+            &Source::Env("DISTC_ROLE".into()),
+        )
+        .unwrap();
+        assert_eq!((cfg.weight, cfg.client), (None, false));
+        for bad in [
+            "weight = 0",
+            "weight = 10001",
+            "weight = \"big\"",
+            "role = \"server\"",
+        ] {
+            let e = cfg.apply_toml(bad, file()).unwrap_err().to_string();
+            assert!(e.contains("test.toml"), "{bad}: {e}");
+        }
     }
 
     #[test]

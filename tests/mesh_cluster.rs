@@ -1381,3 +1381,74 @@ fn re_verification_catches_a_planted_entry_and_names_its_producer() {
     let s = distc::stats::Stats::read_all(&v.dir).unwrap();
     assert_eq!((s.verified, s.mismatches.len()), (1, 1), "{s:?}");
 }
+
+/// The peer in `status`'s list whose id is `id`.
+fn peer_entry(s: &serde_json::Value, id: &str) -> serde_json::Value {
+    s["peers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["id"] == id).cloned())
+        .unwrap_or_else(|| panic!("{id} not in status: {s}"))
+}
+
+#[test]
+fn a_client_peer_gets_hits_writes_through_the_owners_and_owns_no_range() {
+    let sb = mesh_sandbox();
+    std::fs::write(sb.work.join("x.c"), "int x(void) { return 1; }\n").unwrap();
+    std::fs::write(sb.work.join("y.c"), "int y(void) { return 2; }\n").unwrap();
+    let a = start_peer(&sb, "a", &[]);
+    let boot = vec![address(&sb, &a)];
+    let b = start_peer(&sb, "b", &boot);
+    // The client takes its role from the config (here its variable, DISTC_ROLE).
+    let c = start_peer_with(&sb, "c", &boot, |cmd| {
+        cmd.env("DISTC_LOG", "info,distc_peer=debug")
+            .env("DISTC_ROLE", "client");
+    });
+    wait_meshed(&sb, &[&a, &b, &c], Duration::from_secs(5));
+    let c_id = status(&sb, &c.dir).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Every peer sees the client as a member that owns nothing, the owners share the ring.
+    for p in [&a, &b, &c] {
+        wait_until("the client's role known", Duration::from_secs(10), || {
+            status(&sb, &p.dir).is_some_and(|s| peer_entry(&s, &c_id)["role"] == "client")
+        });
+        let s = status(&sb, &p.dir).unwrap();
+        let client = peer_entry(&s, &c_id);
+        assert_eq!(client["weight"], 0, "{client}");
+        assert_eq!(client["ring_share"].as_f64(), Some(0.0), "{client}");
+        let owners: f64 = s["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["role"] == "owner")
+            .map(|p| p["ring_share"].as_f64().unwrap())
+            .sum();
+        assert!((owners - 100.0).abs() < 0.5, "owner shares sum to {owners}");
+    }
+    let out = distc_in(&sb, &a.dir).arg("status").output().unwrap();
+    let table = assert_ok(&out, "status");
+    assert!(table.contains("client"), "{table}");
+
+    // An owner's compile is a hit through the client.
+    compile(&sb, &a.dir, "x.c");
+    wait_until("replication to the owners", Duration::from_secs(10), || {
+        status(&sb, &b.dir).is_some_and(|s| s["peers"][0]["entries"].as_u64() >= Some(2))
+    });
+    compile(&sb, &c.dir, "x.c");
+    assert_eq!(sb.compiles(), 1, "compile through the client was not a hit");
+    // The client's compile is written through to the owners: a hit on B.
+    compile(&sb, &c.dir, "y.c");
+    assert_eq!(sb.compiles(), 2);
+    wait_until(
+        "the client's entries on the owners",
+        Duration::from_secs(10),
+        || status(&sb, &b.dir).is_some_and(|s| s["peers"][0]["entries"].as_u64() >= Some(4)),
+    );
+    compile(&sb, &b.dir, "y.c");
+    assert_eq!(
+        sb.compiles(),
+        2,
+        "the client's result was not a hit on an owner"
+    );
+}

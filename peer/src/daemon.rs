@@ -50,6 +50,8 @@ pub struct PeerOptions {
     pub open: bool,
     pub replication: usize,
     pub vnodes: usize,
+    /// This peer's weight on the ring; 0 = a client (owns no range).
+    pub weight: u32,
     pub max_entry_size: u64,
     /// Store size cap in bytes.
     pub max_size: u64,
@@ -86,6 +88,7 @@ impl PeerOptions {
             open: false,
             replication: 2,
             vnodes: crate::ring::DEFAULT_VNODES,
+            weight: crate::ring::DEFAULT_WEIGHT,
             max_entry_size: 256 << 20,
             max_size: 10 << 30,
             idle_timeout: None,
@@ -347,7 +350,11 @@ pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
     let v = node.view();
     let shares = v.ring.shares();
     let share = |id| (shares.get(id).copied().unwrap_or(0.0) * 10_000.0).round() / 100.0;
+    let role = |w: u32| if w == 0 { "client" } else { "owner" }.to_string();
+    let my_weight = v.ring.weight(&v.me).unwrap_or(0);
     let mut peers = vec![PeerStatus {
+        weight: my_weight,
+        role: role(my_weight),
         id: v.me.to_string(),
         addrs: v.listen.iter().map(|a| a.to_string()).collect(),
         state: "self".into(),
@@ -359,6 +366,8 @@ pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
     }];
     for m in &v.members {
         peers.push(PeerStatus {
+            weight: m.weight,
+            role: role(m.weight),
             id: m.id.to_string(),
             addrs: m.addrs.iter().map(|a| a.to_string()).collect(),
             state: m.liveness.to_string(),
@@ -546,13 +555,17 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     cfg.psk = key;
     cfg.replication = opts.replication.max(1);
     cfg.vnodes = opts.vnodes.max(1);
+    cfg.weight = opts.weight;
     cfg.max_entry_size = opts.max_entry_size;
     cfg.gossip_interval = opts.gossip_interval;
     cfg.get_timeout = opts.get_timeout;
     cfg.trust = opts.trust.clone();
     cfg.timing = Timing::default();
     let (node, event_loop) = node::new(cfg, store)?;
-    tracing::info!(peer = %node.view().me, "peer starting");
+    match opts.weight {
+        0 => tracing::info!(peer = %node.view().me, "peer starting as a client (owns no range)"),
+        w => tracing::info!(peer = %node.view().me, weight = w, "peer starting"),
+    }
     let ev_task = tokio::spawn(event_loop.run());
     // Entries of producers the policy refuses (it may have changed while the peer was down)
     // are dropped before they are served; the scan reads headers only.

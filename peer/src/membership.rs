@@ -90,6 +90,8 @@ pub struct Member {
     pub id: PeerId,
     /// Where it can be dialed (from its identity).
     pub addrs: Vec<Multiaddr>,
+    /// Its weight on the ring (from its identity; 0 for a client).
+    pub weight: u32,
     /// What SWIM says.
     pub state: Liveness,
     /// Its store usage, as of the last anti-entropy exchange with it.
@@ -220,11 +222,18 @@ fn foca_config(t: &Timing, cluster_size: u32) -> foca::Config {
 }
 
 impl Membership {
+    /// A member of the default weight ([`crate::ring::DEFAULT_WEIGHT`]).
     pub fn new(me: PeerId, timing: Timing) -> Membership {
+        Membership::with_weight(me, timing, crate::ring::DEFAULT_WEIGHT)
+    }
+
+    /// A member of `weight` on the ring; 0 makes it a client, which owns no range.
+    pub fn with_weight(me: PeerId, timing: Timing, weight: u32) -> Membership {
         let id = SwimId {
             peer: me,
             generation: unix_now_ms(),
             addrs: Vec::new(),
+            weight: weight.min(crate::ring::MAX_WEIGHT),
         };
         let seed = {
             let h = Sha256::digest([me.to_bytes(), unix_now_ms().to_le_bytes().to_vec()].concat());
@@ -356,14 +365,37 @@ impl Membership {
             return;
         }
         let new = SwimId {
-            peer: self.me,
             generation: current.generation + 1,
             addrs: announce,
+            ..current
         };
         let r = self.foca.change_identity(new, &mut self.rt);
         Self::log_err("address change", r);
         self.changed = true;
         self.drain();
+    }
+
+    /// Our weight changed: members learn it under a new generation, and move the keys.
+    pub fn set_local_weight(&mut self, weight: u32) {
+        let weight = weight.min(crate::ring::MAX_WEIGHT);
+        let current = self.foca.identity().clone();
+        if current.weight == weight {
+            return;
+        }
+        let new = SwimId {
+            generation: current.generation + 1,
+            weight,
+            ..current
+        };
+        let r = self.foca.change_identity(new, &mut self.rt);
+        Self::log_err("weight change", r);
+        self.changed = true;
+        self.drain();
+    }
+
+    /// Our weight on the ring (0: a client).
+    pub fn local_weight(&self) -> u32 {
+        self.foca.identity().weight
     }
 
     pub fn local_addrs(&self) -> &[Multiaddr] {
@@ -405,7 +437,7 @@ impl Membership {
     }
 
     /// The digest of the ring's member set (peer and generation of every active member, and
-    /// ours): equal digests, same ring.
+    /// ours; a weight change is a new generation): equal digests, same ring.
     pub fn digest(&self) -> [u8; 32] {
         let mut ids: Vec<(Vec<u8>, u64)> = self
             .foca
@@ -557,6 +589,7 @@ impl Membership {
         Member {
             id: m.id().peer,
             addrs: m.id().addrs.clone(),
+            weight: m.id().weight,
             state: liveness(m.state()),
             usage: l.usage,
             last_seen_unix: l.last_seen_unix,
@@ -598,13 +631,24 @@ impl Membership {
         m.state
     }
 
-    /// The ring's member set, sorted: us plus every member SWIM holds alive or suspect.
+    /// The ring's member set, sorted: us plus every member SWIM holds alive or suspect
+    /// (clients too: they own no range, but are members).
     /// Depends only on membership records, so it is the same on every peer.
     pub fn ring_members(&self) -> Vec<PeerId> {
-        let mut out = vec![self.me];
-        out.extend(self.foca.iter_members().map(|m| m.id().peer));
+        self.ring_weights().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// [`Membership::ring_members`] with each member's weight, which the ring is built from.
+    pub fn ring_weights(&self) -> Vec<(PeerId, u32)> {
+        let mut out = vec![(self.me, self.foca.identity().weight)];
+        out.extend(
+            self.foca
+                .iter_members()
+                .filter(|m| m.id().peer != self.me)
+                .map(|m| (m.id().peer, m.id().weight)),
+        );
         out.sort();
-        out.dedup();
+        out.dedup_by(|a, b| a.0 == b.0);
         out
     }
 

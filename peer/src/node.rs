@@ -53,8 +53,12 @@ pub struct NodeConfig {
     pub psk: Option<pnet::PreSharedKey>,
     /// Copies of each entry (R).
     pub replication: usize,
-    /// Virtual nodes per member on the ring.
+    /// Virtual nodes per member of the default weight on the ring.
     pub vnodes: usize,
+    /// This peer's weight on the ring ([`crate::ring::weight_for_size`] of its store by
+    /// default); 0 makes it a client: a member that owns no range and reads and writes
+    /// through the owners.
+    pub weight: u32,
     /// Largest entry sent or accepted, in bytes.
     pub max_entry_size: u64,
     /// Upper bound of one whole request-response exchange (libp2p's own timeout).
@@ -91,6 +95,7 @@ impl NodeConfig {
             psk: None,
             replication: 2,
             vnodes: crate::ring::DEFAULT_VNODES,
+            weight: crate::ring::DEFAULT_WEIGHT,
             max_entry_size: 256 << 20,
             request_timeout: Duration::from_secs(30),
             get_timeout: Duration::from_secs(2),
@@ -139,6 +144,8 @@ pub enum RequestError {
 pub struct MemberView {
     pub id: PeerId,
     pub addrs: Vec<Multiaddr>,
+    /// Its weight on the ring; 0 for a client.
+    pub weight: u32,
     pub liveness: Liveness,
     pub last_seen_unix: u64,
     pub usage: Usage,
@@ -245,7 +252,8 @@ pub struct EventLoop {
     /// Addresses of peers found by mDNS/identify that are not members yet.
     hints: HashMap<PeerId, Vec<Multiaddr>>,
     listen_addrs: Vec<Multiaddr>,
-    ring_members: Vec<PeerId>,
+    /// The members (with weights) the ring was last built from.
+    ring_members: Vec<(PeerId, u32)>,
     ring: Ring,
     replication: usize,
     vnodes: usize,
@@ -366,7 +374,8 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
                 reason: e.to_string(),
             })?;
     }
-    let ring = Ring::new([me], cfg.vnodes);
+    let weight = cfg.weight.min(crate::ring::MAX_WEIGHT);
+    let ring = Ring::weighted([(me, weight)], cfg.vnodes);
     let view = Arc::new(View {
         me,
         listen: Vec::new(),
@@ -397,7 +406,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         done_tx,
         done_rx,
         view_tx,
-        membership: Membership::new(me, cfg.timing),
+        membership: Membership::with_weight(me, cfg.timing, weight),
         pending: HashMap::new(),
         swim_pending: HashMap::new(),
         traffic,
@@ -409,7 +418,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         bootstrap: cfg.bootstrap.iter().map(strip_p2p).collect(),
         hints: HashMap::new(),
         listen_addrs: Vec::new(),
-        ring_members: vec![me],
+        ring_members: vec![(me, weight)],
         ring,
         replication: cfg.replication.max(1),
         vnodes: cfg.vnodes,
@@ -503,24 +512,35 @@ impl EventLoop {
     fn publish(&mut self) {
         self.dirty = false;
         let now = Instant::now();
-        let ring_members = self.membership.ring_members();
+        let ring_members = self.membership.ring_weights();
         if ring_members != self.ring_members {
+            let named = |list: &[(PeerId, u32)], p: &PeerId| list.iter().any(|m| m.0 == *p);
+            let describe = |(p, w): &(PeerId, u32)| match w {
+                0 => format!("{p} (client)"),
+                w => format!("{p} (weight {w})"),
+            };
             let joined: Vec<String> = ring_members
                 .iter()
-                .filter(|p| !self.ring_members.contains(p))
-                .map(|p| p.to_string())
+                .filter(|m| !named(&self.ring_members, &m.0))
+                .map(describe)
                 .collect();
             let left: Vec<String> = self
                 .ring_members
                 .iter()
-                .filter(|p| !ring_members.contains(p))
-                .map(|p| p.to_string())
+                .filter(|m| !named(&ring_members, &m.0))
+                .map(|m| m.0.to_string())
+                .collect();
+            let reweighted: Vec<String> = ring_members
+                .iter()
+                .filter(|m| named(&self.ring_members, &m.0) && !self.ring_members.contains(m))
+                .map(describe)
                 .collect();
             tracing::info!(
                 members = ring_members.len(),
-                "ring changed: joined [{}], left [{}]",
+                "ring changed: joined [{}], left [{}], reweighted [{}]",
                 joined.join(", "),
-                left.join(", ")
+                left.join(", "),
+                reweighted.join(", ")
             );
             self.ring = self.ring.rebuilt(ring_members.iter().copied(), self.vnodes);
             self.ring_members = ring_members;
@@ -532,6 +552,7 @@ impl EventLoop {
             .map(|m| MemberView {
                 id: m.id,
                 addrs: m.addrs.clone(),
+                weight: m.weight,
                 liveness: self.membership.liveness(&m, now),
                 last_seen_unix: m.last_seen_unix,
                 usage: m.usage,

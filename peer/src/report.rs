@@ -19,6 +19,10 @@ pub struct PeerStatus {
     pub bytes: u64,
     /// Share of the key space it is primary owner of, in percent (0 when not in the ring).
     pub ring_share: f64,
+    /// Its weight on the ring (share ∝ weight); 0 for a client.
+    pub weight: u32,
+    /// `owner` or `client` (owns no range).
+    pub role: String,
     /// Directly connected to the answering peer.
     pub connected: bool,
 }

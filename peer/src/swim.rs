@@ -38,26 +38,30 @@ pub const MAX_MESSAGE: usize = 4 << 20;
 pub const MAX_MEMBERS: usize = 16384;
 pub const MAX_ADDRS: usize = 16;
 
-/// A member's identity as foca knows it: the peer, a generation number and the addresses it
-/// can be dialed at. foca keeps one record per peer id (its `Addr`); when a peer restarts or
-/// its addresses change it takes a higher generation, which wins over the old identity.
+/// A member's identity as foca knows it: the peer, a generation number, the addresses it
+/// can be dialed at and its weight on the ring. foca keeps one record per peer id (its `Addr`);
+/// when a peer restarts or its addresses or weight change it takes a higher generation, which
+/// wins over the old identity.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SwimId {
     pub peer: PeerId,
     /// Start time in ms since the epoch, raised by one on every renewal.
     pub generation: u64,
     pub addrs: Vec<Multiaddr>,
+    /// Its share of the ring relative to a default peer's 100 ([`crate::ring::points_for`]);
+    /// 0 for a client, which owns no range.
+    pub weight: u32,
 }
 
 impl std::fmt::Debug for SwimId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}#{}", self.peer, self.generation)
+        write!(f, "{}#{}w{}", self.peer, self.generation, self.weight)
     }
 }
 
-/// The wire form of a [`SwimId`]: raw peer id and multiaddr bytes.
+/// The wire form of a [`SwimId`]: raw peer id and multiaddr bytes, and the weight.
 #[derive(Serialize, Deserialize)]
-struct WireId(Bytes, u64, Vec<Bytes>);
+struct WireId(Bytes, u64, Vec<Bytes>, u32);
 
 impl Serialize for SwimId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -65,6 +69,7 @@ impl Serialize for SwimId {
             Bytes(self.peer.to_bytes()),
             self.generation,
             self.addrs.iter().map(|a| Bytes(a.to_vec())).collect(),
+            self.weight,
         )
         .serialize(s)
     }
@@ -72,7 +77,7 @@ impl Serialize for SwimId {
 
 impl<'de> Deserialize<'de> for SwimId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SwimId, D::Error> {
-        let WireId(peer, generation, addrs) = WireId::deserialize(d)?;
+        let WireId(peer, generation, addrs, weight) = WireId::deserialize(d)?;
         let peer = PeerId::from_bytes(&peer.0).map_err(serde::de::Error::custom)?;
         if addrs.len() > MAX_ADDRS {
             return Err(serde::de::Error::custom("too many addresses"));
@@ -85,6 +90,7 @@ impl<'de> Deserialize<'de> for SwimId {
             peer,
             generation,
             addrs,
+            weight: weight.min(crate::ring::MAX_WEIGHT),
         })
     }
 }
@@ -286,6 +292,7 @@ mod tests {
             peer: PeerId::random(),
             generation: 7,
             addrs: vec!["/ip4/10.0.0.1/tcp/4100".parse().unwrap()],
+            weight: 250,
         };
         let m = foca::Member::new(id.clone(), 3, foca::State::Suspect);
         let mut buf = Vec::new();
@@ -299,7 +306,7 @@ mod tests {
         let limited = (&mut small).limit(4);
         assert!(FocaCodec.encode_member(&m, limited).is_err());
         // A garbage peer id is refused.
-        let bad = codec::encode(&WireId(Bytes(vec![1, 2, 3]), 1, vec![])).unwrap();
+        let bad = codec::encode(&WireId(Bytes(vec![1, 2, 3]), 1, vec![], 100)).unwrap();
         assert!(FocaCodec.decode_member(&bad[..]).is_err());
         // A renewed identity wins over the one it replaces.
         use foca::Identity;

@@ -40,6 +40,10 @@ pub struct PeerArgs {
     /// build activity and the mesh's peers to whoever reaches it).
     #[arg(long)]
     pub metrics_public: bool,
+    /// Join as a client: owns no range of the ring, reads and writes through the owners
+    /// (config `role = "client"`). For CI runners and laptops that come and go.
+    #[arg(long)]
+    pub client: bool,
     /// Set by auto-start: a keyless peer then exits after `idle_timeout_secs` without use.
     #[arg(long, hide = true)]
     pub auto_started: bool,
@@ -82,6 +86,13 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
     o.open = config.open || args.open;
     o.replication = config.replication.max(1) as usize;
     o.vnodes = config.vnodes.max(1) as usize;
+    o.weight = if config.client || args.client {
+        0
+    } else {
+        config
+            .weight
+            .unwrap_or_else(|| distc_peer::ring::weight_for_size(config.max_size))
+    };
     o.max_entry_size = config.max_entry_size;
     o.max_size = config.max_size;
     // A wrapper gives its local peer `peer_timeout_ms` in all; the peer answers a lookup

@@ -85,15 +85,20 @@ pub fn render_status(s: &StatusReport) -> String {
         "PEER", "STATE", "SEEN", "ENTRIES", "BYTES", "RING"
     );
     for p in &s.peers {
+        // A client owns no range: its RING column says so rather than 0.0%.
+        let ring = match p.role.as_str() {
+            "client" => "client".to_string(),
+            _ => format!("{:.1}%", p.ring_share),
+        };
         let _ = writeln!(
             out,
-            "{:<54} {:<8} {:>9} {:>8} {:>10} {:>5.1}%  {}",
+            "{:<54} {:<8} {:>9} {:>8} {:>10} {:>6}  {}",
             p.id,
             p.state,
             ago(p.last_seen),
             p.entries,
             crate::cli::build::human_bytes(p.bytes),
-            p.ring_share,
+            ring,
             p.addrs.join(" ")
         );
     }
