@@ -15,8 +15,9 @@ for f in "$nodes"/node*.pid; do
   fi
   rm -f "$f"
 done
+# A peer hands its entries on before it exits (at most leave_timeout_secs, 30 by default).
 for pid in "${pids[@]}"; do
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 400); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done

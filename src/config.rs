@@ -37,6 +37,8 @@ pub const KEYS: &[&str] = &[
     "psk_file",
     "open",
     "max_entry_size",
+    "leave_timeout_secs",
+    "handoff_rate",
     "idle_timeout_secs",
     "metrics_listen",
     "trust",
@@ -87,6 +89,10 @@ pub struct Config {
     pub open: bool,
     /// Largest entry accepted from the network, bytes.
     pub max_entry_size: u64,
+    /// A leaving peer hands its entries on for at most this long, seconds (0 = no handoff).
+    pub leave_timeout_secs: u64,
+    /// Bytes per second a leaving peer's handoff sends at most (0 = no limit).
+    pub handoff_rate: u64,
     /// Idle exit of an auto-started keyless peer, seconds (0 = never).
     pub idle_timeout_secs: u64,
     /// Where `distc peer` serves Prometheus metrics (None = off).
@@ -147,6 +153,8 @@ impl Default for Config {
             psk_file: None,
             open: false,
             max_entry_size: 512 << 20,
+            leave_timeout_secs: 30,
+            handoff_rate: 32 << 20,
             idle_timeout_secs: 900,
             metrics_listen: None,
             trust: None,
@@ -380,6 +388,11 @@ impl Config {
             }
             "open" => self.open = boolean(&raw).ok_or_else(|| bad(BOOL))?,
             "max_entry_size" => self.max_entry_size = size(&raw).ok_or_else(|| bad(SIZE))?,
+            "leave_timeout_secs" => {
+                self.leave_timeout_secs = integer(&raw, 0, 3600)
+                    .ok_or_else(|| bad("seconds from 0 to 3600 (0 = no handoff)"))?
+            }
+            "handoff_rate" => self.handoff_rate = size(&raw).ok_or_else(|| bad(SIZE))?,
             "idle_timeout_secs" => {
                 self.idle_timeout_secs =
                     integer(&raw, 0, u32::MAX as u64).ok_or_else(|| bad("seconds (0 = never)"))?

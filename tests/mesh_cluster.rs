@@ -1452,3 +1452,111 @@ fn a_client_peer_gets_hits_writes_through_the_owners_and_owns_no_range() {
         "the client's result was not a hit on an owner"
     );
 }
+
+/// The keys in a peer's store.
+fn store_keys(dir: &Path) -> Vec<distc_peer::Key> {
+    store_files(dir)
+        .iter()
+        .map(|f| {
+            let hex = format!(
+                "{}{}",
+                f.parent().unwrap().file_name().unwrap().to_string_lossy(),
+                f.file_name().unwrap().to_string_lossy()
+            );
+            hex.parse().unwrap()
+        })
+        .collect()
+}
+
+/// A graceful stop (`distc peer stop`) of one of three peers at R = 2 loses nothing: before it
+/// tells the mesh it leaves, it hands every entry to the peers that own it once it is gone, so
+/// the moment it has exited both survivors hold every key (even those the other survivor's
+/// repair could only have copied later), and a newcomer compiles nothing.
+#[test]
+fn a_graceful_leave_hands_every_entry_to_its_new_owners() {
+    let sb = mesh_sandbox();
+    let files: Vec<String> = (0..8).map(|i| format!("g{i}.c")).collect();
+    for (i, f) in files.iter().enumerate() {
+        sb.write(f, format!("int g{i}(void) {{ return {i}; }}\n"));
+    }
+    let a = start_peer(&sb, "a", &[]);
+    let boot = vec![address(&sb, &a)];
+    let b = start_peer(&sb, "b", &boot);
+    let c = start_peer(&sb, "c", &boot);
+    wait_meshed(&sb, &[&a, &b, &c], Duration::from_secs(5));
+    let id = |p: &Peer| {
+        status(&sb, &p.dir).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ids = [(id(&a), &a), (id(&b), &b), (id(&c), &c)];
+    for f in &files {
+        compile(&sb, &a.dir, f);
+    }
+    assert_eq!(sb.compiles(), files.len());
+    let keys = store_keys(&a.dir);
+    assert_eq!(
+        keys.len(),
+        2 * files.len(),
+        "a result and a manifest per compile"
+    );
+    // Replication done: each key on its two owners.
+    let mut ipc = distc_peer::ipc::IpcClient::connect(&a.dir, Duration::from_secs(5)).unwrap();
+    let mut shared_with_a = 0;
+    for k in &keys {
+        let owners: Vec<String> = ipc.owners(k).unwrap().into_iter().map(|o| o.id).collect();
+        assert_eq!(owners.len(), 2);
+        shared_with_a += owners.contains(&ids[0].0) as usize;
+        wait_until("replication to the owners", Duration::from_secs(10), || {
+            ids.iter()
+                .filter(|(i, _)| owners.contains(i))
+                .all(|(_, p)| holds(&p.dir, k))
+        });
+    }
+    drop(ipc);
+    eprintln!("{shared_with_a} of {} keys have A as an owner", keys.len());
+    assert!(shared_with_a > 0);
+
+    let t = Instant::now();
+    let out = distc_in(&sb, &a.dir)
+        .args(["peer", "stop"])
+        .output()
+        .unwrap();
+    let said = assert_ok(&out, "distc peer stop");
+    let took = t.elapsed();
+    assert!(!distc_peer::daemon::is_running(&a.dir), "{said}");
+    // At once, before the survivors could have repaired anything themselves.
+    let missing: Vec<String> = keys
+        .iter()
+        .flat_map(|k| {
+            [("b", &b), ("c", &c)]
+                .into_iter()
+                .filter(|(_, p)| !holds(&p.dir, k))
+                .map(move |(n, _)| format!("{k} on {n}"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "not handed on: {missing:?}");
+    let log = std::fs::read_to_string(sb.root.path().join("a.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("handoff done"))
+        .unwrap_or_else(|| panic!("no handoff in the log:\n{log}"));
+    eprintln!("stop took {took:?}; {line}");
+    // The survivors see it gone, and a newcomer gets every result from them.
+    for p in [&b, &c] {
+        wait_until("A gone", Duration::from_secs(10), || {
+            up_peers(&sb, &p.dir) == 1
+        });
+    }
+    let d = start_peer(&sb, "d", &[address(&sb, &b)]);
+    wait_meshed(&sb, &[&b, &c, &d], Duration::from_secs(5));
+    for f in &files {
+        compile(&sb, &d.dir, f);
+    }
+    assert_eq!(
+        sb.compiles(),
+        files.len(),
+        "a result was lost with the leave"
+    );
+}

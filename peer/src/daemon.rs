@@ -61,6 +61,10 @@ pub struct PeerOptions {
     pub gossip_interval: Duration,
     /// How long a get waits for one remote peer.
     pub get_timeout: Duration,
+    /// A graceful stop hands entries on for at most this long (zero: no handoff).
+    pub leave_timeout: Duration,
+    /// Bytes per second the handoff sends at most (0: no limit).
+    pub handoff_rate: u64,
     /// Serve Prometheus metrics here (`--metrics`, config `metrics_listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Allow a metrics address other than loopback (`--metrics-public`).
@@ -94,6 +98,8 @@ impl PeerOptions {
             idle_timeout: None,
             gossip_interval: Duration::from_millis(500),
             get_timeout: Duration::from_secs(2),
+            leave_timeout: Duration::from_secs(30),
+            handoff_rate: 32 << 20,
             metrics_listen: None,
             metrics_public: false,
             wrapper_counters: None,
@@ -631,6 +637,24 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     marker.abort();
     let _ = fs::remove_file(ipc::mesh_marker_path(&dir));
     let _ = fs::remove_file(ipc::socket_path(&dir));
+    // Still a member while it hands its entries on: gets keep being served meanwhile, and the
+    // others learn of the leave only once the new owners hold what this peer held.
+    if !opts.leave_timeout.is_zero() {
+        let limits = crate::mesh::Handoff {
+            timeout: opts.leave_timeout,
+            rate: opts.handoff_rate,
+        };
+        let bound = opts.leave_timeout + Duration::from_secs(5);
+        if tokio::time::timeout(bound, node.hand_off(&limits))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "handoff did not finish within {}s: leaving anyway",
+                bound.as_secs()
+            );
+        }
+    }
     let _ = fs::remove_file(&pid_path);
     let _ = tokio::time::timeout(Duration::from_secs(2), node.leave()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), ev_task).await;

@@ -11,7 +11,9 @@
 //!   key handshake (the table `distc status` shows as `rejected`).
 //! - [`node`]: the libp2p node as an actor (cloneable `Node` handle + `EventLoop`): the
 //!   mechanism — one request to one peer, and the latest view of members and ring.
-//! - [`mesh`]: the policy on top: get from owners, replicate, repair, flush, inbound answers.
+//! - [`mesh`]: the policy on top: get from owners, replicate, repair, the handoff of a
+//!   graceful leave, flush, inbound answers.
+//! - [`transfer`]: transfer timeouts from entry size and measured throughput per peer.
 //! - [`metrics`]: the peer's counters and their Prometheus exposition (`--metrics`).
 //! - [`ipc`]: the local socket (`$DISTC_DIR/peer.sock`) and the sync `IpcClient` the wrapper uses.
 //! - [`daemon`]: `distc peer` (lock, identity, trust rules, IPC server) and auto-start.
@@ -37,6 +39,7 @@ pub mod report;
 pub mod ring;
 pub mod store;
 pub mod swim;
+pub mod transfer;
 pub mod trust;
 
 pub use key::Key;

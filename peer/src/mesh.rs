@@ -13,6 +13,11 @@ use crate::key::Key;
 use crate::membership::Liveness;
 use crate::node::{Node, RequestError};
 use crate::protocol::{self, Bytes, Request, Response};
+use crate::ring::Ring;
+use crate::transfer;
+
+/// What a put is given on top of the time its size needs (the receiver checks and writes it).
+const PUT_BASE: Duration = Duration::from_secs(5);
 use crate::store::{Store, StoreError};
 use crate::trust::{OutgoingError, Trust};
 
@@ -82,6 +87,73 @@ pub(crate) fn outgoing(store: &Store, trust: &Trust, key: &Key, raw: Vec<u8>) ->
         Err(e) => {
             tracing::warn!(%key, "cannot send entry: {e}");
             None
+        }
+    }
+}
+
+/// The bounds of a handoff ([`Node::hand_off`]): at most `timeout` in all, and at most `rate`
+/// bytes per second of entries (0 = no limit), so that a leaving laptop does not saturate a
+/// slow link for the others.
+#[derive(Debug, Clone, Copy)]
+pub struct Handoff {
+    pub timeout: Duration,
+    pub rate: u64,
+}
+
+impl Handoff {
+    /// The periodic repair's bounds: no time limit of its own, no pacing.
+    pub fn unlimited() -> Handoff {
+        Handoff {
+            timeout: Duration::from_secs(365 * 24 * 3600),
+            rate: 0,
+        }
+    }
+}
+
+/// What a handoff did.
+#[derive(Debug, Clone, Default)]
+pub struct HandoffReport {
+    /// Keys in the local store.
+    pub keys: usize,
+    /// Keys offered to owners (a key counts once per owner).
+    pub offered: usize,
+    /// Entries the owners lacked and stored.
+    pub sent: usize,
+    pub bytes: u64,
+    /// Owners offered to.
+    pub owners: usize,
+    /// Offers and puts that failed.
+    pub failed: usize,
+    /// The time limit ended it before every key was offered.
+    pub unfinished: bool,
+}
+
+/// Paces sends to a rate in bytes per second: after each send, sleeps until the bytes sent so
+/// far are not ahead of the rate (never past the deadline).
+struct Pacer {
+    rate: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Pacer {
+        Pacer {
+            rate,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    async fn sent(&mut self, bytes: u64, deadline: Instant) {
+        self.bytes += bytes;
+        if self.rate == 0 {
+            return;
+        }
+        let due = self.started + Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        let until = due.min(deadline);
+        if until > Instant::now() {
+            tokio::time::sleep_until(until.into()).await;
         }
     }
 }
@@ -193,12 +265,24 @@ impl Node {
         None
     }
 
+    /// The time a transfer of `size` bytes to or from `peer` is given: the base plus what its
+    /// size needs at the throughput measured to that peer ([`transfer::transfer_timeout`]).
+    pub fn transfer_timeout(&self, peer: &PeerId, size: u64) -> Duration {
+        transfer::transfer_timeout(PUT_BASE, size, self.throughput.rate(peer))
+    }
+
     async fn put_to(&self, peer: PeerId, key: Key, entry: Bytes) -> Result<(), RequestError> {
+        let len = entry.0.len() as u64;
+        let started = Instant::now();
+        let timeout = self.transfer_timeout(&peer, len);
         match self
-            .request(peer, Request::Put { key, entry }, self.request_timeout)
+            .request(peer, Request::Put { key, entry }, timeout)
             .await?
         {
-            Response::Stored => Ok(()),
+            Response::Stored => {
+                self.throughput.record(peer, len, started.elapsed());
+                Ok(())
+            }
             Response::Error(e) => Err(RequestError::Failed(e)),
             other => Err(RequestError::Failed(format!("unexpected answer {other:?}"))),
         }
@@ -252,30 +336,105 @@ impl Node {
     /// Brings every key this peer holds to its current owners (after a join or a leave):
     /// offers the keys, sends those the owner lacks. Returns the number of entries sent.
     pub async fn repair(&self) -> usize {
+        let view = self.view();
+        let r = self
+            .push_to_owners(&view.ring, &Handoff::unlimited(), false)
+            .await;
+        if r.sent > 0 {
+            tracing::info!(sent = r.sent, "repair: entries handed to their owners");
+        }
+        r.sent
+    }
+
+    /// A graceful leave's handoff: every key this peer holds is offered to its owners on the
+    /// ring *without* this peer (the owners it will have once the leave is known), and the
+    /// entries they lack are sent, within `limits` (time, bytes per second), with progress in
+    /// the log. Run it while still a member, before [`Node::leave`], so that gets keep being
+    /// served meanwhile.
+    pub async fn hand_off(&self, limits: &Handoff) -> HandoffReport {
+        let view = self.view();
+        let after = view.ring.without(&view.me);
+        let started = Instant::now();
+        tracing::info!(
+            members = after.len(),
+            timeout_secs = limits.timeout.as_secs(),
+            "leaving: handing entries to their new owners"
+        );
+        let r = self.push_to_owners(&after, limits, true).await;
+        tracing::info!(
+            keys = r.keys,
+            offered = r.offered,
+            sent = r.sent,
+            bytes = r.bytes,
+            owners = r.owners,
+            failed = r.failed,
+            finished = !r.unfinished,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "handoff {}",
+            if r.unfinished {
+                "stopped at its time limit"
+            } else {
+                "done"
+            }
+        );
+        r
+    }
+
+    /// Offers every key in the local store to its owners on `ring` (except this peer) and
+    /// sends what each lacks, paced and bounded by `limits`.
+    async fn push_to_owners(&self, ring: &Ring, limits: &Handoff, progress: bool) -> HandoffReport {
+        let deadline = Instant::now() + limits.timeout;
+        let mut report = HandoffReport::default();
         let store = self.store.clone();
         let keys = match tokio::task::spawn_blocking(move || store.keys()).await {
             Ok(Ok(k)) => k,
-            _ => return 0,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot list the store to hand entries on: {e}");
+                return report;
+            }
+            Err(_) => return report,
         };
+        report.keys = keys.len();
         let view = self.view();
         let mut by_owner: BTreeMap<PeerId, Vec<Key>> = BTreeMap::new();
         for k in keys {
-            for o in view.ring.owners(&k, view.replication) {
+            for o in ring.owners(&k, view.replication) {
                 if o != view.me && view.routable(&o) {
                     by_owner.entry(o).or_default().push(k);
                 }
             }
         }
-        let mut sent = 0;
-        for (owner, keys) in by_owner {
+        report.owners = by_owner.len();
+        let mut pace = Pacer::new(limits.rate);
+        let mut last_log = Instant::now();
+        'owners: for (owner, keys) in by_owner {
             for chunk in keys.chunks(protocol::MAX_OFFER) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    report.unfinished = true;
+                    break 'owners;
+                }
                 let want = match self
-                    .request(owner, Request::Offer(chunk.to_vec()), self.request_timeout)
+                    .request(
+                        owner,
+                        Request::Offer(chunk.to_vec()),
+                        self.request_timeout.min(left),
+                    )
                     .await
                 {
                     Ok(Response::Want(w)) => w,
-                    _ => break,
+                    Ok(other) => {
+                        tracing::debug!(%owner, "unexpected answer to an offer: {other:?}");
+                        report.failed += 1;
+                        continue 'owners;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%owner, "offer failed: {e}");
+                        report.failed += 1;
+                        continue 'owners;
+                    }
                 };
+                report.offered += chunk.len();
                 for k in want.into_iter().filter(|k| chunk.contains(k)) {
                     let (store, trust) = (self.store.clone(), self.trust.clone());
                     let entry = match tokio::task::spawn_blocking(move || {
@@ -288,16 +447,36 @@ impl Node {
                         Ok(Ok(Some(e))) => e,
                         _ => continue,
                     };
-                    if self.put_to(owner, k, Bytes(entry)).await.is_ok() {
-                        sent += 1;
+                    let len = entry.len() as u64;
+                    if Instant::now() >= deadline {
+                        report.unfinished = true;
+                        break 'owners;
+                    }
+                    // Given the time its size needs at the throughput measured to the owner.
+                    match self.put_to(owner, k, Bytes(entry)).await {
+                        Ok(()) => {
+                            report.sent += 1;
+                            report.bytes += len;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%owner, key = %k, "put failed: {e}");
+                            report.failed += 1;
+                        }
+                    }
+                    pace.sent(len, deadline).await;
+                    if progress && last_log.elapsed() >= Duration::from_secs(2) {
+                        last_log = Instant::now();
+                        tracing::info!(
+                            offered = report.offered,
+                            sent = report.sent,
+                            bytes = report.bytes,
+                            "handoff in progress"
+                        );
                     }
                 }
             }
         }
-        if sent > 0 {
-            tracing::info!(sent, "repair: entries handed to their owners");
-        }
-        sent
+        report
     }
 
     /// Runs [`Node::repair`] (a full scan of the local store) when the ring's member set has

@@ -225,6 +225,8 @@ pub struct Node {
     pub(crate) bad_entries: Arc<std::sync::atomic::AtomicU64>,
     /// Signs what this node sends, checks what it receives, holds the policy.
     pub(crate) trust: Arc<Trust>,
+    /// Throughput measured to each peer, for transfer timeouts ([`crate::transfer`]).
+    pub(crate) throughput: Arc<crate::transfer::Throughput>,
 }
 
 /// The actor: owns the swarm. Run it with [`EventLoop::run`].
@@ -326,8 +328,10 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         cfg.protocols
             .iter()
             .map(|p| (p.clone(), request_response::ProtocolSupport::Full)),
+        // The node bounds every request itself, by size and throughput ([`crate::transfer`]):
+        // libp2p's own limit is only the longest any transfer may take.
         request_response::Config::default()
-            .with_request_timeout(cfg.request_timeout)
+            .with_request_timeout(crate::transfer::MAX_TRANSFER.max(cfg.request_timeout))
             .with_max_concurrent_streams(256),
     );
     let swim_codec = SwimCodec::default();
@@ -399,6 +403,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         request_timeout: cfg.request_timeout,
         bad_entries: Arc::default(),
         trust: trust.clone(),
+        throughput: Arc::default(),
     };
     let ev = EventLoop {
         swarm,

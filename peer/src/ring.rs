@@ -163,6 +163,18 @@ impl Ring {
         }
     }
 
+    /// This ring without `peer` (the ring the others will derive once it has left).
+    pub fn without(&self, peer: &PeerId) -> Ring {
+        let rest: Vec<(PeerId, u32)> = self
+            .members
+            .iter()
+            .zip(&self.weights)
+            .filter(|(p, _)| *p != peer)
+            .map(|(p, w)| (*p, *w))
+            .collect();
+        self.rebuilt(rest, self.vnodes)
+    }
+
     /// A member's weight (0 for a client), `None` if it is not a member.
     pub fn weight(&self, peer: &PeerId) -> Option<u32> {
         self.members

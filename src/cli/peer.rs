@@ -14,7 +14,10 @@ use crate::config::Config;
 
 /// `distc peer` flags (config file and DISTC_* variables give the defaults).
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct PeerArgs {
+    #[command(subcommand)]
+    pub action: Option<PeerAction>,
     /// Listen on this multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/<port> with a mesh
     /// key, /ip4/127.0.0.1/tcp/0 without].
     #[arg(long, value_name = "MULTIADDR")]
@@ -47,6 +50,15 @@ pub struct PeerArgs {
     /// Set by auto-start: a keyless peer then exits after `idle_timeout_secs` without use.
     #[arg(long, hide = true)]
     pub auto_started: bool,
+}
+
+/// What `distc peer` does instead of running a peer.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PeerAction {
+    /// Stops this machine's running peer gracefully: it hands the entries it holds to the
+    /// peers that will own them (at most `leave_timeout_secs`), tells the mesh it leaves, and
+    /// exits; this command waits for that.
+    Stop,
 }
 
 fn parse_addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
@@ -101,6 +113,8 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
     // time to ask the next.
     o.lookup_timeout = Duration::from_millis(config.peer_timeout_ms * 4 / 5);
     o.get_timeout = Duration::from_millis((config.peer_timeout_ms * 2 / 5).clamp(50, 10_000));
+    o.leave_timeout = Duration::from_secs(config.leave_timeout_secs);
+    o.handoff_rate = config.handoff_rate;
     o.metrics_listen = args.metrics.or(config.metrics_listen);
     o.metrics_public = args.metrics_public;
     o.trust = config.trust_policy();
@@ -124,7 +138,52 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
 
 /// `distc peer`: runs the node in the foreground until interrupted.
 pub fn peer(config: &Config, args: &PeerArgs) -> Result<ExitCode> {
+    if let Some(PeerAction::Stop) = args.action {
+        return stop(config);
+    }
     let opts = peer_options(config, args)?;
     daemon::run(opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `distc peer stop`: asks the running peer to stop and waits until it has exited.
+fn stop(config: &Config) -> Result<ExitCode> {
+    let dir = &config.dir;
+    let pid: Option<i32> = std::fs::read_to_string(dir.join("peer.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut client = match distc_peer::ipc::IpcClient::connect(dir, Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(_) => {
+            println!("no peer is running for {}", dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    client.shutdown().with_context(|| {
+        format!(
+            "the peer for {} did not take the request to stop; `kill -TERM` its pid (peer.pid) stops it the same way",
+            dir.display()
+        )
+    })?;
+    drop(client);
+    println!("stopping the peer: it hands its entries on, then leaves the mesh");
+    // The peer still holds its lock while it hands entries on; it is gone when the lock is.
+    let limit = Duration::from_secs(config.leave_timeout_secs + 15);
+    let started = std::time::Instant::now();
+    while daemon::is_running(dir) {
+        if started.elapsed() > limit {
+            anyhow::bail!(
+                "the peer for {} (pid {}) is still running after {}s; see its log (or {} when \
+                 it was started automatically)",
+                dir.display(),
+                pid.map(|p| p.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                limit.as_secs(),
+                dir.join("peer.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("stopped after {:.1}s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
