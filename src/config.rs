@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "psk_file",
     "open",
     "max_entry_size",
+    "hedge_delay_ms",
     "leave_timeout_secs",
     "handoff_rate",
     "idle_timeout_secs",
@@ -89,6 +90,8 @@ pub struct Config {
     pub open: bool,
     /// Largest entry accepted from the network, bytes.
     pub max_entry_size: u64,
+    /// A get also asks the next owner after this long without a first answer, ms.
+    pub hedge_delay_ms: u64,
     /// A leaving peer hands its entries on for at most this long, seconds (0 = no handoff).
     pub leave_timeout_secs: u64,
     /// Bytes per second a leaving peer's handoff sends at most (0 = no limit).
@@ -153,6 +156,7 @@ impl Default for Config {
             psk_file: None,
             open: false,
             max_entry_size: 512 << 20,
+            hedge_delay_ms: 100,
             leave_timeout_secs: 30,
             handoff_rate: 32 << 20,
             idle_timeout_secs: 900,
@@ -388,6 +392,10 @@ impl Config {
             }
             "open" => self.open = boolean(&raw).ok_or_else(|| bad(BOOL))?,
             "max_entry_size" => self.max_entry_size = size(&raw).ok_or_else(|| bad(SIZE))?,
+            "hedge_delay_ms" => {
+                self.hedge_delay_ms =
+                    integer(&raw, 1, 60_000).ok_or_else(|| bad("milliseconds from 1 to 60000"))?
+            }
             "leave_timeout_secs" => {
                 self.leave_timeout_secs = integer(&raw, 0, 3600)
                     .ok_or_else(|| bad("seconds from 0 to 3600 (0 = no handoff)"))?

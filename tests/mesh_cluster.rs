@@ -1560,3 +1560,104 @@ fn a_graceful_leave_hands_every_entry_to_its_new_owners() {
         "a result was lost with the leave"
     );
 }
+
+/// `distc gcc -c SRC` through `dir`'s peer with the wrapper's `peer_timeout_ms` set, timed.
+fn compile_timed(sb: &Sandbox, dir: &Path, src: &str, peer_timeout_ms: u64) -> Duration {
+    let obj = src.replace(".c", ".o");
+    let _ = std::fs::remove_file(sb.work.join(&obj));
+    let t = Instant::now();
+    let out = distc_in(sb, dir)
+        .env("DISTC_PEER_TIMEOUT_MS", peer_timeout_ms.to_string())
+        .args(["gcc", "-c", src, "-o", &obj])
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_ok(&out, src);
+    took
+}
+
+/// A key's owner that stops answering (SIGSTOP: connections accepted, nothing said) is raced
+/// against the next replica after the hedge delay (100 ms), so a fetch costs about that, not
+/// the per-peer timeout; the same fetch without hedging waits the timeout out.
+#[test]
+fn a_stalled_owner_is_raced_against_the_next_replica_after_the_hedge_delay() {
+    let sb = mesh_sandbox();
+    sb.write("h.c", "int h(void) { return 3; }\n");
+    let a = start_peer(&sb, "a", &[]);
+    let boot = vec![address(&sb, &a)];
+    let b = start_peer(&sb, "b", &boot);
+    let c = start_peer(&sb, "c", &boot);
+    // Clients, so that they own nothing and the owners stay those of the three; a peer timeout
+    // of 5 s gives each owner 2 s to start answering (`peer_timeout_ms` × 2/5).
+    let client = |name: &str, hedge_ms: &str| {
+        start_peer_with(&sb, name, &boot, |cmd| {
+            cmd.env("DISTC_LOG", "info,distc_peer=debug")
+                .env("DISTC_ROLE", "client")
+                .env("DISTC_PEER_TIMEOUT_MS", "5000")
+                .env("DISTC_HEDGE_DELAY_MS", hedge_ms);
+        })
+    };
+    let hedged = client("hedged", "100");
+    let unhedged = client("unhedged", "60000");
+    wait_meshed(
+        &sb,
+        &[&a, &b, &c, &hedged, &unhedged],
+        Duration::from_secs(5),
+    );
+    compile(&sb, &a.dir, "h.c");
+    let keys = store_keys(&a.dir);
+    let id = |p: &Peer| {
+        status(&sb, &p.dir).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let owners_of = |k: &distc_peer::Key| -> Vec<String> {
+        distc_peer::ipc::IpcClient::connect(&hedged.dir, Duration::from_secs(5))
+            .unwrap()
+            .owners(k)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.id)
+            .collect()
+    };
+    let peers = [(id(&a), &a), (id(&b), &b), (id(&c), &c)];
+    for k in &keys {
+        let owners = owners_of(k);
+        wait_until("replication", Duration::from_secs(10), || {
+            peers
+                .iter()
+                .filter(|(i, _)| owners.contains(i))
+                .all(|(_, p)| holds(&p.dir, k))
+        });
+    }
+    // Stop the first owner of the result (the key both lookups end with) that is not A
+    // (A compiled it, so it holds every key and always has an answer).
+    let victim = keys
+        .iter()
+        .map(|k| owners_of(k)[0].clone())
+        .find(|o| *o != peers[0].0)
+        .unwrap_or_else(|| peers[1].0.clone());
+    let stalled = peers.iter().find(|(i, _)| *i == victim).unwrap().1;
+    signal(stalled.pid(), "-STOP");
+    let _resume = Resume(stalled.pid());
+
+    let fast = compile_timed(&sb, &hedged.dir, "h.c", 5000);
+    assert_eq!(sb.compiles(), 1, "no hit with an owner stalled");
+    let slow = compile_timed(&sb, &unhedged.dir, "h.c", 5000);
+    assert_eq!(sb.compiles(), 1, "no hit without hedging");
+    eprintln!("with an owner stalled: hedged fetch {fast:?}, unhedged {slow:?}");
+    let log = std::fs::read_to_string(sb.root.path().join("hedged.log")).unwrap();
+    assert!(
+        log.contains("asking the next peer too"),
+        "no hedge in the log:\n{log}"
+    );
+    assert!(
+        fast < Duration::from_millis(1500),
+        "hedged fetch took {fast:?}"
+    );
+    assert!(
+        slow > Duration::from_secs(2),
+        "the unhedged fetch did not wait: {slow:?}"
+    );
+}

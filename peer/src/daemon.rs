@@ -61,6 +61,8 @@ pub struct PeerOptions {
     pub gossip_interval: Duration,
     /// How long a get waits for one remote peer.
     pub get_timeout: Duration,
+    /// How long a get waits for one owner to start answering before also asking the next.
+    pub hedge_delay: Duration,
     /// A graceful stop hands entries on for at most this long (zero: no handoff).
     pub leave_timeout: Duration,
     /// Bytes per second the handoff sends at most (0: no limit).
@@ -98,6 +100,7 @@ impl PeerOptions {
             idle_timeout: None,
             gossip_interval: Duration::from_millis(500),
             get_timeout: Duration::from_secs(2),
+            hedge_delay: node::DEFAULT_HEDGE_DELAY,
             leave_timeout: Duration::from_secs(30),
             handoff_rate: 32 << 20,
             metrics_listen: None,
@@ -565,6 +568,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     cfg.max_entry_size = opts.max_entry_size;
     cfg.gossip_interval = opts.gossip_interval;
     cfg.get_timeout = opts.get_timeout;
+    cfg.hedge_delay = opts.hedge_delay;
     cfg.trust = opts.trust.clone();
     cfg.timing = Timing::default();
     let (node, event_loop) = node::new(cfg, store)?;

@@ -5,6 +5,7 @@
 //! an inbound request is answered from the local store.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -173,82 +174,103 @@ enum Bad {
 
 impl Node {
     /// Fetches the raw entry for `key` from the mesh: the ring owners in order, then the next
-    /// peers on the ring, until one has it or R+1 peers have answered "no". Entries that fail
-    /// verification are discarded. Owners that missed while a later peer hit get a copy.
+    /// peers on the ring, until one has it or R+1 peers have answered "no". Hedged: when the
+    /// peer asked last has not started answering within the hedge delay, the next one is asked
+    /// too, and the first good answer wins — so a stalled owner costs the hedge delay, not a
+    /// timeout. An answer that has started is given the time its size needs
+    /// ([`Node::request_sized`]). Entries that fail verification are discarded and the next
+    /// peer is asked. Owners that missed while a later peer hit get a copy (read repair).
     pub async fn get(&self, key: &Key) -> Option<Vec<u8>> {
+        use futures::StreamExt;
+        use futures::stream::FuturesUnordered;
+
         let view = self.view();
-        let order = view.ring.owners(key, usize::MAX);
         let want_answers = view.replication + 1;
+        let mut order = view.ring.owners(key, usize::MAX).into_iter().enumerate();
         let mut answered = 0usize;
         let mut missed: Vec<PeerId> = Vec::new();
-        for (rank, peer) in order.into_iter().enumerate() {
-            if answered >= want_answers {
-                break;
-            }
-            if peer == view.me {
-                answered += 1;
-                continue;
-            }
-            if !view.routable(&peer) {
-                continue;
-            }
-            match self
-                .request(peer, Request::Get(*key), self.get_timeout)
-                .await
-            {
-                Ok(Response::Entry(Some(entry))) => {
-                    // Decompressing and hashing a large entry takes milliseconds: off the
-                    // async workers, which also run the connections.
-                    let max = self.max_entry_size;
-                    let k = *key;
-                    let trust = self.trust.clone();
-                    let (entry, verdict) = match tokio::task::spawn_blocking(move || {
-                        let verdict = match Store::verify_raw(&entry.0, &k, max) {
-                            Ok(_) => trust.incoming(&entry.0, &k).map_err(Bad::Refused),
-                            Err(e) => Err(Bad::Corrupt(e)),
-                        };
-                        (entry, verdict)
-                    })
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!(%key, "entry check did not finish: {e}");
-                            return None;
-                        }
-                    };
-                    match verdict {
-                        Ok(_) => {}
-                        Err(Bad::Corrupt(e)) => {
-                            // A wrong answer (another key's entry, or a corrupt one): that peer
-                            // is no source for this key; the next one is asked.
-                            tracing::warn!(%peer, %key, "peer sent a bad entry, asking the next one: {e}");
-                            self.bad_entries
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            answered += 1;
-                            continue;
-                        }
-                        Err(Bad::Refused(e)) => {
-                            // Unsigned, forged or from a producer not trusted here (counted by
-                            // the trust module): routed around like a wrong answer.
-                            tracing::warn!(%peer, %key, "refused the entry a peer sent, asking the next one: {e}");
-                            answered += 1;
-                            continue;
-                        }
+        let mut inflight = FuturesUnordered::new();
+        // The progress of each request in flight, to tell a stalled peer from a slow transfer.
+        let mut watching: Vec<(usize, Arc<transfer::Progress>)> = Vec::new();
+        let mut next_hedge = Instant::now() + self.hedge_delay;
+        loop {
+            // Ask one more peer: the next routable one in ring order (this peer's own store
+            // counts as an answer; the wrapper has looked there).
+            let mut launch = |answered: &mut usize,
+                              inflight: &mut FuturesUnordered<_>,
+                              watching: &mut Vec<(usize, Arc<transfer::Progress>)>|
+             -> bool {
+                for (rank, peer) in order.by_ref() {
+                    if *answered >= want_answers {
+                        return false;
                     }
-                    tracing::debug!(%peer, %key, rank, "remote hit");
-                    if !missed.is_empty() {
-                        let node = self.clone();
-                        let entry = entry.clone();
-                        let key = *key;
-                        tokio::spawn(async move {
-                            for p in missed {
-                                let _ = node.put_to(p, key, entry.clone()).await;
-                            }
-                        });
+                    if peer == view.me {
+                        *answered += 1;
+                        continue;
                     }
-                    return Some(entry.0);
+                    if !view.routable(&peer) {
+                        continue;
+                    }
+                    let progress = Arc::new(transfer::Progress::default());
+                    watching.push((rank, progress.clone()));
+                    let node = self.clone();
+                    let key = *key;
+                    inflight.push(async move {
+                        let r = node
+                            .request_sized(peer, Request::Get(key), node.get_timeout, progress)
+                            .await;
+                        (rank, peer, r)
+                    });
+                    return true;
                 }
+                false
+            };
+            if inflight.is_empty() {
+                if answered >= want_answers || !launch(&mut answered, &mut inflight, &mut watching)
+                {
+                    return None;
+                }
+                next_hedge = Instant::now() + self.hedge_delay;
+                continue;
+            }
+            let done = tokio::select! {
+                d = inflight.next() => d,
+                _ = tokio::time::sleep_until(next_hedge.into()) => {
+                    // Hedge only against peers that have not started answering: a transfer
+                    // under way is not duplicated.
+                    if watching.iter().all(|(_, p)| p.started().is_none()) {
+                        let before = inflight.len();
+                        launch(&mut answered, &mut inflight, &mut watching);
+                        if inflight.len() > before {
+                            tracing::debug!(%key, "no answer within the hedge delay: asking the next peer too");
+                        }
+                    }
+                    next_hedge = Instant::now() + self.hedge_delay;
+                    continue;
+                }
+            };
+            let Some((rank, peer, result)) = done else {
+                continue;
+            };
+            watching.retain(|(r, _)| *r != rank);
+            match result {
+                Ok(Response::Entry(Some(entry))) => match self.check(peer, key, entry).await {
+                    Some(entry) => {
+                        tracing::debug!(%peer, %key, rank, "remote hit");
+                        if !missed.is_empty() {
+                            let node = self.clone();
+                            let entry = entry.clone();
+                            let key = *key;
+                            tokio::spawn(async move {
+                                for p in missed {
+                                    let _ = node.put_to(p, key, entry.clone()).await;
+                                }
+                            });
+                        }
+                        return Some(entry.0);
+                    }
+                    None => answered += 1,
+                },
                 Ok(Response::Entry(None)) => {
                     answered += 1;
                     if rank < view.replication {
@@ -261,8 +283,53 @@ impl Node {
                 }
                 Err(e) => tracing::debug!(%peer, %key, "get failed: {e}"),
             }
+            // An answer without the entry: ask the next peer at once.
+            if answered < want_answers && launch(&mut answered, &mut inflight, &mut watching) {
+                next_hedge = Instant::now() + self.hedge_delay;
+            }
         }
-        None
+    }
+
+    /// Checks an entry `peer` sent for `key` (digest, key, signature, trust); `None` (logged
+    /// and counted) when it is not the entry asked for.
+    async fn check(&self, peer: PeerId, key: &Key, entry: Bytes) -> Option<Bytes> {
+        // Decompressing and hashing a large entry takes milliseconds: off the async workers,
+        // which also run the connections.
+        let max = self.max_entry_size;
+        let k = *key;
+        let trust = self.trust.clone();
+        let (entry, verdict) = match tokio::task::spawn_blocking(move || {
+            let verdict = match Store::verify_raw(&entry.0, &k, max) {
+                Ok(_) => trust.incoming(&entry.0, &k).map_err(Bad::Refused),
+                Err(e) => Err(Bad::Corrupt(e)),
+            };
+            (entry, verdict)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%key, "entry check did not finish: {e}");
+                return None;
+            }
+        };
+        match verdict {
+            Ok(_) => Some(entry),
+            Err(Bad::Corrupt(e)) => {
+                // A wrong answer (another key's entry, or a corrupt one): that peer is no
+                // source for this key; the next one is asked.
+                tracing::warn!(%peer, %key, "peer sent a bad entry, asking the next one: {e}");
+                self.bad_entries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            Err(Bad::Refused(e)) => {
+                // Unsigned, forged or from a producer not trusted here (counted by the trust
+                // module): routed around like a wrong answer.
+                tracing::warn!(%peer, %key, "refused the entry a peer sent, asking the next one: {e}");
+                None
+            }
+        }
     }
 
     /// The time a transfer of `size` bytes to or from `peer` is given: the base plus what its

@@ -32,11 +32,15 @@ use crate::handshake::{self, Attempts, Rejections, Stage};
 use crate::key::Key;
 use crate::membership::{self, Liveness, Membership, Timing};
 use crate::metrics;
-use crate::protocol::{self, Codec, Request, Response};
+use crate::protocol::{self, Codec, Envelope, NodeCodec, Request, Response};
 use crate::ring::Ring;
 use crate::store::{Store, Usage};
 use crate::swim::{self, SwimCodec, SwimRequest, SwimResponse};
 use crate::trust::{Trust, TrustPolicy};
+
+/// The default hedge delay ([`NodeConfig::hedge_delay`]): well above a LAN round trip to a
+/// peer serving from its disk (a few ms), well below a compile.
+pub const DEFAULT_HEDGE_DELAY: Duration = Duration::from_millis(100);
 
 /// How a node is set up. Built by the daemon from the config file and flags.
 #[derive(Clone)]
@@ -63,8 +67,12 @@ pub struct NodeConfig {
     pub max_entry_size: u64,
     /// Upper bound of one whole request-response exchange (libp2p's own timeout).
     pub request_timeout: Duration,
-    /// How long a get waits for one peer before trying the next.
+    /// How long a get waits for one peer to start answering before giving it up (once its
+    /// answer has started, the answer's size and the peer's throughput set the time).
     pub get_timeout: Duration,
+    /// How long a get waits for one peer to start answering before also asking the next one
+    /// (hedging): a stalled owner costs this, not `get_timeout`.
+    pub hedge_delay: Duration,
     /// The node's housekeeping tick: store usage refresh, bootstrap redials, anti-entropy.
     pub gossip_interval: Duration,
     /// SWIM probe, suspicion and anti-entropy timing.
@@ -99,6 +107,7 @@ impl NodeConfig {
             max_entry_size: 256 << 20,
             request_timeout: Duration::from_secs(30),
             get_timeout: Duration::from_secs(2),
+            hedge_delay: DEFAULT_HEDGE_DELAY,
             gossip_interval: Duration::from_millis(500),
             timing: Timing::default(),
             // Connections live while used (probes, anti-entropy, fetches) and close after
@@ -184,6 +193,8 @@ enum Command {
     Request {
         peer: PeerId,
         request: Request,
+        /// Where the codec reports the answer's header (size), if the caller watches it.
+        progress: Option<Arc<crate::transfer::Progress>>,
         reply: oneshot::Sender<Result<Response, RequestError>>,
     },
     Unreachable(PeerId),
@@ -205,7 +216,7 @@ enum SwimPending {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    rr: request_response::Behaviour<Codec>,
+    rr: request_response::Behaviour<NodeCodec>,
     swim: request_response::Behaviour<SwimCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -227,6 +238,8 @@ pub struct Node {
     pub(crate) trust: Arc<Trust>,
     /// Throughput measured to each peer, for transfer timeouts ([`crate::transfer`]).
     pub(crate) throughput: Arc<crate::transfer::Throughput>,
+    /// How long a get waits for one peer to start answering before also asking the next.
+    pub(crate) hedge_delay: Duration,
 }
 
 /// The actor: owns the swarm. Run it with [`EventLoop::run`].
@@ -324,7 +337,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
     let keyed = cfg.psk.is_some();
     let transport = build_transport(&cfg.keypair, cfg.psk, attempts.clone())?;
     let rr = request_response::Behaviour::with_codec(
-        Codec::new(cfg.max_entry_size),
+        NodeCodec(Codec::new(cfg.max_entry_size)),
         cfg.protocols
             .iter()
             .map(|p| (p.clone(), request_response::ProtocolSupport::Full)),
@@ -404,6 +417,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         bad_entries: Arc::default(),
         trust: trust.clone(),
         throughput: Arc::default(),
+        hedge_delay: cfg.hedge_delay,
     };
     let ev = EventLoop {
         swarm,
@@ -586,6 +600,7 @@ impl EventLoop {
             Command::Request {
                 peer,
                 request,
+                progress,
                 reply,
             } => {
                 if peer == self.membership.me() {
@@ -593,11 +608,15 @@ impl EventLoop {
                     return;
                 }
                 let addrs = self.addrs_of(&peer);
+                let envelope = Envelope {
+                    msg: request,
+                    progress,
+                };
                 let id = self
                     .swarm
                     .behaviour_mut()
                     .rr
-                    .send_request_with_addresses(&peer, request, addrs);
+                    .send_request_with_addresses(&peer, envelope, addrs);
                 self.pending.insert(id, Pending::Client(reply));
             }
             Command::Unreachable(peer) => {
@@ -971,7 +990,7 @@ impl EventLoop {
         }
     }
 
-    fn on_rr_event(&mut self, ev: request_response::Event<Request, Response>) {
+    fn on_rr_event(&mut self, ev: request_response::Event<Envelope, Response>) {
         use request_response::{Event, Message, OutboundFailure};
         match ev {
             Event::Message {
@@ -981,7 +1000,7 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => match request {
+            } => match request.msg {
                 Request::Gossip(_) => {
                     // Table swapping of peers before SWIM: membership moved to its own
                     // protocol, so such a peer learns nothing here.
@@ -1115,6 +1134,7 @@ impl Node {
             .send(Command::Request {
                 peer,
                 request,
+                progress: None,
                 reply: tx,
             })
             .await
@@ -1125,6 +1145,73 @@ impl Node {
             Err(_) => {
                 let _ = self.cmd.try_send(Command::Unreachable(peer));
                 Err(RequestError::Timeout)
+            }
+        }
+    }
+
+    /// Sends `request` to `peer` and waits for the answer: at most `first_byte` for it to
+    /// start, then as long as the size its header announced needs at the throughput measured
+    /// to that peer ([`crate::transfer::transfer_timeout`], with `first_byte` as the base).
+    /// `progress` shows the caller whether the answer has started. A peer that does not start
+    /// answering in time is skipped for a few seconds, like one that cannot be reached.
+    pub async fn request_sized(
+        &self,
+        peer: PeerId,
+        request: Request,
+        first_byte: Duration,
+        progress: Arc<crate::transfer::Progress>,
+    ) -> Result<Response, RequestError> {
+        let (summary, started) = (metrics::Summary::of(&request), Instant::now());
+        let result = self
+            .request_sized_once(peer, request, first_byte, progress)
+            .await;
+        metrics::global().outbound(summary, result.as_ref(), started.elapsed());
+        result
+    }
+
+    async fn request_sized_once(
+        &self,
+        peer: PeerId,
+        request: Request,
+        first_byte: Duration,
+        progress: Arc<crate::transfer::Progress>,
+    ) -> Result<Response, RequestError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request {
+                peer,
+                request,
+                progress: Some(progress.clone()),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        let mut deadline = Instant::now() + first_byte;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+                Ok(Ok(r)) => {
+                    if let (Ok(Response::Entry(Some(e))), Some((at, _))) = (&r, progress.started())
+                    {
+                        self.throughput.record(peer, e.0.len() as u64, at.elapsed());
+                    }
+                    return r;
+                }
+                Ok(Err(_)) => return Err(RequestError::Stopped),
+                Err(_) => match progress.started() {
+                    None => {
+                        let _ = self.cmd.try_send(Command::Unreachable(peer));
+                        return Err(RequestError::Timeout);
+                    }
+                    Some((at, len)) => {
+                        let rate = self.throughput.rate(&peer);
+                        let until = at + crate::transfer::transfer_timeout(first_byte, len, rate);
+                        if until <= deadline {
+                            tracing::debug!(%peer, len, "transfer slower than its size allows");
+                            return Err(RequestError::Timeout);
+                        }
+                        deadline = until;
+                    }
+                },
             }
         }
     }

@@ -22,6 +22,8 @@
 
 use std::io;
 
+use std::sync::Arc;
+
 use futures::prelude::*;
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,7 @@ use crate::codec;
 use crate::frame::{self, invalid};
 use crate::key::Key;
 use crate::store::Usage;
+use crate::transfer::Progress;
 
 /// The protocol name this version prefers. Bump the version when a wire type or the framing
 /// changes incompatibly, and keep answering the previous one while it is cheap to.
@@ -132,6 +135,9 @@ pub enum Response {
 pub struct Codec {
     /// Largest frame accepted, in bytes (length prefix excluded).
     pub max_frame: usize,
+    /// Told when the answer's header has arrived and how large its body is (one stream's
+    /// codec, set by [`NodeCodec`] as it writes the request).
+    progress: Option<Arc<Progress>>,
 }
 
 impl Codec {
@@ -142,9 +148,31 @@ impl Codec {
                 .unwrap_or(usize::MAX - FRAME_OVERHEAD)
                 .saturating_add(FRAME_OVERHEAD)
                 .min(u32::MAX as usize),
+            progress: None,
+        }
+    }
+
+    fn started(&self, body_len: usize) {
+        if let Some(p) = &self.progress {
+            p.header(body_len as u64);
         }
     }
 }
+
+/// A request as the node hands it to libp2p: the message, and where the codec reports what
+/// has arrived of its answer ([`Progress`]), so the node can give a transfer that has started
+/// the time its size needs and race a peer that has not started against another.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub msg: Request,
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// The node's codec: [`Codec`] with [`Envelope`]s for requests. libp2p uses one clone of it
+/// per stream, writing the request and then reading the answer, so the progress the request
+/// carries is the one its answer reports to.
+#[derive(Debug, Clone)]
+pub struct NodeCodec(pub Codec);
 
 /// A message whose entry travels as the body of a `/distc/1.1.0` frame.
 trait WithBody: Sized {
@@ -197,7 +225,11 @@ impl Codec {
         M: serde::de::DeserializeOwned + WithBody,
     {
         if *protocol == PROTOCOL_1_0 {
-            let buf = frame::read(io, self.max_frame).await?;
+            let mut p = [0u8; 4];
+            io.read_exact(&mut p).await?;
+            let len = frame::check_len(p, self.max_frame)?;
+            self.started(len);
+            let buf = frame::read_growing(io, len, "frame").await?;
             return codec::decode(&buf, self.max_frame).map_err(|e| invalid(e.to_string()));
         }
         let mut prefix = [0u8; 12];
@@ -220,6 +252,7 @@ impl Codec {
                 )));
             }
         };
+        self.started(body_len);
         let head = frame::read_growing(io, head_len, "message header").await?;
         let mut msg: M =
             codec::decode(&head, self.max_frame).map_err(|e| invalid(e.to_string()))?;
@@ -307,6 +340,54 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncWrite + Unpin + Send,
     {
         self.write_msg(p, io, res).await
+    }
+}
+
+impl libp2p::request_response::Codec for NodeCodec {
+    type Protocol = StreamProtocol;
+    type Request = Envelope;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Envelope>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Ok(Envelope {
+            msg: self.0.read_msg(p, io).await?,
+            progress: None,
+        })
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        self.0.read_msg(p, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        req: Envelope,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        self.0.progress = req.progress;
+        self.0.write_msg(p, io, req.msg).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        self.0.write_msg(p, io, res).await
     }
 }
 

@@ -113,6 +113,7 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
     // time to ask the next.
     o.lookup_timeout = Duration::from_millis(config.peer_timeout_ms * 4 / 5);
     o.get_timeout = Duration::from_millis((config.peer_timeout_ms * 2 / 5).clamp(50, 10_000));
+    o.hedge_delay = Duration::from_millis(config.hedge_delay_ms.max(1));
     o.leave_timeout = Duration::from_secs(config.leave_timeout_secs);
     o.handoff_rate = config.handoff_rate;
     o.metrics_listen = args.metrics.or(config.metrics_listen);
