@@ -175,9 +175,9 @@ enum Bad {
 impl Node {
     /// Fetches the raw entry for `key` from the mesh: the ring owners in order, then the next
     /// peers on the ring, until one has it or R+1 peers have answered "no". Hedged: when the
-    /// peer asked last has not started answering within the hedge delay, the next one is asked
-    /// too, and the first good answer wins — so a stalled owner costs the hedge delay, not a
-    /// timeout. An answer that has started is given the time its size needs
+    /// peer asked has not started answering within the hedge delay, the next one is asked too
+    /// (at most two in flight), and the first good answer wins — so a stalled owner costs the
+    /// hedge delay, not a timeout. An answer that has started is given the time its size needs
     /// ([`Node::request_sized`]). Entries that fail verification are discarded and the next
     /// peer is asked. Owners that missed while a later peer hit get a copy (read repair).
     pub async fn get(&self, key: &Key) -> Option<Vec<u8>> {
@@ -236,9 +236,9 @@ impl Node {
             let done = tokio::select! {
                 d = inflight.next() => d,
                 _ = tokio::time::sleep_until(next_hedge.into()) => {
-                    // Hedge only against peers that have not started answering: a transfer
-                    // under way is not duplicated.
-                    if watching.iter().all(|(_, p)| p.started().is_none()) {
+                    // Hedge only against peers that have not started answering (a transfer under
+                    // way is not duplicated), and one at a time: at most two requests in flight.
+                    if inflight.len() < 2 && watching.iter().all(|(_, p)| p.started().is_none()) {
                         let before = inflight.len();
                         launch(&mut answered, &mut inflight, &mut watching);
                         if inflight.len() > before {
