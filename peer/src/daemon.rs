@@ -65,7 +65,8 @@ pub struct PeerOptions {
     pub hedge_delay: Duration,
     /// A graceful stop hands entries on for at most this long (zero: no handoff).
     pub leave_timeout: Duration,
-    /// Bytes per second the handoff sends at most (0: no limit).
+    /// Bytes per second the handoff, and the background repair after a ring change, send at
+    /// most (0: no limit).
     pub handoff_rate: u64,
     /// Serve Prometheus metrics here (`--metrics`, config `metrics_listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -569,6 +570,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     cfg.gossip_interval = opts.gossip_interval;
     cfg.get_timeout = opts.get_timeout;
     cfg.hedge_delay = opts.hedge_delay;
+    cfg.repair_rate = opts.handoff_rate;
     cfg.trust = opts.trust.clone();
     cfg.timing = Timing::default();
     let (node, event_loop) = node::new(cfg, store)?;

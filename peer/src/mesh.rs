@@ -102,7 +102,7 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// The periodic repair's bounds: no time limit of its own, no pacing.
+    /// No time limit of its own, no pacing.
     pub fn unlimited() -> Handoff {
         Handoff {
             timeout: Duration::from_secs(365 * 24 * 3600),
@@ -401,12 +401,17 @@ impl Node {
     }
 
     /// Brings every key this peer holds to its current owners (after a join or a leave):
-    /// offers the keys, sends those the owner lacks. Returns the number of entries sent.
+    /// offers the keys, sends those the owner lacks, paced to [`NodeConfig::repair_rate`]
+    /// bytes per second. Returns the number of entries sent.
+    ///
+    /// [`NodeConfig::repair_rate`]: crate::node::NodeConfig::repair_rate
     pub async fn repair(&self) -> usize {
         let view = self.view();
-        let r = self
-            .push_to_owners(&view.ring, &Handoff::unlimited(), false)
-            .await;
+        let limits = Handoff {
+            rate: self.repair_rate,
+            ..Handoff::unlimited()
+        };
+        let r = self.push_to_owners(&view.ring, &limits, false).await;
         if r.sent > 0 {
             tracing::info!(sent = r.sent, "repair: entries handed to their owners");
         }

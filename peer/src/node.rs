@@ -73,6 +73,9 @@ pub struct NodeConfig {
     /// How long a get waits for one peer to start answering before also asking the next one
     /// (hedging): a stalled owner costs this, not `get_timeout`.
     pub hedge_delay: Duration,
+    /// Bytes per second the background repair (entries handed to new owners after the ring
+    /// changed) sends at most; 0 is no limit.
+    pub repair_rate: u64,
     /// The node's housekeeping tick: store usage refresh, bootstrap redials, anti-entropy.
     pub gossip_interval: Duration,
     /// SWIM probe, suspicion and anti-entropy timing.
@@ -108,6 +111,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(30),
             get_timeout: Duration::from_secs(2),
             hedge_delay: DEFAULT_HEDGE_DELAY,
+            repair_rate: 0,
             gossip_interval: Duration::from_millis(500),
             timing: Timing::default(),
             // Connections live while used (probes, anti-entropy, fetches) and close after
@@ -240,6 +244,8 @@ pub struct Node {
     pub(crate) throughput: Arc<crate::transfer::Throughput>,
     /// How long a get waits for one peer to start answering before also asking the next.
     pub(crate) hedge_delay: Duration,
+    /// Bytes per second the background repair sends at most (0: no limit).
+    pub(crate) repair_rate: u64,
 }
 
 /// The actor: owns the swarm. Run it with [`EventLoop::run`].
@@ -418,6 +424,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         trust: trust.clone(),
         throughput: Arc::default(),
         hedge_delay: cfg.hedge_delay,
+        repair_rate: cfg.repair_rate,
     };
     let ev = EventLoop {
         swarm,

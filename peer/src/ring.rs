@@ -397,9 +397,11 @@ mod tests {
 
     #[test]
     fn share_follows_weight_and_a_client_owns_nothing() {
+        // 1024 points per weight 100: a member's share then strays by about 3 % (1/√points)
+        // from its weight's, so the 20 % bound below never fails by chance.
         let ps = peers(4);
         let weights = [100u32, 200, 400, 0];
-        let ring = Ring::weighted(ps.iter().copied().zip(weights), 128);
+        let ring = Ring::weighted(ps.iter().copied().zip(weights), 1024);
         assert_eq!(ring.len(), 4, "a client is a member");
         assert_eq!(ring.owning(), 3);
         assert_eq!(ring.weight(&ps[3]), Some(0));
@@ -438,15 +440,15 @@ mod tests {
     #[test]
     fn a_weight_change_moves_keys_only_to_or_from_that_member() {
         let ps = peers(5);
-        let before = Ring::weighted(ps.iter().map(|p| (*p, DEFAULT_WEIGHT)), 128);
+        let before = Ring::weighted(ps.iter().map(|p| (*p, DEFAULT_WEIGHT)), 1024);
         let grown: Vec<(PeerId, u32)> = ps
             .iter()
             .enumerate()
             .map(|(i, p)| (*p, if i == 0 { 300 } else { DEFAULT_WEIGHT }))
             .collect();
-        let after = before.rebuilt(grown.clone(), 128);
+        let after = before.rebuilt(grown.clone(), 1024);
         // Rebuilt incrementally, it is the ring built from scratch.
-        let fresh = Ring::weighted(grown, 128);
+        let fresh = Ring::weighted(grown, 1024);
         assert_eq!(after.points, fresh.points);
         assert_eq!(after.weights, fresh.weights);
         let ks = keys(30_000);
@@ -467,7 +469,7 @@ mod tests {
             ps.iter()
                 .enumerate()
                 .map(|(i, p)| (*p, (i > 0) as u32 * 100)),
-            128,
+            1024,
         );
         for k in &ks {
             let (a, b) = (after.owners(k, 1)[0], client.owners(k, 1)[0]);
