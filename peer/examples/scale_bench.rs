@@ -16,6 +16,12 @@
 //! - `traffic_median`, `traffic_max`: membership bytes per second per peer (sent + received,
 //!   message bodies and frame prefixes as the membership codec counts them; not TCP, Noise or
 //!   Yamux overhead), over IDLE_SECS (default 10) of an idle mesh after the kill;
+//! - `tcp_median`, `tcp_max`: the same on the wire: bytes each peer's TCP streams moved per
+//!   second (every protocol, with Noise, Yamux and handshakes), over the same window;
+//! - `new_conns_median`: TCP connections each peer made or accepted per second, same window;
+//! - `failed_median`: membership requests per peer per second that failed (no connection, no
+//!   answer in time);
+//! - `cpu_per_peer`: this process's CPU time over the window, per peer, in ms per second;
 //! - `conns_median`, `conns_max`: members each peer holds an open connection to, at the end;
 //! - `rss_per_peer`: this process's resident size divided by the peers in it.
 //!
@@ -48,7 +54,10 @@ async fn start(bootstrap: Vec<Multiaddr>) -> anyhow::Result<Peer> {
     let store = Store::open(&dir.path().join("store"), 1 << 20)?;
     let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
     cfg.bootstrap = bootstrap;
-    cfg.timing = Timing::default();
+    cfg.timing = timing();
+    if let Some(s) = env_u64("SCALE_CONN_IDLE_MS") {
+        cfg.idle_connection_timeout = Duration::from_millis(s);
+    }
     let (node, ev) = node::new(cfg, store)?;
     let task = tokio::spawn(ev.run());
     if !node
@@ -69,6 +78,45 @@ async fn start(bootstrap: Vec<Multiaddr>) -> anyhow::Result<Peer> {
     })
 }
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// The daemon's timing, or what `SCALE_PROBE_MS`, `SCALE_RTT_MS`, `SCALE_SUSPECT_MS`,
+/// `SCALE_GOSSIP_MS`, `SCALE_FANOUT` say (to compare settings).
+fn timing() -> Timing {
+    let mut t = Timing::default();
+    let ms = Duration::from_millis;
+    if let Some(v) = env_u64("SCALE_PROBE_MS") {
+        t.probe_period = ms(v);
+    }
+    if let Some(v) = env_u64("SCALE_RTT_MS") {
+        t.probe_rtt = ms(v);
+    }
+    if let Some(v) = env_u64("SCALE_SUSPECT_MS") {
+        t.suspect_to_down = ms(v);
+    }
+    if let Some(v) = env_u64("SCALE_GOSSIP_MS") {
+        t.gossip_period = ms(v);
+    }
+    if let Some(v) = env_u64("SCALE_FANOUT") {
+        t.gossip_fanout = v as usize;
+    }
+    t
+}
+
+/// This process's CPU time (user + system), in seconds.
+fn cpu_secs() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which ends with ')'): utime, stime are the 12th, 13th.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Waits until `pred` holds on every peer; the time it took, or an error after `limit`.
 async fn until_all(
     peers: &[Peer],
@@ -85,6 +133,56 @@ async fn until_all(
         }
     }
     Ok(t.elapsed())
+}
+
+/// With `SCALE_TRACE` set: every 500 ms on stderr, how many peers hold what `has` looks for,
+/// how many have a ring of `want`, and how many member records are suspect or down.
+fn progress(
+    peers: &[Peer],
+    has: impl Fn(&View) -> bool + Send + 'static,
+    want: usize,
+) -> tokio::task::JoinHandle<()> {
+    let nodes: Vec<Node> = peers.iter().map(|p| p.node.clone()).collect();
+    tokio::spawn(async move {
+        if std::env::var_os("SCALE_TRACE").is_none() {
+            return;
+        }
+        let t = Instant::now();
+        let (mut cpu, mut fails, mut conns) = (cpu_secs(), 0u64, 0u64);
+        loop {
+            let views: Vec<_> = nodes.iter().map(|n| n.view()).collect();
+            let (c, f, k) = (
+                cpu_secs(),
+                views.iter().map(|v| v.membership_failed).sum::<u64>(),
+                views.iter().map(|v| v.tcp_connections).sum::<u64>(),
+            );
+            let (dc, df, dk) = (c - cpu, f - fails, k - conns);
+            (cpu, fails, conns) = (c, f, k);
+            let holding = views.iter().filter(|v| has(v)).count();
+            let full = views.iter().filter(|v| v.ring.len() == want).count();
+            let count = |l: distc_peer::membership::Liveness| {
+                views
+                    .iter()
+                    .flat_map(|v| v.members.iter())
+                    .filter(|m| m.liveness == l)
+                    .count()
+            };
+            let sizes: std::collections::BTreeMap<usize, usize> =
+                views.iter().fold(Default::default(), |mut m, v| {
+                    *m.entry(v.ring.len()).or_default() += 1;
+                    m
+                });
+            eprintln!(
+                "{:6.1}s cpu {:.2} failed {df} conns {dk} holding {holding}/{} ring={want}: {full} suspect {} down {} sizes {sizes:?}",
+                t.elapsed().as_secs_f64(),
+                dc / 0.5,
+                views.len(),
+                count(distc_peer::membership::Liveness::Suspect),
+                count(distc_peer::membership::Liveness::Down),
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
 }
 
 fn rss_bytes() -> u64 {
@@ -112,17 +210,21 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<()> {
         let seed = peers[i % peers.len().min(3)].addr.clone();
         peers.push(start(vec![seed]).await?);
     }
+    let watch = progress(&peers, move |v: &View| v.ring.len() == n, n);
     until_all(&peers, limit, "start", move |v| v.ring.len() == n).await?;
+    watch.abort();
     line("ring_all", t0.elapsed().as_secs_f64(), "s");
 
     let before = peers[0].node.view().ring.clone();
     let joiner = start(vec![peers[1].addr.clone()]).await?;
     let j = joiner.node.view().me;
     peers.push(joiner);
+    let watch = progress(&peers, move |v: &View| v.ring.members().contains(&j), n + 1);
     let d = until_all(&peers, limit, "join", move |v| {
         v.ring.members().contains(&j) && v.ring.len() == n + 1
     })
     .await?;
+    watch.abort();
     line("join_agree", d.as_secs_f64(), "s");
     let after = peers[0].node.view().ring.clone();
     let mut moved = 0;
@@ -140,25 +242,49 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<()> {
     let dead: PeerId = victim.node.view().me;
     victim.task.abort();
     drop(victim);
+    let watch = progress(&peers, move |v: &View| !v.ring.members().contains(&dead), n);
     let d = until_all(&peers, limit, "kill", move |v| {
         !v.ring.members().contains(&dead) && v.ring.len() == n
     })
     .await?;
+    watch.abort();
     line("kill_agree", d.as_secs_f64(), "s");
 
     let bytes = |v: &View| (v.membership_sent + v.membership_received) as f64;
-    let start_bytes: Vec<f64> = peers.iter().map(|p| bytes(&p.node.view())).collect();
-    let t = Instant::now();
+    let tcp = |v: &View| (v.tcp_sent + v.tcp_received) as f64;
+    let dials = |v: &View| v.tcp_connections as f64;
+    let failed = |v: &View| v.membership_failed as f64;
+    let snap = |f: &dyn Fn(&View) -> f64| -> Vec<f64> {
+        peers.iter().map(|p| f(&p.node.view())).collect()
+    };
+    let (b0, t0, d0, f0) = (snap(&bytes), snap(&tcp), snap(&dials), snap(&failed));
+    let (t, cpu0) = (Instant::now(), cpu_secs());
     tokio::time::sleep(idle).await;
     let secs = t.elapsed().as_secs_f64();
-    let rates: Vec<f64> = peers
-        .iter()
-        .zip(&start_bytes)
-        .map(|(p, s)| (bytes(&p.node.view()) - s) / secs)
-        .collect();
-    let max = rates.iter().copied().fold(0.0, f64::max);
-    line("traffic_median", median(rates) / 1000.0, "KB/s");
-    line("traffic_max", max / 1000.0, "KB/s");
+    let cpu = cpu_secs() - cpu0;
+    let rate = |f: &dyn Fn(&View) -> f64, start: &[f64]| -> Vec<f64> {
+        peers
+            .iter()
+            .zip(start)
+            .map(|(p, s)| (f(&p.node.view()) - s) / secs)
+            .collect()
+    };
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let rates = rate(&bytes, &b0);
+    line("traffic_median", median(rates.clone()) / 1000.0, "KB/s");
+    line("traffic_max", max(&rates) / 1000.0, "KB/s");
+    let rates = rate(&tcp, &t0);
+    line("tcp_median", median(rates.clone()) / 1000.0, "KB/s");
+    line("tcp_max", max(&rates) / 1000.0, "KB/s");
+    let rates = rate(&dials, &d0);
+    line("new_conns_median", median(rates), "per s");
+    let rates = rate(&failed, &f0);
+    line("failed_median", median(rates), "per s");
+    line(
+        "cpu_per_peer",
+        cpu / secs / peers.len() as f64 * 1000.0,
+        "ms/s",
+    );
     let conns: Vec<f64> = peers
         .iter()
         .map(|p| p.node.view().members.iter().filter(|m| m.connected).count() as f64)

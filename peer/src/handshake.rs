@@ -10,11 +10,15 @@
 //! side sent anything, and [`Attempts`] keeps that record per address until the swarm reports
 //! how the attempt ended. [`Rejections`] is the table of refused addresses that `distc status`
 //! shows, and decides when a refusal is worth a warning (rate-limited per address).
+//!
+//! Being the one wrapper around every TCP stream, [`Watched`] also counts the bytes each moves
+//! and the connections made ([`TcpTraffic`]): what the node costs on the wire, handshakes and
+//! encryption included.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,11 +46,22 @@ pub(crate) enum Stage {
     Heard,
 }
 
-/// A TCP stream that records, once, whether the other side sent anything.
+/// A TCP stream that records, once, whether the other side sent anything, and counts the bytes
+/// it moves.
 pub(crate) struct Watched<S> {
     inner: S,
     /// `None` once something was heard (nothing left to record).
     state: Option<Arc<AtomicU8>>,
+    tcp: Arc<TcpTraffic>,
+}
+
+/// Every byte this node's TCP streams moved, and the TCP connections made (both directions),
+/// since start.
+#[derive(Debug, Default)]
+pub struct TcpTraffic {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    pub connections: AtomicU64,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -56,6 +71,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.tcp.received.fetch_add(*n as u64, Ordering::Relaxed);
+        }
         if let (Poll::Ready(res), Some(state)) = (&r, &self.state) {
             let now = match res {
                 Ok(n) if *n > 0 => HEARD,
@@ -76,7 +94,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.tcp.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -92,7 +114,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// reported yet, by remote address (the dialed address, or the inbound send-back address).
 /// Shared between the transport (which adds) and the event loop (which takes).
 #[derive(Clone, Default)]
-pub(crate) struct Attempts(Arc<Mutex<HashMap<Multiaddr, Attempt>>>);
+pub(crate) struct Attempts(Arc<Mutex<HashMap<Multiaddr, Attempt>>>, Arc<TcpTraffic>);
 
 /// When the TCP connection was made, and what was heard on it since.
 type Attempt = (Instant, Arc<AtomicU8>);
@@ -112,10 +134,17 @@ impl Attempts {
                 (Instant::now(), state.clone()),
             );
         }
+        self.1.connections.fetch_add(1, Ordering::Relaxed);
         Watched {
             inner: socket,
             state: Some(state),
+            tcp: self.1.clone(),
         }
+    }
+
+    /// The byte and connection counts of every stream this transport wrapped.
+    pub(crate) fn tcp(&self) -> Arc<TcpTraffic> {
+        self.1.clone()
     }
 
     /// How far the attempt to or from `addr` got; forgets it.

@@ -49,6 +49,10 @@ pub struct Timing {
     pub forget_after: Duration,
     /// After a failed dial or request, skip the peer for this long.
     pub unreachable_backoff: Duration,
+    /// While there is news, it is also gossiped this often to `gossip_fanout` random members
+    /// (besides riding on every probe and ack).
+    pub gossip_period: Duration,
+    pub gossip_fanout: usize,
 }
 
 impl Default for Timing {
@@ -62,6 +66,8 @@ impl Default for Timing {
             sync_interval: Duration::from_secs(2),
             forget_after: Duration::from_secs(600),
             unreachable_backoff: Duration::from_secs(5),
+            gossip_period: Duration::from_secs(1),
+            gossip_fanout: 3,
         }
     }
 }
@@ -140,7 +146,20 @@ pub struct Membership {
     syncs: u64,
     /// The latest time a caller told us (timers are due relative to it, never before now).
     clock: Instant,
+    /// How starved this peer is (Lifeguard's local health): 0 when its timers fire on time, up
+    /// to [`MAX_HEALTH`] when they fire late. Probing, probe timeouts and suspicion then run
+    /// `1 + health` times slower, so a peer that cannot keep up does less and blames others
+    /// less, instead of suspecting members whose answers it was too busy to read.
+    health: u32,
+    /// When `health` last rose, and when its timers were last late.
+    health_raised: Instant,
+    last_late: Instant,
 }
+
+/// A timer firing this late means this peer is short of CPU.
+const LATE: Duration = Duration::from_millis(200);
+/// Most slow-down: probing and suspicion at most this many times + 1 slower.
+pub const MAX_HEALTH: u32 = 7;
 
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,8 +232,9 @@ fn foca_config(t: &Timing, cluster_size: u32) -> foca::Config {
     // a libp2p connection, so with a hundred peers on one busy machine that alone saturates it.
     // Once per probe period to 3 members (changes also ride on every probe and ack).
     c.periodic_gossip = Some(foca::PeriodicParams {
-        frequency: t.probe_period,
-        num_members: std::num::NonZeroUsize::new(3).unwrap_or(std::num::NonZeroUsize::MIN),
+        frequency: t.gossip_period,
+        num_members: std::num::NonZeroUsize::new(t.gossip_fanout)
+            .unwrap_or(std::num::NonZeroUsize::MIN),
     });
     // Over TCP there is no fragmentation to avoid: room for ~60 updates per message.
     c.max_packet_size = std::num::NonZeroUsize::new(4096).unwrap_or(c.max_packet_size);
@@ -260,6 +280,9 @@ impl Membership {
             rng: SmallRng::seed_from_u64(seed ^ 0x5eed),
             syncs: 0,
             clock: Instant::now(),
+            health: 0,
+            health_raised: Instant::now(),
+            last_late: Instant::now(),
         }
     }
 
@@ -283,6 +306,13 @@ impl Membership {
         let now = self.clock.max(Instant::now());
         while let Some((after, timer)) = self.rt.to_schedule() {
             self.timer_seq += 1;
+            let after = match timer {
+                Timer::ProbeRandomMember(_)
+                | Timer::SendIndirectProbe { .. }
+                | Timer::ChangeSuspectToDown { .. }
+                | Timer::PeriodicGossip(_) => after * (1 + self.health),
+                _ => after,
+            };
             self.timers.insert((now + after, self.timer_seq), timer);
         }
         while let Some(n) = self.rt.to_notify() {
@@ -334,9 +364,34 @@ impl Membership {
         self.timers.keys().next().map(|k| k.0)
     }
 
-    /// Fires every foca timer due by `now`.
+    /// How much slower than configured this peer probes and suspects just now (1 = on time).
+    pub fn slowdown(&self) -> u32 {
+        1 + self.health
+    }
+
+    /// Fires every foca timer due by `now`, and adjusts the local health by how late they are.
     pub fn fire_timers(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
+        let period = self.timing.probe_period;
+        if let Some(due) = self.next_timer()
+            && now.saturating_duration_since(due) > LATE
+        {
+            self.last_late = now;
+            if self.health < MAX_HEALTH && now.duration_since(self.health_raised) >= period {
+                self.health += 1;
+                self.health_raised = now;
+                tracing::debug!(
+                    slowdown = self.health + 1,
+                    "timers fire late: probing slower"
+                );
+            }
+        } else if self.health > 0
+            && now.duration_since(self.last_late) >= period * 4
+            && now.duration_since(self.health_raised) >= period * 4
+        {
+            self.health -= 1;
+            self.health_raised = now;
+        }
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -540,26 +595,37 @@ impl Membership {
         l.last_seen_unix = unix_now();
     }
 
-    /// Whom to run anti-entropy with next: a random active member, and every tenth time a
-    /// random down one (so a healed partition finds its way back).
+    /// Whom to run anti-entropy with next: a random active member we hold a connection to
+    /// (no dial, no handshake) three times in four, any random active member otherwise (so
+    /// every member is reached in time), and every tenth time a random down one (so a healed
+    /// partition finds its way back).
     pub fn sync_target(&mut self) -> Option<(PeerId, Vec<Multiaddr>)> {
         self.syncs += 1;
         let me = self.me;
-        let pick = |want_down: bool, rng: &mut SmallRng, foca: &Foca<_, _, _, _>| {
-            let c: Vec<&foca::Member<SwimId>> = foca
-                .iter_membership_state()
-                .filter(|m: &&foca::Member<SwimId>| {
-                    (m.state() == State::Down) == want_down && m.id().peer != me
-                })
-                .collect();
-            c.choose(rng).map(|m| (m.id().peer, m.id().addrs.clone()))
-        };
+        let local = &self.local;
+        let pick =
+            |want_down: bool, connected: bool, rng: &mut SmallRng, foca: &Foca<_, _, _, _>| {
+                let c: Vec<&foca::Member<SwimId>> = foca
+                    .iter_membership_state()
+                    .filter(|m: &&foca::Member<SwimId>| {
+                        (m.state() == State::Down) == want_down
+                            && m.id().peer != me
+                            && (!connected || local.get(&m.id().peer).is_some_and(|l| l.connected))
+                    })
+                    .collect();
+                c.choose(rng).map(|m| (m.id().peer, m.id().addrs.clone()))
+            };
         if self.syncs.is_multiple_of(10)
-            && let Some(t) = pick(true, &mut self.rng, &self.foca)
+            && let Some(t) = pick(true, false, &mut self.rng, &self.foca)
         {
             return Some(t);
         }
-        pick(false, &mut self.rng, &self.foca)
+        if !self.syncs.is_multiple_of(4)
+            && let Some(t) = pick(false, true, &mut self.rng, &self.foca)
+        {
+            return Some(t);
+        }
+        pick(false, false, &mut self.rng, &self.foca)
     }
 
     /// How many members foca holds active (alive or suspect), not counting us.

@@ -42,6 +42,9 @@ use crate::trust::{Trust, TrustPolicy};
 /// peer serving from its disk (a few ms), well below a compile.
 pub const DEFAULT_HEDGE_DELAY: Duration = Duration::from_millis(100);
 
+/// A view whose ring did not change is published at most this often.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
 /// How a node is set up. Built by the daemon from the config file and flags.
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -82,6 +85,10 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Connections without traffic are closed after this long.
     pub idle_connection_timeout: Duration,
+    /// Most members a peer keeps connections to; beyond it the least recently used idle ones
+    /// are closed (a member needed later is dialed again: its addresses travel with its
+    /// membership record).
+    pub max_connections: usize,
     /// Protocol versions spoken, preferred first ([`protocol::PROTOCOLS`]; tests and the
     /// benchmark pin one to measure or check interoperation).
     pub protocols: Vec<StreamProtocol>,
@@ -118,6 +125,7 @@ impl NodeConfig {
             // this long idle, so a peer holds a dozen or so, not one per member; a member it
             // needs is dialed on demand (its address travels with its membership record).
             idle_connection_timeout: Duration::from_secs(10),
+            max_connections: 16,
             protocols: protocol::PROTOCOLS.to_vec(),
             trust: TrustPolicy::default(),
         }
@@ -171,14 +179,22 @@ pub struct View {
     pub me: PeerId,
     pub listen: Vec<Multiaddr>,
     pub usage: Usage,
-    pub ring: Ring,
+    /// Shared with the event loop and every earlier view until the member set changes.
+    pub ring: Arc<Ring>,
     pub members: Vec<MemberView>,
     pub replication: usize,
     /// Addresses whose connections failed the mesh key handshake lately.
     pub rejected: Vec<handshake::Rejection>,
-    /// Membership protocol bytes this node has sent and received since start.
+    /// Membership protocol bytes this node has sent and received since start, and its
+    /// membership requests that failed.
     pub membership_sent: u64,
     pub membership_received: u64,
+    pub membership_failed: u64,
+    /// Bytes on this node's TCP connections (every protocol, handshakes and encryption
+    /// included) and TCP connections made, since start.
+    pub tcp_sent: u64,
+    pub tcp_received: u64,
+    pub tcp_connections: u64,
 }
 
 impl View {
@@ -260,6 +276,8 @@ pub struct EventLoop {
     swim_pending: HashMap<request_response::OutboundRequestId, SwimPending>,
     /// Membership bytes moved (shown by `distc status`).
     traffic: Arc<swim::Traffic>,
+    /// Bytes and connections on the wire, every protocol.
+    tcp: Arc<handshake::TcpTraffic>,
     next_sync: Instant,
     store: Store,
     /// For the inbound requests the store answers ([`crate::mesh::serve`]).
@@ -275,7 +293,10 @@ pub struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     /// The members (with weights) the ring was last built from.
     ring_members: Vec<(PeerId, u32)>,
-    ring: Ring,
+    ring: Arc<Ring>,
+    /// When the view was last published (at most every [`PUBLISH_EVERY`] unless the ring
+    /// changed: with hundreds of members a view is not free).
+    published: Instant,
     replication: usize,
     vnodes: usize,
     max_entry_size: u64,
@@ -284,6 +305,11 @@ pub struct EventLoop {
     dirty: bool,
     /// Whether this node has a mesh key (changes what a failed handshake means).
     keyed: bool,
+    /// When we last sent a request to or got one from each peer, and how many requests to it
+    /// (and entry requests from it) are in flight: what decides which connections to close
+    /// past `max_connections`.
+    used: HashMap<PeerId, (Instant, u32)>,
+    max_connections: usize,
     /// Connection attempts past TCP connect, shared with the transport ([`handshake`]).
     attempts: Attempts,
     /// Addresses refused at the key handshake: warned about, shown by `distc status`.
@@ -398,7 +424,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
             })?;
     }
     let weight = cfg.weight.min(crate::ring::MAX_WEIGHT);
-    let ring = Ring::weighted([(me, weight)], cfg.vnodes);
+    let ring = Arc::new(Ring::weighted([(me, weight)], cfg.vnodes));
     let view = Arc::new(View {
         me,
         listen: Vec::new(),
@@ -409,6 +435,10 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         rejected: Vec::new(),
         membership_sent: 0,
         membership_received: 0,
+        membership_failed: 0,
+        tcp_sent: 0,
+        tcp_received: 0,
+        tcp_connections: 0,
     });
     let (view_tx, view_rx) = watch::channel(view);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -436,6 +466,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         pending: HashMap::new(),
         swim_pending: HashMap::new(),
         traffic,
+        tcp: attempts.tcp(),
         next_sync: Instant::now(),
         store,
         trust,
@@ -446,6 +477,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         listen_addrs: Vec::new(),
         ring_members: vec![(me, weight)],
         ring,
+        published: Instant::now(),
         replication: cfg.replication.max(1),
         vnodes: cfg.vnodes,
         max_entry_size: cfg.max_entry_size,
@@ -453,6 +485,8 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         ticks: 0,
         dirty: true,
         keyed,
+        used: HashMap::new(),
+        max_connections: cfg.max_connections.max(1),
         attempts,
         rejections: Rejections::default(),
     };
@@ -494,6 +528,13 @@ impl EventLoop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 _ = tokio::time::sleep_until(timer.into()) => {
+                    // What already arrived (an ack) counts before a timer says it did not.
+                    for _ in 0..256 {
+                        match futures::FutureExt::now_or_never(self.swarm.select_next_some()) {
+                            Some(ev) => self.on_swarm_event(ev),
+                            None => break,
+                        }
+                    }
                     self.membership.fire_timers(Instant::now());
                 }
                 cmd = self.cmd_rx.recv() => match cmd {
@@ -515,7 +556,7 @@ impl EventLoop {
                 self.dirty = true;
             }
             if self.dirty {
-                self.publish();
+                self.maybe_publish();
             }
         }
     }
@@ -535,7 +576,18 @@ impl EventLoop {
         }
     }
 
+    /// Publishes the view if the ring changed or the last one is old enough; otherwise leaves
+    /// it dirty for later.
+    fn maybe_publish(&mut self) {
+        self.publish_view(false);
+    }
+
     fn publish(&mut self) {
+        self.publish_view(true);
+    }
+
+    fn publish_view(&mut self, force: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
         self.dirty = false;
         let now = Instant::now();
         let ring_members = self.membership.ring_weights();
@@ -568,9 +620,14 @@ impl EventLoop {
                 left.join(", "),
                 reweighted.join(", ")
             );
-            self.ring = self.ring.rebuilt(ring_members.iter().copied(), self.vnodes);
+            self.ring = Arc::new(self.ring.rebuilt(ring_members.iter().copied(), self.vnodes));
             self.ring_members = ring_members;
+        } else if !force && now.duration_since(self.published) < PUBLISH_EVERY {
+            // Nothing the ring depends on changed: the rest can wait for the next tick.
+            self.dirty = true;
+            return;
         }
+        self.published = now;
         let members = self
             .membership
             .members()
@@ -593,11 +650,12 @@ impl EventLoop {
             members,
             replication: self.replication,
             rejected: self.rejections.list(),
-            membership_sent: self.traffic.sent.load(std::sync::atomic::Ordering::Relaxed),
-            membership_received: self
-                .traffic
-                .received
-                .load(std::sync::atomic::Ordering::Relaxed),
+            membership_sent: self.traffic.sent.load(Relaxed),
+            membership_received: self.traffic.received.load(Relaxed),
+            membership_failed: self.traffic.failed.load(Relaxed),
+            tcp_sent: self.tcp.sent.load(Relaxed),
+            tcp_received: self.tcp.received.load(Relaxed),
+            tcp_connections: self.tcp.connections.load(Relaxed),
         };
         self.view_tx.send_replace(Arc::new(view));
     }
@@ -625,6 +683,7 @@ impl EventLoop {
                     .rr
                     .send_request_with_addresses(&peer, envelope, addrs);
                 self.pending.insert(id, Pending::Client(reply));
+                self.touch(peer, 1);
             }
             Command::Unreachable(peer) => {
                 self.membership.set_unreachable(&peer, Instant::now());
@@ -667,6 +726,9 @@ impl EventLoop {
         // a few rounds, so two peers rarely dial each other at once.
         let me = self.membership.me();
         let late = self.ticks.is_multiple_of(4);
+        // A member's addresses are in its record: its hint has done its job.
+        let membership = &self.membership;
+        self.hints.retain(|p, _| membership.get(p).is_none());
         let hinted: Vec<PeerId> = self.hints.keys().copied().collect();
         for peer in hinted {
             if me < peer || late {
@@ -675,7 +737,7 @@ impl EventLoop {
         }
         // Alone: join through the bootstrap peers (push our table to those we are connected
         // to, dial the others), every other tick until one answers; and now and then anyway,
-        // to heal a partition.
+        // to heal a partition, those that are not active members here.
         let alone = self.membership.num_active() == 0;
         if (alone && self.ticks.is_multiple_of(2)) || self.ticks.is_multiple_of(20) {
             for i in 0..self.bootstrap.len() {
@@ -683,10 +745,17 @@ impl EventLoop {
                     Some(p) if alone && self.swarm.is_connected(&p) => {
                         self.send_sync(p, Vec::new(), true)
                     }
+                    Some(p)
+                        if !alone
+                            && self
+                                .membership
+                                .get(&p)
+                                .is_some_and(|m| m.state != Liveness::Down) => {}
                     _ => self.dial_bootstrap(i),
                 }
             }
         }
+        self.trim_connections(now);
         self.dirty = true;
     }
 
@@ -706,6 +775,7 @@ impl EventLoop {
                 addrs,
             );
             self.swim_pending.insert(id, SwimPending::Packet);
+            self.touch(out.to, 1);
         }
     }
 
@@ -725,6 +795,7 @@ impl EventLoop {
             .send_request_with_addresses(&peer, request, addrs);
         self.swim_pending
             .insert(id, SwimPending::Sync { pushed: push });
+        self.touch(peer, 1);
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -948,6 +1019,7 @@ impl EventLoop {
                     },
                 ..
             } => {
+                self.touch(peer, 0);
                 let response = self.membership.answer(peer, request);
                 let _ = self
                     .swarm
@@ -964,6 +1036,7 @@ impl EventLoop {
                     },
                 ..
             } => {
+                self.done_with(peer);
                 if let Some(SwimPending::Sync { pushed }) = self.swim_pending.remove(&request_id)
                     && self.membership.on_sync_answer(peer, pushed, response)
                 {
@@ -976,6 +1049,10 @@ impl EventLoop {
                 error,
                 ..
             } => {
+                self.traffic
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.done_with(peer);
                 if let Some(SwimPending::Sync { .. }) = self.swim_pending.remove(&request_id) {
                     tracing::debug!(%peer, "anti-entropy exchange failed: {error}");
                 }
@@ -1019,6 +1096,7 @@ impl EventLoop {
                         .send_response(channel, Response::Gossip(Vec::new()));
                 }
                 other => {
+                    self.touch(peer, 1);
                     let store = self.store.clone();
                     let trust = self.trust.clone();
                     let done = self.done_tx.clone();
@@ -1032,18 +1110,19 @@ impl EventLoop {
                 }
             },
             Event::Message {
+                peer,
                 message:
                     Message::Response {
                         request_id,
                         response,
                     },
                 ..
-            } => match self.pending.remove(&request_id) {
-                Some(Pending::Client(reply)) => {
+            } => {
+                self.done_with(peer);
+                if let Some(Pending::Client(reply)) = self.pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
-                None => {}
-            },
+            }
             Event::OutboundFailure {
                 peer,
                 request_id,
@@ -1063,14 +1142,58 @@ impl EventLoop {
                     OutboundFailure::Timeout => RequestError::Timeout,
                     OutboundFailure::Io(e) => RequestError::Failed(e.to_string()),
                 };
+                self.done_with(peer);
                 if let Some(Pending::Client(reply)) = self.pending.remove(&request_id) {
                     let _ = reply.send(Err(err));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, "inbound request failed: {error}");
+                self.done_with(peer);
             }
-            Event::ResponseSent { .. } => {}
+            Event::ResponseSent { peer, .. } => self.done_with(peer),
+        }
+    }
+
+    /// `peer` was just used; `started` more requests to or from it are now in flight.
+    fn touch(&mut self, peer: PeerId, started: u32) {
+        let u = self.used.entry(peer).or_insert((Instant::now(), 0));
+        u.0 = Instant::now();
+        u.1 += started;
+    }
+
+    /// A request to or from `peer` ended.
+    fn done_with(&mut self, peer: PeerId) {
+        if let Some(u) = self.used.get_mut(&peer) {
+            u.0 = Instant::now();
+            u.1 = u.1.saturating_sub(1);
+        }
+    }
+
+    /// Keeps connections to at most `max_connections` members: beyond that, closes the least
+    /// recently used of those idle for a second with no request in flight either way.
+    /// Bootstrap peers are not spared: the mesh knows their addresses like any member's.
+    fn trim_connections(&mut self, now: Instant) {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.used
+            .retain(|p, u| u.1 > 0 || connected.contains(p) || now.duration_since(u.0) < IDLE);
+        let Some(excess) = connected.len().checked_sub(self.max_connections) else {
+            return;
+        };
+        const IDLE: Duration = Duration::from_secs(1);
+        let mut idle: Vec<(Instant, PeerId)> = connected
+            .into_iter()
+            .filter_map(|p| match self.used.get(&p) {
+                Some((_, n)) if *n > 0 => None,
+                Some((t, _)) if now.duration_since(*t) < IDLE => None,
+                Some((t, _)) => Some((*t, p)),
+                None => Some((now - IDLE, p)),
+            })
+            .collect();
+        idle.sort();
+        for (_, p) in idle.into_iter().take(excess) {
+            tracing::trace!(peer = %p, "closing the least recently used connection");
+            let _ = self.swarm.disconnect_peer_id(p);
         }
     }
 }

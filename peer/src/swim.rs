@@ -192,11 +192,13 @@ pub enum SwimResponse {
     },
 }
 
-/// Membership bytes sent and received by this node (message bodies and frame prefixes).
+/// Membership bytes sent and received by this node (message bodies and frame prefixes), and
+/// membership requests that failed (no connection, no answer in time).
 #[derive(Debug, Default)]
 pub struct Traffic {
     pub sent: AtomicU64,
     pub received: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 /// The request-response codec of [`PROTOCOL`]; counts what it moves in [`Traffic`].

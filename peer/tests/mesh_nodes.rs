@@ -36,6 +36,8 @@ async fn spawn(key: Option<psk::PreSharedKey>, bootstrap: Vec<Multiaddr>) -> Tes
         sync_interval: Duration::from_millis(500),
         forget_after: Duration::from_secs(60),
         unreachable_backoff: Duration::from_secs(2),
+        gossip_period: Duration::from_millis(300),
+        gossip_fanout: 3,
     };
     common::start(cfg, 1 << 30, Duration::from_secs(5)).await
 }
