@@ -475,6 +475,8 @@ fn status_and_flush_cover_the_mesh() {
     let out = distc_in(&sb, &b.dir).arg("status").output().unwrap();
     let table = assert_ok(&out, "status");
     assert!(table.contains("self") && table.contains("up"), "{table}");
+    assert!(table.contains("Members: 3 ("), "no summary line: {table}");
+    assert!(table.contains("over 3 owners"), "{table}");
 
     // flush: with C dead, A and B are emptied and C is named.
     let c_id = status(&sb, &c.dir).unwrap()["id"]

@@ -410,6 +410,8 @@ pub fn status_report(node: &Node, mesh_key: Option<String>) -> StatusReport {
                 last_seen: r.last_unix,
             })
             .collect(),
+        membership_rate: v.membership_rate,
+        connections: v.members.iter().filter(|m| m.connected).count() as u64,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::report::{FlushReport, OwnerInfo, StatusReport};
 pub const SOCKET_NAME: &str = "peer.sock";
 /// Version of the local protocol; a mismatch makes the client treat the peer as absent.
 /// 2: the status report names the trust policy and refused entries; `SetTrust`.
-pub const IPC_VERSION: u32 = 3;
+pub const IPC_VERSION: u32 = 4;
 /// Largest frame either side accepts. The socket is owner-only, but a frame is still
 /// length-checked and read into a buffer that grows with the bytes received.
 pub const MAX_FRAME: usize = 1 << 30;

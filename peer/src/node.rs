@@ -42,6 +42,9 @@ use crate::trust::{Trust, TrustPolicy};
 /// peer serving from its disk (a few ms), well below a compile.
 pub const DEFAULT_HEDGE_DELAY: Duration = Duration::from_millis(100);
 
+/// The window `View::membership_rate` is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
 /// A view whose ring did not change is published at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
@@ -195,6 +198,8 @@ pub struct View {
     pub tcp_sent: u64,
     pub tcp_received: u64,
     pub tcp_connections: u64,
+    /// Membership bytes per second (sent + received) over the last ten seconds or so.
+    pub membership_rate: f64,
 }
 
 impl View {
@@ -278,6 +283,10 @@ pub struct EventLoop {
     traffic: Arc<swim::Traffic>,
     /// Bytes and connections on the wire, every protocol.
     tcp: Arc<handshake::TcpTraffic>,
+    /// Membership bytes moved as of a moment at least [`RATE_WINDOW`] ago, and the rate
+    /// measured since the one before.
+    rate_mark: (Instant, u64),
+    membership_rate: f64,
     next_sync: Instant,
     store: Store,
     /// For the inbound requests the store answers ([`crate::mesh::serve`]).
@@ -439,6 +448,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         tcp_sent: 0,
         tcp_received: 0,
         tcp_connections: 0,
+        membership_rate: 0.0,
     });
     let (view_tx, view_rx) = watch::channel(view);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -467,6 +477,8 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         swim_pending: HashMap::new(),
         traffic,
         tcp: attempts.tcp(),
+        rate_mark: (Instant::now(), 0),
+        membership_rate: 0.0,
         next_sync: Instant::now(),
         store,
         trust,
@@ -656,6 +668,7 @@ impl EventLoop {
             tcp_sent: self.tcp.sent.load(Relaxed),
             tcp_received: self.tcp.received.load(Relaxed),
             tcp_connections: self.tcp.connections.load(Relaxed),
+            membership_rate: self.membership_rate,
         };
         self.view_tx.send_replace(Arc::new(view));
     }
@@ -756,6 +769,14 @@ impl EventLoop {
             }
         }
         self.trim_connections(now);
+        let elapsed = now.duration_since(self.rate_mark.0);
+        if elapsed >= RATE_WINDOW {
+            use std::sync::atomic::Ordering::Relaxed;
+            let moved = self.traffic.sent.load(Relaxed) + self.traffic.received.load(Relaxed);
+            self.membership_rate =
+                moved.saturating_sub(self.rate_mark.1) as f64 / elapsed.as_secs_f64();
+            self.rate_mark = (now, moved);
+        }
         self.dirty = true;
     }
 

@@ -53,6 +53,13 @@ pub struct StatusReport {
     /// Addresses this peer refused or was refused by at the mesh key handshake lately, and
     /// bootstrap addresses it will not dial: why each one cannot join.
     pub rejected: Vec<RejectedPeer>,
+    /// Membership traffic of the local peer (sent + received, bytes per second, over about the
+    /// last ten seconds).
+    #[serde(default)]
+    pub membership_rate: f64,
+    /// Members the local peer holds a connection to.
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// An address that cannot join this peer's mesh (`distc status`, "rejected").

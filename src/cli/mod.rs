@@ -120,12 +120,16 @@ pub enum Command {
         action: crate::cli::mesh::MeshAction,
     },
 
-    /// Show every known peer: state, last seen, entries, bytes, ring share; and addresses that
-    /// cannot join (another mesh key, or none), and why.
+    /// Show the mesh: a summary line (members up, suspect, down; ring shares; membership
+    /// traffic), every known peer (state, last seen, entries, bytes, ring share; the first 20
+    /// unless --all), and addresses that cannot join (another mesh key, or none), and why.
     Status {
-        /// Print JSON.
+        /// Print JSON (every peer, whatever the size of the mesh).
         #[arg(long)]
         json: bool,
+        /// List every peer (without it, the table stops after 20 rows and says how many more).
+        #[arg(long)]
+        all: bool,
     },
 
     /// Watch the cache live: the mesh's peers, this machine's compiles as they happen, and
@@ -258,7 +262,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Peer(args) => crate::cli::peer::peer(&config, &args),
         Command::Mesh { action } => crate::cli::mesh::mesh(&config, &action),
-        Command::Status { json } => crate::cli::status::status(&config, json),
+        Command::Status { json, all } => crate::cli::status::status(&config, json, all),
         Command::Top { once } => crate::cli::top::top(&config, once),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command(), "distc", &mut std::io::stdout());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use distc_peer::daemon;
 use distc_peer::ipc::IpcClient;
-use distc_peer::report::StatusReport;
+use distc_peer::report::{PeerStatus, StatusReport};
 
 use crate::config::Config;
 
@@ -53,8 +53,66 @@ fn ago(unix: u64) -> String {
     }
 }
 
-/// Human-readable status table.
-pub fn render_status(s: &StatusReport) -> String {
+/// Rows of the peer table shown without `--all`.
+pub const TABLE_ROWS: usize = 20;
+
+/// The summary line above the table: members by state (this peer counted as up), how evenly
+/// the ring is shared among the owners in it, this peer's share, membership traffic.
+pub fn summary(s: &StatusReport) -> String {
+    let count = |state: &str| s.peers.iter().filter(|p| p.state == state).count();
+    let up = count("up") + count("self");
+    let (suspect, down) = (count("suspect"), count("down"));
+    let owners: Vec<f64> = s
+        .peers
+        .iter()
+        .filter(|p| p.state != "down" && p.role != "client")
+        .map(|p| p.ring_share)
+        .collect();
+    let min = owners.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = owners.iter().copied().fold(0.0, f64::max);
+    let ring = if owners.is_empty() {
+        "no owners in the ring".to_string()
+    } else {
+        format!(
+            "ring share {min:.1}–{max:.1}% over {} owners (equal: {:.1}%)",
+            owners.len(),
+            100.0 / owners.len() as f64
+        )
+    };
+    let mine = s
+        .peers
+        .iter()
+        .find(|p| p.state == "self")
+        .map(|p| match p.role.as_str() {
+            "client" => "this peer: client, owns no range".to_string(),
+            _ => format!("this peer {:.1}%", p.ring_share),
+        })
+        .unwrap_or_default();
+    format!(
+        "Members: {} ({up} up, {suspect} suspect, {down} down); {ring}; {mine}; membership {:.1} KB/s, {} connections",
+        s.peers.len(),
+        s.membership_rate / 1000.0,
+        s.connections
+    )
+}
+
+/// The order of the table: this peer, then suspect and down members (what needs a look), then
+/// the rest, each in the peer's order.
+fn table_order(s: &StatusReport) -> Vec<&PeerStatus> {
+    let rank = |p: &PeerStatus| match p.state.as_str() {
+        "self" => 0,
+        "suspect" => 1,
+        "down" => 2,
+        _ => 3,
+    };
+    let mut rows: Vec<&PeerStatus> = s.peers.iter().collect();
+    rows.sort_by_key(|p| rank(p));
+    rows
+}
+
+/// Human-readable status: the summary line, then the table (the first [`TABLE_ROWS`] rows
+/// unless `all`).
+pub fn render_status(s: &StatusReport, all: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let mesh = match &s.mesh_key {
@@ -79,12 +137,15 @@ pub fn render_status(s: &StatusReport) -> String {
             s.bad_entries
         );
     }
+    let _ = writeln!(out, "{}", summary(s));
     let _ = writeln!(
         out,
         "{:<54} {:<8} {:>9} {:>8} {:>10} {:>6}  ADDRESSES",
         "PEER", "STATE", "SEEN", "ENTRIES", "BYTES", "RING"
     );
-    for p in &s.peers {
+    let rows = table_order(s);
+    let shown = if all { rows.len() } else { TABLE_ROWS };
+    for p in rows.iter().take(shown) {
         // A client owns no range: its RING column says so rather than 0.0%.
         let ring = match p.role.as_str() {
             "client" => "client".to_string(),
@@ -100,6 +161,13 @@ pub fn render_status(s: &StatusReport) -> String {
             crate::cli::build::human_bytes(p.bytes),
             ring,
             p.addrs.join(" ")
+        );
+    }
+    if rows.len() > shown {
+        let _ = writeln!(
+            out,
+            "… {} more (`distc status --all` lists every one)",
+            rows.len() - shown
         );
     }
     if !s.rejected.is_empty() {
@@ -155,8 +223,8 @@ fn not_answering_message(config: &Config) -> String {
 /// How long `status` waits for the local peer's answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `distc status [--json]`.
-pub fn status(config: &Config, json: bool) -> Result<ExitCode> {
+/// `distc status [--json] [--all]`.
+pub fn status(config: &Config, json: bool, all: bool) -> Result<ExitCode> {
     let not_answering = || {
         if json {
             println!(
@@ -201,7 +269,7 @@ pub fn status(config: &Config, json: bool) -> Result<ExitCode> {
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", render_status(&s));
+        print!("{}", render_status(&s, all));
         for (producer, n) in &mismatches {
             println!(
                 "MISMATCH: {n} re-verified entries produced by {producer} differed from this \
@@ -210,4 +278,120 @@ pub fn status(config: &Config, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distc_peer::report::PeerStatus;
+
+    fn peer(i: usize, state: &str, share: f64) -> PeerStatus {
+        PeerStatus {
+            id: format!("12D3KooPeer{i:03}"),
+            addrs: vec![format!("/ip4/10.0.0.{i}/tcp/7878")],
+            state: state.into(),
+            last_seen: distc_peer::membership::unix_now(),
+            entries: 1,
+            bytes: 10,
+            ring_share: share,
+            weight: 100,
+            role: "owner".into(),
+            connected: false,
+        }
+    }
+
+    /// 40 members: one self, 36 up, 2 suspect, 1 down (out of the ring).
+    fn report() -> StatusReport {
+        let mut peers = vec![peer(0, "self", 2.6)];
+        for i in 1..40 {
+            let state = match i {
+                7 | 30 => "suspect",
+                35 => "down",
+                _ => "up",
+            };
+            let share = if state == "down" {
+                0.0
+            } else {
+                2.0 + (i % 5) as f64 * 0.25
+            };
+            peers.push(peer(i, state, share));
+        }
+        StatusReport {
+            id: "12D3KooPeer000".into(),
+            version: "0".into(),
+            listen: vec![],
+            replication: 2,
+            mesh_key: None,
+            peers,
+            bad_entries: 0,
+            trust: "mesh".into(),
+            refused: Default::default(),
+            rejected: vec![],
+            membership_rate: 1234.0,
+            connections: 9,
+        }
+    }
+
+    #[test]
+    fn a_large_mesh_gets_a_summary_and_a_paged_table_with_what_needs_a_look_first() {
+        let s = report();
+        let text = render_status(&s, false);
+        let lines: Vec<&str> = text.lines().collect();
+        let summary = lines
+            .iter()
+            .find(|l| l.starts_with("Members:"))
+            .expect("summary line");
+        assert_eq!(
+            *summary,
+            "Members: 40 (37 up, 2 suspect, 1 down); ring share 2.0–3.0% over 39 owners \
+             (equal: 2.6%); this peer 2.6%; membership 1.2 KB/s, 9 connections"
+        );
+        let header = lines.iter().position(|l| l.starts_with("PEER")).unwrap();
+        assert!(
+            header
+                > lines
+                    .iter()
+                    .position(|l| l.starts_with("Members:"))
+                    .unwrap()
+        );
+        let rows = &lines[header + 1..];
+        assert_eq!(rows.len(), TABLE_ROWS + 1, "{text}");
+        assert!(rows[0].contains("self"));
+        assert!(rows[1].contains("suspect") && rows[2].contains("suspect"));
+        assert!(rows[3].contains("down"));
+        assert_eq!(
+            rows[TABLE_ROWS],
+            "… 20 more (`distc status --all` lists every one)"
+        );
+        // --all lists every member, and no "more" line.
+        let all = render_status(&s, true);
+        assert_eq!(
+            all.lines().filter(|l| l.starts_with("12D3KooPeer")).count(),
+            40
+        );
+        assert!(!all.contains("more (`distc status --all`"));
+        // JSON keeps the whole list and the numbers the summary is made of.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["peers"].as_array().unwrap().len(), 40);
+        assert_eq!(v["membership_rate"], 1234.0);
+        assert_eq!(v["connections"], 9);
+    }
+
+    #[test]
+    fn a_small_mesh_shows_every_row() {
+        let mut s = report();
+        s.peers.truncate(3);
+        let text = render_status(&s, false);
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("12D3KooPeer"))
+                .count(),
+            3
+        );
+        assert!(!text.contains("more ("));
+        assert!(
+            text.contains("Members: 3 (3 up, 0 suspect, 0 down)"),
+            "{text}"
+        );
+    }
 }
