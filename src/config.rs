@@ -45,6 +45,9 @@ pub const KEYS: &[&str] = &[
     "trust",
     "distrust",
     "verify_rate",
+    "offload",
+    "serve_compiles",
+    "serve_unsandboxed",
 ];
 
 /// The effective configuration. Each field documents itself in `config/distc.toml`.
@@ -106,6 +109,12 @@ pub struct Config {
     pub distrust: Vec<String>,
     /// Share of remote hits also compiled here and compared.
     pub verify_rate: VerifyRate,
+    /// Send a miss to a member with a free slot while this machine is busy.
+    pub offload: bool,
+    /// Compile for other members (closed mesh only).
+    pub serve_compiles: bool,
+    /// Serve compiles without bubblewrap where it is missing.
+    pub serve_unsandboxed: bool,
 }
 
 /// The share of remote hits re-verified, in millionths (so that the config stays `Eq`).
@@ -164,6 +173,9 @@ impl Default for Config {
             trust: None,
             distrust: Vec::new(),
             verify_rate: VerifyRate(10_000),
+            offload: true,
+            serve_compiles: true,
+            serve_unsandboxed: false,
         }
     }
 }
@@ -346,6 +358,11 @@ impl Config {
             "disable" => self.disable = boolean(&raw).ok_or_else(|| bad(BOOL))?,
             "direct_mode" => self.direct_mode = boolean(&raw).ok_or_else(|| bad(BOOL))?,
             "depend_mode" => self.depend_mode = boolean(&raw).ok_or_else(|| bad(BOOL))?,
+            "offload" => self.offload = boolean(&raw).ok_or_else(|| bad(BOOL))?,
+            "serve_compiles" => self.serve_compiles = boolean(&raw).ok_or_else(|| bad(BOOL))?,
+            "serve_unsandboxed" => {
+                self.serve_unsandboxed = boolean(&raw).ok_or_else(|| bad(BOOL))?
+            }
             "peer_timeout_ms" => {
                 self.peer_timeout_ms =
                     integer(&raw, 0, 600_000).ok_or_else(|| bad("milliseconds from 0 to 600000"))?

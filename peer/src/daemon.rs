@@ -22,10 +22,12 @@ use crate::ipc::{self, Handler, IpcRequest, IpcResponse};
 use crate::membership::{Liveness, Timing, unix_now};
 use crate::metrics::{self, WrapperSource};
 use crate::node::{self, Node, NodeConfig};
+use crate::offload::{self, ServeOptions, Server};
 use crate::protocol::Bytes;
 use crate::psk;
 use crate::report::{OwnerInfo, PeerStatus, RejectedPeer, StatusReport};
 use crate::store::Store;
+use crate::{sandbox, slots};
 
 /// The default TCP port of a peer that has a mesh key (config `port`).
 pub const DEFAULT_PORT: u16 = 7878;
@@ -79,6 +81,10 @@ pub struct PeerOptions {
     pub lookup_timeout: Duration,
     /// Whose entries this peer accepts (config `trust`, `distrust`).
     pub trust: crate::trust::TrustPolicy,
+    /// Compile for other members (config `serve_compiles`): only ever in a closed mesh.
+    pub serve_compiles: bool,
+    /// Serve compiles without bubblewrap where it is missing (config `serve_unsandboxed`).
+    pub serve_unsandboxed: bool,
 }
 
 impl PeerOptions {
@@ -109,6 +115,8 @@ impl PeerOptions {
             wrapper_counters: None,
             lookup_timeout: Duration::from_secs(4),
             trust: crate::trust::TrustPolicy::default(),
+            serve_compiles: true,
+            serve_unsandboxed: false,
         }
     }
 }
@@ -344,6 +352,9 @@ struct PeerHandler {
     shutdown: tokio::sync::mpsc::Sender<()>,
     /// [`PeerOptions::lookup_timeout`].
     lookup_timeout: Duration,
+    /// The serving side of remote compiles, and the asking side.
+    server: Arc<Server>,
+    router: offload::Router,
 }
 
 /// Why a peer without a key does not dial bootstrap addresses (a closed mesh would refuse it,
@@ -490,8 +501,54 @@ impl PeerHandler {
                 let _ = self.shutdown.try_send(());
                 IpcResponse::Ok
             }
+            IpcRequest::Compile(req) => {
+                let (peer, response) = self.router.compile(&self.node, *req).await;
+                IpcResponse::Compiled {
+                    peer: peer.map(|p| p.to_string()),
+                    response,
+                }
+            }
+            IpcRequest::Slots => {
+                IpcResponse::Slots(offload::report(&self.node, Some(&self.server)))
+            }
         }
     }
+}
+
+/// Whether and how this peer serves compiles: only with `serve_compiles`, only in a closed
+/// mesh (a key, and not `--open`), and only in bubblewrap unless `serve_unsandboxed`.
+pub fn serve_options(opts: &PeerOptions, keyed: bool) -> Server {
+    let bwrap = sandbox::find_bwrap();
+    let why_not = if !opts.serve_compiles {
+        Some("no (serve_compiles = false)".to_string())
+    } else if !keyed || opts.open {
+        Some("no (only a closed mesh serves compiles: distc mesh init / join)".to_string())
+    } else if bwrap.is_none() && !opts.serve_unsandboxed {
+        Some(
+            "no (bubblewrap (bwrap) is not installed or does not work here; install it, or \
+             set serve_unsandboxed = true to serve without a sandbox)"
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    if let Some(why) = &why_not {
+        tracing::info!("serving compiles: {why}");
+    } else if bwrap.is_none() {
+        tracing::warn!(
+            "serving compiles WITHOUT a sandbox (serve_unsandboxed = true): members' compiles \
+             can read files this user can read"
+        );
+    }
+    Server::new(ServeOptions {
+        distc_dir: opts.distc_dir.clone(),
+        enabled: why_not.is_none(),
+        isolation: bwrap.map_or(sandbox::Isolation::None, sandbox::Isolation::Bwrap),
+        limits: sandbox::Limits::default(),
+        cores: slots::cores(),
+        path: std::env::var_os("PATH").unwrap_or_default(),
+        why_not,
+    })
 }
 
 /// Runs the peer in the foreground until SIGINT/SIGTERM, an IPC shutdown, or (if set) the
@@ -575,6 +632,8 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     cfg.repair_rate = opts.handoff_rate;
     cfg.trust = opts.trust.clone();
     cfg.timing = Timing::default();
+    let server = Arc::new(serve_options(&opts, key.is_some()));
+    cfg.offload = Some(server.clone());
     let (node, event_loop) = node::new(cfg, store)?;
     match opts.weight {
         0 => tracing::info!(peer = %node.view().me, "peer starting as a client (owns no range)"),
@@ -598,6 +657,17 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
         not_dialed,
         shutdown: shutdown_tx,
         lookup_timeout: opts.lookup_timeout,
+        server: server.clone(),
+        router: offload::Router::default(),
+    });
+    let slots_marker = tokio::spawn(offload::keep_slots_marker(node.clone(), server.clone()));
+    // This machine's compilers, found now and every minute (a new install is served).
+    tokio::spawn(async move {
+        loop {
+            let s = server.clone();
+            let _ = tokio::task::spawn_blocking(move || s.refresh_toolchains()).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
     });
     let listener = ipc::bind(&dir).map_err(io_err("cannot create socket in", &dir))?;
     let activity = Arc::new(AtomicU64::new(unix_now()));
@@ -643,6 +713,8 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
     }
     repair.abort();
     marker.abort();
+    slots_marker.abort();
+    let _ = fs::remove_file(dir.join(offload::SLOTS_MARKER));
     let _ = fs::remove_file(ipc::mesh_marker_path(&dir));
     let _ = fs::remove_file(ipc::socket_path(&dir));
     // Still a member while it hands its entries on: gets keep being served meanwhile, and the

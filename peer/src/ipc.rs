@@ -109,6 +109,11 @@ pub enum IpcRequest {
     /// Replace the trust policy (`distc mesh trust|distrust`); the peer drops the entries of
     /// producers it no longer accepts.
     SetTrust(crate::trust::TrustPolicy),
+    /// Have a member compile this ([`crate::offload`]); answered when it is compiled, refused
+    /// or every try failed.
+    Compile(Box<crate::offload::CompileRequest>),
+    /// Compile slots here and in the mesh (`distc slots`).
+    Slots,
 }
 
 impl IpcRequest {
@@ -124,6 +129,8 @@ impl IpcRequest {
             IpcRequest::Shutdown => "shutdown",
             IpcRequest::Counters => "counters",
             IpcRequest::SetTrust(_) => "set-trust",
+            IpcRequest::Compile(_) => "compile",
+            IpcRequest::Slots => "slots",
         }
     }
 }
@@ -131,7 +138,9 @@ impl IpcRequest {
 /// The peer's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum IpcResponse {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Entry(Option<Bytes>),
     Ok,
     Status(StatusReport),
@@ -139,6 +148,12 @@ pub enum IpcResponse {
     Owners(Vec<OwnerInfo>),
     Error(String),
     Counters(PeerCounters),
+    /// Who compiled it (peer id), and the answer.
+    Compiled {
+        peer: Option<String>,
+        response: crate::offload::CompileResponse,
+    },
+    Slots(crate::offload::SlotsReport),
 }
 
 /// Why a local request failed. The wrapper treats every one of them as a miss.
@@ -278,6 +293,26 @@ impl IpcClient {
     pub fn set_trust(&mut self, policy: crate::trust::TrustPolicy) -> Result<(), IpcError> {
         match self.call(&IpcRequest::SetTrust(policy))? {
             IpcResponse::Ok => Ok(()),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// Has a member compile `req`; the timeout of this call must cover a remote compile
+    /// ([`crate::offload::REMOTE_TIMEOUT`]).
+    pub fn compile(
+        &mut self,
+        req: crate::offload::CompileRequest,
+    ) -> Result<(Option<String>, crate::offload::CompileResponse), IpcError> {
+        match self.call(&IpcRequest::Compile(Box::new(req)))? {
+            IpcResponse::Compiled { peer, response } => Ok((peer, response)),
+            _ => Err(IpcError::Unexpected),
+        }
+    }
+
+    /// Compile slots here and in the mesh.
+    pub fn slots(&mut self) -> Result<crate::offload::SlotsReport, IpcError> {
+        match self.call(&IpcRequest::Slots)? {
+            IpcResponse::Slots(r) => Ok(r),
             _ => Err(IpcError::Unexpected),
         }
     }

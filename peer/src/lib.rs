@@ -39,6 +39,7 @@ pub mod report;
 pub mod ring;
 pub mod store;
 pub mod swim;
+pub mod toolchain;
 pub mod transfer;
 pub mod trust;
 

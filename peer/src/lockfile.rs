@@ -51,6 +51,22 @@ pub fn try_lock_byte(f: &File, offset: i64) -> io::Result<bool> {
     }
 }
 
+/// True when another open file description holds a lock on byte `offset` of `f`
+/// (`F_OFD_GETLK`: asks, takes nothing).
+#[cfg(target_os = "linux")]
+pub fn byte_locked(f: &File, offset: i64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: an all-zero `flock` is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = offset;
+    fl.l_len = 1;
+    // SAFETY: fcntl on a valid open descriptor with a pointer to a live `flock`.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    r == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
+}
+
 /// True when someone holds an exclusive lock on `f` (probed with a shared lock that is
 /// released at once).
 pub fn is_locked(f: &File) -> bool {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, State, Timer};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, State, Timer};
 use libp2p::{Multiaddr, PeerId};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -30,6 +30,7 @@ use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::slots::{AdvertHandler, Board};
 use crate::store::Usage;
 use crate::swim::{FocaCodec, SwimId, SwimRequest, SwimResponse};
 pub use crate::swim::{MAX_ADDRS, MAX_MEMBERS};
@@ -130,7 +131,10 @@ pub struct Outgoing {
 /// The local peer's member table.
 pub struct Membership {
     me: PeerId,
-    foca: Foca<SwimId, FocaCodec, SmallRng, NoCustomBroadcast>,
+    foca: Foca<SwimId, FocaCodec, SmallRng, AdvertHandler>,
+    /// Every member's latest compile-slot advert ([`crate::slots`]), spread as foca custom
+    /// broadcasts.
+    slots: Board,
     rt: AccumulatingRuntime<SwimId>,
     timers: BTreeMap<(Instant, u64), Timer<SwimId>>,
     timer_seq: u64,
@@ -177,7 +181,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn unix_now_ms() -> u64 {
+pub fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -259,14 +263,19 @@ impl Membership {
             let h = Sha256::digest([me.to_bytes(), unix_now_ms().to_le_bytes().to_vec()].concat());
             u64::from_le_bytes(h[..8].try_into().unwrap_or_default())
         };
+        let slots = Board::default();
         Membership {
             me,
-            foca: Foca::new(
+            foca: Foca::with_custom_broadcast(
                 id,
                 foca_config(&timing, 2),
                 SmallRng::seed_from_u64(seed),
                 FocaCodec,
+                AdvertHandler {
+                    board: slots.clone(),
+                },
             ),
+            slots,
             rt: AccumulatingRuntime::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -463,6 +472,19 @@ impl Membership {
 
     pub fn local_usage(&self) -> Usage {
         self.my_usage
+    }
+
+    /// Spreads this peer's compile-slot advert (an encoded [`crate::slots::SlotAdvert`]) with
+    /// the membership traffic.
+    pub fn advertise(&mut self, advert: &[u8]) {
+        if let Err(e) = self.foca.add_broadcast(advert) {
+            tracing::debug!("membership: slot advert: {e}");
+        }
+    }
+
+    /// Every member's latest slot advert (and this peer's own).
+    pub fn slots(&self) -> &Board {
+        &self.slots
     }
 
     /// We are shutting down: declare ourselves down to a few members, who spread it.

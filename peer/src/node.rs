@@ -32,8 +32,10 @@ use crate::handshake::{self, Attempts, Rejections, Stage};
 use crate::key::Key;
 use crate::membership::{self, Liveness, Membership, Timing};
 use crate::metrics;
+use crate::offload::{self, CompileRequest, CompileResponse, OffloadCodec};
 use crate::protocol::{self, Codec, Envelope, NodeCodec, Request, Response};
 use crate::ring::Ring;
+use crate::slots::SlotAdvert;
 use crate::store::{Store, Usage};
 use crate::swim::{self, SwimCodec, SwimRequest, SwimResponse};
 use crate::trust::{Trust, TrustPolicy};
@@ -97,6 +99,9 @@ pub struct NodeConfig {
     pub protocols: Vec<StreamProtocol>,
     /// Whose entries this node accepts from other peers ([`crate::trust`]).
     pub trust: TrustPolicy,
+    /// Compiles for other peers, and this peer's slot advert ([`crate::offload`]); `None`
+    /// advertises nothing and refuses every compile (it can still send its own).
+    pub offload: Option<Arc<offload::Server>>,
 }
 
 impl NodeConfig {
@@ -131,6 +136,7 @@ impl NodeConfig {
             max_connections: 16,
             protocols: protocol::PROTOCOLS.to_vec(),
             trust: TrustPolicy::default(),
+            offload: None,
         }
     }
 }
@@ -200,6 +206,8 @@ pub struct View {
     pub tcp_connections: u64,
     /// Membership bytes per second (sent + received) over the last ten seconds or so.
     pub membership_rate: f64,
+    /// The latest compile-slot advert of every member that sent one, and this peer's own.
+    pub slots: Vec<(PeerId, SlotAdvert)>,
 }
 
 impl View {
@@ -224,6 +232,11 @@ enum Command {
     },
     Unreachable(PeerId),
     Leave(oneshot::Sender<()>),
+    Compile {
+        peer: PeerId,
+        request: Box<CompileRequest>,
+        reply: oneshot::Sender<Result<CompileResponse, RequestError>>,
+    },
 }
 
 enum Pending {
@@ -243,6 +256,7 @@ enum SwimPending {
 struct Behaviour {
     rr: request_response::Behaviour<NodeCodec>,
     swim: request_response::Behaviour<SwimCodec>,
+    compile: request_response::Behaviour<OffloadCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -279,6 +293,24 @@ pub struct EventLoop {
     membership: Membership,
     pending: HashMap<request_response::OutboundRequestId, Pending>,
     swim_pending: HashMap<request_response::OutboundRequestId, SwimPending>,
+    /// Compiles sent to other peers, waiting for their answer.
+    compile_pending: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<CompileResponse, RequestError>>,
+    >,
+    /// Guests' compiles finished, to be answered.
+    compiled_tx: mpsc::UnboundedSender<(
+        request_response::ResponseChannel<CompileResponse>,
+        CompileResponse,
+    )>,
+    compiled_rx: mpsc::UnboundedReceiver<(
+        request_response::ResponseChannel<CompileResponse>,
+        CompileResponse,
+    )>,
+    /// The serving side, when this peer serves.
+    offload: Option<Arc<offload::Server>>,
+    /// The last advert sent (what it said, and when).
+    advertised: Option<(u32, Vec<crate::toolchain::ToolchainId>, Instant)>,
     /// Membership bytes moved (shown by `distc status`).
     traffic: Arc<swim::Traffic>,
     /// Bytes and connections on the wire, every protocol.
@@ -397,6 +429,13 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
             .with_request_timeout(cfg.timing.probe_period.max(Duration::from_secs(5)))
             .with_max_concurrent_streams(256),
     );
+    let compile = request_response::Behaviour::with_codec(
+        OffloadCodec,
+        [(offload::PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(600))
+            .with_max_concurrent_streams(256),
+    );
     let identify = identify::Behaviour::new(identify::Config::new(
         "/distc/id/1.0.0".to_string(),
         cfg.keypair.public(),
@@ -414,6 +453,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
     let behaviour = Behaviour {
         rr,
         swim,
+        compile,
         identify,
         mdns: Toggle::from(mdns),
     };
@@ -449,10 +489,12 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         tcp_received: 0,
         tcp_connections: 0,
         membership_rate: 0.0,
+        slots: Vec::new(),
     });
     let (view_tx, view_rx) = watch::channel(view);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (compiled_tx, compiled_rx) = mpsc::unbounded_channel();
     let node = Node {
         cmd: cmd_tx,
         view: view_rx,
@@ -475,6 +517,11 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         membership: Membership::with_weight(me, cfg.timing, weight),
         pending: HashMap::new(),
         swim_pending: HashMap::new(),
+        compile_pending: HashMap::new(),
+        compiled_tx,
+        compiled_rx,
+        offload: cfg.offload.clone(),
+        advertised: None,
         traffic,
         tcp: attempts.tcp(),
         rate_mark: (Instant::now(), 0),
@@ -560,6 +607,9 @@ impl EventLoop {
                 },
                 Some((channel, response)) = self.done_rx.recv() => {
                     let _ = self.swarm.behaviour_mut().rr.send_response(channel, response);
+                }
+                Some((channel, response)) = self.compiled_rx.recv() => {
+                    let _ = self.swarm.behaviour_mut().compile.send_response(channel, response);
                 }
                 _ = tick.tick() => self.on_tick(),
             }
@@ -669,6 +719,7 @@ impl EventLoop {
             tcp_received: self.tcp.received.load(Relaxed),
             tcp_connections: self.tcp.connections.load(Relaxed),
             membership_rate: self.membership_rate,
+            slots: self.membership.slots().current(),
         };
         self.view_tx.send_replace(Arc::new(view));
     }
@@ -702,6 +753,23 @@ impl EventLoop {
                 self.membership.set_unreachable(&peer, Instant::now());
                 self.dirty = true;
             }
+            Command::Compile {
+                peer,
+                request,
+                reply,
+            } => {
+                if peer == self.membership.me() {
+                    let _ = reply.send(Err(RequestError::Failed("request to self".into())));
+                    return;
+                }
+                let addrs = self.addrs_of(&peer);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .compile
+                    .send_request_with_addresses(&peer, *request, addrs);
+                self.compile_pending.insert(id, reply);
+            }
             Command::Leave(_) => {}
         }
     }
@@ -727,6 +795,7 @@ impl EventLoop {
         if let Ok(u) = self.store.usage() {
             self.membership.set_local_usage(u);
         }
+        self.advertise_slots(now);
         // Anti-entropy with one random member.
         if now >= self.next_sync {
             self.next_sync = now + self.membership.timing().sync_interval;
@@ -980,6 +1049,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Swim(ev)) => self.on_swim_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Compile(ev)) => self.on_compile_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1090,6 +1160,104 @@ impl EventLoop {
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, "inbound membership request failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Spreads this peer's slot advert when what it says changed, and every
+    /// [`crate::slots::REFRESH`] anyway (so a newcomer learns it).
+    fn advertise_slots(&mut self, now: Instant) {
+        let Some(server) = self.offload.clone() else {
+            return;
+        };
+        if !server.enabled() {
+            return;
+        }
+        let me = self.membership.me();
+        let advert = server.advert(&me, membership::unix_now_ms());
+        let fresh = match &self.advertised {
+            Some((free, tools, at)) => {
+                *free == advert.free
+                    && *tools == advert.toolchains
+                    && now.duration_since(*at) < crate::slots::REFRESH
+            }
+            None => false,
+        };
+        if fresh {
+            return;
+        }
+        match advert.encode() {
+            Ok(bytes) => {
+                self.advertised = Some((advert.free, advert.toolchains.clone(), now));
+                self.membership.advertise(&bytes);
+            }
+            Err(e) => tracing::debug!("slot advert not encoded: {e}"),
+        }
+    }
+
+    fn on_compile_event(&mut self, ev: request_response::Event<CompileRequest, CompileResponse>) {
+        use request_response::{Event, Message, OutboundFailure};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let Some(server) = self.offload.clone() else {
+                    let refused = CompileResponse::Refused(offload::Refusal::NotServing);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .compile
+                        .send_response(channel, refused);
+                    return;
+                };
+                let done = self.compiled_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let response = server.serve(&peer, request);
+                    let _ = done.send((channel, response));
+                });
+                // The guest's slot is taken now: say so before the next tick.
+                self.advertised = None;
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.compile_pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let err = match &error {
+                    OutboundFailure::UnsupportedProtocols => RequestError::Incompatible,
+                    OutboundFailure::DialFailure | OutboundFailure::ConnectionClosed => {
+                        self.membership.set_unreachable(&peer, Instant::now());
+                        self.dirty = true;
+                        RequestError::Unreachable(error.to_string())
+                    }
+                    OutboundFailure::Timeout => RequestError::Timeout,
+                    OutboundFailure::Io(e) => RequestError::Failed(e.to_string()),
+                };
+                if let Some(reply) = self.compile_pending.remove(&request_id) {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "inbound compile request failed: {error}");
             }
             Event::ResponseSent { .. } => {}
         }
@@ -1363,6 +1531,33 @@ impl Node {
                         deadline = until;
                     }
                 },
+            }
+        }
+    }
+
+    /// Sends a compile to `peer` and waits at most `timeout` for its answer. A peer that
+    /// does not answer in time is routed around for a while, like one that misses a get.
+    pub async fn compile(
+        &self,
+        peer: PeerId,
+        request: CompileRequest,
+        timeout: Duration,
+    ) -> Result<CompileResponse, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Compile {
+                peer,
+                request: Box::new(request),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RequestError::Stopped),
+            Err(_) => {
+                let _ = self.cmd.try_send(Command::Unreachable(peer));
+                Err(RequestError::Timeout)
             }
         }
     }

@@ -118,7 +118,11 @@ impl Cache {
             Event::RemoteHit => (Outcome::RemoteHit, None),
             Event::Miss => (Outcome::Miss, None),
             Event::Uncacheable(r) => (Outcome::Uncacheable, Some(r)),
-            Event::Error(_) | Event::Verified | Event::VerifySkipped(_) | Event::Mismatch(_) => {
+            Event::Error(_)
+            | Event::Verified
+            | Event::VerifySkipped(_)
+            | Event::Mismatch(_)
+            | Event::Offloaded => {
                 return;
             }
         };

@@ -37,6 +37,8 @@ pub enum Event<'a> {
     /// A sampled remote hit whose outputs differed from this machine's compile (twice the
     /// same here): the producer's peer id.
     Mismatch(&'a str),
+    /// A miss compiled on another member of the mesh (it is also counted as a miss).
+    Offloaded,
 }
 
 impl Event<'_> {
@@ -50,6 +52,7 @@ impl Event<'_> {
             Event::Verified => "verify.matched".into(),
             Event::VerifySkipped(r) => format!("verify.skipped.{r}").into(),
             Event::Mismatch(p) => format!("verify.mismatch.{p}").into(),
+            Event::Offloaded => "offloaded".into(),
         }
     }
 }
@@ -74,6 +77,8 @@ pub struct Stats {
     pub verify_skipped: BTreeMap<String, u64>,
     /// Sampled remote hits that differed from this machine's compile: producer -> count.
     pub mismatches: BTreeMap<String, u64>,
+    /// Misses compiled on another member of the mesh (`offload`).
+    pub offloaded: u64,
 }
 
 impl Stats {
@@ -157,6 +162,7 @@ impl Stats {
             "hits.remote" => self.remote_hits += v,
             "misses" => self.misses += v,
             "verify.matched" => self.verified += v,
+            "offloaded" => self.offloaded += v,
             c => {
                 if let Some(r) = c.strip_prefix("verify.skipped.") {
                     *self.verify_skipped.entry(r.to_string()).or_insert(0) += v;

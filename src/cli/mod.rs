@@ -11,6 +11,7 @@ mod flush;
 mod inspect;
 mod mesh;
 mod peer;
+mod slots;
 mod stats;
 mod status;
 mod top;
@@ -130,6 +131,17 @@ pub enum Command {
         /// List every peer (without it, the table stops after 20 rows and says how many more).
         #[arg(long)]
         all: bool,
+    },
+
+    /// How many jobs this machine can usefully run now: its cores plus the free compile slots
+    /// of mesh members that have one of its compilers (`make -j"$(distc slots)"`).
+    Slots {
+        /// Every member's cores and free slots.
+        #[arg(long)]
+        list: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 
     /// Watch the cache live: the mesh's peers, this machine's compiles as they happen, and
@@ -264,6 +276,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mesh { action } => crate::cli::mesh::mesh(&config, &action),
         Command::Status { json, all } => crate::cli::status::status(&config, json, all),
         Command::Top { once } => crate::cli::top::top(&config, once),
+        Command::Slots { list, json } => crate::cli::slots::slots(&config, list, json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command(), "distc", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -119,6 +119,8 @@ pub fn peer_options(config: &Config, args: &PeerArgs) -> Result<PeerOptions> {
     o.metrics_listen = args.metrics.or(config.metrics_listen);
     o.metrics_public = args.metrics_public;
     o.trust = config.trust_policy();
+    o.serve_compiles = config.serve_compiles;
+    o.serve_unsandboxed = config.serve_unsandboxed;
     let dir = config.dir.clone();
     o.wrapper_counters = Some(WrapperSource(std::sync::Arc::new(move || {
         let s = crate::stats::Stats::read_all(&dir).ok()?;

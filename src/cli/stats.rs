@@ -70,7 +70,15 @@ impl Report {
             "Hits               {} (local {}, from peers {})",
             c.hits, c.local_hits, c.remote_hits
         );
-        let _ = writeln!(out, "Misses             {}", c.misses);
+        if c.offloaded > 0 {
+            let _ = writeln!(
+                out,
+                "Misses             {} (compiled on other members {})",
+                c.misses, c.offloaded
+            );
+        } else {
+            let _ = writeln!(out, "Misses             {}", c.misses);
+        }
         let _ = writeln!(out, "Hit rate           {:.1} %", self.hit_rate() * 100.0);
         let _ = writeln!(out, "Uncacheable        {uncacheable}");
         for (reason, n) in &c.uncacheable {

@@ -266,10 +266,16 @@ pub fn status(config: &Config, json: bool, all: bool) -> Result<ExitCode> {
             o.insert("running".into(), serde_json::Value::Bool(true));
             o.insert("answering".into(), serde_json::Value::Bool(true));
             o.insert("mismatches".into(), serde_json::to_value(&mismatches)?);
+            if let Ok(r) = c.slots() {
+                o.insert("slots".into(), serde_json::to_value(&r)?);
+            }
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render_status(&s, all));
+        if let Ok(r) = c.slots() {
+            print!("{}", crate::cli::slots::render(&r));
+        }
         for (producer, n) in &mismatches {
             println!(
                 "MISMATCH: {n} re-verified entries produced by {producer} differed from this \

@@ -356,6 +356,32 @@ impl Family for CFamily<'_> {
     fn replay_streams(&self, bundle: &Bundle) {
         write_streams(&bundle.stdout, &bundle.stderr, self.strip_colours());
     }
+
+    /// C and C++ without debug info and without a dependency file: with debug info the line
+    /// table of preprocessed input has the columns of expanded macros (not byte-identical),
+    /// and the `.d` file would need a second preprocessor pass.
+    fn offload(&self, distc_dir: &Path) -> Option<Finished> {
+        use compiler::Language;
+        let (language, source_language) = match self.job.language {
+            Language::C => ("cpp-output", "c"),
+            Language::Cxx => ("c++-cpp-output", "c++"),
+            _ => return None,
+        };
+        if self.job.debug_info || self.job.dep_file.is_some() {
+            return None;
+        }
+        super::offload::compile(&super::offload::Offer {
+            distc_dir,
+            runner: self.ctx.runner,
+            compiler: &self.ctx.compiler,
+            language,
+            cpp_args: &self.job.cpp_args,
+            source_language,
+            source: &self.job.source,
+            cwd: &self.ctx.cwd,
+            output: &self.job.output,
+        })
+    }
 }
 
 /// Writes a compile's stdout and stderr; with `strip_colours`, stderr without colour

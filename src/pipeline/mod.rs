@@ -19,6 +19,7 @@
 
 pub mod c;
 mod invoke;
+mod offload;
 mod outcome;
 mod runner;
 pub mod rust;
@@ -90,6 +91,11 @@ pub(crate) trait Family {
     fn replay_streams(&self, bundle: &Bundle);
     /// What else hears of the outcome (the per-crate log of `distc build-project`).
     fn log(&self, _outcome: &Outcome) {}
+    /// Compiles on a mesh member instead of here ([`offload`]), when the family can; `Some`
+    /// only for a clean success with its outputs written where a local compile writes them.
+    fn offload(&self, _distc_dir: &Path) -> Option<Finished> {
+        None
+    }
     /// Why this compile cannot be expected to give the same bytes on another machine (the
     /// stats label), known before compiling; re-verification skips it.
     fn unreproducible(&self) -> Option<&'static str> {
@@ -241,13 +247,31 @@ impl Pipeline<'_> {
             return code;
         }
         let cmd = f.command(depend);
-        let done = match self.runner.output(&cmd) {
+        // One local slot per running compile: with all of them taken the machine is busy,
+        // and an idle member may compile this instead.
+        let slot = distc_peer::slots::take(&self.cfg.dir, distc_peer::slots::cores());
+        let remote = match &slot {
+            Ok(None)
+                if depend.is_none()
+                    && self.cfg.offload
+                    && self.cache.mesh_active()
+                    && offload::remote_slots(&self.cfg.dir) > 0 =>
+            {
+                f.offload(&self.cfg.dir)
+            }
+            _ => None,
+        };
+        if remote.is_some() {
+            self.cache.count(Event::Offloaded);
+        }
+        let done = match remote.map_or_else(|| self.runner.output(&cmd), Ok) {
             Ok(d) => f.tidy(d, depend),
             Err(e) => {
                 eprintln!("distc: error: cannot run {}: {e}", cmd.program.display());
                 return ExitCode::from(127);
             }
         };
+        drop(slot);
         let stored = if done.success {
             f.collect(&done)
                 .and_then(|b| keying().map(|k| (b, k)).map_err(Skip::Uncacheable))

@@ -1,0 +1,1093 @@
+//! Compiles on idle peers: the `/distc/compile/1.0.0` protocol and the serving side.
+//!
+//! A wrapper whose machine is busy preprocesses its compile locally and asks its own peer
+//! (over IPC) to have it compiled by a member that has the identical compiler and a free slot
+//! ([`crate::slots`]). The request names the compiler by its [`ToolchainId`] — never by a
+//! path or a program — and carries the preprocessed source, the language, the compile options
+//! and the requester's working directory. The serving peer ([`Server`]):
+//!
+//! 1. refuses unless it serves compiles at all (`serve_compiles`, a closed mesh, a sandbox or
+//!    the explicit opt-in to serve without one), and unless it has a free slot;
+//! 2. refuses a language other than preprocessed C or C++ ([`LANGUAGES`]), any option outside
+//!    the allow-list ([`check_args`]: no plugins, specs, `-B`, `-wrapper`, response files,
+//!    linker, assembler or preprocessor pass-through, output paths, anything that reads or
+//!    writes a file of its own), and a source that still holds preprocessor directives
+//!    ([`check_preprocessed`]; the compile is run with `-x cpp-output` anyway, so none would
+//!    be obeyed);
+//! 3. looks the identity up among the compilers on its own `PATH` ([`crate::toolchain`]) and
+//!    refuses one it does not have;
+//! 4. runs the compile in the sandbox ([`crate::sandbox`]) within CPU, memory, output and
+//!    wall-clock limits, at a lower priority than its owner's compiles, and answers with the
+//!    exit code, stdout, stderr and the object.
+//!
+//! One message each way, each one [`crate::frame`] holding a value encoded by
+//! [`crate::codec`], refused over its limit before anything is read into memory.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use futures::prelude::*;
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::frame::{self, invalid};
+use crate::protocol::Bytes;
+use crate::sandbox::{self, Isolation, Limits};
+use crate::slots::{self, SlotAdvert};
+use crate::toolchain::{self, MAX_TOOLCHAINS, ToolchainId};
+
+/// The protocol's name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/compile/1.0.0");
+
+/// Largest request (the preprocessed source and a little more).
+pub const MAX_REQUEST: usize = 64 << 20;
+
+/// Largest response (object and streams).
+pub const MAX_RESPONSE: usize = 256 << 20;
+
+/// The languages a server compiles: preprocessed C and C++ only.
+pub const LANGUAGES: [&str; 2] = ["cpp-output", "c++-cpp-output"];
+
+/// Environment variables a request may set for the compile (diagnostics language and charset).
+pub const ENV: [&str; 5] = ["LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LANGUAGE"];
+
+/// A compile for another peer to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompileRequest {
+    /// The compiler, by identity.
+    pub toolchain: ToolchainId,
+    /// `-x` language ([`LANGUAGES`]).
+    pub language: String,
+    /// Compile options, each within [`check_args`].
+    pub args: Vec<String>,
+    /// The requester's working directory (absolute): the compile runs there in the sandbox, so
+    /// debug info records it as a local compile does.
+    pub cwd: String,
+    /// Variables among [`ENV`], as the requester has them.
+    pub env: Vec<(String, String)>,
+    /// The source's name, for logs only.
+    pub name: String,
+    /// The preprocessed source.
+    pub source: Bytes,
+}
+
+/// What a compile gave on the serving peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompileResult {
+    pub exit_code: i32,
+    pub stdout: Bytes,
+    pub stderr: Bytes,
+    /// The object (empty unless the compile succeeded).
+    pub object: Bytes,
+}
+
+/// Why a compile was not run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("this peer does not serve compiles")]
+    NotServing,
+    #[error("no free compile slot")]
+    Busy,
+    #[error("no such compiler here")]
+    UnknownCompiler,
+    #[error("language {0:?} is not preprocessed C or C++")]
+    Language(String),
+    #[error("option {0:?} is not allowed in a remote compile")]
+    ForbiddenOption(String),
+    #[error("the source is not preprocessed: {0}")]
+    NotPreprocessed(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("the compile could not be run: {0}")]
+    Sandbox(String),
+    /// Said by the requester's own peer: no member has the compiler and a free slot.
+    #[error("no member has this compiler and a free slot")]
+    NoSlot,
+}
+
+/// The answer to a [`CompileRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CompileResponse {
+    Done(CompileResult),
+    Refused(Refusal),
+}
+
+/// Options a remote compile accepts exactly as spelt.
+const EXACT: &[&str] = &[
+    "-ansi",
+    "-pedantic",
+    "-pedantic-errors",
+    "-w",
+    "-pipe",
+    "-pthread",
+    "-fPIC",
+    "-fpic",
+    "-fPIE",
+    "-fpie",
+];
+
+/// `-f` options refused (prefixes after `-f` / `-fno-`): plugins, profile data and coverage
+/// notes, dumps and other files written beside the object, command lines recorded in the
+/// object, lists read from files, offloading to other compilers, modules, linker choice.
+const FORBIDDEN_F: &[&str] = &[
+    "plugin",
+    "pass-plugin",
+    "profile",
+    "auto-profile",
+    "branch-probabilities",
+    "test-coverage",
+    "coverage",
+    "dump",
+    "stack-usage",
+    "callgraph-info",
+    "record-gcc-switches",
+    "record-command-line",
+    "save-optimization-record",
+    "opt-info",
+    "sanitize-ignorelist",
+    "sanitize-blacklist",
+    "sanitize-system-ignorelist",
+    "sanitize-coverage-allowlist",
+    "sanitize-coverage-ignorelist",
+    "sanitize-coverage-whitelist",
+    "sanitize-coverage-blacklist",
+    "xray",
+    "offload",
+    "modules",
+    "module-",
+    "use-ld",
+    "compare-debug",
+    "lto-partition",
+    "syntax-only",
+    "embed-bitcode",
+    "crash-diagnostics",
+    "time-trace",
+    "thinlto",
+    "prebuilt",
+    "cs-profile",
+    "memory-profile",
+    "basic-block-sections",
+    "pch",
+];
+
+/// Checks every option of a remote compile against the allow-list: `-O*`, `-g*` (not
+/// `-gsplit-dwarf`, which writes a second file), `-std=`, `-W*` (not the `-Wl,`/`-Wa,`/`-Wp,`
+/// pass-through), `-m*`, `-f*` but [`FORBIDDEN_F`], `--param=`, and [`EXACT`]. Everything
+/// else — inputs, `-o`, `-c`, `-x`, `-B`, `-specs`, `-wrapper`, `@file`, `-I`/`-D`/`-include`
+/// (the source is preprocessed), `-Xclang`, `-Xlinker`, `-l`, `-L`, `--sysroot`, `-save-temps`,
+/// `-M*` — is refused with the option named.
+pub fn check_args(args: &[String]) -> Result<(), Refusal> {
+    for a in args {
+        if !allowed(a) {
+            return Err(Refusal::ForbiddenOption(a.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn allowed(a: &str) -> bool {
+    if a.contains('\0') || a.contains('\n') {
+        return false;
+    }
+    if EXACT.contains(&a) {
+        return true;
+    }
+    if let Some(o) = a.strip_prefix("-O") {
+        return o.is_empty() || matches!(o, "0" | "1" | "2" | "3" | "s" | "z" | "g" | "fast");
+    }
+    if let Some(g) = a.strip_prefix("-g") {
+        return !g.contains("split-dwarf");
+    }
+    if a.starts_with("-std=") {
+        return true;
+    }
+    if let Some(w) = a.strip_prefix("-W") {
+        return !w.is_empty()
+            && !w.starts_with("l,")
+            && !w.starts_with("a,")
+            && !w.starts_with("p,");
+    }
+    if a.starts_with("-m") {
+        // clang's `-mllvm` passes options to LLVM, `-load=` among them.
+        return a.len() > 2 && !a.starts_with("-mllvm");
+    }
+    if let Some(f) = a.strip_prefix("-f") {
+        let f = f.strip_prefix("no-").unwrap_or(f);
+        return !f.is_empty() && !FORBIDDEN_F.iter().any(|p| f.starts_with(p));
+    }
+    if let Some(p) = a.strip_prefix("--param=") {
+        return p.contains('=');
+    }
+    false
+}
+
+/// Whether `text` is preprocessor output: every line whose first non-blank character is `#`
+/// is a line marker (`# 12 "file"`), `#pragma` or `#ident`. Anything else (`#include`,
+/// `#define`, `#embed`…) is refused with the line's number.
+pub fn check_preprocessed(text: &[u8]) -> Result<(), Refusal> {
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        let t = line.trim_ascii_start();
+        let Some(rest) = t.strip_prefix(b"#") else {
+            continue;
+        };
+        let rest = rest.trim_ascii_start();
+        let ok = rest.first().is_some_and(u8::is_ascii_digit)
+            || rest.starts_with(b"pragma")
+            || rest.starts_with(b"ident")
+            || rest.is_empty();
+        if !ok {
+            let shown = String::from_utf8_lossy(&t[..t.len().min(40)]).into_owned();
+            return Err(Refusal::NotPreprocessed(format!(
+                "line {} is a directive: {shown}",
+                n + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How a peer serves guests' compiles.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// `$DISTC_DIR` (the slot file, the toolchain memos).
+    pub distc_dir: PathBuf,
+    /// Serve at all: `serve_compiles` in a closed mesh, with a sandbox or the opt-in.
+    pub enabled: bool,
+    pub isolation: Isolation,
+    pub limits: Limits,
+    /// Cores of this machine ([`slots::cores`]).
+    pub cores: usize,
+    /// Where its compilers are found (the peer's `PATH`).
+    pub path: std::ffi::OsString,
+    /// When not enabled, why (shown by `distc slots --list` and `status`).
+    pub why_not: Option<String>,
+}
+
+/// Counters of the serving side and the asking side, since start.
+#[derive(Debug, Default)]
+pub struct OffloadCounters {
+    /// Compiles this peer ran for others.
+    pub served: AtomicU64,
+    /// Requests it refused.
+    pub refused: AtomicU64,
+    /// Compiles this peer sent to others, and the ones that came back compiled.
+    pub sent: AtomicU64,
+    pub returned: AtomicU64,
+    /// Protocol bytes written and read.
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+}
+
+/// The process-wide counters (the codec adds the bytes).
+pub fn counters() -> &'static OffloadCounters {
+    static C: std::sync::OnceLock<OffloadCounters> = std::sync::OnceLock::new();
+    C.get_or_init(OffloadCounters::default)
+}
+
+/// The serving side.
+#[derive(Debug)]
+pub struct Server {
+    opts: ServeOptions,
+    why_not: Option<String>,
+    toolchains: RwLock<BTreeMap<ToolchainId, PathBuf>>,
+    /// Guests' compiles running now.
+    guests: AtomicUsize,
+}
+
+impl Server {
+    pub fn new(opts: ServeOptions) -> Server {
+        Server {
+            why_not: opts.why_not.clone(),
+            opts,
+            toolchains: RwLock::default(),
+            guests: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.opts.enabled
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.opts.isolation
+    }
+
+    pub fn cores(&self) -> usize {
+        self.opts.cores
+    }
+
+    /// Finds this machine's compilers again (blocking: it may run each one once).
+    pub fn refresh_toolchains(&self) {
+        let found = toolchain::discover(&self.opts.distc_dir, &self.opts.path);
+        let mut t = self.toolchains.write().unwrap_or_else(|e| e.into_inner());
+        if *t != found {
+            tracing::info!(
+                "compilers here: {}",
+                found
+                    .iter()
+                    .map(|(id, p)| format!("{} ({id})", p.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            *t = found;
+        }
+    }
+
+    pub fn toolchains(&self) -> Vec<ToolchainId> {
+        let t = self.toolchains.read().unwrap_or_else(|e| e.into_inner());
+        t.keys().copied().take(MAX_TOOLCHAINS).collect()
+    }
+
+    /// The owner's compiles running now.
+    pub fn local_running(&self) -> usize {
+        slots::running(&self.opts.distc_dir, self.opts.cores)
+    }
+
+    /// Slots free for guests: cores minus the owner's compiles minus the guests'.
+    pub fn free(&self) -> usize {
+        if !self.opts.enabled {
+            return 0;
+        }
+        self.opts
+            .cores
+            .saturating_sub(self.local_running())
+            .saturating_sub(self.guests.load(Ordering::Relaxed))
+    }
+
+    /// This peer's advert.
+    pub fn advert(&self, me: &PeerId, seq: u64) -> SlotAdvert {
+        SlotAdvert {
+            peer: Bytes(me.to_bytes()),
+            seq,
+            cores: self.opts.cores as u32,
+            free: self.free() as u32,
+            toolchains: if self.opts.enabled {
+                self.toolchains()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Answers one guest's compile (blocking: runs it).
+    pub fn serve(&self, from: &PeerId, req: CompileRequest) -> CompileResponse {
+        let started = Instant::now();
+        let name = req.name.clone();
+        let r = self.try_serve(req);
+        let c = counters();
+        match &r {
+            Ok(done) => {
+                c.served.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    %from,
+                    source = %name,
+                    exit = done.exit_code,
+                    ms = started.elapsed().as_millis() as u64,
+                    "compiled a job for a peer"
+                );
+            }
+            Err(why) => {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%from, source = %name, "refused a job: {why}");
+            }
+        }
+        match r {
+            Ok(done) => CompileResponse::Done(done),
+            Err(why) => CompileResponse::Refused(why),
+        }
+    }
+
+    fn try_serve(&self, req: CompileRequest) -> Result<CompileResult, Refusal> {
+        if !self.opts.enabled {
+            return Err(Refusal::NotServing);
+        }
+        if !LANGUAGES.contains(&req.language.as_str()) {
+            return Err(Refusal::Language(req.language));
+        }
+        check_args(&req.args)?;
+        if let Some((k, _)) = req.env.iter().find(|(k, _)| !ENV.contains(&k.as_str())) {
+            return Err(Refusal::BadRequest(format!("environment variable {k}")));
+        }
+        let cwd = Path::new(&req.cwd);
+        if !sandbox::mountable_cwd(cwd) {
+            return Err(Refusal::BadRequest(format!(
+                "working directory {:?}",
+                req.cwd
+            )));
+        }
+        check_preprocessed(&req.source.0)?;
+        let compiler = {
+            let t = self.toolchains.read().unwrap_or_else(|e| e.into_inner());
+            t.get(&req.toolchain).cloned()
+        }
+        .ok_or(Refusal::UnknownCompiler)?;
+        let _guest = self.claim().ok_or(Refusal::Busy)?;
+        let job = sandbox::Job {
+            compiler: &compiler,
+            language: &req.language,
+            args: &req.args,
+            source: &req.source.0,
+            cwd,
+            env: &req.env,
+        };
+        let done = sandbox::run(&self.opts.isolation, &self.opts.limits, &job)
+            .map_err(|e| Refusal::Sandbox(e.to_string()))?;
+        Ok(CompileResult {
+            exit_code: done.exit_code,
+            stdout: Bytes(done.stdout),
+            stderr: Bytes(done.stderr),
+            object: Bytes(done.object.unwrap_or_default()),
+        })
+    }
+
+    /// A guest slot, if one is free now; given back on drop.
+    fn claim(&self) -> Option<GuestSlot<'_>> {
+        let local = self.local_running();
+        let mut cur = self.guests.load(Ordering::Relaxed);
+        loop {
+            if local + cur >= self.opts.cores {
+                return None;
+            }
+            match self
+                .guests
+                .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(GuestSlot(&self.guests)),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+struct GuestSlot<'a>(&'a AtomicUsize);
+
+impl Drop for GuestSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The request-response codec of [`PROTOCOL`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OffloadCodec;
+
+impl OffloadCodec {
+    async fn read<T, M>(io: &mut T, max: usize) -> io::Result<M>
+    where
+        T: AsyncRead + Unpin + Send,
+        M: serde::de::DeserializeOwned,
+    {
+        let buf = frame::read(io, max).await?;
+        counters()
+            .bytes_in
+            .fetch_add(buf.len() as u64 + 4, Ordering::Relaxed);
+        codec::decode(&buf, max).map_err(|e| invalid(e.to_string()))
+    }
+
+    async fn write<T, M>(io: &mut T, msg: &M, max: usize) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+        M: Serialize,
+    {
+        let buf = codec::encode(msg).map_err(|e| invalid(e.to_string()))?;
+        if buf.len() > max {
+            return Err(invalid(format!(
+                "compile message of {} bytes exceeds the limit of {max} bytes",
+                buf.len()
+            )));
+        }
+        counters()
+            .bytes_out
+            .fetch_add(buf.len() as u64 + 4, Ordering::Relaxed);
+        frame::write(io, &buf).await
+    }
+}
+
+impl libp2p::request_response::Codec for OffloadCodec {
+    type Protocol = StreamProtocol;
+    type Request = CompileRequest;
+    type Response = CompileResponse;
+
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<CompileRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Self::read(io, MAX_REQUEST).await
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<CompileResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Self::read(io, MAX_RESPONSE).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: CompileRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Self::write(io, &req, MAX_REQUEST).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: CompileResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Self::write(io, &res, MAX_RESPONSE).await
+    }
+}
+
+/// The file in `$DISTC_DIR` where the peer keeps the number of guest slots members offer now
+/// (for compilers of this machine), so a busy wrapper knows with one read whether asking can
+/// help.
+pub const SLOTS_MARKER: &str = "peer.slots";
+
+/// Keeps [`SLOTS_MARKER`] up to date (every 500 ms, written only on a change).
+pub async fn keep_slots_marker(node: crate::node::Node, server: std::sync::Arc<Server>) {
+    let path = server.opts.distc_dir.join(SLOTS_MARKER);
+    let mut last = None;
+    loop {
+        let n = report(&node, Some(&server)).usable() - server.cores() as u32;
+        if last != Some(n) {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, format!("{n}\n")).is_ok()
+                && std::fs::rename(&tmp, &path).is_ok()
+            {
+                last = Some(n);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// How long one remote compile may take, from the request to the answer.
+pub const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Members asked one after the other for one compile, at most.
+const ATTEMPTS: usize = 3;
+
+/// The asking side in the requester's peer: picks members and counts what is in flight to
+/// each, so that compiles sent at once spread over the free slots instead of all going to
+/// the same one before its next advert.
+#[derive(Debug, Default)]
+pub struct Router {
+    inflight: std::sync::Mutex<std::collections::HashMap<PeerId, u32>>,
+}
+
+impl Router {
+    fn adjust(&self, peer: PeerId, delta: i32) {
+        let mut m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(peer).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            m.remove(&peer);
+        }
+    }
+
+    /// The adverts with what this peer already sent to each taken off.
+    fn adverts(&self, node: &crate::node::Node) -> Vec<(PeerId, SlotAdvert)> {
+        let v = node.view();
+        let m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        v.slots
+            .iter()
+            .filter(|(p, _)| v.routable(p))
+            .map(|(p, a)| {
+                let mut a = a.clone();
+                a.free = a.free.saturating_sub(m.get(p).copied().unwrap_or(0));
+                (*p, a)
+            })
+            .collect()
+    }
+
+    /// Sends `req` to a member with the compiler and a free slot; a member that is busy, has
+    /// no such compiler, fails or cannot be reached is skipped for the next. Returns who
+    /// compiled it, or the last refusal ([`Refusal::NoSlot`] when no member was left).
+    pub async fn compile(
+        &self,
+        node: &crate::node::Node,
+        req: CompileRequest,
+    ) -> (Option<PeerId>, CompileResponse) {
+        let me = node.view().me;
+        let mut tried = Vec::new();
+        let mut last = Refusal::NoSlot;
+        let c = counters();
+        for _ in 0..ATTEMPTS {
+            let Some(peer) = pick(&self.adverts(node), &req.toolchain, &me, &tried) else {
+                break;
+            };
+            tried.push(peer);
+            self.adjust(peer, 1);
+            c.sent.fetch_add(1, Ordering::Relaxed);
+            let r = node.compile(peer, req.clone(), REMOTE_TIMEOUT).await;
+            self.adjust(peer, -1);
+            match r {
+                Ok(CompileResponse::Done(done)) => {
+                    c.returned.fetch_add(1, Ordering::Relaxed);
+                    return (Some(peer), CompileResponse::Done(done));
+                }
+                // Another member may take what this one cannot; a request it found wrong
+                // every member would.
+                Ok(CompileResponse::Refused(why)) => match why {
+                    Refusal::Busy
+                    | Refusal::NotServing
+                    | Refusal::UnknownCompiler
+                    | Refusal::Sandbox(_) => {
+                        tracing::debug!(%peer, "compile refused: {why}");
+                        last = why;
+                    }
+                    other => return (Some(peer), CompileResponse::Refused(other)),
+                },
+                Err(e) => {
+                    tracing::info!(%peer, source = %req.name, "remote compile failed: {e}");
+                    last = Refusal::Sandbox(e.to_string());
+                }
+            }
+        }
+        (None, CompileResponse::Refused(last))
+    }
+}
+
+/// What `distc slots` and `distc status` show of compile slots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlotsReport {
+    /// This machine's cores and the compiles its wrappers run now.
+    pub cores: u32,
+    pub running: u32,
+    /// Whether this peer serves compiles, and how (`bwrap`, `unsandboxed`, or why not).
+    pub serving: String,
+    /// Every member's advert (this peer's own included), with whether it has a compiler of
+    /// this machine's.
+    pub peers: Vec<PeerSlots>,
+    /// Compiles this peer ran for others / refused; sent to others / returned compiled.
+    pub served: u64,
+    pub refused: u64,
+    pub sent: u64,
+    pub returned: u64,
+    /// Bytes of the compile protocol written and read.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// One member's slots as this peer last heard them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerSlots {
+    pub peer: String,
+    pub me: bool,
+    pub cores: u32,
+    pub free: u32,
+    pub toolchains: u32,
+    /// It serves one of the compilers this machine has.
+    pub shared_toolchain: bool,
+}
+
+impl SlotsReport {
+    /// Jobs this machine can usefully run now: its own cores plus the free slots of members
+    /// that serve one of its compilers.
+    pub fn usable(&self) -> u32 {
+        self.cores
+            + self
+                .peers
+                .iter()
+                .filter(|p| !p.me && p.shared_toolchain)
+                .map(|p| p.free)
+                .sum::<u32>()
+    }
+}
+
+/// Builds the report from the node's view and the serving side.
+pub fn report(node: &crate::node::Node, server: Option<&Server>) -> SlotsReport {
+    let v = node.view();
+    let mine: Vec<ToolchainId> = server.map(Server::toolchains).unwrap_or_default();
+    let c = counters();
+    let serving = match server {
+        Some(s) if s.enabled() => match s.isolation() {
+            Isolation::Bwrap(_) => "yes (bubblewrap)".to_string(),
+            Isolation::None => "yes (UNSANDBOXED: serve_unsandboxed = true)".to_string(),
+        },
+        Some(s) => s.why_not.clone().unwrap_or_else(|| "no".into()),
+        None => "no".into(),
+    };
+    SlotsReport {
+        cores: server.map_or(slots::cores(), Server::cores) as u32,
+        running: server.map_or(0, Server::local_running) as u32,
+        serving,
+        peers: v
+            .slots
+            .iter()
+            .map(|(p, a)| PeerSlots {
+                peer: p.to_string(),
+                me: *p == v.me,
+                cores: a.cores,
+                free: a.free,
+                toolchains: a.toolchains.len() as u32,
+                shared_toolchain: a.toolchains.iter().any(|t| mine.contains(t)),
+            })
+            .collect(),
+        served: c.served.load(Ordering::Relaxed),
+        refused: c.refused.load(Ordering::Relaxed),
+        sent: c.sent.load(Ordering::Relaxed),
+        returned: c.returned.load(Ordering::Relaxed),
+        bytes_out: c.bytes_out.load(Ordering::Relaxed),
+        bytes_in: c.bytes_in.load(Ordering::Relaxed),
+    }
+}
+
+/// Which member to send a compile for `toolchain` to: one with that compiler and the most free
+/// slots (ties by peer id), not `me`, not in `skip`.
+pub fn pick(
+    adverts: &[(PeerId, SlotAdvert)],
+    toolchain: &ToolchainId,
+    me: &PeerId,
+    skip: &[PeerId],
+) -> Option<PeerId> {
+    adverts
+        .iter()
+        .filter(|(p, a)| {
+            p != me && !skip.contains(p) && a.free > 0 && a.toolchains.contains(toolchain)
+        })
+        .max_by_key(|(p, a)| (a.free, std::cmp::Reverse(*p)))
+        .map(|(p, _)| *p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use libp2p::request_response::Codec as _;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn allow_list_takes_ordinary_compile_options() {
+        check_args(&s(&[
+            "-O2",
+            "-O",
+            "-Os",
+            "-g",
+            "-g3",
+            "-gdwarf-4",
+            "-std=gnu99",
+            "-Wall",
+            "-Wextra",
+            "-Werror=format",
+            "-Wno-unused",
+            "-march=native",
+            "-m64",
+            "-fPIC",
+            "-fno-strict-aliasing",
+            "-fdebug-prefix-map=/a=/b",
+            "-fdiagnostics-color=never",
+            "-fvisibility=hidden",
+            "--param=max-inline-insns-single=100",
+            "-pedantic",
+            "-pthread",
+            "-w",
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn allow_list_refuses_what_runs_reads_or_writes_other_things() {
+        for bad in [
+            "-fplugin=/tmp/evil.so",
+            "-fplugin-arg-x-y",
+            "-specs=/tmp/s",
+            "--specs=/tmp/s",
+            "-B/tmp",
+            "-B",
+            "-wrapper",
+            "@/tmp/args",
+            "-o",
+            "/tmp/out.o",
+            "-c",
+            "-x",
+            "-Wl,-rpath,/x",
+            "-Wa,-adhln=/tmp/listing",
+            "-Wp,-MD,/tmp/d",
+            "-Xlinker",
+            "-Xassembler",
+            "-Xclang",
+            "-Xpreprocessor",
+            "-lm",
+            "-L/tmp",
+            "-I/etc",
+            "-DX=1",
+            "-include",
+            "-imacros",
+            "--sysroot=/",
+            "-save-temps",
+            "-MD",
+            "-MF",
+            "-E",
+            "-S",
+            "-v",
+            "-###",
+            "-fprofile-use=/tmp/p",
+            "-fprofile-generate",
+            "-fauto-profile=/x",
+            "-ftest-coverage",
+            "-fdump-tree-all",
+            "-fstack-usage",
+            "-fcallgraph-info",
+            "-frecord-gcc-switches",
+            "-fsanitize-ignorelist=/etc/passwd",
+            "-fxray-attr-list=/x",
+            "-foffload=nvptx-none",
+            "-fuse-ld=gold",
+            "-fcompare-debug",
+            "-gsplit-dwarf",
+            "-fmodules-ts",
+            "-O9",
+            "--param",
+            "-m",
+            "-f",
+            "-W",
+            "a.c",
+            "-fpass-plugin=/x.so",
+            "-fopt-info-all=/tmp/x",
+            "-Wall\n",
+            "-mllvm",
+            "-mllvm=-load=/x.so",
+            "-ftime-trace",
+            "-fbasic-block-sections=list=/etc/passwd",
+        ] {
+            assert_eq!(
+                check_args(&s(&["-O2", bad])),
+                Err(Refusal::ForbiddenOption(bad.to_string())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_preprocessor_output_passes() {
+        check_preprocessed(b"# 1 \"a.c\"\n# 1 \"<built-in>\" 1\nint x;\n#pragma once\n  # 7 \"a.h\" 3\n#ident \"x\"\n#\n").unwrap();
+        for bad in [
+            &b"#include <stdio.h>\nint x;\n"[..],
+            b"int x;\n  #define A 1\n",
+            b"#embed \"/etc/passwd\"\n",
+            b"# include \"x\"\n",
+            b"#if 1\n#endif\n",
+        ] {
+            assert!(
+                matches!(check_preprocessed(bad), Err(Refusal::NotPreprocessed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_and_are_bounded() {
+        let req = CompileRequest {
+            toolchain: ToolchainId([3; 32]),
+            language: "cpp-output".into(),
+            args: s(&["-O2"]),
+            cwd: "/src".into(),
+            env: vec![("LANG".into(), "C".into())],
+            name: "a.c".into(),
+            source: Bytes(b"int x;\n".to_vec()),
+        };
+        let mut c = OffloadCodec;
+        let mut buf = Vec::new();
+        block_on(c.write_request(&PROTOCOL, &mut buf, req)).unwrap();
+        let back = block_on(c.read_request(&PROTOCOL, &mut &buf[..])).unwrap();
+        assert_eq!(back.source.0, b"int x;\n");
+        assert_eq!(back.toolchain, ToolchainId([3; 32]));
+        let mut buf = Vec::new();
+        let res = CompileResponse::Refused(Refusal::ForbiddenOption("-B".into()));
+        block_on(c.write_response(&PROTOCOL, &mut buf, res)).unwrap();
+        match block_on(c.read_response(&PROTOCOL, &mut &buf[..])).unwrap() {
+            CompileResponse::Refused(Refusal::ForbiddenOption(o)) => assert_eq!(o, "-B"),
+            other => panic!("{other:?}"),
+        }
+        // A request claiming more than the limit is refused on its length alone.
+        let claim = ((MAX_REQUEST + 1) as u32).to_le_bytes();
+        let e = block_on(c.read_request(&PROTOCOL, &mut &claim[..])).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn pick_takes_the_freest_member_with_the_compiler() {
+        let (me, a, b, c) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let t = ToolchainId([1; 32]);
+        let ad = |p: PeerId, free, ts: Vec<ToolchainId>| {
+            (
+                p,
+                SlotAdvert {
+                    peer: Bytes(p.to_bytes()),
+                    seq: 1,
+                    cores: 4,
+                    free,
+                    toolchains: ts,
+                },
+            )
+        };
+        let list = vec![
+            ad(me, 4, vec![t]),
+            ad(a, 1, vec![t]),
+            ad(b, 3, vec![t]),
+            ad(c, 4, vec![ToolchainId([2; 32])]),
+        ];
+        assert_eq!(pick(&list, &t, &me, &[]), Some(b));
+        assert_eq!(pick(&list, &t, &me, &[b]), Some(a));
+        assert_eq!(pick(&list, &t, &me, &[a, b]), None);
+    }
+
+    /// The real thing: gcc on this machine, in bubblewrap when it works here.
+    #[test]
+    fn real_gcc_serves_byte_identical_objects_and_refuses_the_rest() {
+        use std::process::Command;
+        let Some(gcc) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("gcc"))
+            .find(|p| p.is_file())
+        else {
+            eprintln!("no gcc: skipped");
+            return;
+        };
+        let Some(bwrap) = sandbox::find_bwrap() else {
+            eprintln!("bubblewrap does not work here: skipped");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(
+            src.join("a.c"),
+            "#include <stdio.h>\n#define TWICE(x) ((x) * 2)\nint f(int a) { return TWICE(a); }\n\
+             int main(void) { printf(\"%d\\n\", f(21)); return 0; }\n",
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new(&gcc)
+                .args(args)
+                .current_dir(&src)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        // Without debug info: with it, columns in the line table are those of the expanded
+        // macros (the wrapper keeps such compiles local).
+        run(&["-O2", "-Wall", "-c", "a.c", "-o", "local.o"]);
+        let local = std::fs::read(src.join("local.o")).unwrap();
+        let pre = run(&["-O2", "-Wall", "-E", "a.c"]);
+        let server = Server::new(ServeOptions {
+            distc_dir: d.path().to_path_buf(),
+            enabled: true,
+            isolation: Isolation::Bwrap(bwrap),
+            limits: Limits::default(),
+            cores: 2,
+            path: gcc.parent().unwrap().as_os_str().to_owned(),
+            why_not: None,
+        });
+        server.refresh_toolchains();
+        let id = toolchain::identify(d.path(), "gcc", &gcc).unwrap();
+        assert!(server.toolchains().contains(&id));
+        let request = |args: &[&str], source: &[u8]| CompileRequest {
+            toolchain: id,
+            language: "cpp-output".into(),
+            args: s(args),
+            cwd: src.to_string_lossy().into_owned(),
+            env: Vec::new(),
+            name: "a.c".into(),
+            source: Bytes(source.to_vec()),
+        };
+        let me = PeerId::random();
+        match server.serve(&me, request(&["-O2", "-Wall"], &pre)) {
+            CompileResponse::Done(r) => {
+                assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr.0));
+                assert!(
+                    r.object.0 == local,
+                    "remote object differs from the local one"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A compile error comes back as one, with the compiler's message.
+        let broken = b"# 1 \"bad.c\"\nint f(void) { return x; }\n";
+        match server.serve(&me, request(&["-O2"], broken)) {
+            CompileResponse::Done(r) => {
+                assert_ne!(r.exit_code, 0);
+                assert!(String::from_utf8_lossy(&r.stderr.0).contains("bad.c:1"));
+                assert!(r.object.0.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // The sandbox reads nothing but the toolchain: `.incbin` of a file outside it fails.
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, "not for guests").unwrap();
+        let incbin = format!("__asm__(\".incbin \\\"{}\\\"\");\n", secret.display());
+        match server.serve(&me, request(&["-O2"], incbin.as_bytes())) {
+            CompileResponse::Done(r) => assert_ne!(r.exit_code, 0, "read a file outside"),
+            other => panic!("{other:?}"),
+        }
+        // Refusals.
+        let refused = |r: CompileResponse| match r {
+            CompileResponse::Refused(why) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(server.serve(&me, request(&["-O2", "-fplugin=/tmp/x.so"], &pre))),
+            Refusal::ForbiddenOption("-fplugin=/tmp/x.so".into())
+        );
+        assert!(matches!(
+            refused(server.serve(&me, request(&["-O2"], b"#include <stdio.h>\n"))),
+            Refusal::NotPreprocessed(_)
+        ));
+        let mut unknown = request(&["-O2"], &pre);
+        unknown.toolchain = ToolchainId([9; 32]);
+        assert_eq!(
+            refused(server.serve(&me, unknown)),
+            Refusal::UnknownCompiler
+        );
+        let mut lang = request(&["-O2"], &pre);
+        lang.language = "c".into();
+        assert!(matches!(
+            refused(server.serve(&me, lang)),
+            Refusal::Language(_)
+        ));
+        let off = Server::new(ServeOptions {
+            enabled: false,
+            ..server.opts.clone()
+        });
+        assert_eq!(
+            refused(off.serve(&me, request(&["-O2"], &pre))),
+            Refusal::NotServing
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! A miss compiled on an idle member: the wrapper's half of [`distc_peer::offload`].
+//!
+//! [`Pipeline::miss`](super::Pipeline) holds one local compile slot
+//! ([`distc_peer::slots`]) while it compiles. When every slot is taken (more compiles running
+//! than cores), the mesh is active, `offload` is on and the local peer says some member has
+//! a free slot (`peer.slots`, one small file), a C/C++ family may offer a remote compile:
+//! it preprocesses here, and its peer sends the preprocessed source to a member with the
+//! identical compiler ([`distc_peer::toolchain`]). Only a clean success is taken — exit 0,
+//! nothing on stderr (a warning from preprocessed input lacks the macro-expansion notes a
+//! local compile prints), an object — and the pipeline then stores and replays it exactly
+//! as a local miss. Anything else, a compile error included, compiles here, so what the
+//! user sees is always what the local compiler says.
+//!
+//! Never on a hit: this runs only after the lookups missed and the key lock is held.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use distc_peer::ipc::IpcClient;
+use distc_peer::offload::{self as remote, CompileRequest, CompileResponse};
+use distc_peer::protocol::Bytes;
+use distc_peer::toolchain::ToolchainId;
+
+use super::{Command, Finished, Runner};
+
+/// The file in `$DISTC_DIR` where the local peer keeps the number of slots members offer now
+/// (written by the peer; absent or `0`: nobody to send to, nothing is tried).
+pub(crate) fn remote_slots(distc_dir: &Path) -> u32 {
+    std::fs::read_to_string(distc_dir.join(distc_peer::offload::SLOTS_MARKER))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Options that only the preprocessor reads (dropped: the source is preprocessed), with
+/// whether they take the next argument when given alone.
+const PREPROCESSOR_ONLY: &[(&str, bool)] = &[
+    ("-D", true),
+    ("-U", true),
+    ("-I", true),
+    ("-include", true),
+    ("-imacros", true),
+    ("-iquote", true),
+    ("-isystem", true),
+    ("-idirafter", true),
+    ("-iprefix", true),
+    ("-iwithprefixbefore", true),
+    ("-iwithprefix", true),
+    ("-isysroot", true),
+    ("-imultilib", true),
+    ("--sysroot", true),
+    ("-nostdinc++", false),
+    ("-nostdinc", false),
+    ("-x", true),
+];
+
+/// The compile options of a preprocessor command line: `cpp_args` without what only the
+/// preprocessor reads. `None` when an argument is not text.
+pub(crate) fn compile_options(cpp_args: &[OsString]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut skip_next = false;
+    for a in cpp_args {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        let s = a.to_str()?;
+        match PREPROCESSOR_ONLY.iter().find(|(p, _)| s.starts_with(p)) {
+            Some((p, takes)) => {
+                // `-Dx`/`-Ix` glued, `--sysroot=x`, or the value in the next argument.
+                skip_next = *takes && s.len() == p.len();
+            }
+            None => out.push(s.to_string()),
+        }
+    }
+    Some(out)
+}
+
+/// The environment a remote compile is given: the locale variables set here.
+fn locale_env() -> Vec<(String, String)> {
+    remote::ENV
+        .iter()
+        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+        .collect()
+}
+
+/// One compile to offer to the mesh.
+pub(crate) struct Offer<'a> {
+    pub distc_dir: &'a Path,
+    pub runner: &'a dyn Runner,
+    /// The real compiler and the name it runs under.
+    pub compiler: &'a Path,
+    /// `cpp-output` or `c++-cpp-output`.
+    pub language: &'static str,
+    /// The preprocessor command line (without `-E`, `-x` and the source).
+    pub cpp_args: &'a [OsString],
+    /// `-x` of the source as compiled here (`c`, `c++`).
+    pub source_language: &'static str,
+    pub source: &'a Path,
+    pub cwd: &'a Path,
+    /// Where the object goes.
+    pub output: &'a Path,
+}
+
+/// Compiles `offer` on a member. `Some` only for a clean success whose object is written to
+/// `offer.output`; `None` means: compile here (the reason is logged).
+pub(crate) fn compile(offer: &Offer) -> Option<Finished> {
+    let why_not = |why: &str| {
+        tracing::debug!(source = %offer.source.display(), "compiled here: {why}");
+        None
+    };
+    let name = offer.compiler.file_name()?.to_str()?;
+    let toolchain: ToolchainId =
+        match distc_peer::toolchain::identify(offer.distc_dir, name, offer.compiler) {
+            Ok(t) => t,
+            Err(e) => return why_not(&format!("compiler not identified: {e}")),
+        };
+    let Some(args) = compile_options(offer.cpp_args) else {
+        return why_not("an argument is not text");
+    };
+    if let Err(e) = remote::check_args(&args) {
+        return why_not(&e.to_string());
+    }
+    let Some(cwd) = offer.cwd.to_str() else {
+        return why_not("the working directory is not text");
+    };
+    let mut pp = offer.cpp_args.to_vec();
+    pp.extend([
+        "-E".into(),
+        "-x".into(),
+        offer.source_language.into(),
+        offer.source.as_os_str().to_owned(),
+    ]);
+    let pre = match offer.runner.output(&Command {
+        null_stdin: true,
+        ..Command::new(offer.compiler, pp)
+    }) {
+        Ok(p) if p.success && p.stderr.is_empty() => p.stdout,
+        Ok(_) => return why_not("the preprocessor failed or warned"),
+        Err(e) => return why_not(&format!("cannot run the preprocessor: {e}")),
+    };
+    if let Err(e) = remote::check_preprocessed(&pre) {
+        return why_not(&e.to_string());
+    }
+    let req = CompileRequest {
+        toolchain,
+        language: offer.language.into(),
+        args,
+        cwd: cwd.to_string(),
+        env: locale_env(),
+        name: offer.source.display().to_string(),
+        source: Bytes(pre),
+    };
+    let answer = IpcClient::connect(offer.distc_dir, Duration::from_secs(1))
+        .and_then(|mut c| {
+            c.set_timeout(remote::REMOTE_TIMEOUT + Duration::from_secs(10))?;
+            Ok(c)
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| c.compile(req).map_err(|e| e.to_string()));
+    let (peer, response) = match answer {
+        Ok(a) => a,
+        Err(e) => return why_not(&format!("local peer: {e}")),
+    };
+    let peer = peer.unwrap_or_default();
+    match response {
+        CompileResponse::Done(r)
+            if r.exit_code == 0 && r.stderr.0.is_empty() && !r.object.0.is_empty() =>
+        {
+            if let Err(e) = crate::util::write_atomic(offer.output, &r.object.0) {
+                return why_not(&format!("cannot write {}: {e}", offer.output.display()));
+            }
+            tracing::debug!(source = %offer.source.display(), %peer, "compiled on a member");
+            Some(Finished {
+                stdout: r.stdout.0,
+                stderr: Vec::new(),
+                code: 0,
+                success: true,
+            })
+        }
+        CompileResponse::Done(r) => why_not(&format!(
+            "member {peer} exited with {} ({} bytes on stderr): the local compiler says",
+            r.exit_code,
+            r.stderr.0.len()
+        )),
+        CompileResponse::Refused(why) => why_not(&format!("not compiled remotely: {why}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn preprocessor_options_are_dropped() {
+        let got = compile_options(&os(&[
+            "-O2",
+            "-DX=1",
+            "-D",
+            "Y",
+            "-Iinc",
+            "-I",
+            "other",
+            "-include",
+            "cfg.h",
+            "-isystem",
+            "/opt/inc",
+            "--sysroot=/s",
+            "-nostdinc",
+            "-x",
+            "c",
+            "-Wall",
+            "-std=c99",
+        ]))
+        .unwrap();
+        assert_eq!(got, ["-O2", "-Wall", "-std=c99"]);
+        remote::check_args(&got).unwrap();
+    }
+}
