@@ -661,14 +661,19 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
         router: offload::Router::default(),
     });
     let slots_marker = tokio::spawn(offload::keep_slots_marker(node.clone(), server.clone()));
-    // This machine's compilers, found now and every minute (a new install is served).
-    tokio::spawn(async move {
-        loop {
-            let s = server.clone();
-            let _ = tokio::task::spawn_blocking(move || s.refresh_toolchains()).await;
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        }
-    });
+    // A serving peer's compilers: found before it answers anyone (identifying a new one runs
+    // it), then every minute (a new install is served; unchanged ones are memoised by stat).
+    if server.enabled() {
+        let s = server.clone();
+        let _ = tokio::task::spawn_blocking(move || s.refresh_toolchains()).await;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let s = server.clone();
+                let _ = tokio::task::spawn_blocking(move || s.refresh_toolchains()).await;
+            }
+        });
+    }
     let listener = ipc::bind(&dir).map_err(io_err("cannot create socket in", &dir))?;
     let activity = Arc::new(AtomicU64::new(unix_now()));
     let ipc_task = tokio::spawn(ipc::serve(listener, handler, activity.clone()));

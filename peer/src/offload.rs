@@ -679,7 +679,7 @@ pub struct SlotsReport {
     /// Whether this peer serves compiles, and how (`bwrap`, `unsandboxed`, or why not).
     pub serving: String,
     /// Every member's advert (this peer's own included), with whether it has a compiler of
-    /// this machine's.
+    /// this machine's (unknown, so assumed, when this peer does not serve).
     pub peers: Vec<PeerSlots>,
     /// Compiles this peer ran for others / refused; sent to others / returned compiled.
     pub served: u64,
@@ -743,7 +743,9 @@ pub fn report(node: &crate::node::Node, server: Option<&Server>) -> SlotsReport 
                 cores: a.cores,
                 free: a.free,
                 toolchains: a.toolchains.len() as u32,
-                shared_toolchain: a.toolchains.iter().any(|t| mine.contains(t)),
+                // A peer that does not serve has not listed its compilers: any member may
+                // have one of them (the wrapper's own identity decides, member by member).
+                shared_toolchain: mine.is_empty() || a.toolchains.iter().any(|t| mine.contains(t)),
             })
             .collect(),
         served: c.served.load(Ordering::Relaxed),
