@@ -19,6 +19,12 @@
 //! - [`daemon`]: `distc peer` (lock, identity, trust rules, IPC server) and auto-start.
 //! - [`psk`]: the mesh key (swarm.key format) and join tokens.
 //! - [`report`]: what `status`, `flush` and `inspect` receive from the peer.
+//! - [`offload`]: compiles on idle peers — the `/distc/compile/1.0.0` protocol, the
+//!   allow-list of options, and the serving side.
+//! - [`sandbox`]: where a guest's compile runs (bubblewrap, resource limits).
+//! - [`slots`]: local compile slots (`compile.slots`) and the slot adverts members gossip.
+//! - [`toolchain`]: a compiler's identity as remote compiles match it, and this machine's
+//!   compilers.
 //! - [`trust`]: entry signatures (the producer's identity) and the policy of whose entries
 //!   this machine accepts.
 
@@ -33,10 +39,13 @@ pub mod membership;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod offload;
 pub mod protocol;
 pub mod psk;
 pub mod report;
 pub mod ring;
+pub mod sandbox;
+pub mod slots;
 pub mod store;
 pub mod swim;
 pub mod toolchain;

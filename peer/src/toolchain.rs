@@ -60,9 +60,36 @@ pub fn is_compiler_name(name: &str) -> bool {
     matches!(driver, "gcc" | "g++" | "cc" | "c++" | "clang" | "clang++")
 }
 
+/// A file's size, mtime, ctime and inode: a digest stays valid while they do.
+fn stamp(md: &fs::Metadata) -> String {
+    format!(
+        "{} {} {} {} {}",
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ino()
+    )
+}
+
+/// SHA-256 of a file, memoised in this process by canonical path and [`stamp`]: every driver
+/// of one installation runs the same `cc1`, `cc1plus` and `as`, hashed once.
 fn file_digest(path: &Path) -> io::Result<[u8; 32]> {
-    let bytes = fs::read(path)?;
-    Ok(Sha256::digest(&bytes).into())
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Memo = Mutex<HashMap<(PathBuf, String), [u8; 32]>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let real = fs::canonicalize(path)?;
+    let key = (real.clone(), stamp(&fs::metadata(&real)?));
+    let memo = MEMO.get_or_init(Mutex::default);
+    if let Some(d) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(*d);
+    }
+    let d: [u8; 32] = Sha256::digest(fs::read(&real)?).into();
+    memo.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, d);
+    Ok(d)
 }
 
 /// The first executable called `name` in the directories of `path_var`.
@@ -117,15 +144,7 @@ pub fn compute(name: &str, driver: &Path) -> io::Result<ToolchainId> {
 /// [`compute`], memoised under `$DISTC_DIR/compilers/toolchain-…` by the driver's path and
 /// stat (size, mtime, ctime, inode): the programs are asked for once per installation.
 pub fn identify(distc_dir: &Path, name: &str, driver: &Path) -> io::Result<ToolchainId> {
-    let md = fs::metadata(driver)?;
-    let stamp = format!(
-        "{} {} {} {} {}",
-        md.len(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ino()
-    );
+    let stamp = stamp(&fs::metadata(driver)?);
     let mut tag = Sha256::new();
     tag.update(driver.as_os_str().as_bytes());
     tag.update([0]);
