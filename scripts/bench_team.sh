@@ -4,6 +4,7 @@
 #   scripts/bench_team.sh                  # everything
 #   BENCH_RUNS=30 scripts/bench_team.sh    # runs per hit measurement (default 20)
 #   BENCH_KINDS=rust BENCH_PROFILES=release scripts/bench_team.sh   # a part (cpp, rust; debug, release)
+#   BENCH_KEEP=1 scripts/bench_team.sh     # keep the work directory (caches, logs) for a look
 #
 # Two machines on 127.0.0.1: two peers with one mesh key (scripts/run_nodes.sh 2), two
 # DISTC_DIRs, and two checkouts of the same sources at different paths and depths
@@ -16,8 +17,9 @@
 # Each is built: cold on machine one (empty caches everywhere), then on machine two (its own
 # cache empty: served by machine one's peer), then again on machine two after a clean (its own
 # cache warm), and once with the cache disabled (plain compiler). Reported: machine two's share
-# of compiles served by machine one's results (target >= 95 %) and its build time against cold
-# and local-warm.
+# of compiles served by machine one's results (target >= 95 %; compiles that fail, which are
+# never cached, are counted apart) and its build time against cold and local-warm; every
+# compile of machine two that was not a hit is printed on stderr with its outcome.
 # Then hits of one file, medians of one hyperfine run: `distc build hello.rs`, the wrapper's
 # rustc hit as cargo runs it, `distc gcc -c hello.c` and ccache's `gcc -c hello.c`, and a C hit
 # with an object as large as hello.rs's executable (a 4 MiB array: same size of output).
@@ -37,7 +39,7 @@ mkdir -p "$work/bin"
 cp "$root/target/release/distc" "$work/bin/distc"
 bin="$work/bin/distc"
 export DISTC_NODES_DIR="$work/nodes" DISTC_BIN="$bin" BASE_PORT="${BASE_PORT:-28878}"
-trap '"$root/scripts/stop_nodes.sh" >/dev/null 2>&1; rm -rf "$work"' EXIT
+trap '"$root/scripts/stop_nodes.sh" >/dev/null 2>&1; if [ -n "${BENCH_KEEP:-}" ]; then echo "bench_team: kept $work" >&2; else rm -rf "$work"; fi' EXIT
 "$root/scripts/run_nodes.sh" 2 >/dev/null
 export DISTC_CONFIG_DIR="$work/nodes/config" DISTC_AUTO_START=0 DISTC_BASE_DIR="$work"
 export CARGO_INCREMENTAL=0 CARGO_TERM_COLOR=never
@@ -182,8 +184,15 @@ for kind in ${BENCH_KINDS:-cpp rust}; do
     cold=$(build $kind $profile "$one" "$m1")
     sleep 2 # replication to the other peer is asynchronous
     DISTC_DIR=$m2 "$bin" stats --zero >/dev/null
-    remote=$(build $kind $profile "$two" "$m2")
-    counts=$(json "$m2" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["remote_hits"], d["hits"], d["hits"] + d["misses"] + sum(d["uncacheable"].values()))')
+    crates="$work/crates-$kind-$profile.log"
+    remote=$(build $kind $profile "$two" "$m2" DISTC_CRATE_LOG="$crates")
+    # Every compile of machine two that was not a hit, and why (Rust: the per-crate log).
+    if [ -s "$crates" ]; then
+      grep -v '^\(hit\|remote-hit\) ' "$crates" | sed "s/^/bench_team: $kind $profile, machine two: /" >&2 || true
+    fi
+    # Compiles that fail are never cached (proc-macro2's build script probes rustc for nightly
+    # features with a compile meant to fail on stable): counted apart, not in the share.
+    counts=$(json "$m2" | python3 -c 'import json,sys; d=json.load(sys.stdin); u=d["uncacheable"]; f=u.get("compile-failed", 0); print(d["remote_hits"], d["hits"], d["hits"] + d["misses"] + sum(u.values()) - f, f)')
     warm=$(build $kind $profile "$two" "$m2")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$profile" "$plain" "$cold" "$remote" "$warm" "$counts" >>"$rows"
   done
@@ -214,15 +223,15 @@ rows, hello, runs = sys.argv[1], sys.argv[2], sys.argv[3]
 # With two peers and replication 2, machine one's peer pushes every entry it stores into
 # machine two's store: machine two's hits are then reads of its own store (entries it never
 # compiled), and only entries not yet replicated are fetched from the peer at lookup.
-print("| project | plain (s) | cold, machine one (s) | machine two, from the mesh (s) | machine two, local warm (s) | two / cold | two / local warm | machine two: hits / compiles | of which fetched at lookup |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| project | plain (s) | cold, machine one (s) | machine two, from the mesh (s) | machine two, local warm (s) | two / cold | two / local warm | machine two: hits / compiles | of which fetched at lookup | failing compiles (not counted) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for line in open(rows):
     kind, profile, plain, cold, remote, warm, counts = line.rstrip("\n").split("\t")
-    rh, hits, total = (int(x) for x in counts.split())
+    rh, hits, total, failed = (int(x) for x in counts.split())
     plain, cold, remote, warm = (float(x) for x in (plain, cold, remote, warm))
     name = {"cpp": "CMake C/C++ (33 sources)", "rust": "cargo app (regex, serde, clap)"}[kind]
     share = 100.0 * hits / total if total else 0.0
-    print(f"| {name}, {profile} | {plain:.2f} | {cold:.2f} | {remote:.2f} | {warm:.2f} | {remote / cold:.2f} | {remote / warm:.2f} | {hits} / {total} ({share:.0f} %) | {rh} |")
+    print(f"| {name}, {profile} | {plain:.2f} | {cold:.2f} | {remote:.2f} | {warm:.2f} | {remote / cold:.2f} | {remote / warm:.2f} | {hits} / {total} ({share:.0f} %) | {rh} | {failed} |")
 res = {r["command"]: statistics.median(r["times"]) * 1000 for r in json.load(open(hello))["results"]}
 base = res["ccache gcc -c hello.c"]
 print(f"\n| hit, one file (median ms, {runs} runs) | ms | / ccache |")

@@ -1064,3 +1064,107 @@ fn build_project_caches_workspace_crates_in_debug_builds() {
     assert!(w.take_compiles().is_empty());
     assert_eq!(w.run_app("debug"), "v1:84 built-by-build-rs hello data-v1");
 }
+
+/// A workspace whose crates read build-script output: `generated` only `include!`s a file from
+/// `OUT_DIR` (as serde does), `embedded` compiles the `OUT_DIR` path in as a string.
+fn write_out_dir_workspace(dir: &Path) {
+    write(
+        &dir.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"generated\", \"embedded\", \"show\"]\nresolver = \"2\"\n",
+    );
+    let build = r#"fn main() {
+    let out = std::env::var("OUT_DIR").expect("OUT_DIR");
+    std::fs::write(format!("{out}/gen.rs"), "pub const GENERATED: u64 = 7;\n").expect("write gen.rs");
+    println!("cargo:rerun-if-changed=build.rs");
+}
+"#;
+    for name in ["generated", "embedded"] {
+        write(
+            &dir.join(format!("{name}/Cargo.toml")),
+            &format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+        );
+        write(&dir.join(format!("{name}/build.rs")), build);
+    }
+    write(
+        &dir.join("generated/src/lib.rs"),
+        "include!(concat!(env!(\"OUT_DIR\"), \"/gen.rs\"));\n",
+    );
+    write(
+        &dir.join("embedded/src/lib.rs"),
+        "include!(concat!(env!(\"OUT_DIR\"), \"/gen.rs\"));\npub const OUT: &str = env!(\"OUT_DIR\");\n",
+    );
+    write(
+        &dir.join("show/Cargo.toml"),
+        "[package]\nname = \"show\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ngenerated = { path = \"../generated\" }\nembedded = { path = \"../embedded\" }\n",
+    );
+    write(
+        &dir.join("show/src/main.rs"),
+        "fn main() {\n    println!(\"{} {}\", generated::GENERATED + embedded::GENERATED, embedded::OUT);\n}\n",
+    );
+}
+
+/// `OUT_DIR` is keyed normalised: a crate that only `include!`s from it is served to a second
+/// checkout (with `base_dir`: the include is recorded as `target/…`); one that compiles the
+/// path in is compiled there, and its binary names its own target directory. The second
+/// checkout is looked up by the full key (as a machine of a mesh that never built it does):
+/// its manifests record the first checkout's exact `OUT_DIR`.
+#[test]
+fn out_dir_includes_hit_in_a_second_checkout_and_embedded_paths_do_not() {
+    let Some(w) = World::new() else { return };
+    let base = w.root.path().to_string_lossy().into_owned();
+    let one = w.root.path().join("one/ws");
+    let two = w.root.path().join("two/deeper/ws");
+    write_out_dir_workspace(&one);
+    write_out_dir_workspace(&two);
+    let env = [
+        ("DISTC_BASE_DIR", base.as_str()),
+        ("CARGO_TARGET_DIR", ""),
+        ("DISTC_DEPEND_MODE", "0"),
+    ];
+    w.cargo_in(&one, &["build"], &env);
+    let first = w.take_compiles();
+    for c in ["build_script_build", "embedded", "generated", "show"] {
+        assert!(first.contains_key(c), "{c} not compiled: {first:?}");
+    }
+    w.cargo_in(&two, &["build"], &env);
+    let second = w.take_compiles();
+    assert_eq!(
+        names(&second),
+        ["embedded", "show"],
+        "only the crate with the path compiled in (and the binary linking it) compile again\n{}",
+        w.stats()
+    );
+    for ck in [&one, &two] {
+        let out = Command::new(ck.join("target/debug/show"))
+            .output()
+            .expect("run show");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let own = ck.join("target/debug/build");
+        assert!(
+            text.starts_with("14 ") && text.contains(&*own.to_string_lossy()),
+            "{} printed {text}",
+            ck.display()
+        );
+        let lib = std::fs::read_dir(ck.join("target/debug/deps"))
+            .expect("deps")
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("libgenerated-") && n.ends_with(".rlib")
+            })
+            .expect("libgenerated rlib");
+        let bytes = std::fs::read(lib.path()).expect("read rlib");
+        for other in [&one, &two] {
+            assert!(
+                !contains(&bytes, &other.to_string_lossy()),
+                "{} names {}",
+                lib.path().display(),
+                other.display()
+            );
+        }
+    }
+    // Cargo's own fingerprints (the `.d` files name this checkout's OUT_DIR): nothing to do.
+    w.cargo_in(&two, &["build"], &env);
+    assert!(w.take_compiles().is_empty());
+}

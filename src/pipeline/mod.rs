@@ -83,6 +83,12 @@ pub(crate) trait Family {
     }
     /// The result of a successful compile: its outputs read back, its streams as stored.
     fn collect(&self, done: &Finished) -> Result<Bundle, Skip>;
+    /// The key `bundle`, compiled for `key`, is stored (and its manifest entry recorded)
+    /// under: `key`, unless the outputs show that the key left out something they depend on
+    /// (rustc: a path-valued env-dep keyed normalised but compiled in verbatim).
+    fn store_key(&self, key: Key, _inputs: &Self::Inputs, _bundle: &Bundle) -> Key {
+        key
+    }
     /// Writes the compiler's streams of a compile that just ran.
     fn print(&self, done: &Finished);
     /// Writes a stored result's outputs where this command line wants them.
@@ -280,6 +286,7 @@ impl Pipeline<'_> {
         };
         match stored {
             Ok((bundle, (key, inputs))) => {
+                let key = f.store_key(key, &inputs, &bundle);
                 self.cache.put(&key, &bundle);
                 f.record(self.cache, &key, &inputs, true);
                 self.finish(f, Outcome::Miss);

@@ -44,6 +44,8 @@ pub const CRATE_LOG_ENV: &str = "DISTC_CRATE_LOG";
 const OUT_TOKEN: &[u8] = b"\x01distc:out-dir\x01";
 /// Placeholder for the working directory in stored text.
 const CWD_TOKEN: &[u8] = b"\x01distc:cwd\x01";
+/// Placeholder for cargo's target directory in stored text (`OUT_DIR` files in the `.d` file).
+const TARGET_TOKEN: &[u8] = b"\x01distc:target\x01";
 
 /// Largest encoded file list we decode.
 const MAX_FILES: usize = 1 << 30;
@@ -85,9 +87,12 @@ fn replace_bytes(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The two roots that stored text is made independent of.
+/// The roots that stored text is made independent of: the output directory, cargo's target
+/// directory (where `OUT_DIR`s lie; empty when the output directory is not cargo's) and the
+/// working directory.
 struct Roots {
     out_dir: Vec<u8>,
+    target: Vec<u8>,
     cwd: Vec<u8>,
 }
 
@@ -99,15 +104,27 @@ impl Roots {
             .as_ref()
             .map(|o| cwd.join(o))
             .unwrap_or_else(|| cwd.to_path_buf());
+        let target = rust_key::cargo_dirs(&out)
+            .map(|(t, _)| t)
+            .unwrap_or_default();
         Roots {
             out_dir: out.as_os_str().as_bytes().to_vec(),
+            target: target.as_os_str().as_bytes().to_vec(),
             cwd: cwd.as_os_str().as_bytes().to_vec(),
         }
     }
 
+    fn pairs(&self) -> [(&[u8], &'static [u8]); 3] {
+        [
+            (&self.out_dir, OUT_TOKEN),
+            (&self.target, TARGET_TOKEN),
+            (&self.cwd, CWD_TOKEN),
+        ]
+    }
+
     /// Absolute roots -> placeholders; the longer (more specific) root first.
     fn template(&self, data: &[u8]) -> Vec<u8> {
-        let mut pairs = [(&self.out_dir, OUT_TOKEN), (&self.cwd, CWD_TOKEN)];
+        let mut pairs = self.pairs();
         pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let mut d = data.to_vec();
         for (root, token) in pairs {
@@ -119,8 +136,15 @@ impl Roots {
     }
 
     fn instantiate(&self, data: &[u8]) -> Vec<u8> {
-        let d = replace_bytes(data, OUT_TOKEN, &self.out_dir);
-        replace_bytes(&d, CWD_TOKEN, &self.cwd)
+        let mut d = data.to_vec();
+        for (root, token) in self.pairs() {
+            // Only a compile with a cargo output directory stores the target token, and the
+            // key (normalised `OUT_DIR`, sources under `$PROFILE`) then says this one has one.
+            if !root.is_empty() {
+                d = replace_bytes(&d, token, root);
+            }
+        }
+        d
     }
 }
 
@@ -345,6 +369,28 @@ impl Family for RustFamily<'_> {
         })
     }
 
+    /// A result whose outputs contain a path-valued env-dep verbatim (`env!("OUT_DIR")` as a
+    /// string) is not path-free: it is stored under the key with the exact values.
+    fn store_key(&self, key: Key, (dep, _): &Self::Inputs, bundle: &Bundle) -> Key {
+        let values = self.parts.normalised_env_values(dep);
+        let leaks = |hay: &[u8]| {
+            values
+                .iter()
+                .any(|v| memchr::memmem::find(hay, v.as_bytes()).is_some())
+        };
+        let in_outputs = bundle.outputs.iter().any(|o| leaks(&o.data))
+            || leaks(&bundle.stdout)
+            || leaks(&bundle.stderr);
+        if !in_outputs {
+            return key;
+        }
+        tracing::debug!(
+            "{}: the outputs contain a path-valued env-dep; stored for these paths only",
+            self.job.describe()
+        );
+        rust_key::path_dependent_key(&key, dep)
+    }
+
     fn print(&self, done: &Finished) {
         let _ = std::io::stdout().lock().write_all(&done.stdout);
         let _ = std::io::stderr().lock().write_all(&done.stderr);
@@ -371,12 +417,13 @@ impl Family for RustFamily<'_> {
 /// lies: `--remap-path-prefix=CWD=.` when the working directory is under `base_dir` (cargo
 /// runs rustc in the workspace root for workspace members and passes relative source paths),
 /// so debug info records `.` as the compilation directory and absolute paths under the
-/// working directory (`OUT_DIR` includes when the target dir is inside) become `./…`;
-/// relative paths (panic locations, `file!()`) are as cargo passed them. Crates compiled in
-/// `CARGO_HOME` (crates.io and git sources, absolute paths) map their package directory to
-/// its name (`itoa-1.0.10`), as cargo's `trim-paths` does. It comes first: a user's
-/// `--remap-path-prefix` given later takes precedence in rustc. `None` outside `base_dir`.
-fn base_dir_remap(base: &Path, cwd: &Path) -> Option<OsString> {
+/// working directory become `./…`; relative paths (panic locations, `file!()`) are as cargo
+/// passed them. Crates compiled in `CARGO_HOME` (crates.io and git sources, absolute paths)
+/// map their package directory to its name (`itoa-1.0.10`), as cargo's `trim-paths` does.
+/// Then cargo's target directory maps to `target` (`include!`s of `OUT_DIR` files). They come
+/// first: a user's `--remap-path-prefix` given later takes precedence in rustc. `None`
+/// outside `base_dir`.
+fn base_dir_remap(base: &Path, cwd: &Path, job: &RustJob) -> Option<Vec<OsString>> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
@@ -387,11 +434,24 @@ fn base_dir_remap(base: &Path, cwd: &Path) -> Option<OsString> {
         _ if cwd.starts_with(base) => ".".to_string(),
         _ => return None,
     };
-    let from = cwd.to_str()?;
-    if from.contains('=') {
-        return None;
+    let remap = |from: &Path, to: &str| {
+        let from = from.to_str().filter(|f| !f.contains('='))?;
+        Some(OsString::from(format!("--remap-path-prefix={from}={to}")))
+    };
+    let mut args = vec![remap(cwd, &to)?];
+    // Build-script output (`OUT_DIR`) lies in the target directory, which may be outside the
+    // working directory (crates.io crates, `CARGO_TARGET_DIR`): `include!`d files there are
+    // recorded as `target/…`. Given after the working directory's, so it wins for paths
+    // under both (rustc applies the last matching remap).
+    if let Some((target, _)) = job
+        .out_dir
+        .as_ref()
+        .and_then(|o| rust_key::cargo_dirs(&cwd.join(o)))
+        && let Some(a) = remap(&target, "target")
+    {
+        args.push(a);
     }
-    Some(OsString::from(format!("--remap-path-prefix={from}={to}")))
+    Some(args)
 }
 
 /// `job` with [`base_dir_remap`] in front of its arguments (and those arguments), when it
@@ -401,8 +461,7 @@ fn with_base_dir_remap(
     cwd: &Path,
     job: &RustJob,
 ) -> Option<(RustJob, Vec<OsString>)> {
-    let remap = base_dir_remap(cfg.base_dir.as_deref()?, cwd)?;
-    let mut a = vec![remap];
+    let mut a = base_dir_remap(cfg.base_dir.as_deref()?, cwd, job)?;
     a.extend(job.args.iter().cloned());
     match rustc::parse(&a, &|_| None) {
         RustParsed::Compile(j) => Some((*j, a)),
@@ -653,9 +712,9 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
         }
         let path = target_path(job, cwd, &f.name);
         let data = if f.templated {
-            roots.instantiate(&f.data)
+            std::borrow::Cow::Owned(roots.instantiate(&f.data))
         } else {
-            f.data.clone()
+            std::borrow::Cow::Borrowed(f.data.as_slice())
         };
         crate::util::write_atomic(&path, &data)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -1,6 +1,6 @@
 //! The key of a rustc compile: everything that can change what rustc writes, hashed.
 //!
-//! # Key inputs (RUST_FORMAT_VERSION 3)
+//! # Key inputs (RUST_FORMAT_VERSION 4)
 //! Each input is hashed on its own and labelled ([`crate::key::Inputs`]), so
 //! `distc inspect` can list them.
 //!
@@ -24,7 +24,14 @@
 //!    `include_str!`/`include_bytes!`/`include!` files), each as normalised path + content
 //!    digest.
 //! 7. `env-deps` — the variables the crate reads with `env!`/`option_env!` (rustc's dep-info
-//!    `# env-dep:` lines), with their exact values: those values are compiled into the output.
+//!    `# env-dep:` lines), with their values: those values are compiled into the output. A
+//!    value that is an absolute path under a root of the [`Normalizer`] (`OUT_DIR` under the
+//!    target directory, `CARGO_MANIFEST_DIR` under the working directory) is keyed
+//!    normalised, since what such a path usually does is name a file to `include!` (keyed by
+//!    content, input 6; its path remapped with `base_dir`): `serde`'s
+//!    `include!(concat!(env!("OUT_DIR"), "/private.rs"))`. A result whose outputs contain
+//!    such a value verbatim (a path compiled in as a string) is stored under
+//!    [`path_dependent_key`] instead, which adds the exact values.
 //! 8. `externs` — for each `--extern`: the name and the SHA-256 of the crate file (`.rlib`,
 //!    `.rmeta`, `.so`). Transitive dependencies are covered through them: every crate file
 //!    records the hashes (SVH) of the crates it was built against.
@@ -55,6 +62,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use distc_peer::Key;
 use sha2::{Digest, Sha256};
 
 use crate::compiler::rust::args::{KeyArg, RustJob};
@@ -64,7 +72,9 @@ use crate::key::{Inputs, hash_list};
 /// Version of the list above. Bump on any change to what is hashed or how.
 /// 3: the target directory variables left out of `cargo-env`; with `base_dir`, rustc runs with
 /// a `--remap-path-prefix` of the working directory (see `crate::pipeline::rust`).
-pub const RUST_FORMAT_VERSION: u32 = 3;
+/// 4: path-valued env-deps normalised (input 7); with `base_dir`, the target directory
+/// remapped too.
+pub const RUST_FORMAT_VERSION: u32 = 4;
 
 /// Errors computing a Rust key. Each one means "compile without the cache".
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +419,25 @@ pub fn target_digest(
     Ok(digest)
 }
 
+/// Cargo's target and profile directories of a crate whose (absolute) `--out-dir` is `out`:
+/// `<target>/<profile>/deps`, or `<target>/<profile>/build/<pkg>-<hash>` for build scripts
+/// (`<target>` includes the `<triple>` directory of a `--target` build). `None` for an output
+/// directory cargo did not choose.
+pub fn cargo_dirs(out: &Path) -> Option<(PathBuf, PathBuf)> {
+    let profile = if out.file_name().is_some_and(|n| n == "deps") {
+        out.parent()?
+    } else if out
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "build")
+    {
+        out.parent()?.parent()?
+    } else {
+        return None;
+    };
+    Some((profile.parent()?.to_path_buf(), profile.to_path_buf()))
+}
+
 /// Rewrites absolute paths under known roots to stable tokens, so the key of the same crate
 /// at two places (two checkouts, two users' CARGO_HOME, two target dirs) is the same.
 ///
@@ -431,23 +460,9 @@ impl Normalizer {
         let mut roots: Vec<(PathBuf, &'static str)> = Vec::new();
         if let Some(out) = out_dir {
             let out = cwd.join(out);
-            // cargo: <target>/<profile>/deps, or <target>/<profile>/build/<pkg>-<hash>.
-            let profile = if out.file_name().is_some_and(|n| n == "deps") {
-                out.parent().map(Path::to_path_buf)
-            } else if out
-                .parent()
-                .and_then(|p| p.file_name())
-                .is_some_and(|n| n == "build")
-            {
-                out.parent().and_then(Path::parent).map(Path::to_path_buf)
-            } else {
-                None
-            };
-            if let Some(p) = profile {
-                if let Some(t) = p.parent() {
-                    roots.push((t.to_path_buf(), "$TARGET"));
-                }
-                roots.push((p, "$PROFILE"));
+            if let Some((target, profile)) = cargo_dirs(&out) {
+                roots.push((target, "$TARGET"));
+                roots.push((profile, "$PROFILE"));
             }
             roots.push((out, "$OUT"));
         }
@@ -966,6 +981,7 @@ impl KeyParts {
         // 7.
         let mut h = Sha256::new();
         for (k, v) in &dep.env_deps {
+            let v = v.as_deref().map(|v| self.norm.path(v));
             h.update(hash_list([
                 k.as_bytes(),
                 v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
@@ -984,6 +1000,35 @@ impl KeyParts {
         inputs.items.extend(self.tail.items.iter().cloned());
         inputs
     }
+}
+
+impl KeyParts {
+    /// The env-dep values of `dep` that input 7 keys normalised: absolute paths under a root
+    /// (`OUT_DIR`, `CARGO_MANIFEST_DIR`), as they are here. A result whose outputs contain one
+    /// of them verbatim is path-dependent after all ([`path_dependent_key`]).
+    pub fn normalised_env_values<'d>(&self, dep: &'d DepInfo) -> Vec<&'d str> {
+        dep.env_deps
+            .iter()
+            .filter_map(|(_, v)| v.as_deref())
+            .filter(|v| self.norm.path(v) != *v)
+            .collect()
+    }
+}
+
+/// The key a result is stored under when its outputs contain the value of an env-dep that
+/// input 7 keyed normalised (e.g. `env!("OUT_DIR")` compiled in as a string): `key` and the
+/// exact values, so only a compile with the very same paths is served it.
+pub fn path_dependent_key(key: &Key, dep: &DepInfo) -> Key {
+    let mut inputs = Inputs::default();
+    inputs.push_digest("path-free key", key.0);
+    let exact = dep.env_deps.iter().flat_map(|(k, v)| {
+        [
+            k.as_bytes(),
+            v.as_deref().map(str::as_bytes).unwrap_or(b"\0unset"),
+        ]
+    });
+    inputs.push_digest("env-deps, exact", hash_list(exact));
+    inputs.key()
 }
 
 /// Computes the labelled key inputs of `job` (see the module docs for the list).
