@@ -22,7 +22,8 @@
 # compile of machine two that was not a hit is printed on stderr with its outcome.
 # Then hits of one file, medians of one hyperfine run: `distc build hello.rs`, the wrapper's
 # rustc hit as cargo runs it, `distc gcc -c hello.c` and ccache's `gcc -c hello.c`, and a C hit
-# with an object as large as hello.rs's executable (a 4 MiB array: same size of output).
+# with an object as large as hello.rs's executable (an array of its bytes: same size and
+# compressibility of output).
 # Needs cmake, make, gcc, g++, cargo (crates fetched once), ccache, hyperfine, python3.
 # Stops every peer it starts (by pid files).
 set -euo pipefail
@@ -193,6 +194,8 @@ for kind in ${BENCH_KINDS:-cpp rust}; do
     # Compiles that fail are never cached (proc-macro2's build script probes rustc for nightly
     # features with a compile meant to fail on stable): counted apart, not in the share.
     counts=$(json "$m2" | python3 -c 'import json,sys; d=json.load(sys.stdin); u=d["uncacheable"]; f=u.get("compile-failed", 0); print(d["remote_hits"], d["hits"], d["hits"] + d["misses"] + sum(u.values()) - f, f)')
+    errors=$(json "$m2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["errors_by_kind"] or "none")')
+    echo "bench_team: $kind $profile, machine two: cache errors: $errors" >&2
     warm=$(build $kind $profile "$two" "$m2")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$profile" "$plain" "$cold" "$remote" "$warm" "$counts" >>"$rows"
   done
@@ -207,8 +210,8 @@ rc="--crate-name hello --crate-type bin --edition=2021 --emit=link --out-dir o h
 "$bin" build hello.rs >/dev/null && "$bin" build hello.rs >/dev/null
 "$bin" rustc $rc && "$bin" rustc $rc
 "$bin" gcc -O2 -c hello.c -o h1.o && "$bin" gcc -O2 -c hello.c -o h1.o
-size=$(stat -c %s hello)
-printf 'const unsigned char big[%s] = {1};\n' "$size" >big.c
+# The executable's own bytes as a C array: an object of the same size and compressibility.
+python3 -c 'import sys; d=open("hello","rb").read(); print("const unsigned char big[%d] = {%s};" % (len(d), ",".join(map(str, d))))' >big.c
 "$bin" gcc -O2 -c big.c -o big.o && "$bin" gcc -O2 -c big.c -o big.o
 ccache gcc -O2 -c hello.c -o h2.o && ccache gcc -O2 -c hello.c -o h2.o
 hyperfine -N --warmup 3 --runs "$runs" --style basic --export-json "$work/hello.json" \

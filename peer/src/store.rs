@@ -15,7 +15,10 @@
 //! Entry format 4 (all integers little-endian):
 //! `b"DSTC"` | format `u8` | key `[u8; 32]` | payload length `u64` | digest `[u8; 32]` |
 //! provenance | zstd(payload), where digest = BLAKE3(magic, format, key, length, payload): the
-//! key and the format are inside the checked bytes. Provenance is one byte, `0` for an entry
+//! key and the format are inside the checked bytes. A payload of [`RAW_ABOVE`] bytes or more
+//! written by [`Store::put`] is a zstd frame of raw blocks (stored, not compressed: a hit copies
+//! it), which any zstd decoder reads; the peer compresses it before it leaves the machine
+//! ([`Store::compressed`]), so the format is the same either way. Provenance is one byte, `0` for an entry
 //! made on this machine (a wrapper stored it; nothing to sign), or `1` followed by the
 //! producer's ed25519 public key `[u8; 32]` and its signature `[u8; 64]` over
 //! [`signing_message`] (key, digest, producer): what every entry that crossed the network
@@ -59,6 +62,16 @@ const EVICT_TARGET: f64 = 0.9;
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 /// zstd level for new entries: fast, since a miss should cost little more than the compile.
 const ZSTD_LEVEL: i32 = 1;
+/// Payloads at least this large are stored by [`Store::put`] as a zstd frame of raw
+/// (uncompressed) blocks: a hit then copies them instead of decompressing them (for a 4 MiB
+/// executable, most of the hit's CPU), at the cost of disk. They are compressed before they
+/// leave the machine ([`Store::compressed`]), so the mesh moves and keeps compressed entries.
+pub const RAW_ABOVE: usize = 1 << 20;
+/// The largest block of a zstd frame.
+const ZSTD_BLOCK_MAX: usize = 128 << 10;
+/// A zstd frame header of [`raw_frame`]: magic, a descriptor for a single segment with an
+/// 8-byte content size, the size.
+const RAW_FRAME_HEADER: usize = 4 + 1 + 8;
 
 /// What went wrong in the store. Callers treat every error as "no cache here" and compile.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +154,40 @@ pub fn signing_message(key: &Key, digest: &[u8; 32], producer: &[u8; 32]) -> Vec
 }
 
 const SIGNING_TAG: &[u8] = b"distc entry signature v1\0";
+
+fn compress(payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+    zstd::bulk::compress(payload, ZSTD_LEVEL)
+        .map_err(|e| StoreError::Invalid(format!("compression failed: {e}")))
+}
+
+/// The frame header descriptor of [`raw_frame`]: an 8-byte content size (flag 3), a single
+/// segment, no checksum, no dictionary.
+const RAW_DESCRIPTOR: u8 = 0b1110_0000;
+
+/// The length of [`raw_frame`] of `n` bytes.
+fn raw_frame_len(n: usize) -> usize {
+    RAW_FRAME_HEADER + n + 3 * n.div_ceil(ZSTD_BLOCK_MAX).max(1)
+}
+
+/// `payload` as a standard zstd frame of raw blocks: any zstd decoder reads it, by copying.
+fn raw_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw_frame_len(payload.len()));
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    out.push(RAW_DESCRIPTOR);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut chunks = payload.chunks(ZSTD_BLOCK_MAX).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0]); // one empty last block
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = u32::from(chunks.peek().is_none());
+        // Block header, 3 bytes LE: last-block bit, block type 0 (raw), size.
+        let header = last | ((chunk.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
 
 /// Number of entries and bytes on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -298,11 +345,23 @@ impl Store {
         Ok(payload)
     }
 
-    /// Builds the on-disk form of `payload` stored under `key`.
+    /// Builds the on-disk form of `payload` stored under `key`, compressed.
     pub fn encode_entry(key: &Key, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let compressed = zstd::bulk::compress(payload, ZSTD_LEVEL)
-            .map_err(|e| StoreError::Invalid(format!("compression failed: {e}")))?;
-        let mut entry = Vec::with_capacity(HEADER_LEN + compressed.len());
+        let compressed = compress(payload)?;
+        Ok(Store::entry_with_body(key, payload, &compressed))
+    }
+
+    /// The on-disk form of `payload` as [`Store::put`] writes it: payloads of [`RAW_ABOVE`]
+    /// bytes and more in raw blocks, the others compressed.
+    fn encode_local(key: &Key, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if payload.len() < RAW_ABOVE {
+            return Store::encode_entry(key, payload);
+        }
+        Ok(Store::entry_with_body(key, payload, &raw_frame(payload)))
+    }
+
+    fn entry_with_body(key: &Key, payload: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(HEADER_LEN + body.len());
         entry.extend_from_slice(MAGIC);
         entry.push(FORMAT);
         entry.extend_from_slice(&key.0);
@@ -310,8 +369,33 @@ impl Store {
         let digest = entry_digest(&entry, payload);
         entry.extend_from_slice(&digest);
         entry.push(LOCAL);
-        entry.extend_from_slice(&compressed);
-        Ok(entry)
+        entry.extend_from_slice(body);
+        entry
+    }
+
+    /// `entry` with a payload stored in raw blocks ([`RAW_ABOVE`]) compressed, header and
+    /// provenance unchanged (the digest covers the payload, not its encoding); any other
+    /// entry as it is. What a peer sends of its own store. Not verified here (a receiver
+    /// checks every entry, [`Store::verify_raw`]).
+    pub fn compressed(entry: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let body = payload_start(&entry)?;
+        let (key, _) = Store::header_key_digest(&entry)?;
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&entry[LEN_AT..DIGEST_AT]);
+        let is_raw = usize::try_from(u64::from_le_bytes(len)).is_ok_and(|n| {
+            n >= RAW_ABOVE
+                && entry.get(body + 4) == Some(&RAW_DESCRIPTOR)
+                && entry.len() - body == raw_frame_len(n)
+        });
+        if !is_raw {
+            return Ok(entry);
+        }
+        let payload = zstd::bulk::decompress(&entry[body..], entry.len() - body).map_err(|e| {
+            StoreError::Invalid(format!("entry {key}: raw payload unreadable: {e}"))
+        })?;
+        let mut out = entry[..body].to_vec();
+        out.extend_from_slice(&compress(&payload)?);
+        Ok(out)
     }
 
     /// Who produced `entry`, from its header alone (magic, format and provenance checked; the
@@ -376,9 +460,10 @@ impl Store {
         Ok(Some(buf))
     }
 
-    /// Stores `payload` under `key` atomically. Returns the entry's size on disk.
+    /// Stores `payload` under `key` atomically (from [`RAW_ABOVE`] bytes on uncompressed).
+    /// Returns the entry's size on disk.
     pub fn put(&self, key: &Key, payload: &[u8]) -> Result<u64, StoreError> {
-        let entry = Store::encode_entry(key, payload)?;
+        let entry = Store::encode_local(key, payload)?;
         self.write_entry(key, &entry)
     }
 
@@ -788,6 +873,63 @@ mod tests {
         assert_eq!(s.keys().unwrap(), vec![k]);
         assert!(s.remove(&k).unwrap());
         assert_eq!(s.usage().unwrap(), Usage::default());
+    }
+
+    #[test]
+    fn large_payloads_are_stored_raw_and_leave_compressed() {
+        let (_d, s) = store(1 << 30);
+        for n in [
+            RAW_ABOVE,
+            RAW_ABOVE + 1,
+            RAW_ABOVE + ZSTD_BLOCK_MAX - 1,
+            3 * RAW_ABOVE + 5,
+        ] {
+            let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let k = Key::digest(&n.to_le_bytes());
+            let size = s.put(&k, &payload).unwrap();
+            let raw = s.get_raw(&k).unwrap().unwrap();
+            assert_eq!(size as usize, HEADER_LEN + raw_frame_len(n), "{n}");
+            // Any zstd decoder reads the raw frame; the store checks it as any other.
+            assert_eq!(
+                zstd::bulk::decompress(&raw[HEADER_LEN..], n).unwrap(),
+                payload
+            );
+            assert_eq!(s.get(&k).unwrap().as_deref(), Some(&payload[..]));
+            let sent = Store::compressed(raw.clone()).unwrap();
+            assert!(sent.len() < raw.len() / 4, "{n}: {} bytes", sent.len());
+            assert_eq!(sent[..HEADER_LEN], raw[..HEADER_LEN]);
+            assert_eq!(Store::verify_raw(&sent, &k, u64::MAX).unwrap(), payload);
+            // Compressed once: the second time is a no-op.
+            assert_eq!(Store::compressed(sent.clone()).unwrap(), sent);
+        }
+        // Small payloads are compressed in the store already.
+        let k = Key::digest(b"small");
+        s.put(&k, &vec![0u8; RAW_ABOVE - 1]).unwrap();
+        let raw = s.get_raw(&k).unwrap().unwrap();
+        assert!(raw.len() < 1000);
+        assert_eq!(Store::compressed(raw.clone()).unwrap(), raw);
+        // A corrupt raw entry stays corrupt: its receiver refuses it.
+        let k = Key::digest(b"big");
+        s.put(&k, &vec![1u8; RAW_ABOVE]).unwrap();
+        let mut raw = s.get_raw(&k).unwrap().unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        let sent = Store::compressed(raw).unwrap();
+        assert!(Store::verify_raw(&sent, &k, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn raw_frames_of_every_shape_decode() {
+        for n in [0, 1, ZSTD_BLOCK_MAX - 1, ZSTD_BLOCK_MAX, ZSTD_BLOCK_MAX + 1] {
+            let payload = vec![9u8; n];
+            let f = raw_frame(&payload);
+            assert_eq!(f.len(), raw_frame_len(n));
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&f).ok(),
+                Some(Some(n as u64))
+            );
+            assert_eq!(zstd::bulk::decompress(&f, n).unwrap(), payload, "{n}");
+        }
     }
 
     #[test]

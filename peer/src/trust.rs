@@ -273,6 +273,8 @@ impl Trust {
                     .sign(&store::signing_message(key, &digest, &self.public));
                 let mut signature = [0u8; 64];
                 signature.copy_from_slice(&sig);
+                // Large payloads are kept uncompressed on this machine only.
+                let entry = Store::compressed(entry)?;
                 Ok(Store::with_signature(&entry, &self.public, &signature)?)
             }
             Provenance::Signed { producer, .. } => match producer_id(&producer) {

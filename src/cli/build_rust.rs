@@ -1,9 +1,9 @@
 //! The Rust side of `distc build`, `distc build-project` and `distc inspect`.
 //!
-//! - `distc build FILE.rs`: one `rustc` compile of a binary crate through the wrapper (this very
-//!   binary in wrapper mode, so the key and the store are the ones cargo builds use), into a
-//!   temporary output directory, then moved to `-o OUT`. The output path is thus never part of
-//!   the key.
+//! - `distc build FILE.rs`: one `rustc` compile of a binary crate through the wrapper's pipeline,
+//!   run in this process (so the key and the store are the ones cargo builds use, and a hit
+//!   starts no process), into a temporary output directory beside `-o OUT`, then renamed to
+//!   it. The output path is thus never part of the key.
 //! - `distc build-project DIR` with a `Cargo.toml`: `cargo build` with `RUSTC_WRAPPER` set to
 //!   distc; every rustc invocation appends its outcome to the file named by
 //!   [`CRATE_LOG_ENV`], from which the per-crate report and the summary are printed.
@@ -20,8 +20,8 @@ use anyhow::{Context, Result, bail};
 use crate::cli::build::human_bytes;
 use crate::compiler::rust::args::{self as rustc, RustParsed};
 use crate::config::Config;
+use crate::pipeline::Outcome;
 use crate::pipeline::rust::CRATE_LOG_ENV;
-use crate::pipeline::{Outcome, RESULT_FILE_ENV};
 
 /// The rustc `distc build` runs: `$RUSTC` when set, else `rustc` on PATH.
 fn rustc_program() -> OsString {
@@ -60,46 +60,44 @@ fn build_args(file: &Path, flags: &[String], out_dir: &Path) -> Result<(String, 
 /// `distc build FILE.rs [-o OUT] [-- FLAGS…]`.
 pub fn build_file(file: &Path, output: Option<&Path>, flags: &[String]) -> Result<ExitCode> {
     let start = Instant::now();
-    let exe =
-        std::env::current_exe().context("cannot find the distc executable to run the wrapper")?;
-    let tmp = tempfile::Builder::new()
-        .prefix("distc-build-")
-        .tempdir()
-        .context("cannot create a temporary output directory")?;
-    let (crate_name, args) = build_args(file, flags, tmp.path())?;
     let output = match output {
         Some(o) => o.to_path_buf(),
-        None => PathBuf::from(file.file_stem().unwrap_or(crate_name.as_ref())),
+        None => PathBuf::from(file.file_stem().unwrap_or(file.as_os_str())),
     };
-    let report = tempfile::Builder::new()
-        .prefix("distc-result-")
-        .tempfile()
-        .context("cannot create a temporary file for the wrapper's result")?;
-    let rustc = rustc_program();
-    let status = Command::new(&exe)
-        .arg(&rustc)
-        .args(&args)
-        .env(RESULT_FILE_ENV, report.path())
-        .status()
-        .with_context(|| format!("cannot run {} {:?}", exe.display(), rustc))?;
-    if !status.success() {
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create directory {}", parent.display()))?;
+    // Beside the output, so that moving the executable into place is a rename; absolute,
+    // since a relative output directory would be keyed.
+    let parent = std::path::absolute(parent)
+        .with_context(|| format!("cannot resolve the directory {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".distc-build-")
+        .tempdir_in(&parent)
+        .with_context(|| {
+            format!(
+                "cannot create a temporary output directory in {}",
+                parent.display()
+            )
+        })?;
+    let (crate_name, args) = build_args(file, flags, tmp.path())?;
+    // The wrapper runs in this process: a hit starts no process at all.
+    let (code, outcome) = crate::pipeline::in_process(crate::pipeline::Invocation {
+        compiler: rustc_program(),
+        args,
+    });
+    if code != ExitCode::SUCCESS {
         bail!(
             "compiling {} failed (see rustc's messages above)",
             file.display()
         );
     }
-    let outcome = std::fs::read_to_string(report.path())
-        .ok()
-        .and_then(|s| Outcome::parse(&s))
-        .map_or_else(|| "done".into(), |o| o.human());
+    let outcome = outcome.map_or_else(|| "done".into(), |o| o.human());
     let built = tmp.path().join(&crate_name);
-    if let Some(parent) = output.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create directory {}", parent.display()))?;
-    }
-    // rename fails across filesystems (the temp dir is often a tmpfs): copy then.
+    // A rename, unless the output's directory is odd (a mount point): copy then.
     if std::fs::rename(&built, &output).is_err() {
         std::fs::copy(&built, &output).with_context(|| {
             format!(

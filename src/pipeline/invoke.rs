@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use super::{Pipeline, Runner, System};
+use super::{InProcess, Outcome, Pipeline, Runner, System};
 use crate::cache::Cache;
 use crate::compiler::{Family, family_of};
 use crate::config::Config;
@@ -83,6 +83,18 @@ pub fn resolve_compiler(named: &OsStr) -> Option<PathBuf> {
 
 /// Wrapper entry point; never returns an error to the caller's build beyond the compiler's own.
 pub fn main(inv: Invocation) -> ExitCode {
+    run(inv, &System)
+}
+
+/// The wrapper inside a distc command's own process (`distc build FILE.rs`: no second distc
+/// process on a hit): the same pipeline, with an uncached compiler run as a child; also what
+/// the cache did, when the pipeline got that far.
+pub(crate) fn in_process(inv: Invocation) -> (ExitCode, Option<Outcome>) {
+    let code = run(inv, &InProcess);
+    (code, super::outcome::last())
+}
+
+fn run(inv: Invocation, runner: &dyn Runner) -> ExitCode {
     let started = SystemTime::now();
     // Logging costs start-up time, so it exists on this path only when asked for.
     if let Some(filter) = std::env::var_os("DISTC_LOG")
@@ -107,7 +119,7 @@ pub fn main(inv: Invocation) -> ExitCode {
         .and_then(|v| v.to_str().and_then(crate::config::parse_bool))
         == Some(true)
     {
-        return System.exec(&real, &inv.args);
+        return runner.exec(&real, &inv.args);
     }
     let cfg = match Config::load_lenient() {
         Ok((c, problems)) => {
@@ -118,11 +130,11 @@ pub fn main(inv: Invocation) -> ExitCode {
         }
         Err(e) => {
             eprintln!("distc: warning: {e}; compiling without the cache");
-            return System.exec(&real, &inv.args);
+            return runner.exec(&real, &inv.args);
         }
     };
     if cfg.disable {
-        return System.exec(&real, &inv.args);
+        return runner.exec(&real, &inv.args);
     }
     let cache = Cache::open(
         &cfg.dir,
@@ -141,7 +153,7 @@ pub fn main(inv: Invocation) -> ExitCode {
     let pipeline = Pipeline {
         cfg: &cfg,
         cache: &cache,
-        runner: &System,
+        runner,
     };
     match family_of(name) {
         Some(Family::Rustc) => super::rust::run(&pipeline, &real, &inv.args),

@@ -32,11 +32,11 @@ use std::process::ExitCode;
 
 use distc_peer::Key;
 
-pub(crate) use invoke::resolve_compiler;
-pub use invoke::{detect, main};
+pub use invoke::{Invocation, detect, main};
+pub(crate) use invoke::{in_process, resolve_compiler};
 pub(crate) use outcome::Outcome;
 pub use outcome::RESULT_FILE_ENV;
-pub(crate) use runner::{Command, Finished, Runner, System};
+pub(crate) use runner::{Command, Finished, InProcess, Runner, System};
 
 use crate::cache::bundle::Bundle;
 use crate::cache::lock::{KeyLock, LOCK_WAIT};

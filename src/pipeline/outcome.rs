@@ -61,12 +61,24 @@ impl Outcome {
         }
     }
 
-    /// Tells `distc build`/`build-project` what happened, when they asked.
+    /// Tells `distc build`/`build-project` what happened, when they asked: in the result file,
+    /// and to a caller in this process ([`last`]).
     pub fn report(&self) {
+        if let Ok(mut last) = LAST.lock() {
+            *last = Some(self.clone());
+        }
         if let Some(p) = std::env::var_os(RESULT_FILE_ENV) {
             let _ = std::fs::write(p, format!("{self}\n"));
         }
     }
+}
+
+/// The outcome last reported in this process.
+static LAST: std::sync::Mutex<Option<Outcome>> = std::sync::Mutex::new(None);
+
+/// What the cache did for the compile this process last ran through the pipeline.
+pub(crate) fn last() -> Option<Outcome> {
+    LAST.lock().ok().and_then(|l| l.clone())
 }
 
 /// One word, no spaces: the per-crate log puts more words after it.

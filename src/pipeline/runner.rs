@@ -1,7 +1,8 @@
 //! The one seam between distc and the compiler processes it starts: a compile and every
 //! compiler probe (the C compiler's include search list and preprocessor run, rustc's `-vV`,
 //! sysroot and dep-info passes) through [`Runner::output`], the uncached compiler through
-//! [`Runner::exec`]. [`System`] runs them for real; the pipeline's tests script them.
+//! [`Runner::exec`]. [`System`] runs them for real ([`InProcess`] too, for callers with work
+//! left after the compile); the pipeline's tests script them.
 
 use std::ffi::OsString;
 use std::io;
@@ -105,5 +106,27 @@ impl Runner for System {
         let err = std::process::Command::new(program).args(args).exec();
         eprintln!("distc: error: cannot run {}: {err}", program.display());
         ExitCode::from(127)
+    }
+}
+
+/// Real processes for a caller that runs the pipeline in its own process and has work left
+/// after the compile (`distc build FILE.rs`): the uncached compiler runs as a child, waited
+/// for, instead of replacing this process.
+#[derive(Debug)]
+pub(crate) struct InProcess;
+
+impl Runner for InProcess {
+    fn output(&self, cmd: &Command) -> io::Result<Finished> {
+        System.output(cmd)
+    }
+
+    fn exec(&self, program: &std::path::Path, args: &[OsString]) -> ExitCode {
+        match std::process::Command::new(program).args(args).status() {
+            Ok(status) => super::exit_code(status_code(status)),
+            Err(err) => {
+                eprintln!("distc: error: cannot run {}: {err}", program.display());
+                ExitCode::from(127)
+            }
+        }
     }
 }
