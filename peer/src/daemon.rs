@@ -355,6 +355,8 @@ struct PeerHandler {
     /// The serving side of remote compiles, and the asking side.
     server: Arc<Server>,
     router: offload::Router,
+    /// Keys whose fetch outlived the lookup that asked and goes on in the background.
+    finishing: Arc<std::sync::Mutex<std::collections::HashSet<crate::key::Key>>>,
 }
 
 /// Why a peer without a key does not dial bootstrap addresses (a closed mesh would refuse it,
@@ -436,16 +438,56 @@ impl Handler for PeerHandler {
 }
 
 impl PeerHandler {
+    /// A fetch that outlived the compile's budget (a large entry over a slow link) is not
+    /// abandoned: it runs to its own limits ([`Node::get`]) and what arrives is kept in the
+    /// local store, so the next compile of that key hits here. One per key at a time.
+    fn finish_in_background(
+        &self,
+        key: crate::key::Key,
+        fetch: tokio::task::JoinHandle<Option<Vec<u8>>>,
+    ) {
+        let Ok(mut set) = self.finishing.lock() else {
+            return;
+        };
+        if !set.insert(key) {
+            fetch.abort();
+            return;
+        }
+        drop(set);
+        let (store, finishing) = (self.node.store().clone(), self.finishing.clone());
+        tokio::spawn(async move {
+            if let Ok(Some(raw)) = fetch.await {
+                let k = key;
+                let kept = tokio::task::spawn_blocking(move || store.put_raw(&k, &raw)).await;
+                match kept {
+                    Ok(Ok(_)) => {
+                        tracing::info!(%key, "a fetch that outlived its compile arrived: kept")
+                    }
+                    Ok(Err(e)) => tracing::warn!(%key, "cannot keep a fetched entry: {e}"),
+                    Err(_) => {}
+                }
+            }
+            if let Ok(mut set) = finishing.lock() {
+                set.remove(&key);
+            }
+        });
+    }
+
     async fn answer(&self, req: IpcRequest) -> IpcResponse {
         match req {
             IpcRequest::Hello { .. } => IpcResponse::Hello {
                 version: ipc::IPC_VERSION,
             },
             IpcRequest::Get(key) => {
-                let entry = tokio::time::timeout(self.lookup_timeout, self.node.get(&key))
-                    .await
-                    .ok()
-                    .flatten();
+                let node = self.node.clone();
+                let mut fetch = tokio::spawn(async move { node.get(&key).await });
+                let entry = match tokio::time::timeout(self.lookup_timeout, &mut fetch).await {
+                    Ok(r) => r.ok().flatten(),
+                    Err(_) => {
+                        self.finish_in_background(key, fetch);
+                        None
+                    }
+                };
                 metrics::global().fetched(entry.is_some());
                 IpcResponse::Entry(entry.map(Bytes))
             }
@@ -659,6 +701,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
         lookup_timeout: opts.lookup_timeout,
         server: server.clone(),
         router: offload::Router::default(),
+        finishing: Arc::default(),
     });
     let slots_marker = tokio::spawn(offload::keep_slots_marker(node.clone(), server.clone()));
     // A serving peer's compilers: found before it answers anyone (identifying a new one runs

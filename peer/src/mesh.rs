@@ -17,6 +17,11 @@ use crate::protocol::{self, Bytes, Request, Response};
 use crate::ring::Ring;
 use crate::transfer;
 
+/// The least time a get gives a peer to start answering: it reads and checks a large entry
+/// from its disk before the first byte leaves (about 100 MB per 100 ms). With hedging, this
+/// bounds only how long a peer that never answers holds its place, not what it costs.
+const FIRST_BYTE_MIN: Duration = Duration::from_secs(5);
+
 /// What a put is given on top of the time its size needs (the receiver checks and writes it).
 const PUT_BASE: Duration = Duration::from_secs(5);
 use crate::store::{Store, StoreError};
@@ -216,8 +221,9 @@ impl Node {
                     let node = self.clone();
                     let key = *key;
                     inflight.push(async move {
+                        let first_byte = node.get_timeout.max(FIRST_BYTE_MIN);
                         let r = node
-                            .request_sized(peer, Request::Get(key), node.get_timeout, progress)
+                            .request_sized(peer, Request::Get(key), first_byte, progress)
                             .await;
                         (rank, peer, r)
                     });

@@ -75,8 +75,9 @@ pub struct NodeConfig {
     pub max_entry_size: u64,
     /// Upper bound of one whole request-response exchange (libp2p's own timeout).
     pub request_timeout: Duration,
-    /// How long a get waits for one peer to start answering before giving it up (once its
-    /// answer has started, the answer's size and the peer's throughput set the time).
+    /// How long a get waits for one peer to start answering before giving it up, at least
+    /// 5 s (once its answer has started, the answer's size and the peer's throughput set the
+    /// time).
     pub get_timeout: Duration,
     /// How long a get waits for one peer to start answering before also asking the next one
     /// (hedging): a stalled owner costs this, not `get_timeout`.
