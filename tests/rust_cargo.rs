@@ -594,12 +594,22 @@ fn build_single_rust_file_miss_then_hit() {
 #[test]
 fn build_project_reports_per_crate_outcomes() {
     let Some(w) = World::new() else { return };
-    let run = || {
+    // `via_flag`: the cache named by --cache-dir, DISTC_DIR naming another (empty) one: the
+    // wrappers cargo runs must use the flag's.
+    let elsewhere = w.distc_dir.with_extension("elsewhere");
+    let run = |via_flag: bool| {
         let mut cmd = Command::new(distc_bin());
         for (k, _) in std::env::vars() {
             if k.starts_with("CARGO_") || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER" {
                 cmd.env_remove(&k);
             }
+        }
+        if via_flag {
+            cmd.arg("--cache-dir")
+                .arg(&w.distc_dir)
+                .env("DISTC_DIR", &elsewhere);
+        } else {
+            cmd.env("DISTC_DIR", &w.distc_dir);
         }
         let o = cmd
             .args(["build-project", ".", "--", "--release", "--offline"])
@@ -607,7 +617,6 @@ fn build_project_reports_per_crate_outcomes() {
             .env("RUSTC", &w.shared.oracle)
             .env("CARGO_HOME", &w.shared.cargo_home)
             .env("CARGO_TARGET_DIR", &w.target)
-            .env("DISTC_DIR", &w.distc_dir)
             .env("DISTC_AUTO_START", "0")
             .env("DISTC_TEST_RUSTC_LOG", &w.log)
             .output()
@@ -615,7 +624,7 @@ fn build_project_reports_per_crate_outcomes() {
         assert!(o.status.success(), "build-project failed: {o:?}");
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    let cold = run();
+    let cold = run(false);
     // mymacro twice: as a workspace member and, with build-override settings, as app's macro.
     assert!(
         cold.contains("7 crates: 0 from the cache, 7 compiled (7 stored)"),
@@ -623,12 +632,16 @@ fn build_project_reports_per_crate_outcomes() {
     );
     assert!(cold.contains("miss         app (bin)"), "{cold}");
     w.clean();
-    let warm = run();
+    let warm = run(true);
     assert!(
         warm.contains("7 crates: 7 from the cache, 0 compiled"),
         "{warm}"
     );
     assert!(warm.contains("hit          mymacro (proc-macro)"), "{warm}");
+    assert!(
+        !elsewhere.exists(),
+        "the wrappers used DISTC_DIR, not --cache-dir"
+    );
 }
 
 #[test]

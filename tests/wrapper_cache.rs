@@ -548,3 +548,54 @@ fn a_large_source_edited_at_the_same_size_misses() {
         assert_eq!(sb.compiles(), 2, "{mode}: unchanged again, a hit");
     });
 }
+
+/// make rebuilds an object after a header was touched without changing; the hit writes the
+/// same bytes. The object must then be newer than the header, or make rebuilds it forever.
+#[test]
+fn a_hit_onto_the_same_object_leaves_make_up_to_date() {
+    use std::time::{Duration, SystemTime};
+    if !common::have_tool("make") {
+        eprintln!("skipped: make not installed");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("a.c", HELLO);
+    sb.write("h.h", "#define X 1\n");
+    sb.write(
+        "Makefile",
+        format!(
+            "a.o: a.c h.h\n\t{} gcc -O2 -c a.c -o a.o\n",
+            common::distc_bin().display()
+        ),
+    );
+    let make = |args: &[&str]| sb.command("make").args(args).output().expect("run make");
+    assert_ok(&make(&[]), "first make");
+    assert_eq!(sb.compiles(), 1);
+    let first = sb.read("a.o");
+    let set_mtime = |rel: &str, ago: u64| {
+        fs::File::options()
+            .write(true)
+            .open(sb.work.join(rel))
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(ago))
+            .unwrap();
+    };
+    for round in 0..2 {
+        // The header "changes" after the object was built: make must rebuild.
+        set_mtime("a.o", 100);
+        set_mtime("h.h", 50);
+        assert_eq!(
+            make(&["-q"]).status.code(),
+            Some(1),
+            "round {round}: out of date"
+        );
+        assert_ok(&make(&[]), "make after touching the header");
+        assert_eq!(sb.compiles(), 1, "round {round}: served from the cache");
+        assert_eq!(sb.read("a.o"), first, "round {round}");
+        assert_eq!(
+            make(&["-q"]).status.code(),
+            Some(0),
+            "round {round}: up to date"
+        );
+    }
+}

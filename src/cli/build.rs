@@ -369,7 +369,12 @@ pub fn build_project(opts: &ProjectOptions<'_>) -> Result<ExitCode> {
         );
     }
     if dir.join("Cargo.toml").is_file() {
-        return crate::cli::build_rust::build_cargo_project(dir, opts.jobs, opts.flags);
+        return crate::cli::build_rust::build_cargo_project(
+            opts.config,
+            dir,
+            opts.jobs,
+            opts.flags,
+        );
     }
     let sources = find_sources(dir)?;
     if sources.is_empty() {

@@ -185,7 +185,12 @@ pub fn summarize(outcomes: &[CrateOutcome]) -> String {
 
 /// `distc build-project DIR` on a Cargo project: `cargo build` through distc, then a report.
 /// `flags` are passed to cargo (e.g. `-- --release`).
-pub fn build_cargo_project(dir: &Path, jobs: Option<usize>, flags: &[String]) -> Result<ExitCode> {
+pub fn build_cargo_project(
+    config: &Config,
+    dir: &Path,
+    jobs: Option<usize>,
+    flags: &[String],
+) -> Result<ExitCode> {
     let start = Instant::now();
     let exe = std::env::current_exe()
         .context("cannot find the distc executable to use as RUSTC_WRAPPER")?;
@@ -211,6 +216,8 @@ pub fn build_cargo_project(dir: &Path, jobs: Option<usize>, flags: &[String]) ->
     }
     cmd.args(flags)
         .env("RUSTC_WRAPPER", &exe)
+        // The wrappers must use the cache this command was pointed at (--cache-dir included).
+        .env("DISTC_DIR", &config.dir)
         .env("CARGO_INCREMENTAL", "0")
         .env(CRATE_LOG_ENV, log.path());
     let status = cmd.status().with_context(|| {

@@ -346,10 +346,10 @@ impl Family for CFamily<'_> {
             let data = bundle
                 .output(Role::DepFile)
                 .ok_or("cached result has no dependency file")?;
-            crate::util::write_atomic(&dep.path, data)
+            crate::util::write_output(&dep.path, data)
                 .map_err(|e| format!("cannot write {}: {e}", dep.path.display()))?;
         }
-        crate::util::write_atomic(&self.job.output, obj)
+        crate::util::write_output(&self.job.output, obj)
             .map_err(|e| format!("cannot write {}: {e}", self.job.output.display()))
     }
 

@@ -716,7 +716,7 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
         } else {
             std::borrow::Cow::Borrowed(f.data.as_slice())
         };
-        crate::util::write_atomic(&path, &data)
+        crate::util::write_output(&path, &data)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         if f.exec {
             let mode = fs::metadata(&path)

@@ -24,6 +24,56 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes a cached result's output where the command line wants it, at the least cost to
+/// the file system:
+/// - when the file there already holds exactly these bytes (make rebuilding after a header
+///   was touched, the same build repeated), only its modification time is set to now, as a
+///   compile would have;
+/// - otherwise a temporary file is written and renamed into place after the old file is
+///   unlinked: a reader never sees half a file, and whoever still has the old one open (a
+///   running executable, a hard link) keeps it, as binutils does for the objects it writes.
+///   Renaming onto an existing file would also make ext4 (`auto_da_alloc`) start writing the
+///   new data back at once, on the build's time.
+pub fn write_output(path: &Path, data: &[u8]) -> io::Result<()> {
+    if let Ok(md) = fs::symlink_metadata(path)
+        && md.is_file()
+    {
+        if md.len() == data.len() as u64
+            && holds(path, data).unwrap_or(false)
+            && fs::File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                .is_ok()
+        {
+            return Ok(());
+        }
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    write_atomic(path, data)
+}
+
+/// True when the file at `path` holds exactly `data`.
+fn holds(path: &Path, data: &[u8]) -> io::Result<bool> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(at == data.len());
+        }
+        if data.get(at..at + n) != Some(&buf[..n]) {
+            return Ok(false);
+        }
+        at += n;
+    }
+}
+
 fn set_default_mode(f: &fs::File) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // SAFETY: umask is process-global but we restore it immediately; single-threaded here.
@@ -146,6 +196,8 @@ pub use distc_peer::lockfile::Flock;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn atomic_write() {
@@ -155,6 +207,58 @@ mod tests {
         write_atomic(&p, b"defg").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"defg");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn output_writes_touch_identical_files_and_replace_others() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.o");
+        write_output(&p, b"object one").unwrap();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let ino = fs::metadata(&p).unwrap().ino();
+
+        // The same bytes: the same file, modified now (make must see it as new).
+        write_output(&p, b"object one").unwrap();
+        let md = fs::metadata(&p).unwrap();
+        assert_eq!(md.ino(), ino);
+        assert!(md.modified().unwrap() > old + Duration::from_secs(3600));
+
+        // Other bytes of the same length: a new file; a hard link to the old one keeps it.
+        let link = d.path().join("snapshot.o");
+        fs::hard_link(&p, &link).unwrap();
+        write_output(&p, b"object two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"object two");
+        assert_eq!(fs::read(&link).unwrap(), b"object one");
+        assert_ne!(fs::metadata(&p).unwrap().ino(), ino);
+
+        // Another length, a read-only file, a symlink: replaced by a plain file each time.
+        write_output(&p, b"longer object three").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"longer object three");
+        let ro = d.path().join("ro.o");
+        fs::write(&ro, b"same").unwrap();
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o444)).unwrap();
+        write_output(&ro, b"same").unwrap();
+        assert_eq!(fs::read(&ro).unwrap(), b"same");
+        let target = d.path().join("elsewhere.o");
+        fs::write(&target, b"not mine").unwrap();
+        let sym = d.path().join("sym.o");
+        std::os::unix::fs::symlink(&target, &sym).unwrap();
+        write_output(&sym, b"mine").unwrap();
+        assert!(fs::symlink_metadata(&sym).unwrap().is_file());
+        assert_eq!(fs::read(&target).unwrap(), b"not mine");
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".distc-")), "{names:?}");
     }
 
     #[test]
