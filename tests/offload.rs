@@ -349,15 +349,58 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
             || two.jobs_served() + two.log().matches("exit=1").count() > before,
         );
     }
-    let before = offloaded(&sb, &one.dir);
-    let mut d = distc(&sb, &one.dir);
-    d.arg("gcc");
-    assert_ok(&run(&mut d, "ok.c"), "ok.c through distc");
-    assert_eq!(
-        offloaded(&sb, &one.dir),
-        before + 1,
-        "ok.c was not offloaded"
-    );
+    // A clean compile is offloaded; with a dependency file (default and explicit targets)
+    // both outputs equal plain gcc's.
+    let mut expected = offloaded(&sb, &one.dir);
+    let variants: [&[&str]; 4] = [
+        &[],
+        &["-MD"],
+        &["-MMD", "-MP", "-MF", "deps/ok.d"],
+        &["-MD", "-MT", "custom$target", "-MF", "deps/ok2.d"],
+    ];
+    std::fs::create_dir_all(dir.join("deps")).unwrap();
+    for deps in variants {
+        let depfile = deps
+            .iter()
+            .position(|a| *a == "-MF")
+            .map(|i| deps[i + 1].to_string())
+            .unwrap_or_else(|| "ok.c.d".to_string());
+        let mut plain = in_dir(&sb, "gcc", &one.dir);
+        plain.args(deps);
+        assert_ok(&run(&mut plain, "ok.c"), "plain gcc ok.c");
+        let want_obj = std::fs::read(dir.join("ok.c.o")).unwrap();
+        let want_dep = if deps.is_empty() {
+            Vec::new()
+        } else {
+            std::fs::read(dir.join(&depfile)).unwrap()
+        };
+        let _ = std::fs::remove_file(dir.join(&depfile));
+        let mut d = distc(&sb, &one.dir);
+        d.arg("gcc").args(deps);
+        assert_ok(&run(&mut d, "ok.c"), "ok.c through distc");
+        expected += 1;
+        assert_eq!(
+            offloaded(&sb, &one.dir),
+            expected,
+            "ok.c {deps:?} was not offloaded"
+        );
+        assert!(
+            std::fs::read(dir.join("ok.c.o")).unwrap() == want_obj,
+            "{deps:?}: object"
+        );
+        if !deps.is_empty() {
+            assert_eq!(
+                String::from_utf8_lossy(&std::fs::read(dir.join(&depfile)).unwrap()),
+                String::from_utf8_lossy(&want_dep),
+                "{deps:?}: dependency file"
+            );
+        }
+        // Each variant is its own key; empty the stores so the next one misses too.
+        assert_ok(
+            &distc(&sb, &one.dir).arg("flush").output().unwrap(),
+            "flush",
+        );
+    }
     drop(held);
 
     // Requests machine two refuses, sent through machine one's peer as a wrapper would.

@@ -357,9 +357,9 @@ impl Family for CFamily<'_> {
         write_streams(&bundle.stdout, &bundle.stderr, self.strip_colours());
     }
 
-    /// C and C++ without debug info and without a dependency file: with debug info the line
-    /// table of preprocessed input has the columns of expanded macros (not byte-identical),
-    /// and the `.d` file would need a second preprocessor pass.
+    /// C and C++ without debug info: with it, the line table of preprocessed input has the
+    /// columns of expanded macros (not byte-identical). A dependency file is written by the
+    /// preprocessor run here, with the compile's own dependency options.
     fn offload(&self, distc_dir: &Path) -> Option<Finished> {
         use compiler::Language;
         let (language, source_language) = match self.job.language {
@@ -367,21 +367,67 @@ impl Family for CFamily<'_> {
             Language::Cxx => ("c++-cpp-output", "c++"),
             _ => return None,
         };
-        if self.job.debug_info || self.job.dep_file.is_some() {
+        if self.job.debug_info {
             return None;
         }
+        let dep_args = match &self.job.dep_file {
+            Some(dep) => dependency_args(
+                &self.job.args,
+                &dep.path,
+                dep.explicit_target,
+                &self.job.output,
+            )?,
+            None => Vec::new(),
+        };
         super::offload::compile(&super::offload::Offer {
             distc_dir,
             runner: self.ctx.runner,
             compiler: &self.ctx.compiler,
             language,
             cpp_args: &self.job.cpp_args,
+            dep_args: &dep_args,
             source_language,
             source: &self.job.source,
             cwd: &self.ctx.cwd,
             output: &self.job.output,
         })
     }
+}
+
+/// The options that make a preprocessor run write the dependency file a compile with `args`
+/// writes: `-MD`/`-MMD`, `-MP`, `-MT`/`-MQ` as given, `-MF` = `path`, and without an explicit
+/// target `-MQ OUTPUT` (the compile's default target: the object, quoted for make). `None`
+/// for spellings it does not rewrite (`-Wp,-MD,…`).
+fn dependency_args(
+    args: &[OsString],
+    path: &Path,
+    explicit_target: bool,
+    output: &Path,
+) -> Option<Vec<OsString>> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let b = a.as_bytes();
+        match b {
+            b"-MD" | b"-MMD" | b"-MP" => out.push(a.clone()),
+            b"-MT" | b"-MQ" => {
+                out.push(a.clone());
+                out.push(it.next()?.clone());
+            }
+            b"-MF" => {
+                it.next()?;
+            }
+            _ if b.starts_with(b"-MT") || b.starts_with(b"-MQ") => out.push(a.clone()),
+            _ if b.starts_with(b"-MF") => {}
+            _ if b.starts_with(b"-Wp,") => return None,
+            _ => {}
+        }
+    }
+    out.extend(["-MF".into(), path.as_os_str().to_owned()]);
+    if !explicit_target {
+        out.extend(["-MQ".into(), output.as_os_str().to_owned()]);
+    }
+    Some(out)
 }
 
 /// Writes a compile's stdout and stderr; with `strip_colours`, stderr without colour

@@ -8,7 +8,8 @@
 //! identical compiler ([`distc_peer::toolchain`]). Only a clean success is taken — exit 0,
 //! nothing on stderr (a warning from preprocessed input lacks the macro-expansion notes a
 //! local compile prints), an object — and the pipeline then stores and replays it exactly
-//! as a local miss. Anything else, a compile error included, compiles here, so what the
+//! as a local miss (a dependency file is written by the preprocessor run here, with the
+//! compile's own `-MD`-family options). Anything else, a compile error included, compiles here, so what the
 //! user sees is always what the local compiler says.
 //!
 //! Never on a hit: this runs only after the lookups missed and the key lock is held.
@@ -94,6 +95,8 @@ pub(crate) struct Offer<'a> {
     pub language: &'static str,
     /// The preprocessor command line (without `-E`, `-x` and the source).
     pub cpp_args: &'a [OsString],
+    /// Options that make the preprocessor run write the compile's dependency file.
+    pub dep_args: &'a [OsString],
     /// `-x` of the source as compiled here (`c`, `c++`).
     pub source_language: &'static str,
     pub source: &'a Path,
@@ -125,6 +128,7 @@ pub(crate) fn compile(offer: &Offer) -> Option<Finished> {
         return why_not("the working directory is not text");
     };
     let mut pp = offer.cpp_args.to_vec();
+    pp.extend(offer.dep_args.iter().cloned());
     pp.extend([
         "-E".into(),
         "-x".into(),
