@@ -26,7 +26,7 @@ use foca::{AccumulatingRuntime, Foca, OwnedNotification, State, Timer};
 use libp2p::{Multiaddr, PeerId};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -158,7 +158,12 @@ pub struct Membership {
     /// When `health` last rose, and when its timers were last late.
     health_raised: Instant,
     last_late: Instant,
+    /// Suspects (at an incarnation) this peer has asked directly whether they are alive.
+    asked: std::collections::HashSet<(PeerId, foca::Incarnation)>,
 }
+
+/// Members a joining peer announces itself to besides the one it joined through.
+pub const JOIN_ANNOUNCE: usize = 4;
 
 /// A timer firing this late means this peer is short of CPU.
 const LATE: Duration = Duration::from_millis(200);
@@ -292,6 +297,7 @@ impl Membership {
             health: 0,
             health_raised: Instant::now(),
             last_late: Instant::now(),
+            asked: Default::default(),
         }
     }
 
@@ -494,9 +500,31 @@ impl Membership {
         self.drain();
     }
 
-    /// Once per node tick: keep foca's retransmission count fit for the mesh size, forget
-    /// what we kept about members foca has forgotten.
+    /// Once per node tick: ask each new suspect directly whether it is alive, keep foca's
+    /// retransmission count fit for the mesh size, forget what we kept about members foca has
+    /// forgotten.
+    ///
+    /// Why ask: a suspicion and its refutation spread as two rumours, each retransmitted a
+    /// bounded number of times; a member the refutation misses would declare a live member
+    /// down when its suspicion times out (and the ring would change twice, out and back in).
+    /// One announce to the suspect is answered with a message carrying its current
+    /// incarnation, which settles it here. A suspect that is really gone does not answer.
     pub fn tick(&mut self) {
+        let suspects: Vec<(SwimId, foca::Incarnation)> = self
+            .foca
+            .iter_members()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.asked
+            .retain(|a| suspects.iter().any(|(id, inc)| (id.peer, *inc) == *a));
+        for (id, inc) in suspects {
+            if self.asked.insert((id.peer, inc)) {
+                let r = self.foca.announce(id, &mut self.rt);
+                Self::log_err("asking a suspect", r);
+            }
+        }
+        self.drain();
         let n = self.foca.num_members() as u32 + 1;
         if n > self.sized_for * 2 || n * 2 < self.sized_for {
             let r = self.foca.set_config(foca_config(&self.timing, n));
@@ -605,9 +633,33 @@ impl Membership {
         };
         self.note_sync(from, usage);
         if let Some(t) = table {
+            let alone = self.foca.num_members() == 0;
             self.apply_table(t);
+            if alone && self.foca.num_members() > 0 {
+                self.announce_to_some(from);
+            }
         }
         !pushed && self.digest() != digest
+    }
+
+    /// We just joined through `through`: tell [`JOIN_ANNOUNCE`] other random members too, so
+    /// the news of us starts spreading from several members at once, not from one (each one
+    /// that hears from us takes us as alive and gossips it on).
+    fn announce_to_some(&mut self, through: PeerId) {
+        let me = self.me;
+        let mut picked: Vec<SwimId> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id().clone())
+            .filter(|id| id.peer != through && id.peer != me)
+            .collect();
+        picked.shuffle(&mut self.rng);
+        picked.truncate(JOIN_ANNOUNCE);
+        for id in picked {
+            let r = self.foca.announce(id, &mut self.rt);
+            Self::log_err("join announce", r);
+        }
+        self.drain();
     }
 
     /// What a member told us about itself in an anti-entropy exchange.
@@ -878,7 +930,8 @@ mod tests {
         }
     }
 
-    /// Runs a simulated mesh in virtual time (100 ms steps, anti-entropy every 2 s) until
+    /// Runs a simulated mesh in virtual time (100 ms steps, the node's tick every 500 ms,
+    /// anti-entropy every 2 s) until
     /// `done` holds, for at most `limit`; `dead` members neither send nor receive.
     fn run_until(
         ms: &mut [Membership],
@@ -912,6 +965,10 @@ mod tests {
             step += 1;
             for m in ms.iter_mut() {
                 m.fire_timers(*clock);
+                // The node's housekeeping tick (every 500 ms).
+                if step.is_multiple_of(5) {
+                    m.tick();
+                }
             }
             if step.is_multiple_of(20) {
                 for a in 0..ms.len() {
@@ -953,7 +1010,8 @@ mod tests {
     }
 
     /// 120 members in virtual time (SWIM's real code, packets delivered in memory): one ring
-    /// after the joins, after a graceful leave and after a kill.
+    /// after the joins, after one more join (agreed within 5 s), after a false suspicion
+    /// (refuted: the member stays in the ring), a graceful leave and a kill.
     #[test]
     fn a_hundred_and_twenty_members_agree_after_joins_a_leave_and_a_kill() {
         let n = 120;
@@ -981,6 +1039,47 @@ mod tests {
             agree(ms, &[], n)
         });
         eprintln!("{n} members agree {d:?} (virtual) after the joins");
+
+        // One more joins as the node does it: its table pushed to a seed, the seed's table
+        // back; it then announces itself to a few more members, so the news starts from
+        // several at once and every member holds it within a few probe periods.
+        let mut j = Membership::new(PeerId::random(), t);
+        j.set_local_addrs(vec![addr(250)]);
+        let request = j.sync_request(true);
+        let answer = ms[1].answer(j.me(), request);
+        assert!(!j.on_sync_answer(ms[1].me(), true, answer));
+        let announced = j.take_outbox();
+        assert_eq!(
+            announced.len(),
+            JOIN_ANNOUNCE,
+            "announces to {JOIN_ANNOUNCE} more"
+        );
+        for out in announced {
+            if let Some(k) = ms.iter().position(|m| m.me() == out.to) {
+                ms[k].handle_packet(j.me(), &out.packet);
+            }
+        }
+        ms.push(j);
+        let n = n + 1;
+        let d = run_until(&mut ms, &mut clock, &[], Duration::from_secs(60), |ms| {
+            agree(ms, &[], n)
+        });
+        eprintln!("a join agreed in {d:?} (virtual)");
+        assert!(d < Duration::from_secs(5), "a join took {d:?}");
+
+        // A live member falsely suspected (one member's probe of it went unanswered): the
+        // suspicion spreads, it hears of it and refutes, and it never leaves the ring.
+        let x = ms[7].me();
+        let x_id = ms[7].foca.identity().clone();
+        ms[20].apply_table(vec![foca::Member::new(x_id, 0, State::Suspect)]);
+        let d = run_until(&mut ms, &mut clock, &[], Duration::from_secs(60), |ms| {
+            assert!(agree(ms, &[], n), "a refutable suspect left the ring");
+            ms.iter()
+                .filter(|m| m.me() != x)
+                .all(|m| m.get(&x).is_some_and(|r| r.state == Liveness::Up))
+        });
+        eprintln!("a false suspicion refuted everywhere in {d:?} (virtual)");
+        assert!(d < Duration::from_secs(5), "refuting took {d:?}");
         let leaver = ms[n / 2].me();
         ms[n / 2].leave();
         let gone = [leaver];
