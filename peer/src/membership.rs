@@ -162,6 +162,9 @@ pub struct Membership {
     asked: std::collections::HashSet<(PeerId, foca::Incarnation)>,
 }
 
+/// Above this many members, anti-entropy prefers members already connected.
+pub const CONNECTED_SYNC_ABOVE: usize = 16;
+
 /// Members a joining peer announces itself to besides the one it joined through.
 pub const JOIN_ANNOUNCE: usize = 4;
 
@@ -669,10 +672,11 @@ impl Membership {
         l.last_seen_unix = unix_now();
     }
 
-    /// Whom to run anti-entropy with next: a random active member we hold a connection to
-    /// (no dial, no handshake) three times in four, any random active member otherwise (so
-    /// every member is reached in time), and every tenth time a random down one (so a healed
-    /// partition finds its way back).
+    /// Whom to run anti-entropy with next: in a mesh of more than [`CONNECTED_SYNC_ABOVE`]
+    /// members a random active member we hold a connection to (no dial, no handshake) three
+    /// times in four, any random active member otherwise (so every member is reached in time,
+    /// and in a small mesh, where connections are no cost, it stays connected to each), and
+    /// every tenth time a random down one (so a healed partition finds its way back).
     pub fn sync_target(&mut self) -> Option<(PeerId, Vec<Multiaddr>)> {
         self.syncs += 1;
         let me = self.me;
@@ -694,7 +698,8 @@ impl Membership {
         {
             return Some(t);
         }
-        if !self.syncs.is_multiple_of(4)
+        if self.foca.num_members() > CONNECTED_SYNC_ABOVE
+            && !self.syncs.is_multiple_of(4)
             && let Some(t) = pick(false, true, &mut self.rng, &self.foca)
         {
             return Some(t);
