@@ -1450,11 +1450,14 @@ impl Node {
         timeout: Duration,
     ) -> Result<Response, RequestError> {
         let (tx, rx) = oneshot::channel();
+        // The stream ends by itself too once the caller has given up.
+        let progress = Arc::new(crate::transfer::Progress::default());
+        progress.bound(timeout, None);
         self.cmd
             .send(Command::Request {
                 peer,
                 request,
-                progress: None,
+                progress: Some(progress),
                 reply: tx,
             })
             .await
@@ -1497,6 +1500,7 @@ impl Node {
         progress: Arc<crate::transfer::Progress>,
     ) -> Result<Response, RequestError> {
         let (tx, mut rx) = oneshot::channel();
+        progress.bound(first_byte, self.throughput.rate(&peer));
         self.cmd
             .send(Command::Request {
                 peer,

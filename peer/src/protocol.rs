@@ -362,7 +362,28 @@ impl libp2p::request_response::Codec for NodeCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        self.0.read_msg(p, io).await
+        let Some(progress) = self.0.progress.clone() else {
+            return self.0.read_msg(p, io).await;
+        };
+        // Bounded here too, not only by the caller: a caller that gave up does not end the
+        // stream, and libp2p's own limit is an hour.
+        let start = std::time::Instant::now();
+        let read = self.0.read_msg(p, io);
+        futures::pin_mut!(read);
+        loop {
+            let Some(deadline) = progress.deadline(start) else {
+                return read.await;
+            };
+            if let Ok(r) = tokio::time::timeout_at(deadline.into(), &mut read).await {
+                return r;
+            }
+            if progress.deadline(start).is_none_or(|d| d <= deadline) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the answer did not arrive in the time its size allows",
+                ));
+            }
+        }
     }
 
     async fn write_request<T>(
@@ -375,7 +396,16 @@ impl libp2p::request_response::Codec for NodeCodec {
         T: AsyncWrite + Unpin + Send,
     {
         self.0.progress = req.progress;
-        self.0.write_msg(p, io, req.msg).await
+        let write = self.0.write_msg(p, io, req.msg);
+        match self.0.progress.as_ref().and_then(|p| p.first_byte()) {
+            Some(limit) => tokio::time::timeout(limit, write).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request could not be sent in the time allowed",
+                )
+            })?,
+            None => write.await,
+        }
     }
 
     async fn write_response<T>(
@@ -614,5 +644,85 @@ mod tests {
         assert!(block_on(c.read_request(&PROTOCOL_1_0, &mut &frame(&body)[..])).is_err());
         let f = frame11(body.len() as u32, 0, &body);
         assert!(block_on(c.read_request(&PROTOCOL, &mut &f[..])).is_err());
+    }
+
+    /// A peer that has stopped: its stream never yields another byte.
+    struct Stalled;
+
+    impl futures::AsyncRead for Stalled {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// A node codec whose stream carries a request bounded by `first_byte` at `rate`.
+    fn bounded(first_byte: std::time::Duration, rate: Option<f64>) -> (NodeCodec, Arc<Progress>) {
+        let mut c = NodeCodec(Codec::new(64 << 20));
+        let progress = Arc::new(Progress::default());
+        progress.bound(first_byte, rate);
+        let req = Envelope {
+            msg: Request::Get(Key::digest(b"k")),
+            progress: Some(progress.clone()),
+        };
+        block_on(c.write_request(&PROTOCOL, &mut Vec::new(), req)).unwrap();
+        (c, progress)
+    }
+
+    #[tokio::test]
+    async fn a_stalled_answer_ends_its_stream_even_when_nobody_waits_for_it() {
+        use std::time::{Duration, Instant};
+        let first_byte = Duration::from_millis(100);
+        let limit = first_byte + crate::transfer::CODEC_GRACE;
+        // Nothing arrives: the stream ends after the first-byte limit (plus the grace).
+        let (mut c, progress) = bounded(first_byte, None);
+        let t = Instant::now();
+        let e = c.read_response(&PROTOCOL, &mut Stalled).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            t.elapsed() >= limit && t.elapsed() < limit * 3,
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(progress.started().is_none());
+
+        // The header arrives, announcing 4 MB at 1 GB/s, then nothing: it ends at the same
+        // limit (the size needs 12 ms), having seen the header.
+        let mut head = Vec::new();
+        let res = Response::Entry(Some(Bytes(vec![7; 4_000_000])));
+        block_on(c.0.write_response(&PROTOCOL, &mut head, res)).unwrap();
+        let (mut c, progress) = bounded(first_byte, Some(1e9));
+        let mut io = futures::AsyncReadExt::chain(&head[..1000], Stalled);
+        let t = Instant::now();
+        let e = c.read_response(&PROTOCOL, &mut io).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            t.elapsed() >= limit && t.elapsed() < limit * 3,
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(progress.started().map(|(_, len)| len), Some(4_000_000));
+
+        // A header announcing a size a slow link needs minutes for moves the limit that far.
+        let (_, slow) = bounded(first_byte, Some(crate::transfer::MIN_RATE));
+        let start = Instant::now();
+        slow.header(40_000_000);
+        let until = slow.deadline(start).unwrap();
+        assert!(
+            until > start + Duration::from_secs(600),
+            "{:?}",
+            until - start
+        );
+        assert!(Progress::default().deadline(start).is_none(), "unbounded");
+
+        // A whole answer is read as before.
+        let (mut c, _) = bounded(first_byte, None);
+        match c.read_response(&PROTOCOL, &mut &head[..]).await.unwrap() {
+            Response::Entry(Some(b)) => assert_eq!(b.0.len(), 4_000_000),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

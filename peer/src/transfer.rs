@@ -70,14 +70,49 @@ impl Throughput {
     }
 }
 
-/// What has arrived of one response, written by the codec as it reads.
+/// How long the codec may wait for what has not arrived of one exchange, past the deadline
+/// the caller computes: the caller gives up first, and says why.
+pub const CODEC_GRACE: Duration = Duration::from_secs(1);
+
+/// What has arrived of one response, written by the codec as it reads; and, once
+/// [`Progress::bound`], how long the codec itself waits for it, so that a stream whose caller
+/// gave up (a hedge won, the compile went on) ends instead of holding its connection for
+/// libp2p's hour-long limit.
 #[derive(Debug, Default)]
 pub struct Progress {
     header: OnceLock<Instant>,
     body_len: AtomicU64,
+    /// Time to the header, and the rate the body's time is computed for.
+    limit: OnceLock<(Duration, Option<f64>)>,
 }
 
 impl Progress {
+    /// Bounds the exchange: `first_byte` for the answer to start (and for the request to be
+    /// written), then what the size it announces needs at `rate` ([`transfer_timeout`]),
+    /// plus [`CODEC_GRACE`]. Only the first call counts.
+    pub fn bound(&self, first_byte: Duration, rate: Option<f64>) {
+        let _ = self.limit.set((first_byte, rate));
+    }
+
+    /// The time the exchange's stream may wait for `first_byte` (writing the request,
+    /// waiting for the answer's header), if bounded.
+    pub fn first_byte(&self) -> Option<Duration> {
+        self.limit.get().map(|(f, _)| *f + CODEC_GRACE)
+    }
+
+    /// When the codec, reading an answer since `start`, gives up (None: not bounded): the
+    /// first-byte limit until the header has arrived, then the time its size needs.
+    pub fn deadline(&self, start: Instant) -> Option<Instant> {
+        let (first_byte, rate) = *self.limit.get()?;
+        let header = start + first_byte + CODEC_GRACE;
+        Some(match self.started() {
+            None => header,
+            Some((at, len)) => {
+                header.max(at + transfer_timeout(first_byte, len, rate) + CODEC_GRACE)
+            }
+        })
+    }
+
     /// The response's header has arrived, announcing a body of `body_len` bytes.
     pub fn header(&self, body_len: u64) {
         self.body_len.store(body_len, Ordering::Relaxed);
