@@ -478,9 +478,9 @@ fn entry_matches(cwd: &Path, e: &Entry) -> bool {
 /// where a stat per probe is one each.
 #[derive(Default)]
 struct Listings {
-    dirs: std::collections::HashMap<PathBuf, Listing>,
+    dirs: crate::util::FastMap<PathBuf, Listing>,
     /// Probes per parent directory: only directories with several are listed.
-    wanted: std::collections::HashMap<PathBuf, usize>,
+    wanted: crate::util::FastMap<PathBuf, usize>,
 }
 
 /// A directory is listed when at least this many probes fall in it...
@@ -489,7 +489,7 @@ const LIST_MIN_PROBES: usize = 6;
 const LIST_MAX_DIR_BYTES: u64 = 64 << 10;
 
 enum Listing {
-    Names(std::collections::HashSet<OsString>),
+    Names(crate::util::FastSet<OsString>),
     /// The parent does not exist (or is no directory): neither does anything under it.
     Missing,
     /// Not listed: ask stat.
@@ -540,7 +540,7 @@ fn guard_probes(
     trust_before: Time,
 ) -> (Vec<DirStamp>, Vec<Probe>) {
     let mut dirs: Vec<DirStamp> = Vec::new();
-    let mut index: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
+    let mut index: crate::util::FastMap<Vec<u8>, u32> = Default::default();
     let mut out = Vec::with_capacity(probes.len());
     for (path, existed) in probes {
         let mut guard = NO_GUARD;
@@ -683,8 +683,7 @@ fn make_entry(
             extra.push(d.join(name).into_os_string().into_vec());
         }
     }
-    let mut seen: std::collections::HashSet<Vec<u8>> =
-        probes.iter().map(|(p, _)| p.clone()).collect();
+    let mut seen: crate::util::FastSet<Vec<u8>> = probes.iter().map(|(p, _)| p.clone()).collect();
     for p in extra {
         if seen.insert(p.clone()) {
             let exists = ctx.cwd.join(OsStr::from_bytes(&p)).exists();
@@ -752,7 +751,7 @@ fn shadow_probes<'a>(
     headers: impl Iterator<Item = &'a [u8]>,
 ) -> Vec<(Vec<u8>, bool)> {
     let mut probes: Vec<(Vec<u8>, bool)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: crate::util::FastSet<_> = Default::default();
     for hp in headers {
         let hp = Path::new(OsStr::from_bytes(hp));
         for (k, (found_in, tier)) in dirs.iter().enumerate() {

@@ -401,7 +401,7 @@ pub fn hash_preprocessed(
 ) -> Preprocessed {
     let mut h = Sha256::new();
     let mut headers: Vec<PathBuf> = Vec::new();
-    let mut seen: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let mut seen: crate::util::FastSet<Vec<u8>> = Default::default();
     let mut start = 0;
     while start < text.len() {
         let end = memchr::memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i + 1);
