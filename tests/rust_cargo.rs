@@ -1181,3 +1181,67 @@ fn out_dir_includes_hit_in_a_second_checkout_and_embedded_paths_do_not() {
     w.cargo_in(&two, &["build"], &env);
     assert!(w.take_compiles().is_empty());
 }
+
+/// Direct mode on one machine: a manifest recorded in one checkout (or one target directory)
+/// serves another, whose `OUT_DIR` differs. The manifest stores the `OUT_DIR` value and the
+/// `include!`d file normalised, re-instantiated with the second build's roots; the crate that
+/// compiles the path in is still compiled again, and each binary names its own target directory.
+#[test]
+fn direct_mode_serves_out_dir_includes_to_a_second_checkout_and_target_dir() {
+    let Some(w) = World::new() else { return };
+    let base = w.root.path().to_string_lossy().into_owned();
+    let one = w.root.path().join("one/ws");
+    let two = w.root.path().join("two/deeper/ws");
+    write_out_dir_workspace(&one);
+    write_out_dir_workspace(&two);
+    let env = [("DISTC_BASE_DIR", base.as_str()), ("CARGO_TARGET_DIR", "")];
+    w.cargo_in(&one, &["build"], &env);
+    let first = w.take_compiles();
+    for c in ["build_script_build", "embedded", "generated", "show"] {
+        assert!(first.contains_key(c), "{c} not compiled: {first:?}");
+    }
+    let runs = |bin: &Path, own: &Path| {
+        let out = Command::new(bin).output().expect("run show");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("14 ") && text.contains(&*own.to_string_lossy()),
+            "{} printed {text}",
+            bin.display()
+        );
+    };
+    w.cargo_in(&two, &["build"], &env);
+    assert_eq!(
+        names(&w.take_compiles()),
+        ["embedded", "show"],
+        "a second checkout: only the crate with the path compiled in (and the binary)\n{}",
+        w.stats()
+    );
+    runs(
+        &two.join("target/debug/show"),
+        &two.join("target/debug/build"),
+    );
+    let elsewhere = w.root.path().join("elsewhere");
+    let elsewhere_s = elsewhere.to_string_lossy().into_owned();
+    w.cargo_in(
+        &one,
+        &["build"],
+        &[
+            ("DISTC_BASE_DIR", base.as_str()),
+            ("CARGO_TARGET_DIR", elsewhere_s.as_str()),
+        ],
+    );
+    assert_eq!(
+        names(&w.take_compiles()),
+        ["embedded", "show"],
+        "another target directory: only the crate with the path compiled in (and the binary)\n{}",
+        w.stats()
+    );
+    runs(
+        &elsewhere.join("debug/show"),
+        &elsewhere.join("debug/build"),
+    );
+    runs(
+        &one.join("target/debug/show"),
+        &one.join("target/debug/build"),
+    );
+}

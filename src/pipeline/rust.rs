@@ -235,6 +235,9 @@ pub(crate) struct RustFamily<'a> {
     started: Instant,
     /// Files modified from then on may not be what rustc read.
     started_wall: SystemTime,
+    /// Set by `store_key` when the result is path-dependent: its manifest entry then matches
+    /// env-deps exactly.
+    path_dependent: std::cell::Cell<bool>,
 }
 
 impl<'a> RustFamily<'a> {
@@ -263,6 +266,7 @@ impl<'a> RustFamily<'a> {
             direct,
             started,
             started_wall,
+            path_dependent: std::cell::Cell::new(false),
         }
     }
 }
@@ -324,7 +328,14 @@ impl Family for RustFamily<'_> {
 
     fn record(&self, _cache: &Cache, key: &Key, (dep, digests): &Self::Inputs, _stored: bool) {
         if let Some(d) = &self.direct {
-            d.record(dep, digests, key, self.started_wall, self.ctx.env);
+            d.record(
+                dep,
+                digests,
+                key,
+                self.started_wall,
+                self.ctx.env,
+                self.path_dependent.get(),
+            );
         }
     }
 
@@ -388,6 +399,7 @@ impl Family for RustFamily<'_> {
             "{}: the outputs contain a path-valued env-dep; stored for these paths only",
             self.job.describe()
         );
+        self.path_dependent.set(true);
         rust_key::path_dependent_key(&key, dep)
     }
 

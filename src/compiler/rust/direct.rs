@@ -10,7 +10,10 @@
 //! the `CARGO_*` environment (normalised), native libraries, the linker and (with debug info)
 //! the working directory. Each entry records, for one result key:
 //!
-//! - every env-dep the pass reported, by name, with the exact value (or its absence);
+//! - every env-dep the pass reported, by name, with its value (or its absence): normalised by
+//!   the key's [`Normalizer`] (`OUT_DIR` as `$TARGET/…`, as the full key keys it) and compared
+//!   with the requester's value normalised the same way, unless the result is path-dependent
+//!   (its outputs contain such a value verbatim), whose values are stored and compared exactly;
 //! - every source file the pass listed: path, SHA-256, size, mtime and ctime. A file whose stat
 //!   matches and which was already old when recorded is trusted without reading it; otherwise
 //!   it is re-hashed;
@@ -24,7 +27,9 @@
 //!
 //! File paths are stored relative to the working directory when rustc reported them so,
 //! relative to the package directory (`CARGO_MANIFEST_DIR`, else the crate root's directory)
-//! when they lie under it (crates.io sources), and absolute otherwise; the normalised crate
+//! when they lie under it (crates.io sources), normalised when under a root of the
+//! [`Normalizer`] (`OUT_DIR` files; re-instantiated with the requester's roots), and absolute
+//! otherwise; the normalised crate
 //! root and package directory are part of the manifest key, so the same manifest serves
 //! another checkout or `CARGO_HOME` with the same layout.
 //!
@@ -41,19 +46,25 @@ use distc_peer::Key;
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::rust::args::RustJob;
-use crate::compiler::rust::key::{DepInfo, KeyContext, KeyParts};
+use crate::compiler::rust::key::{DepInfo, KeyContext, KeyParts, Normalizer};
 use crate::key::file::{FileRecord, Window};
 use crate::key::manifest;
 
-/// 4: a manifest names its manifest key.
-const MANIFEST_VERSION: u32 = 4;
+/// 4: a manifest names its manifest key. 5: env-dep values and files under a root of the
+/// [`Normalizer`] (`OUT_DIR`, the target directory, `base_dir`) stored normalised.
+const MANIFEST_VERSION: u32 = 5;
 
 type Manifest = manifest::Manifest<Entry>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Entry {
-    /// Env-deps: name and exact value (`None`: unset).
+    /// Env-deps: name and value (`None`: unset), normalised by the [`Normalizer`] unless
+    /// `exact_env`.
     env: Vec<(String, Option<Vec<u8>>)>,
+    /// The result's outputs contain a path-valued env-dep verbatim (its key is
+    /// [`crate::compiler::rust::key::path_dependent_key`]): values are stored and compared
+    /// exactly, so another checkout never finds it.
+    exact_env: bool,
     files: Vec<FileRec>,
     /// (path, existed).
     probes: Vec<(StoredPath, bool)>,
@@ -68,6 +79,9 @@ enum Base {
     Package,
     /// Absolute, verbatim.
     Absolute,
+    /// Normalised by the [`Normalizer`] (`$TARGET/debug/build/…`), re-instantiated with the
+    /// requester's roots.
+    Root,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +105,8 @@ pub struct RustDirect {
     cwd: PathBuf,
     /// The package directory (absolute).
     package: PathBuf,
+    /// The roots env-dep values and absolute file paths are stored relative to.
+    norm: Normalizer,
 }
 
 impl RustDirect {
@@ -118,6 +134,7 @@ impl RustDirect {
             path,
             cwd: ctx.cwd.to_path_buf(),
             package,
+            norm: parts.norm.clone(),
         })
     }
 
@@ -135,6 +152,22 @@ impl RustDirect {
             Base::Cwd => self.cwd.join(rel),
             Base::Package => self.package.join(rel),
             Base::Absolute => rel.to_path_buf(),
+            Base::Root => match std::str::from_utf8(&p.path)
+                .ok()
+                .and_then(|t| self.norm.instantiate(t))
+            {
+                Some(abs) => PathBuf::from(abs),
+                // A root this invocation does not have: nothing there can match.
+                None => PathBuf::new(),
+            },
+        }
+    }
+
+    /// An env-dep value as stored: normalised unless `exact`.
+    fn store_value(&self, value: &[u8], exact: bool) -> Vec<u8> {
+        match std::str::from_utf8(value) {
+            Ok(v) if !exact => self.norm.path(v).into_bytes(),
+            _ => value.to_vec(),
         }
     }
 
@@ -154,6 +187,13 @@ impl RustDirect {
             return StoredPath {
                 base: Base::Package,
                 path: rel.as_os_str().as_bytes().to_vec(),
+            };
+        }
+        let normalised = self.norm.path(file);
+        if normalised != file {
+            return StoredPath {
+                base: Base::Root,
+                path: normalised.into_bytes(),
             };
         }
         StoredPath {
@@ -180,8 +220,8 @@ impl RustDirect {
 
     fn matches(&self, e: &Entry, env: &dyn Fn(&str) -> Option<OsString>) -> bool {
         for (name, value) in &e.env {
-            let now = env(name);
-            if now.as_ref().map(|v| v.as_bytes()) != value.as_deref() {
+            let now = env(name).map(|v| self.store_value(v.as_bytes(), e.exact_env));
+            if now != *value {
                 tracing::debug!("manifest entry: env-dep {name} differs");
                 return false;
             }
@@ -207,7 +247,8 @@ impl RustDirect {
 
     /// Records that `dep` (with `digests`, from [`KeyParts::sources`]) gave `result`. Best
     /// effort: nothing is recorded when a file changed after `started`, cannot be read, or an
-    /// env-dep value differs from what `env` says.
+    /// env-dep value differs from what `env` says. `exact_env`: `result` is path-dependent
+    /// (its outputs contain a path-valued env-dep), so env-deps are matched exactly.
     pub fn record(
         &self,
         dep: &DepInfo,
@@ -215,8 +256,9 @@ impl RustDirect {
         result: &Key,
         started: SystemTime,
         env: &dyn Fn(&str) -> Option<OsString>,
+        exact_env: bool,
     ) {
-        let Some(entry) = self.make_entry(dep, digests, result, started, env) else {
+        let Some(entry) = self.make_entry(dep, digests, result, started, env, exact_env) else {
             tracing::debug!("no direct-mode entry recorded for {}", self.manifest_key);
             return;
         };
@@ -236,6 +278,7 @@ impl RustDirect {
         result: &Key,
         started: SystemTime,
         env: &dyn Fn(&str) -> Option<OsString>,
+        exact_env: bool,
     ) -> Option<Entry> {
         if digests.len() != dep.files.len() {
             return None;
@@ -247,7 +290,7 @@ impl RustDirect {
             if now.as_deref() != reported.as_deref().map(str::as_bytes) {
                 return None;
             }
-            vars.push((name.clone(), now));
+            vars.push((name.clone(), now.map(|v| self.store_value(&v, exact_env))));
         }
         let window = Window::since(started);
         let mut files = Vec::with_capacity(dep.files.len());
@@ -270,6 +313,7 @@ impl RustDirect {
         }
         Some(Entry {
             env: vars,
+            exact_env,
             files,
             probes,
             result: result.0,
@@ -319,6 +363,7 @@ mod tests {
             path: cwd.join("manifest"),
             cwd: cwd.to_path_buf(),
             package: package.to_path_buf(),
+            norm: Normalizer::new(cwd, None, None, &|_| None),
         }
     }
 
@@ -341,7 +386,7 @@ mod tests {
             .collect();
         let env1 = |k: &str| (k == "V").then(|| OsString::from("1"));
         let later = SystemTime::now() + Duration::from_secs(5);
-        d.record(&dep, &digests, &Key([1; 32]), later, &env1);
+        d.record(&dep, &digests, &Key([1; 32]), later, &env1, false);
         assert_eq!(d.lookup(&env1), Some(Key([1; 32])));
         // An env-dep changes, or an unset one appears.
         assert_eq!(d.lookup(&|k| (k == "V").then(|| OsString::from("2"))), None);
@@ -393,7 +438,7 @@ mod tests {
             };
             let env = |k: &str| (k == "CARGO_PKG_NAME").then(|| OsString::from("x"));
             let later = SystemTime::now() + Duration::from_secs(5);
-            d.record(&dep, &digests, &Key([9; 32]), later, &env);
+            d.record(&dep, &digests, &Key([9; 32]), later, &env, false);
             assert_eq!(d.lookup(&env), Some(Key([9; 32])), "{n} files");
         }
     }
@@ -415,14 +460,21 @@ mod tests {
         };
         let digests = vec![crate::key::file::digest(&cwd.join("lib.rs")).expect("digest")];
         let earlier = SystemTime::now() - Duration::from_secs(60);
-        d.record(&dep, &digests, &Key([1; 32]), earlier, &|_| None);
+        d.record(&dep, &digests, &Key([1; 32]), earlier, &|_| None, false);
         assert_eq!(d.lookup(&|_| None), None);
         // An env-dep value rustc saw that the environment does not have.
         let dep2 = DepInfo {
             files: vec![],
             env_deps: vec![("V".into(), Some("1".into()))],
         };
-        d.record(&dep2, &[], &Key([2; 32]), SystemTime::now(), &|_| None);
+        d.record(
+            &dep2,
+            &[],
+            &Key([2; 32]),
+            SystemTime::now(),
+            &|_| None,
+            false,
+        );
         assert_eq!(d.lookup(&|_| None), None);
     }
 
@@ -460,9 +512,60 @@ mod tests {
             &Key([3; 32]),
             SystemTime::now() + Duration::from_secs(5),
             &|_| None,
+            false,
         );
         assert_eq!(m.lookup(&|_| None), Some(Key([3; 32])));
         fs::write(b.join("README.md"), "README").expect("write");
         assert_eq!(m.lookup(&|_| None), None);
+    }
+
+    /// An `OUT_DIR` value and a file under it are stored normalised: another target directory
+    /// with the same content is served; a changed file there, or a path-dependent result,
+    /// is not.
+    #[test]
+    fn out_dir_values_and_files_follow_the_target_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cwd = tmp.path().join("ws");
+        let make = |target: &Path| {
+            let out = target.join("debug/build/gen-1/out");
+            fs::create_dir_all(&out).expect("mkdir");
+            fs::write(out.join("gen.rs"), "pub const G: u8 = 7;\n").expect("write");
+            let env_target = target.as_os_str().to_owned();
+            let mut d = direct(&cwd, &cwd);
+            d.norm = Normalizer::new(&cwd, None, None, &|k| {
+                (k == "CARGO_TARGET_DIR").then(|| env_target.clone())
+            });
+            let file = out.join("gen.rs").to_string_lossy().into_owned();
+            let dep = DepInfo {
+                files: vec![file.clone()],
+                env_deps: vec![("OUT_DIR".into(), Some(out.to_string_lossy().into_owned()))],
+            };
+            (d, dep, out)
+        };
+        fs::create_dir_all(&cwd).expect("mkdir");
+        let (a, dep_a, _) = make(&tmp.path().join("t1"));
+        let (mut b, _, out_b) = make(&tmp.path().join("t2"));
+        b.path = a.path.clone();
+        let digests = [crate::key::file::digest(Path::new(&dep_a.files[0])).expect("digest")];
+        let env_a = |k: &str| {
+            (k == "OUT_DIR")
+                .then(|| OsString::from(&dep_a.env_deps[0].1.clone().unwrap_or_default()))
+        };
+        let env_b = |k: &str| (k == "OUT_DIR").then(|| out_b.as_os_str().to_owned());
+        let later = SystemTime::now() + Duration::from_secs(5);
+        a.record(&dep_a, &digests, &Key([1; 32]), later, &env_a, false);
+        assert_eq!(a.lookup(&env_a), Some(Key([1; 32])));
+        assert_eq!(
+            b.lookup(&env_b),
+            Some(Key([1; 32])),
+            "another target directory"
+        );
+        fs::write(out_b.join("gen.rs"), "pub const G: u8 = 8;\n").expect("write");
+        assert_eq!(b.lookup(&env_b), None, "a changed OUT_DIR file");
+        fs::write(out_b.join("gen.rs"), "pub const G: u8 = 7;\n").expect("write");
+        fs::remove_file(&a.path).expect("rm manifest");
+        a.record(&dep_a, &digests, &Key([2; 32]), later, &env_a, true);
+        assert_eq!(a.lookup(&env_a), Some(Key([2; 32])));
+        assert_eq!(b.lookup(&env_b), None, "a path-dependent result");
     }
 }

@@ -514,6 +514,16 @@ impl Normalizer {
         p.to_string()
     }
 
+    /// The inverse of [`Normalizer::path`]: a path starting with a token becomes the path under
+    /// this normaliser's root for it (the longest, when several share the token). `None` when
+    /// `p` starts with no token this normaliser has.
+    pub fn instantiate(&self, p: &str) -> Option<String> {
+        self.roots.iter().find_map(|(root, token)| {
+            let rest = p.strip_prefix(token)?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| format!("{root}{rest}"))
+        })
+    }
+
     /// Normalises every root occurring inside `text` (option values with embedded paths).
     pub fn text(&self, text: &str) -> String {
         let mut out = text.to_string();
