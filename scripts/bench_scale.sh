@@ -8,10 +8,13 @@
 # Per N (the `scale_bench` example of distc-peer says exactly what each column measures):
 # time from start to one ring everywhere; after one join and after one kill, time until every
 # peer agrees; membership bytes per second per peer over SCALE_IDLE seconds of an idle mesh
-# (median, max; message bodies as the membership codec counts them, not TCP/Noise/Yamux
-# overhead); members each peer holds a connection to (median, max); resident size of the
-# process divided by the peers in it; share of keys whose primary owner moved on the join
-# (ideal 1/N). The timings are wall clock on whatever else the machine runs: read them as
+# (median, max; message bodies as the membership codec counts them); the same on the wire (every
+# byte of each peer's TCP streams: Noise, Yamux, identify and handshakes included) and the TCP
+# connections each peer opens or accepts per second; members each peer holds a connection to
+# (median, max); the process's CPU time per peer; resident size of the process divided by the
+# peers in it; share of keys whose primary owner moved on the join (ideal 1/N).
+# SCALE_TRACE=1 prints, every 500 ms of each phase, how many peers agree and how many member
+# records are suspect or down. The timings are wall clock on whatever else the machine runs: read them as
 # orders of magnitude, not to the millisecond.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +24,15 @@ idle=${SCALE_IDLE:-10}
 cargo build --release -q -p distc-peer --example scale_bench
 bin=target/release/examples/scale_bench
 
-echo "| peers | one ring | join agreed | kill agreed | traffic/peer median | max | connections median | max | RSS/peer | keys moved on join (ideal) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| peers | one ring | join agreed | kill agreed | membership/peer median | max | TCP/peer median | new TCP conns/peer/s | connections median | max | CPU/peer | RSS/peer | keys moved on join (ideal) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in $ns; do
     out=$("$bin" "$n" "$idle")
     v() { awk -v m="$1" -F'\t' '$1 == m { print $2 }' <<<"$out"; }
-    printf '| %s | %.1f s | %.1f s | %.1f s | %.2f KB/s | %.2f KB/s | %.0f | %.0f | %.1f MB | %.4f (%.4f) |\n' \
+    printf '| %s | %.1f s | %.1f s | %.1f s | %.2f KB/s | %.2f KB/s | %.1f KB/s | %.1f | %.0f | %.0f | %.1f ms/s | %.1f MB | %.4f (%.4f) |\n' \
         "$n" "$(v ring_all)" "$(v join_agree)" "$(v kill_agree)" \
-        "$(v traffic_median)" "$(v traffic_max)" "$(v conns_median)" "$(v conns_max)" \
+        "$(v traffic_median)" "$(v traffic_max)" "$(v tcp_median)" "$(v new_conns_median)" \
+        "$(v conns_median)" "$(v conns_max)" "$(v cpu_per_peer)" \
         "$(v rss_per_peer)" "$(v keys_moved)" "$(v keys_moved_ideal)"
 done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
