@@ -314,7 +314,15 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
         "#define UNUSED(x) int x = 0\nint g(void) { UNUSED(unused_here); return 1; }\n",
     )
     .unwrap();
-    std::fs::write(dir.join("ok.c"), "int ok(int a) { return a * 3; }\n").unwrap();
+    // Preprocessed, larger than the local socket's ordinary requests (64 KiB).
+    let table: String = (0..20_000).map(|i| format!("{},", i % 251)).collect();
+    std::fs::write(
+        dir.join("ok.c"),
+        format!(
+            "static const unsigned char t[] = {{{table}}};\nint ok(int a) {{ return a * t[a]; }}\n"
+        ),
+    )
+    .unwrap();
     let run = |program: &mut Command, src: &str| -> Output {
         let obj = format!("{src}.o");
         let _ = std::fs::remove_file(dir.join(&obj));

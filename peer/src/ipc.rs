@@ -373,8 +373,9 @@ pub async fn serve<H: Handler>(
     }
 }
 
-/// Requests are small (a key at most): larger frames are refused.
-const MAX_REQUEST: usize = 64 * 1024;
+/// Requests are small (a key at most) but for a compile to hand to a member (a preprocessed
+/// source): larger frames are refused.
+const MAX_REQUEST: usize = crate::offload::MAX_REQUEST + 64 * 1024;
 
 async fn serve_conn<H: Handler>(
     stream: tokio::net::UnixStream,
