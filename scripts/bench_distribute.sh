@@ -43,7 +43,7 @@ trap cleanup EXIT
 proj="$work/lua"
 cflags="-O2 -Wall -DLUA_USE_LINUX"
 export DISTC_CONFIG_DIR="$work/config" DISTC_AUTO_START=0
-"$bin" mesh init >/dev/null
+"$bin" mesh init >/dev/null 2>&1
 
 # peer NAME CORE PORT [BOOTSTRAP]: a peer pinned to CORE (its guests' compiles inherit it).
 peer() {
@@ -66,7 +66,7 @@ done
 
 dport=$((base + 2))
 taskset -c 1 distccd --no-detach --daemon --allow 127.0.0.1 --listen 127.0.0.1 --port "$dport" \
-  --jobs 1 --log-file "$work/distccd.log" --user nobody &
+  --jobs 1 --log-stderr --user nobody 2>"$work/distccd.log" &
 pids+=($!)
 sleep 0.5
 
