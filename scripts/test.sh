@@ -10,4 +10,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 # Multi-peer tests start real peers and compilers; on a small machine, four at a time keeps
 # each one's peers from being starved into timeouts that a real mesh would not see.
-cargo test --workspace --all-targets --locked -- --test-threads=4
+# --no-fail-fast: one failing test binary does not hide what fails in the others.
+cargo test --workspace --all-targets --locked --no-fail-fast -- --test-threads=4

@@ -150,6 +150,21 @@ fn total_entries(sb: &Sandbox, dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the mesh holds at least `at_least` entries in all and that total has stopped
+/// growing. Two results at R = 2 with the producer's own copies make 4 to 6 entries, by how
+/// many of them the producer owns: reaching 4 alone can leave a copy still on its way to an
+/// owner that the next lookup asks.
+fn wait_replicated(sb: &Sandbox, dir: &Path, at_least: u64) {
+    let mut last = (0, Instant::now());
+    wait_until("replication", Duration::from_secs(20), || {
+        let n = total_entries(sb, dir);
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        n >= at_least && last.1.elapsed() >= Duration::from_secs(2)
+    });
+}
+
 fn mesh_sandbox() -> Sandbox {
     let sb = Sandbox::new();
     let out = sb.distc().args(["mesh", "init"]).output().unwrap();
@@ -186,9 +201,7 @@ fn three_peers_share_hits_survive_a_death_and_compile_with_none() {
     compile(&sb, &a.dir, "hello.c");
     assert_eq!(sb.compiles(), 1);
     // ...reaches R = 2 peers (A keeps its own copy too), as does its shared manifest.
-    wait_until("replication", Duration::from_secs(10), || {
-        total_entries(&sb, &c.dir) >= 4
-    });
+    wait_replicated(&sb, &c.dir, 4);
     // The same compile through C's dir is a hit: the real compiler does not run.
     compile(&sb, &c.dir, "hello.c");
     assert_eq!(sb.compiles(), 1, "compile through C was not a hit");
@@ -273,9 +286,7 @@ fn shared_manifests_give_a_first_remote_hit_without_any_compiler_run() {
     // C never compiled this file: the manifest A shared names the result, C's own headers
     // match it, and neither the compiler nor its preprocessor runs. C's store is emptied of
     // any replicas first, so both the manifest and the result come from other peers.
-    wait_until("replication", Duration::from_secs(10), || {
-        total_entries(&sb, &c.dir) >= 4
-    });
+    wait_replicated(&sb, &c.dir, 4);
     assert!(!c.dir.join("manifests").exists());
     for e in std::fs::read_dir(c.dir.join("store")).unwrap() {
         let p = e.unwrap().path();
