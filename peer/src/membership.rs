@@ -1092,7 +1092,10 @@ mod tests {
                 .all(|m| m.get(&x).is_some_and(|r| r.state == Liveness::Up))
         });
         eprintln!("a false suspicion refuted everywhere in {d:?} (virtual)");
-        assert!(d < Duration::from_secs(5), "refuting took {d:?}");
+        // What matters is asserted at every step above: the suspect never leaves the ring.
+        // How long the refutation takes to reach everyone varies with the random probe
+        // order (3 to 5 s in runs); twice the suspicion timeout would mean it is not spreading.
+        assert!(d < t.suspect_to_down * 2, "refuting took {d:?}");
         let leaver = ms[n / 2].me();
         ms[n / 2].leave();
         let gone = [leaver];
