@@ -34,18 +34,10 @@ pub fn family_of(name: &OsStr) -> Option<Family> {
     if base == "rustc" || base == "clippy-driver" {
         return Some(Family::Rustc);
     }
-    const GCC_LIKE: [&str; 6] = ["gcc", "g++", "cc", "c++", "clang", "clang++"];
-    for c in GCC_LIKE {
-        if base == c {
-            return Some(Family::Gcc);
-        }
-        // Cross compilers: `x86_64-linux-gnu-gcc`, `arm-none-eabi-g++`.
-        if let Some(prefix) = base.strip_suffix(c)
-            && prefix.ends_with('-')
-            && prefix.len() > 1
-        {
-            return Some(Family::Gcc);
-        }
+    // gcc-like drivers, cross compilers (`x86_64-linux-gnu-gcc`, `arm-none-eabi-g++`) too: the
+    // one rule, shared with the peer, which finds the compilers it may serve by it.
+    if distc_peer::toolchain::is_compiler_name(base) {
+        return Some(Family::Gcc);
     }
     None
 }

@@ -57,7 +57,10 @@ pub fn is_compiler_name(name: &str) -> bool {
         }
     });
     let driver = base.rsplit('-').next().unwrap_or(base);
-    matches!(driver, "gcc" | "g++" | "cc" | "c++" | "clang" | "clang++")
+    // A cross prefix (`x86_64-linux-gnu-`) names something: `-gcc` is no compiler.
+    let prefix = base.len() - driver.len();
+    (prefix == 0 || prefix >= 2)
+        && matches!(driver, "gcc" | "g++" | "cc" | "c++" | "clang" | "clang++")
 }
 
 /// A file's size, mtime, ctime and inode: a digest stays valid while they do.
