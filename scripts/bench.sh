@@ -13,7 +13,7 @@
 # Every tool gets its own empty cache directory. Prints a markdown table of medians and ratios;
 # the raw hyperfine JSON stays in $BENCH_OUT (default: a temporary directory, printed at the end).
 # Missing ccache/sccache are reported and their columns left empty (install: apt-get install
-# ccache; cargo install sccache --locked). Nothing is left running: the sccache server it starts
+# ccache; cargo install sccache --locked; SCCACHE_BIN=PATH picks one, see scripts/sccache_bin.sh). Nothing is left running: the sccache server it starts
 # is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ for t in hyperfine gcc g++ make python3 /usr/bin/time; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench: $t is required (apt-get install hyperfine gcc g++ make python3 time)" >&2; exit 1; }
 done
 have_ccache=0; command -v ccache >/dev/null 2>&1 && have_ccache=1
-have_sccache=0; command -v sccache >/dev/null 2>&1 && have_sccache=1
+have_sccache=0; sccache=$(scripts/sccache_bin.sh) && have_sccache=1
 [ $have_ccache = 1 ] || echo "bench: ccache not found, its column stays empty" >&2
 [ $have_sccache = 1 ] || echo "bench: sccache not found, its column stays empty" >&2
 
@@ -41,11 +41,11 @@ export DISTC_DIR=$work/distc DISTC_AUTO_START=0
 export CCACHE_DIR=$work/ccache
 export SCCACHE_DIR=$work/sccache SCCACHE_SERVER_PORT=$((20000 + RANDOM % 20000)) SCCACHE_IDLE_TIMEOUT=0
 cleanup() {
-  if [ $have_sccache = 1 ]; then sccache --stop-server >/dev/null 2>&1 || true; fi
+  if [ $have_sccache = 1 ]; then "$sccache" --stop-server >/dev/null 2>&1 || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-if [ $have_sccache = 1 ]; then sccache --start-server >/dev/null 2>&1 || have_sccache=0; fi
+if [ $have_sccache = 1 ]; then "$sccache" --start-server >/dev/null 2>&1 || have_sccache=0; fi
 
 # A miss is measured as in a real build: no stored results, but the tools themselves warm.
 # For distc that keeps $DISTC_DIR/compilers (the memoised compiler identity and include
@@ -81,7 +81,7 @@ wrap() { # wrap TOOL COMPILER
     plain) echo "$2" ;;
     distc) echo "$distc $2" ;;
     ccache) echo "ccache $2" ;;
-    sccache) echo "sccache $2" ;;
+    sccache) echo "$sccache $2" ;;
   esac
 }
 

@@ -23,11 +23,11 @@ profiles=${BENCH_PROFILES:-debug release}
 work=$(mktemp -d)
 
 command -v cargo >/dev/null 2>&1 || { echo "bench_rust: cargo is required" >&2; exit 1; }
-if ! command -v sccache >/dev/null 2>&1; then
+if ! scripts/sccache_bin.sh >/dev/null; then
   echo "bench_rust: sccache not found; installing it with cargo install sccache --locked" >&2
   cargo install sccache --locked >&2 || true
 fi
-have_sccache=0; command -v sccache >/dev/null 2>&1 && have_sccache=1
+have_sccache=0; sccache=$(scripts/sccache_bin.sh) && have_sccache=1
 [ $have_sccache = 1 ] || echo "bench_rust: sccache unavailable, its column stays empty" >&2
 
 cargo build --release --quiet
@@ -42,11 +42,11 @@ export CARGO_INCREMENTAL=0 CARGO_TERM_COLOR=never
 export CARGO_TARGET_DIR=$work/target
 unset RUSTC_WRAPPER RUSTFLAGS
 cleanup() {
-  if [ $have_sccache = 1 ]; then sccache --stop-server >/dev/null 2>&1 || true; fi
+  if [ $have_sccache = 1 ]; then "$sccache" --stop-server >/dev/null 2>&1 || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-if [ $have_sccache = 1 ]; then sccache --start-server >/dev/null 2>&1 || have_sccache=0; fi
+if [ $have_sccache = 1 ]; then "$sccache" --start-server >/dev/null 2>&1 || have_sccache=0; fi
 
 # --- the project -----------------------------------------------------------------------------
 proj=$work/proj
@@ -96,7 +96,7 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print ""; else if (NR%2) pr
 wrapper_of() {
   case $1 in
     plain) echo "" ;;
-    sccache) echo "sccache" ;;
+    sccache) echo "$sccache" ;;
     distc) echo "$distc" ;;
   esac
 }
