@@ -591,6 +591,151 @@ fn build_single_rust_file_miss_then_hit() {
     );
 }
 
+/// `distc build FILE.rs` has rustc write the output itself and a hit replay onto it: a hit on
+/// an executable that holds the bytes leaves it in place (same inode, still executable), even
+/// while it runs; nothing else appears beside it; a changed source rebuilds; a hit with other
+/// bytes replaces a running executable without disturbing it.
+#[test]
+fn build_single_rust_file_hits_in_place_and_leaves_nothing_beside_it() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(w) = World::new() else { return };
+    let dir = w.root.path().join("inplace");
+    let src = dir.join("tool.rs");
+    // Prints its message, then waits for a line on stdin (so a test can hold it running).
+    let program = |msg: &str| {
+        format!(
+            "fn main() {{\n    println!(\"{msg}\");\n    let mut l = String::new();\n    \
+             let _ = std::io::stdin().read_line(&mut l);\n}}\n"
+        )
+    };
+    write(&src, &program("one"));
+    let build = || {
+        let o = Command::new(distc_bin())
+            .args(["build", "tool.rs", "-o", "tool"])
+            .current_dir(&dir)
+            .env("RUSTC", &w.shared.oracle)
+            .env("DISTC_DIR", &w.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .env("DISTC_TEST_RUSTC_LOG", &w.log)
+            .output()
+            .expect("run distc build");
+        assert!(o.status.success(), "distc build failed: {o:?}");
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        // The message names the output as given.
+        assert!(out.starts_with("Built tool ("), "{out}");
+        out
+    };
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let exe = dir.join("tool");
+    let run = || {
+        let o = Command::new(&exe)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tool");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = build();
+    assert!(first.contains("cache miss"), "{first}");
+    assert_eq!(names(&w.take_compiles()), vec!["tool"]);
+    assert_eq!(listing(), vec!["tool", "tool.rs"]);
+    assert_eq!(run(), "one\n");
+    let md = std::fs::metadata(&exe).expect("stat tool");
+    assert_eq!(md.mode() & 0o111, 0o111, "not executable: {:o}", md.mode());
+
+    // A hit while the executable runs: it is left as it is.
+    let mut running = Command::new(&exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tool");
+    let hit = build();
+    assert!(hit.contains("cache hit"), "{hit}");
+    assert!(w.take_compiles().is_empty());
+    let again = std::fs::metadata(&exe).expect("stat tool");
+    assert_eq!(
+        again.ino(),
+        md.ino(),
+        "a hit replaced an identical executable"
+    );
+    assert_eq!(again.mode(), md.mode());
+    assert_eq!(listing(), vec!["tool", "tool.rs"]);
+
+    // A changed source compiles (rustc writes over the running executable: a new file).
+    write(&src, &program("two"));
+    let changed = build();
+    assert!(changed.contains("cache miss"), "{changed}");
+    assert_eq!(names(&w.take_compiles()), vec!["tool"]);
+    assert_eq!(run(), "two\n");
+    assert_eq!(listing(), vec!["tool", "tool.rs"]);
+    // Back to the first source: a hit with other bytes than the file holds.
+    write(&src, &program("one"));
+    let back = build();
+    assert!(back.contains("cache hit"), "{back}");
+    assert!(w.take_compiles().is_empty());
+    assert_eq!(run(), "one\n");
+    assert_eq!(listing(), vec!["tool", "tool.rs"]);
+    let md = std::fs::metadata(&exe).expect("stat tool");
+    assert_eq!(md.mode() & 0o111, 0o111, "not executable: {:o}", md.mode());
+
+    // The first process ran through all of it and still finishes normally.
+    use std::io::Write as _;
+    running
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"\n")
+        .expect("write to tool");
+    let done = running.wait_with_output().expect("wait for tool");
+    assert!(done.status.success(), "{done:?}");
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "one\n");
+    let stats = w.stats();
+    assert!(stats.contains("Errors             0"), "{stats}");
+}
+
+/// An `-o` compile and an `--out-dir` compile of one crate are different results (the stored
+/// names differ): neither is served the other's entry.
+#[test]
+fn output_file_and_output_directory_forms_do_not_share_an_entry() {
+    let Some(w) = World::new() else { return };
+    let dir = w.root.path().join("forms");
+    write(&dir.join("f.rs"), "fn main() {\n    println!(\"f\");\n}\n");
+    let run = |extra: &[&str]| {
+        let o = Command::new(distc_bin())
+            .arg(&w.shared.oracle)
+            .args(["f.rs", "--crate-name", "f", "--crate-type", "bin"])
+            .args(extra)
+            .current_dir(&dir)
+            .env("DISTC_DIR", &w.distc_dir)
+            .env("DISTC_AUTO_START", "0")
+            .env("DISTC_TEST_RUSTC_LOG", &w.log)
+            .output()
+            .expect("run distc rustc");
+        assert!(o.status.success(), "distc rustc failed: {o:?}");
+    };
+    let d = dir.join("d");
+    let o = dir.join("o/f");
+    std::fs::create_dir_all(o.parent().expect("parent")).expect("mkdir");
+    run(&["--out-dir", d.to_str().expect("utf-8")]);
+    run(&["-o", o.to_str().expect("utf-8")]);
+    assert_eq!(w.take_compiles().get("f"), Some(&2));
+    run(&["-o", o.to_str().expect("utf-8")]);
+    run(&["--out-dir", d.to_str().expect("utf-8")]);
+    assert!(w.take_compiles().is_empty());
+    let stats = w.stats();
+    assert!(stats.contains("Errors             0"), "{stats}");
+    for exe in [d.join("f"), o] {
+        let out = Command::new(&exe).output().expect("run f");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "f\n");
+    }
+}
+
 #[test]
 fn build_project_reports_per_crate_outcomes() {
     let Some(w) = World::new() else { return };

@@ -2,8 +2,9 @@
 //!
 //! - `distc build FILE.rs`: one `rustc` compile of a binary crate through the wrapper's pipeline,
 //!   run in this process (so the key and the store are the ones cargo builds use, and a hit
-//!   starts no process), into a temporary output directory beside `-o OUT`, then renamed to
-//!   it. The output path is thus never part of the key.
+//!   starts no process), with rustc's `-o` the absolute output path: an absolute `-o` is not
+//!   part of the key, and a hit replays straight onto the output, where an executable that
+//!   already holds the bytes is left as it is (only its modification time changes).
 //! - `distc build-project DIR` with a `Cargo.toml`: `cargo build` with `RUSTC_WRAPPER` set to
 //!   distc; every rustc invocation appends its outcome to the file named by
 //!   [`CRATE_LOG_ENV`], from which the per-crate report and the summary are printed.
@@ -30,8 +31,9 @@ fn rustc_program() -> OsString {
         .unwrap_or_else(|| "rustc".into())
 }
 
-/// The rustc arguments of `distc build FILE.rs` (and of `distc inspect FILE.rs`).
-fn build_args(file: &Path, flags: &[String], out_dir: &Path) -> Result<(String, Vec<OsString>)> {
+/// The rustc arguments of `distc build FILE.rs` (and of `distc inspect FILE.rs`); `output` is
+/// absolute (a relative `-o` would be keyed).
+fn build_args(file: &Path, flags: &[String], output: &Path) -> Result<(String, Vec<OsString>)> {
     let stem = file.file_stem().and_then(|s| s.to_str()).with_context(|| {
         format!(
             "{} has no UTF-8 file name to name the crate",
@@ -46,8 +48,8 @@ fn build_args(file: &Path, flags: &[String], out_dir: &Path) -> Result<(String, 
         "--crate-type".into(),
         "bin".into(),
         "--emit=link".into(),
-        "--out-dir".into(),
-        out_dir.as_os_str().into(),
+        "-o".into(),
+        output.as_os_str().into(),
     ];
     // rustc's own default is the 2015 edition; a single file today means the current one.
     if !flags.iter().any(|f| f.starts_with("--edition")) {
@@ -64,26 +66,20 @@ pub fn build_file(file: &Path, output: Option<&Path>, flags: &[String]) -> Resul
         Some(o) => o.to_path_buf(),
         None => PathBuf::from(file.file_stem().unwrap_or(file.as_os_str())),
     };
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create directory {}", parent.display()))?;
-    // Beside the output, so that moving the executable into place is a rename; absolute,
-    // since a relative output directory would be keyed.
-    let parent = std::path::absolute(parent)
-        .with_context(|| format!("cannot resolve the directory {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".distc-build-")
-        .tempdir_in(&parent)
-        .with_context(|| {
-            format!(
-                "cannot create a temporary output directory in {}",
-                parent.display()
-            )
-        })?;
-    let (crate_name, args) = build_args(file, flags, tmp.path())?;
+    // Absolute, since a relative `-o` would be keyed (rustc records nothing of it); messages
+    // name it as given.
+    let shown = output;
+    let output = std::path::absolute(&shown)
+        .with_context(|| format!("cannot resolve the output path {}", shown.display()))?;
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
+    }
+    // rustc writes the executable itself (its linker into a temporary file renamed over the
+    // old one, so a running executable is never written into); its temporary objects lie
+    // beside the output while it compiles and are gone when it returns. A hit is replayed
+    // onto the output by the pipeline, like every Rust output.
+    let (_, args) = build_args(file, flags, &output)?;
     // The wrapper runs in this process: a hit starts no process at all.
     let (code, outcome) = crate::pipeline::in_process(crate::pipeline::Invocation {
         compiler: rustc_program(),
@@ -96,23 +92,12 @@ pub fn build_file(file: &Path, output: Option<&Path>, flags: &[String]) -> Resul
         );
     }
     let outcome = outcome.map_or_else(|| "done".into(), |o| o.human());
-    let built = tmp.path().join(&crate_name);
-    // A rename, unless the output's directory is odd (a mount point): copy then.
-    if std::fs::rename(&built, &output).is_err() {
-        std::fs::copy(&built, &output).with_context(|| {
-            format!(
-                "cannot write {} (from {})",
-                output.display(),
-                built.display()
-            )
-        })?;
-    }
     let size = std::fs::metadata(&output)
-        .with_context(|| format!("rustc reported success but {} is missing", output.display()))?
+        .with_context(|| format!("rustc reported success but {} is missing", shown.display()))?
         .len();
     println!(
         "Built {} ({}) from {}: cache {} in {} ms",
-        output.display(),
+        shown.display(),
         human_bytes(size),
         file.display(),
         outcome,
@@ -250,8 +235,9 @@ pub fn inspect_file(config: &Config, file: &Path, flags: &[String]) -> Result<Ex
     let rustc = rustc_program();
     let real = crate::pipeline::resolve_compiler(&rustc)
         .with_context(|| format!("cannot find {rustc:?} on PATH"))?;
+    // The key is the same whatever absolute output path `distc build` passes.
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let (_, args) = build_args(file, flags, tmp.path())?;
+    let (_, args) = build_args(file, flags, &tmp.path().join("out"))?;
     let job = match rustc::parse(&args, &|p| std::fs::read(p).ok()) {
         RustParsed::Compile(j) => *j,
         RustParsed::NotCompile => bail!("these flags make it no compile (e.g. --print)"),

@@ -734,10 +734,13 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
             let mode = fs::metadata(&path)
                 .map(|m| m.permissions().mode())
                 .unwrap_or(0o644);
-            // Executable wherever readable (the umask already shaped the read bits).
+            // Executable wherever readable (the umask already shaped the read bits); an
+            // executable left in place by `write_output` usually is already.
             let exec_bits = (mode & 0o444) >> 2;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode | exec_bits))
-                .map_err(|e| format!("cannot make {} executable: {e}", path.display()))?;
+            if mode | exec_bits != mode {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode | exec_bits))
+                    .map_err(|e| format!("cannot make {} executable: {e}", path.display()))?;
+            }
         }
     }
     Ok(())

@@ -44,13 +44,12 @@ pub fn write_output(path: &Path, data: &[u8]) -> io::Result<()> {
     if let Ok(md) = fs::symlink_metadata(path)
         && md.is_file()
     {
+        // Opened for reading only: the file may be an executable that is running, which
+        // cannot be opened for writing (ETXTBSY), and setting its times needs no more.
         if md.len() == data.len() as u64
-            && holds(path, data).unwrap_or(false)
-            && fs::File::options()
-                .write(true)
-                .open(path)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-                .is_ok()
+            && let Ok(f) = File::open(path)
+            && holds(&f, data).unwrap_or(false)
+            && f.set_modified(std::time::SystemTime::now()).is_ok()
         {
             return Ok(());
         }
@@ -62,10 +61,9 @@ pub fn write_output(path: &Path, data: &[u8]) -> io::Result<()> {
     write_atomic(path, data)
 }
 
-/// True when the file at `path` holds exactly `data`.
-fn holds(path: &Path, data: &[u8]) -> io::Result<bool> {
+/// True when the file `f` (read from its start) holds exactly `data`.
+fn holds(mut f: &File, data: &[u8]) -> io::Result<bool> {
     use std::io::Read;
-    let mut f = File::open(path)?;
     let mut buf = vec![0u8; 64 << 10];
     let mut at = 0;
     loop {
@@ -265,6 +263,38 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with(".distc-")), "{names:?}");
+    }
+
+    #[test]
+    fn a_running_executable_holding_the_bytes_is_left_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("sleeper");
+        let bytes = fs::read("/bin/sleep").unwrap();
+        fs::write(&exe, &bytes).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let ino = fs::metadata(&exe).unwrap().ino();
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        // spawn returns once the child has exec'd: it cannot be opened for writing now.
+        let busy = File::options().write(true).open(&exe).map(|_| ());
+        let same = write_output(&exe, &bytes);
+        let md = fs::metadata(&exe).unwrap();
+        // Other bytes replace it beside the running one.
+        let other = write_output(&exe, b"#!/bin/sh\n");
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(busy.map_err(|e| e.raw_os_error()), Err(Some(libc::ETXTBSY)));
+        same.unwrap();
+        assert_eq!(
+            md.ino(),
+            ino,
+            "an identical running executable was replaced"
+        );
+        assert_eq!(md.mode() & 0o777, 0o755);
+        other.unwrap();
+        assert_eq!(fs::read(&exe).unwrap(), b"#!/bin/sh\n");
+        assert!(running, "the replaced executable kept running");
     }
 
     #[test]

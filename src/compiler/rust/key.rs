@@ -1,6 +1,6 @@
 //! The key of a rustc compile: everything that can change what rustc writes, hashed.
 //!
-//! # Key inputs (RUST_FORMAT_VERSION 4)
+//! # Key inputs (RUST_FORMAT_VERSION 5)
 //! Each input is hashed on its own and labelled ([`crate::key::Inputs`]), so
 //! `distc inspect` can list them.
 //!
@@ -19,7 +19,9 @@
 //!    (`--remap-path-prefix`, `-C link-arg=…`, `-L native=…`) rewritten under the known roots
 //!    (see [`Normalizer`]). RUSTFLAGS reach rustc as arguments, so they are covered here.
 //! 5. `crate-root` — the crate root path relative to the working directory (it is recorded in
-//!    the output: `file!()`, panic locations); a relative `--out-dir`/`-o` too.
+//!    the output: `file!()`, panic locations); a relative `--out-dir`/`-o` too, and whether the
+//!    link output is named by `-o` (its stored name then differs: an entry of the other form
+//!    could not be replayed).
 //! 6. `sources` — every source file rustc's own dep-info pass lists (modules,
 //!    `include_str!`/`include_bytes!`/`include!` files), each as normalised path + content
 //!    digest.
@@ -74,7 +76,9 @@ use crate::key::{Inputs, hash_list};
 /// a `--remap-path-prefix` of the working directory (see `crate::pipeline::rust`).
 /// 4: path-valued env-deps normalised (input 7); with `base_dir`, the target directory
 /// remapped too.
-pub const RUST_FORMAT_VERSION: u32 = 4;
+/// 5: input 5 says whether `-o` names the link output (`distc build FILE.rs` passes an
+/// absolute `-o`, which is otherwise not keyed, like an absolute `--out-dir`).
+pub const RUST_FORMAT_VERSION: u32 = 5;
 
 /// Errors computing a Rust key. Each one means "compile without the cache".
 #[derive(Debug, thiserror::Error)]
@@ -747,6 +751,9 @@ pub fn key_parts(ctx: &KeyContext<'_>, job: &RustJob) -> Result<KeyParts, RustKe
         if p.is_relative() {
             root.push(p.to_string_lossy().into_owned());
         }
+    }
+    if job.out_file.is_some() {
+        root.push("-o".to_string());
     }
     inputs.push_digest("crate-root", hash_list(root.iter().map(|s| s.as_bytes())));
     // 8.
