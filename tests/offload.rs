@@ -253,6 +253,37 @@ fn a_build_with_more_jobs_than_local_slots_compiles_on_the_idle_peer() {
     assert!(st.contains("Compile slots"), "{st}");
 }
 
+/// With every local slot taken for the whole build, four jobs at once for one remote slot
+/// (and the one it queues): each waits for the member's slot instead of compiling here.
+#[test]
+fn a_busy_machine_waits_for_the_members_slot_instead_of_compiling_locally() {
+    let Some((sb, one, two)) = two_machines() else {
+        return;
+    };
+    let cores = distc_peer::slots::cores();
+    let held: Vec<_> = (0..cores)
+        .map(|_| {
+            distc_peer::slots::take(&one.dir, cores)
+                .unwrap()
+                .expect("a free slot")
+        })
+        .collect();
+    let proj = sb.work.join("proj");
+    let n = 8;
+    write_project(&proj, n);
+    let out = make(&sb, &one, &proj, 4).output().unwrap();
+    assert_ok(&out, "make -j4 on a busy machine");
+    drop(held);
+    assert_eq!(
+        offloaded(&sb, &one.dir),
+        n as u64,
+        "every compile ran on machine two; its log:\n{}",
+        two.log()
+    );
+    assert_eq!(two.jobs_served(), n, "machine two's log lists its jobs");
+    assert_objects_match_plain_gcc(&sb, &proj, n);
+}
+
 #[test]
 fn killing_the_serving_peer_mid_build_still_finishes_the_build() {
     let Some((sb, one, mut two)) = two_machines() else {
@@ -417,14 +448,18 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
     let toolchain = distc_peer::toolchain::identify(scratch.path(), "gcc", &gcc).unwrap();
     let ask = |args: &[&str], source: &[u8], toolchain| {
         let mut c = distc_peer::ipc::IpcClient::connect(&one.dir, Duration::from_secs(30)).unwrap();
-        c.compile(distc_peer::offload::CompileRequest {
-            toolchain,
-            language: "cpp-output".into(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            cwd: dir.to_string_lossy().into_owned(),
-            env: Vec::new(),
-            name: "probe.c".into(),
-            source: distc_peer::protocol::Bytes(source.to_vec()),
+        c.compile(distc_peer::offload::Ask {
+            request: distc_peer::offload::CompileRequest {
+                toolchain,
+                language: "cpp-output".into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                cwd: dir.to_string_lossy().into_owned(),
+                env: Vec::new(),
+                name: "probe.c".into(),
+                source: distc_peer::protocol::Bytes(source.to_vec()),
+            },
+            wait_ms: 0,
+            local_cores: 1,
         })
         .unwrap()
         .1

@@ -354,7 +354,7 @@ struct PeerHandler {
     lookup_timeout: Duration,
     /// The serving side of remote compiles, and the asking side.
     server: Arc<Server>,
-    router: offload::Router,
+    router: Arc<offload::Router>,
     /// Keys whose fetch outlived the lookup that asked and goes on in the background.
     finishing: Arc<std::sync::Mutex<std::collections::HashSet<crate::key::Key>>>,
 }
@@ -543,8 +543,11 @@ impl PeerHandler {
                 let _ = self.shutdown.try_send(());
                 IpcResponse::Ok
             }
-            IpcRequest::Compile(req) => {
-                let (peer, response) = self.router.compile(&self.node, *req).await;
+            IpcRequest::Compile(ask) => {
+                let (peer, response) = self
+                    .router
+                    .compile(&self.node, self.server.distc_dir(), *ask)
+                    .await;
                 IpcResponse::Compiled {
                     peer: peer.map(|p| p.to_string()),
                     response,
@@ -693,6 +696,7 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
             .repair_loop(opts.gossip_interval * 3, Duration::from_secs(60)),
     );
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel(1);
+    let router = Arc::new(offload::Router::default());
     let handler = Arc::new(PeerHandler {
         node: node.clone(),
         mesh_key: key.map(psk::fingerprint),
@@ -700,10 +704,14 @@ async fn run_async(opts: PeerOptions) -> Result<(), DaemonError> {
         shutdown: shutdown_tx,
         lookup_timeout: opts.lookup_timeout,
         server: server.clone(),
-        router: offload::Router::default(),
+        router: router.clone(),
         finishing: Arc::default(),
     });
-    let slots_marker = tokio::spawn(offload::keep_slots_marker(node.clone(), server.clone()));
+    let slots_marker = tokio::spawn(offload::keep_slots_marker(
+        node.clone(),
+        server.clone(),
+        router,
+    ));
     // A serving peer's compilers: found before it answers anyone (identifying a new one runs
     // it), then every minute (a new install is served; unchanged ones are memoised by stat).
     if server.enabled() {

@@ -26,7 +26,7 @@ use crate::report::{FlushReport, OwnerInfo, StatusReport};
 pub const SOCKET_NAME: &str = "peer.sock";
 /// Version of the local protocol; a mismatch makes the client treat the peer as absent.
 /// 2: the status report names the trust policy and refused entries; `SetTrust`.
-pub const IPC_VERSION: u32 = 4;
+pub const IPC_VERSION: u32 = 5;
 /// Largest frame either side accepts. The socket is owner-only, but a frame is still
 /// length-checked and read into a buffer that grows with the bytes received.
 pub const MAX_FRAME: usize = 1 << 30;
@@ -109,9 +109,9 @@ pub enum IpcRequest {
     /// Replace the trust policy (`distc mesh trust|distrust`); the peer drops the entries of
     /// producers it no longer accepts.
     SetTrust(crate::trust::TrustPolicy),
-    /// Have a member compile this ([`crate::offload`]); answered when it is compiled, refused
-    /// or every try failed.
-    Compile(Box<crate::offload::CompileRequest>),
+    /// Have a member compile this ([`crate::offload`]); answered when it is compiled, refused,
+    /// every try failed, or the wait for a slot ended.
+    Compile(Box<crate::offload::Ask>),
     /// Compile slots here and in the mesh (`distc slots`).
     Slots,
 }
@@ -297,13 +297,13 @@ impl IpcClient {
         }
     }
 
-    /// Has a member compile `req`; the timeout of this call must cover a remote compile
-    /// ([`crate::offload::REMOTE_TIMEOUT`]).
+    /// Has a member compile `ask.request`; the timeout of this call must cover the wait for
+    /// a slot and a remote compile ([`crate::offload::REMOTE_TIMEOUT`]).
     pub fn compile(
         &mut self,
-        req: crate::offload::CompileRequest,
+        ask: crate::offload::Ask,
     ) -> Result<(Option<String>, crate::offload::CompileResponse), IpcError> {
-        match self.call(&IpcRequest::Compile(Box::new(req)))? {
+        match self.call(&IpcRequest::Compile(Box::new(ask)))? {
             IpcResponse::Compiled { peer, response } => Ok((peer, response)),
             _ => Err(IpcError::Unexpected),
         }

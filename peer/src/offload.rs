@@ -24,11 +24,12 @@
 //! [`crate::codec`], refused over its limit before anything is read into memory.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::prelude::*;
 use libp2p::{PeerId, StreamProtocol};
@@ -42,7 +43,8 @@ use crate::slots::{self, SlotAdvert};
 use crate::toolchain::{self, MAX_TOOLCHAINS, ToolchainId};
 
 /// The protocol's name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/compile/1.0.0");
+/// (1.1.0: a result says how many slots the server has free for its requester.)
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/compile/1.1.0");
 
 /// Largest request (the preprocessed source and a little more).
 pub const MAX_REQUEST: usize = 64 << 20;
@@ -84,6 +86,12 @@ pub struct CompileResult {
     pub stderr: Bytes,
     /// The object (empty unless the compile succeeded).
     pub object: Bytes,
+    /// Jobs the server would take from this requester right after this one: its slots for
+    /// guests and the one it queues ([`QUEUED`]), minus the other requesters' jobs. The
+    /// requester's own jobs still there are counted as free, so what the requester may
+    /// send now is this minus what it has in flight there — known as each job ends, where
+    /// slot adverts take a probe period or more to arrive.
+    pub free: u32,
 }
 
 /// Why a compile was not run.
@@ -108,6 +116,10 @@ pub enum Refusal {
     /// Said by the requester's own peer: no member has the compiler and a free slot.
     #[error("no member has this compiler and a free slot")]
     NoSlot,
+    /// Said by the requester's own peer while it waited for a member's slot: one of its own
+    /// machine's compile slots came free first (compile there).
+    #[error("a local compile slot came free")]
+    LocalSlotFree,
 }
 
 /// The answer to a [`CompileRequest`].
@@ -295,9 +307,34 @@ pub struct Server {
     opts: ServeOptions,
     why_not: Option<String>,
     toolchains: RwLock<BTreeMap<ToolchainId, PathBuf>>,
-    /// Guests' compiles running now.
-    guests: AtomicUsize,
+    /// Guests' compiles admitted (running or queued), by requester.
+    guests: Mutex<Guests>,
+    /// Signalled when a guest's compile ends (a queued one may start).
+    ended: Condvar,
 }
+
+/// The guests' compiles a server holds.
+#[derive(Debug, Default)]
+struct Guests {
+    /// Admitted (running or queued) per requester.
+    by_peer: HashMap<PeerId, usize>,
+    /// Running now.
+    running: usize,
+}
+
+impl Guests {
+    fn admitted(&self) -> usize {
+        self.by_peer.values().sum()
+    }
+}
+
+/// Guests' compiles a server queues beyond its free slots: one, so that the next job's
+/// transfer overlaps the running compile and the slot never waits for the network.
+pub const QUEUED: usize = 1;
+
+/// How long a queued guest's compile waits for a slot before it is refused as busy (the
+/// owner's own build took the slots meanwhile).
+pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 impl Server {
     pub fn new(opts: ServeOptions) -> Server {
@@ -305,7 +342,8 @@ impl Server {
             why_not: opts.why_not.clone(),
             opts,
             toolchains: RwLock::default(),
-            guests: AtomicUsize::new(0),
+            guests: Mutex::default(),
+            ended: Condvar::new(),
         }
     }
 
@@ -319,6 +357,11 @@ impl Server {
 
     pub fn cores(&self) -> usize {
         self.opts.cores
+    }
+
+    /// `$DISTC_DIR` of this peer (where its machine's compile slots are).
+    pub fn distc_dir(&self) -> &Path {
+        &self.opts.distc_dir
     }
 
     /// Finds this machine's compilers again (blocking: it may run each one once).
@@ -348,6 +391,10 @@ impl Server {
         slots::running(&self.opts.distc_dir, self.opts.cores)
     }
 
+    fn guests(&self) -> std::sync::MutexGuard<'_, Guests> {
+        self.guests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Slots free for guests: cores minus the owner's compiles minus the guests'.
     pub fn free(&self) -> usize {
         if !self.opts.enabled {
@@ -356,7 +403,32 @@ impl Server {
         self.opts
             .cores
             .saturating_sub(self.local_running())
-            .saturating_sub(self.guests.load(Ordering::Relaxed))
+            .saturating_sub(self.guests().admitted())
+    }
+
+    /// How many guests' compiles may be admitted when the owner runs `local`: the slots
+    /// it leaves free, and [`QUEUED`] more when it leaves any.
+    fn admissible(&self, local: usize) -> usize {
+        match self.opts.cores.saturating_sub(local) {
+            0 => 0,
+            n => n + QUEUED,
+        }
+    }
+
+    /// What [`CompileResult::free`] says to `from`: the jobs admissible now minus the other
+    /// requesters' ones.
+    pub fn free_for(&self, from: &PeerId) -> usize {
+        if !self.opts.enabled {
+            return 0;
+        }
+        let others: usize = self
+            .guests()
+            .by_peer
+            .iter()
+            .filter(|(p, _)| *p != from)
+            .map(|(_, n)| n)
+            .sum();
+        self.admissible(self.local_running()).saturating_sub(others)
     }
 
     /// This peer's advert.
@@ -378,7 +450,11 @@ impl Server {
     pub fn serve(&self, from: &PeerId, req: CompileRequest) -> CompileResponse {
         let started = Instant::now();
         let name = req.name.clone();
-        let r = self.try_serve(req);
+        let mut queued = Duration::ZERO;
+        let r = self.try_serve(from, req, &mut queued).map(|mut done| {
+            done.free = self.free_for(from) as u32;
+            done
+        });
         let c = counters();
         match &r {
             Ok(done) => {
@@ -388,6 +464,7 @@ impl Server {
                     source = %name,
                     exit = done.exit_code,
                     ms = started.elapsed().as_millis() as u64,
+                    queued_ms = queued.as_millis() as u64,
                     "compiled a job for a peer"
                 );
             }
@@ -402,7 +479,13 @@ impl Server {
         }
     }
 
-    fn try_serve(&self, req: CompileRequest) -> Result<CompileResult, Refusal> {
+    /// Runs one guest's compile; `queued` is set to the time it waited for a slot.
+    fn try_serve(
+        &self,
+        from: &PeerId,
+        req: CompileRequest,
+        queued: &mut Duration,
+    ) -> Result<CompileResult, Refusal> {
         if !self.opts.enabled {
             return Err(Refusal::NotServing);
         }
@@ -426,7 +509,9 @@ impl Server {
             t.get(&req.toolchain).cloned()
         }
         .ok_or(Refusal::UnknownCompiler)?;
-        let _guest = self.claim().ok_or(Refusal::Busy)?;
+        let waited = Instant::now();
+        let _guest = self.claim(from).ok_or(Refusal::Busy)?;
+        *queued = waited.elapsed();
         let job = sandbox::Job {
             compiler: &compiler,
             language: &req.language,
@@ -442,33 +527,68 @@ impl Server {
             stdout: Bytes(done.stdout),
             stderr: Bytes(done.stderr),
             object: Bytes(done.object.unwrap_or_default()),
+            free: 0,
         })
     }
 
-    /// A guest slot, if one is free now; given back on drop.
-    fn claim(&self) -> Option<GuestSlot<'_>> {
-        let local = self.local_running();
-        let mut cur = self.guests.load(Ordering::Relaxed);
+    /// A guest slot for `from`: admitted when a slot is free or the queue has room (else
+    /// `None`: busy), then waits until it may run — a slot the owner's compiles and the
+    /// other guests leave free — for at most [`QUEUE_WAIT`]. Given back on drop.
+    fn claim(&self, from: &PeerId) -> Option<GuestSlot<'_>> {
+        let mut g = self.guests();
+        if g.admitted() >= self.admissible(self.local_running()) {
+            return None;
+        }
+        *g.by_peer.entry(*from).or_default() += 1;
+        let mut slot = GuestSlot {
+            server: self,
+            from: *from,
+            running: false,
+        };
+        let deadline = Instant::now() + QUEUE_WAIT;
         loop {
-            if local + cur >= self.opts.cores {
+            // The owner's compiles are not signalled: looked at again every 20 ms.
+            if g.running + self.local_running() < self.opts.cores {
+                g.running += 1;
+                slot.running = true;
+                return Some(slot);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(g);
                 return None;
             }
-            match self
-                .guests
-                .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(GuestSlot(&self.guests)),
-                Err(now) => cur = now,
-            }
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            g = self
+                .ended
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
 
-struct GuestSlot<'a>(&'a AtomicUsize);
+/// A guest's admitted compile: its place among the admitted, and its slot once running.
+struct GuestSlot<'a> {
+    server: &'a Server,
+    from: PeerId,
+    running: bool,
+}
 
 impl Drop for GuestSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut g = self.server.guests();
+        if self.running {
+            g.running = g.running.saturating_sub(1);
+        }
+        if let Some(n) = g.by_peer.get_mut(&self.from) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.by_peer.remove(&self.from);
+            }
+        }
+        drop(g);
+        self.server.ended.notify_all();
     }
 }
 
@@ -560,17 +680,21 @@ impl libp2p::request_response::Codec for OffloadCodec {
     }
 }
 
-/// The file in `$DISTC_DIR` where the peer keeps the number of guest slots members offer now
-/// (for compilers of this machine), so a busy wrapper knows with one read whether asking can
-/// help.
+/// The file in `$DISTC_DIR` where the peer keeps how many jobs members would take from this
+/// machine now ([`Router::capacity`]: for compilers of this machine, this peer's jobs in
+/// flight counted as taken), so a busy wrapper knows with one read whether asking can help.
 pub const SLOTS_MARKER: &str = "peer.slots";
 
-/// Keeps [`SLOTS_MARKER`] up to date (every 500 ms, written only on a change).
-pub async fn keep_slots_marker(node: crate::node::Node, server: std::sync::Arc<Server>) {
+/// Keeps [`SLOTS_MARKER`] up to date (every 100 ms, written only on a change).
+pub async fn keep_slots_marker(
+    node: crate::node::Node,
+    server: std::sync::Arc<Server>,
+    router: std::sync::Arc<Router>,
+) {
     let path = server.opts.distc_dir.join(SLOTS_MARKER);
     let mut last = None;
     loop {
-        let n = report(&node, Some(&server)).usable() - server.cores() as u32;
+        let n = router.capacity(&node, &server.toolchains());
         if last != Some(n) {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             if std::fs::write(&tmp, format!("{n}\n")).is_ok()
@@ -579,89 +703,187 @@ pub async fn keep_slots_marker(node: crate::node::Node, server: std::sync::Arc<S
                 last = Some(n);
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// How long one remote compile may take, from the request to the answer.
-pub const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Members asked one after the other for one compile, at most.
 const ATTEMPTS: usize = 3;
 
-/// The asking side in the requester's peer: picks members and counts what is in flight to
-/// each, so that compiles sent at once spread over the free slots instead of all going to
-/// the same one before its next advert.
+/// How long what a member's answer said about its slots ([`CompileResult::free`]) is
+/// believed over its adverts, which lag by a probe period or more; after a busy refusal, for
+/// a shorter time (another requester's job may end any moment).
+const LEARNED_FOR: Duration = Duration::from_secs(5);
+const BUSY_FOR: Duration = Duration::from_millis(500);
+
+/// How often a waiting request looks again for a member's slot and for a free local slot
+/// (an answer from a member wakes it at once).
+const WAIT_POLL: Duration = Duration::from_millis(10);
+
+/// What a wrapper asks its own peer ([`crate::ipc::IpcRequest::Compile`]): a compile for a
+/// member, and how long to wait for a member's slot when none is free now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ask {
+    pub request: CompileRequest,
+    /// At most this long (ms); 0 asks once. The wait ends early, with
+    /// [`Refusal::LocalSlotFree`], when a compile slot of this machine comes free.
+    pub wait_ms: u32,
+    /// The wrapper's cores (its slots in `compile.slots`; `taskset` narrows them).
+    pub local_cores: u32,
+}
+
+/// The asking side in the requester's peer: picks members, counts what is in flight to
+/// each, and keeps what each member's last answer said about its slots, so that compiles
+/// sent at once spread over the free slots and a slot that comes free is used at once.
 #[derive(Debug, Default)]
 pub struct Router {
-    inflight: std::sync::Mutex<std::collections::HashMap<PeerId, u32>>,
+    state: Mutex<RouterState>,
+    /// Woken when an answer comes back (a slot may be free).
+    answered: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct RouterState {
+    /// This peer's compiles in flight, per member.
+    inflight: HashMap<PeerId, u32>,
+    /// Per member: the jobs it would take from us ([`CompileResult::free`]) and until when
+    /// that is believed.
+    learned: HashMap<PeerId, (u32, Instant)>,
 }
 
 impl Router {
+    fn state(&self) -> std::sync::MutexGuard<'_, RouterState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn adjust(&self, peer: PeerId, delta: i32) {
-        let mut m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(peer).or_default();
+        let mut st = self.state();
+        let n = st.inflight.entry(peer).or_default();
         *n = n.saturating_add_signed(delta);
         if *n == 0 {
-            m.remove(&peer);
+            st.inflight.remove(&peer);
         }
     }
 
-    /// The adverts with what this peer already sent to each taken off.
+    fn learn(&self, peer: PeerId, free: u32, valid: Duration) {
+        self.state()
+            .learned
+            .insert(peer, (free, Instant::now() + valid));
+    }
+
+    /// Every routable member's advert with `free` replaced by what this peer may send it
+    /// now: what its last answer said (while believed) or its advert, minus what is in
+    /// flight to it.
     fn adverts(&self, node: &crate::node::Node) -> Vec<(PeerId, SlotAdvert)> {
         let v = node.view();
-        let m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state();
+        let now = Instant::now();
+        st.learned.retain(|_, (_, until)| *until > now);
         v.slots
             .iter()
             .filter(|(p, _)| v.routable(p))
             .map(|(p, a)| {
                 let mut a = a.clone();
-                a.free = a.free.saturating_sub(m.get(p).copied().unwrap_or(0));
+                let base = st.learned.get(p).map_or(a.free, |(free, _)| *free);
+                a.free = base.saturating_sub(st.inflight.get(p).copied().unwrap_or(0));
                 (*p, a)
             })
             .collect()
     }
 
-    /// Sends `req` to a member with the compiler and a free slot; a member that is busy, has
-    /// no such compiler, fails or cannot be reached is skipped for the next. Returns who
-    /// compiled it, or the last refusal ([`Refusal::NoSlot`] when no member was left).
+    /// How many jobs of this machine the members that serve one of `mine` would take:
+    /// what they say, this peer's jobs in flight to them counted as theirs (`peer.slots`).
+    pub fn capacity(&self, node: &crate::node::Node, mine: &[ToolchainId]) -> u32 {
+        let v = node.view();
+        let st = self.state();
+        let now = Instant::now();
+        v.slots
+            .iter()
+            .filter(|(p, a)| {
+                *p != v.me
+                    && v.routable(p)
+                    && (mine.is_empty() || a.toolchains.iter().any(|t| mine.contains(t)))
+            })
+            .map(|(p, a)| match st.learned.get(p) {
+                Some((free, until)) if *until > now => *free,
+                _ => a.free + st.inflight.get(p).copied().unwrap_or(0),
+            })
+            .sum()
+    }
+
+    /// Sends `ask.request` to a member with the compiler and a free slot; a member that is
+    /// busy, has no such compiler, fails or cannot be reached is skipped for the next. When
+    /// no member has a slot now but one has the compiler, waits for one up to
+    /// `ask.wait_ms`, and stops waiting with [`Refusal::LocalSlotFree`] as soon as one of
+    /// the `ask.local_cores` slots of `distc_dir` is free. Returns who compiled it, or the
+    /// last refusal ([`Refusal::NoSlot`] when no member was left).
     pub async fn compile(
         &self,
         node: &crate::node::Node,
-        req: CompileRequest,
+        distc_dir: &Path,
+        ask: Ask,
     ) -> (Option<PeerId>, CompileResponse) {
+        let req = ask.request;
         let me = node.view().me;
-        let mut tried = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(ask.wait_ms.into());
+        let mut skip = Vec::new();
+        let mut attempts = 0;
         let mut last = Refusal::NoSlot;
         let c = counters();
-        for _ in 0..ATTEMPTS {
-            let Some(peer) = pick(&self.adverts(node), &req.toolchain, &me, &tried) else {
-                break;
+        while attempts < ATTEMPTS {
+            let adverts = self.adverts(node);
+            let Some(peer) = pick(&adverts, &req.toolchain, &me, &skip) else {
+                let anyone = adverts.iter().any(|(p, a)| {
+                    *p != me && !skip.contains(p) && a.toolchains.contains(&req.toolchain)
+                });
+                if !anyone || Instant::now() >= deadline {
+                    break;
+                }
+                if slots::running(distc_dir, ask.local_cores as usize) < ask.local_cores as usize {
+                    return (None, CompileResponse::Refused(Refusal::LocalSlotFree));
+                }
+                let _ = tokio::time::timeout(WAIT_POLL, self.answered.notified()).await;
+                continue;
             };
-            tried.push(peer);
+            attempts += 1;
             self.adjust(peer, 1);
             c.sent.fetch_add(1, Ordering::Relaxed);
             let r = node.compile(peer, req.clone(), REMOTE_TIMEOUT).await;
             self.adjust(peer, -1);
+            match &r {
+                Ok(CompileResponse::Done(done)) => self.learn(peer, done.free, LEARNED_FOR),
+                Ok(CompileResponse::Refused(Refusal::Busy)) => {
+                    let mine = self.state().inflight.get(&peer).copied().unwrap_or(0);
+                    self.learn(peer, mine, BUSY_FOR);
+                }
+                _ => {}
+            }
+            self.answered.notify_waiters();
             match r {
                 Ok(CompileResponse::Done(done)) => {
                     c.returned.fetch_add(1, Ordering::Relaxed);
                     return (Some(peer), CompileResponse::Done(done));
                 }
-                // Another member may take what this one cannot; a request it found wrong
-                // every member would.
+                // A busy member may take the next try; another member may take what this one
+                // cannot; a request it found wrong every member would.
                 Ok(CompileResponse::Refused(why)) => match why {
-                    Refusal::Busy
-                    | Refusal::NotServing
-                    | Refusal::UnknownCompiler
-                    | Refusal::Sandbox(_) => {
+                    Refusal::Busy => {
                         tracing::debug!(%peer, "compile refused: {why}");
+                        last = why;
+                    }
+                    Refusal::NotServing | Refusal::UnknownCompiler | Refusal::Sandbox(_) => {
+                        tracing::debug!(%peer, "compile refused: {why}");
+                        skip.push(peer);
                         last = why;
                     }
                     other => return (Some(peer), CompileResponse::Refused(other)),
                 },
                 Err(e) => {
                     tracing::info!(%peer, source = %req.name, "remote compile failed: {e}");
+                    skip.push(peer);
                     last = Refusal::Sandbox(e.to_string());
                 }
             }
@@ -932,6 +1154,44 @@ mod tests {
         let claim = ((MAX_REQUEST + 1) as u32).to_le_bytes();
         let e = block_on(c.read_request(&PROTOCOL, &mut &claim[..])).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_server_queues_one_job_beyond_its_slots_and_yields_to_its_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let server = Server::new(ServeOptions {
+            distc_dir: d.path().to_path_buf(),
+            enabled: true,
+            isolation: Isolation::None,
+            limits: Limits::default(),
+            cores: 1,
+            path: Default::default(),
+            why_not: None,
+        });
+        let (p1, p2, p3) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert_eq!((server.free(), server.free_for(&p1)), (1, 2));
+        let running = server.claim(&p1).expect("a free slot");
+        assert!(running.running);
+        // The slot is taken; one more job is queued, for whoever asks.
+        assert_eq!(server.free(), 0);
+        assert_eq!((server.free_for(&p1), server.free_for(&p2)), (2, 1));
+        std::thread::scope(|scope| {
+            let queued = scope.spawn(|| server.claim(&p2).map(|g| g.running));
+            while server.guests().admitted() < 2 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(server.claim(&p3).is_none(), "a second job queued");
+            assert_eq!(server.free_for(&p3), 0);
+            drop(running);
+            assert_eq!(queued.join().unwrap(), Some(true), "the queued job runs");
+        });
+        assert_eq!(server.guests().admitted(), 0);
+        // The owner's compile takes the core: nothing is admitted, nothing is offered.
+        let owner = slots::take(d.path(), 1).unwrap().expect("owner's slot");
+        assert!(server.claim(&p1).is_none());
+        assert_eq!((server.free(), server.free_for(&p1)), (0, 0));
+        drop(owner);
+        assert!(server.claim(&p1).is_some());
     }
 
     #[test]

@@ -178,15 +178,6 @@ impl Board {
         out.sort_by_key(|(p, _)| *p);
         out
     }
-
-    /// Takes one guest slot of `peer` off the board until its next advert (so that compiles
-    /// sent at once do not all go to the same slot).
-    pub fn claim(&self, peer: &PeerId) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((a, _)) = m.get_mut(peer) {
-            a.free = a.free.saturating_sub(1);
-        }
-    }
 }
 
 /// The key foca keeps a broadcast under: a newer advert of a peer invalidates its older ones.

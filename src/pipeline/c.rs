@@ -3,6 +3,7 @@
 //! direct and depend mode, manifests shared in a mesh) and whose results are the object and
 //! the dependency file.
 
+use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
@@ -123,6 +124,18 @@ pub(crate) struct CFamily<'a> {
     /// (not in the key) and a replay to anything else strips the colour sequences.
     auto_colour: bool,
     stderr_is_tty: bool,
+    /// `offload` is on: a miss may compile on a member while this machine is busy.
+    offload: bool,
+    /// The key's preprocessor output and dependency file, kept for an offload
+    /// ([`CFamily::full_key`] keeps them when one is likely).
+    kept: RefCell<Option<Kept>>,
+}
+
+/// What the key's preprocessor run left for an offload.
+struct Kept {
+    output: fingerprint::KeptOutput,
+    /// The dependency file it wrote (when the compile writes one).
+    dep: Option<crate::util::Scratch>,
 }
 
 /// Where depend mode finds the headers a compile read: the job's own `-MD` file, or ours.
@@ -160,7 +173,56 @@ impl<'a> CFamily<'a> {
             started,
             auto_colour,
             stderr_is_tty: auto_colour && stderr_is_tty,
+            offload: cfg.offload,
+            kept: RefCell::new(None),
         })
+    }
+
+    /// The languages a member compiles this in (`-x` of the preprocessed source, and of the
+    /// source), when it can: C and C++ without debug info (with it, the line table of
+    /// preprocessed input has the columns of expanded macros: not byte-identical).
+    fn remote_languages(&self) -> Option<(&'static str, &'static str)> {
+        use compiler::Language;
+        if self.job.debug_info {
+            return None;
+        }
+        match self.job.language {
+            Language::C => Some(("cpp-output", "c")),
+            Language::Cxx => Some(("c++-cpp-output", "c++")),
+            _ => None,
+        }
+    }
+
+    /// The options that make a preprocessor run write this compile's dependency file at
+    /// `path` (none without one); `None` when it cannot ([`dependency_args`]).
+    fn remote_dep_args(&self, path: &Path) -> Option<Vec<OsString>> {
+        match &self.job.dep_file {
+            Some(dep) => {
+                dependency_args(&self.job.args, path, dep.explicit_target, &self.job.output)
+            }
+            None => Some(Vec::new()),
+        }
+    }
+
+    /// Whether the key's preprocessor run should keep its output for an offload, and with
+    /// which dependency-file options and scratch file: only when an offload could follow
+    /// (`offload` on, a compile a member can take, an active mesh whose members would take
+    /// jobs), so other compiles pay nothing.
+    fn keep_for_offload(&self) -> Option<(Vec<OsString>, Option<crate::util::Scratch>)> {
+        if !self.offload || self.remote_languages().is_none() {
+            return None;
+        }
+        let dir = &self.ctx.distc_dir;
+        if !distc_peer::ipc::mesh_active(dir) || super::offload::remote_slots(dir) == 0 {
+            return None;
+        }
+        match &self.job.dep_file {
+            Some(_) => {
+                let scratch = crate::util::Scratch::new("distc-dep-", ".d").ok()?;
+                Some((self.remote_dep_args(scratch.path())?, Some(scratch)))
+            }
+            None => Some((Vec::new(), None)),
+        }
     }
 
     pub fn context(&self) -> &Context<'a> {
@@ -269,9 +331,22 @@ impl Family for CFamily<'_> {
         Ok((fp.key, fp))
     }
 
+    /// The preprocessor run of the key; when an offload could follow, its output and the
+    /// dependency file it wrote are kept for it (the preprocessor then runs once).
     fn full_key(&self) -> Result<(Key, Fingerprint), NoKey> {
-        match fingerprint::preprocessor_fingerprint(&self.ctx, &self.job, &self.common) {
-            Ok(fp) => Ok((fp.key, fp)),
+        let keep = self.keep_for_offload();
+        match fingerprint::preprocessor_fingerprint_keeping(
+            &self.ctx,
+            &self.job,
+            &self.common,
+            keep.as_ref().map(|(args, _)| args.as_slice()),
+        ) {
+            Ok((fp, kept)) => {
+                if let (Some(output), Some((_, dep))) = (kept, keep) {
+                    *self.kept.borrow_mut() = Some(Kept { output, dep });
+                }
+                Ok((fp.key, fp))
+            }
             Err(fingerprint::PreprocessError::Unlisted(label)) => Err(NoKey::uncacheable(label)),
             Err(e) => {
                 // The compile will fail the same way and say why; nothing to cache.
@@ -357,40 +432,32 @@ impl Family for CFamily<'_> {
         write_streams(&bundle.stdout, &bundle.stderr, self.strip_colours());
     }
 
-    /// C and C++ without debug info: with it, the line table of preprocessed input has the
-    /// columns of expanded macros (not byte-identical). A dependency file is written by the
-    /// preprocessor run here, with the compile's own dependency options.
-    fn offload(&self, distc_dir: &Path) -> Option<Finished> {
-        use compiler::Language;
-        let (language, source_language) = match self.job.language {
-            Language::C => ("cpp-output", "c"),
-            Language::Cxx => ("c++-cpp-output", "c++"),
-            _ => return None,
-        };
-        if self.job.debug_info {
-            return None;
-        }
-        let dep_args = match &self.job.dep_file {
-            Some(dep) => dependency_args(
-                &self.job.args,
-                &dep.path,
-                dep.explicit_target,
-                &self.job.output,
-            )?,
-            None => Vec::new(),
-        };
-        super::offload::compile(&super::offload::Offer {
-            distc_dir,
-            runner: self.ctx.runner,
-            compiler: &self.ctx.compiler,
-            language,
-            cpp_args: &self.job.cpp_args,
-            dep_args: &dep_args,
-            source_language,
-            source: &self.job.source,
-            cwd: &self.ctx.cwd,
-            output: &self.job.output,
-        })
+    /// C and C++ without debug info ([`CFamily::remote_languages`]). The source sent is the
+    /// key's preprocessor output when it was kept, with the dependency file that run wrote;
+    /// otherwise the preprocessor runs again, writing the compile's dependency file.
+    fn offload(&self, distc_dir: &Path, take_local: &mut dyn FnMut() -> bool) -> Option<Finished> {
+        let (language, source_language) = self.remote_languages()?;
+        let dep_file = self.job.dep_file.as_ref().map(|d| d.path.as_path());
+        let dep_args = self.remote_dep_args(dep_file.unwrap_or(Path::new("")))?;
+        let kept = self.kept.borrow();
+        super::offload::compile(
+            &super::offload::Offer {
+                distc_dir,
+                runner: self.ctx.runner,
+                compiler: &self.ctx.compiler,
+                language,
+                cpp_args: &self.job.cpp_args,
+                preprocessed: kept.as_ref().map(|k| &k.output),
+                kept_dep: kept.as_ref().and_then(|k| k.dep.as_ref()).map(|d| d.path()),
+                dep_file,
+                dep_args: &dep_args,
+                source_language,
+                source: &self.job.source,
+                cwd: &self.ctx.cwd,
+                output: &self.job.output,
+            },
+            take_local,
+        )
     }
 }
 

@@ -99,7 +99,13 @@ pub(crate) trait Family {
     fn log(&self, _outcome: &Outcome) {}
     /// Compiles on a mesh member instead of here ([`offload`]), when the family can; `Some`
     /// only for a clean success with its outputs written where a local compile writes them.
-    fn offload(&self, _distc_dir: &Path) -> Option<Finished> {
+    /// While it waits for a member's slot, a local one may come free: `take_local` takes it
+    /// (true), and the family then returns `None` to compile here.
+    fn offload(
+        &self,
+        _distc_dir: &Path,
+        _take_local: &mut dyn FnMut() -> bool,
+    ) -> Option<Finished> {
         None
     }
     /// Why this compile cannot be expected to give the same bytes on another machine (the
@@ -255,17 +261,26 @@ impl Pipeline<'_> {
         let cmd = f.command(depend);
         // One local slot per running compile: with all of them taken the machine is busy,
         // and an idle member may compile this instead.
-        let slot = distc_peer::slots::take(&self.cfg.dir, distc_peer::slots::cores());
-        let remote = match &slot {
-            Ok(None)
-                if depend.is_none()
-                    && self.cfg.offload
-                    && self.cache.mesh_active()
-                    && offload::remote_slots(&self.cfg.dir) > 0 =>
-            {
-                f.offload(&self.cfg.dir)
-            }
-            _ => None,
+        let cores = distc_peer::slots::cores();
+        let mut slot = distc_peer::slots::take(&self.cfg.dir, cores);
+        let remote = if matches!(slot, Ok(None))
+            && depend.is_none()
+            && self.cfg.offload
+            && self.cache.mesh_active()
+            && offload::remote_slots(&self.cfg.dir) > 0
+        {
+            // A wait for a member's slot ends as soon as a local one is free: then it is
+            // held for the local compile.
+            let mut take_local = || match distc_peer::slots::take(&self.cfg.dir, cores) {
+                Ok(Some(s)) => {
+                    slot = Ok(Some(s));
+                    true
+                }
+                _ => false,
+            };
+            f.offload(&self.cfg.dir, &mut take_local)
+        } else {
+            None
         };
         if remote.is_some() {
             self.cache.count(Event::Offloaded);

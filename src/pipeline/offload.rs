@@ -16,7 +16,7 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use distc_peer::ipc::IpcClient;
 use distc_peer::offload::{self as remote, CompileRequest, CompileResponse};
@@ -24,6 +24,7 @@ use distc_peer::protocol::Bytes;
 use distc_peer::toolchain::ToolchainId;
 
 use super::{Command, Finished, Runner};
+use crate::compiler::c::key::KeptOutput;
 
 /// The file in `$DISTC_DIR` where the local peer keeps the number of slots members offer now
 /// (written by the peer; absent or `0`: nobody to send to, nothing is tried).
@@ -85,6 +86,10 @@ fn locale_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// How long a busy wrapper waits for a slot — a member's or one of its own machine's,
+/// whichever comes free first — before it compiles here anyway.
+pub(crate) const OFFLOAD_WAIT: Duration = Duration::from_secs(30);
+
 /// One compile to offer to the mesh.
 pub(crate) struct Offer<'a> {
     pub distc_dir: &'a Path,
@@ -95,6 +100,13 @@ pub(crate) struct Offer<'a> {
     pub language: &'static str,
     /// The preprocessor command line (without `-E`, `-x` and the source).
     pub cpp_args: &'a [OsString],
+    /// What the key's preprocessor run printed, when it kept it (its dependency file is
+    /// then in `kept_dep`); otherwise the preprocessor runs again here, with `dep_args`.
+    pub preprocessed: Option<&'a KeptOutput>,
+    /// Where the key's preprocessor run wrote the dependency file, copied to `dep_file`.
+    pub kept_dep: Option<&'a Path>,
+    /// The compile's dependency file.
+    pub dep_file: Option<&'a Path>,
     /// Options that make the preprocessor run write the compile's dependency file.
     pub dep_args: &'a [OsString],
     /// `-x` of the source as compiled here (`c`, `c++`).
@@ -106,8 +118,10 @@ pub(crate) struct Offer<'a> {
 }
 
 /// Compiles `offer` on a member. `Some` only for a clean success whose object is written to
-/// `offer.output`; `None` means: compile here (the reason is logged).
-pub(crate) fn compile(offer: &Offer) -> Option<Finished> {
+/// `offer.output`; `None` means: compile here (the reason is logged). When no member has a
+/// slot now, waits for one up to [`OFFLOAD_WAIT`]; when one of this machine's slots comes
+/// free first, `take_local` is called, and `None` returned if it took it.
+pub(crate) fn compile(offer: &Offer, take_local: &mut dyn FnMut() -> bool) -> Option<Finished> {
     let why_not = |why: &str| {
         tracing::debug!(source = %offer.source.display(), "compiled here: {why}");
         None
@@ -127,21 +141,27 @@ pub(crate) fn compile(offer: &Offer) -> Option<Finished> {
     let Some(cwd) = offer.cwd.to_str() else {
         return why_not("the working directory is not text");
     };
-    let mut pp = offer.cpp_args.to_vec();
-    pp.extend(offer.dep_args.iter().cloned());
-    pp.extend([
-        "-E".into(),
-        "-x".into(),
-        offer.source_language.into(),
-        offer.source.as_os_str().to_owned(),
-    ]);
-    let pre = match offer.runner.output(&Command {
-        null_stdin: true,
-        ..Command::new(offer.compiler, pp)
-    }) {
-        Ok(p) if p.success && p.stderr.is_empty() => p.stdout,
-        Ok(_) => return why_not("the preprocessor failed or warned"),
-        Err(e) => return why_not(&format!("cannot run the preprocessor: {e}")),
+    let pre = match offer.preprocessed {
+        Some(k) if k.clean => k.text.clone(),
+        Some(_) => return why_not("the preprocessor warned"),
+        None => {
+            let mut pp = offer.cpp_args.to_vec();
+            pp.extend(offer.dep_args.iter().cloned());
+            pp.extend([
+                "-E".into(),
+                "-x".into(),
+                offer.source_language.into(),
+                offer.source.as_os_str().to_owned(),
+            ]);
+            match offer.runner.output(&Command {
+                null_stdin: true,
+                ..Command::new(offer.compiler, pp)
+            }) {
+                Ok(p) if p.success && p.stderr.is_empty() => p.stdout,
+                Ok(_) => return why_not("the preprocessor failed or warned"),
+                Err(e) => return why_not(&format!("cannot run the preprocessor: {e}")),
+            }
+        }
     };
     if let Err(e) = remote::check_preprocessed(&pre) {
         return why_not(&e.to_string());
@@ -155,22 +175,48 @@ pub(crate) fn compile(offer: &Offer) -> Option<Finished> {
         name: offer.source.display().to_string(),
         source: Bytes(pre),
     };
-    let answer = IpcClient::connect(offer.distc_dir, Duration::from_secs(1))
-        .and_then(|mut c| {
-            c.set_timeout(remote::REMOTE_TIMEOUT + Duration::from_secs(10))?;
+    let deadline = Instant::now() + OFFLOAD_WAIT;
+    let mut client =
+        match IpcClient::connect(offer.distc_dir, Duration::from_secs(1)).and_then(|mut c| {
+            c.set_timeout(remote::REMOTE_TIMEOUT + OFFLOAD_WAIT + Duration::from_secs(10))?;
             Ok(c)
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|mut c| c.compile(req).map_err(|e| e.to_string()));
-    let (peer, response) = match answer {
-        Ok(a) => a,
-        Err(e) => return why_not(&format!("local peer: {e}")),
+        }) {
+            Ok(c) => c,
+            Err(e) => return why_not(&format!("local peer: {e}")),
+        };
+    let local_cores = distc_peer::slots::cores() as u32;
+    let (peer, response) = loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let ask = remote::Ask {
+            request: req.clone(),
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            local_cores,
+        };
+        match client.compile(ask) {
+            Ok((_, CompileResponse::Refused(remote::Refusal::LocalSlotFree))) => {
+                if take_local() {
+                    return why_not("a local compile slot came free first");
+                }
+                // Another wrapper took it: wait on, while there is time.
+                if Instant::now() >= deadline {
+                    return why_not("no slot came free in time");
+                }
+            }
+            Ok(a) => break a,
+            Err(e) => return why_not(&format!("local peer: {e}")),
+        }
     };
     let peer = peer.unwrap_or_default();
     match response {
         CompileResponse::Done(r)
             if r.exit_code == 0 && r.stderr.0.is_empty() && !r.object.0.is_empty() =>
         {
+            if let (Some(from), Some(to)) = (offer.kept_dep, offer.dep_file) {
+                let copied = std::fs::read(from).and_then(|d| crate::util::write_output(to, &d));
+                if let Err(e) = copied {
+                    return why_not(&format!("cannot write {}: {e}", to.display()));
+                }
+            }
             if let Err(e) = crate::util::write_atomic(offer.output, &r.object.0) {
                 return why_not(&format!("cannot write {}: {e}", offer.output.display()));
             }

@@ -365,16 +365,33 @@ pub enum PreprocessError {
     Unlisted(&'static str),
 }
 
-/// Runs `compiler -E` with the job's preprocessor arguments and hashes its output.
-pub fn preprocess(ctx: &Context, job: &CompileJob) -> Result<Preprocessed, PreprocessError> {
+/// The output of a key's preprocessor run, kept to be sent to a member that compiles it
+/// ([`crate::pipeline`]'s offload), so an offloaded miss runs the preprocessor once.
+#[derive(Debug)]
+pub struct KeptOutput {
+    /// What `-E` printed.
+    pub text: Vec<u8>,
+    /// It printed nothing on stderr (a warning there would be lost on the member).
+    pub clean: bool,
+}
+
+/// Runs `compiler -E` with the job's preprocessor arguments and hashes its output. With
+/// `keep`, also runs with those extra arguments (the dependency file's, pointed elsewhere)
+/// and hands back what it printed.
+pub fn preprocess(
+    ctx: &Context,
+    job: &CompileJob,
+    keep: Option<&[OsString]>,
+) -> Result<(Preprocessed, Option<KeptOutput>), PreprocessError> {
     let mut args = job.cpp_args.clone();
+    args.extend(keep.unwrap_or_default().iter().cloned());
     args.extend(["-E".into(), "-x".into(), job.language.name().into()]);
     args.push(job.source.clone().into_os_string());
     let out = ctx
         .runner
         .output(&Command {
             null_stdin: true,
-            null_stderr: true,
+            null_stderr: keep.is_none(),
             ..Command::new(&ctx.compiler, args)
         })
         .map_err(|source| PreprocessError::Spawn {
@@ -385,10 +402,14 @@ pub fn preprocess(ctx: &Context, job: &CompileJob) -> Result<Preprocessed, Prepr
         return Err(PreprocessError::Failed(out.code));
     }
     let pp = hash_preprocessed(&out.stdout, &job.source, ctx.base_dir.as_deref(), &ctx.cwd);
-    match pp.unlisted {
-        Some(label) => Err(PreprocessError::Unlisted(label)),
-        None => Ok(pp),
+    if let Some(label) = pp.unlisted {
+        return Err(PreprocessError::Unlisted(label));
     }
+    let kept = keep.map(|_| KeptOutput {
+        clean: out.stderr.is_empty(),
+        text: out.stdout,
+    });
+    Ok((pp, kept))
 }
 
 /// Hashes preprocessor output, rewriting line-marker paths under `base_dir` and collecting the
@@ -610,9 +631,22 @@ pub fn preprocessor_fingerprint(
     job: &CompileJob,
     common: &Inputs,
 ) -> Result<Fingerprint, PreprocessError> {
+    preprocessor_fingerprint_keeping(ctx, job, common, None).map(|(fp, _)| fp)
+}
+
+/// [`preprocessor_fingerprint`], keeping the preprocessor's output as [`preprocess`] does
+/// with `keep` (`None` for a source the compiler does not preprocess).
+pub fn preprocessor_fingerprint_keeping(
+    ctx: &Context,
+    job: &CompileJob,
+    common: &Inputs,
+    keep: Option<&[OsString]>,
+) -> Result<(Fingerprint, Option<KeptOutput>), PreprocessError> {
     let mut inputs = common.clone();
+    let mut kept = None;
     let headers = if job.language.is_preprocessed_by_compiler() {
-        let pp = preprocess(ctx, job)?;
+        let (pp, k) = preprocess(ctx, job, keep)?;
+        kept = k;
         inputs.push_digest("preprocessed", pp.digest);
         pp.headers
     } else {
@@ -626,12 +660,13 @@ pub fn preprocessor_fingerprint(
         inputs.push("source", &bytes);
         Vec::new()
     };
-    Ok(Fingerprint {
+    let fp = Fingerprint {
         key: inputs.key(),
         inputs,
         headers,
         header_states: Vec::new(),
-    })
+    };
+    Ok((fp, kept))
 }
 
 // ---------------------------------------------------------------------------------------------
