@@ -299,12 +299,13 @@ impl DirectKey {
         let window = started.map_or_else(Window::unbounded, Window::since);
         let mut headers = Vec::with_capacity(deps.len());
         let mut states = Vec::with_capacity(deps.len());
+        let mut buf = HeaderBuf::new();
         let mut h = Sha256::new();
         for d in deps {
             if d == job.source {
                 continue;
             }
-            let state = header_state(&d, &window)?;
+            let state = header_state(&d, &window, &mut buf)?;
             let norm = fingerprint::rewrite_arg(d.as_os_str(), ctx.base_dir.as_deref(), &ctx.cwd);
             h.update((norm.len() as u64).to_le_bytes());
             h.update(norm.as_bytes());
@@ -427,29 +428,71 @@ fn localize(cwd: &Path, e: &Entry, window: &Window) -> Option<Entry> {
 
 /// Reads and hashes a header, then stats the open file: a change after the window's start
 /// (or during the read) shows in the stat, so the digest is what the compile that began then
-/// read.
-fn header_state(path: &Path, window: &Window) -> Result<HeaderState, &'static str> {
-    use std::io::Read;
+/// read. `buf` is reused from header to header: one allocation (and its page faults) for all
+/// of them, and no stat before the read to size it. A regular file's read comes back short only
+/// at its end, and the stat after it must give the length read, so four syscalls (open, read,
+/// fstat, close) do for a header smaller than the buffer.
+fn header_state(
+    path: &Path,
+    window: &Window,
+    buf: &mut HeaderBuf,
+) -> Result<HeaderState, &'static str> {
     let mut f = fs::File::open(path).map_err(|_| "unreadable-header")?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).map_err(|_| "unreadable-header")?;
+    let bytes = buf.read_whole(&mut f).map_err(|_| "unreadable-header")?;
     let md = f.metadata().map_err(|_| "unreadable-header")?;
     if md.len() != bytes.len() as u64 {
         return Err("header-modified");
     }
     let file =
-        FileRecord::new(Sha256::digest(&bytes).into(), &md, window).ok_or("header-modified")?;
-    if fingerprint::mentions_time_macros(&bytes) {
+        FileRecord::new(Sha256::digest(bytes).into(), &md, window).ok_or("header-modified")?;
+    if fingerprint::mentions_time_macros(bytes) {
         return Err("time-macro");
     }
     // No dependency output lists what this header makes the compile read: nothing to key.
-    if let Some(label) = fingerprint::unlisted_input(&bytes) {
+    if let Some(label) = fingerprint::unlisted_input(bytes) {
         return Err(label);
     }
     Ok(HeaderState {
         file,
-        has_include: fingerprint::has_include_names(&bytes),
+        has_include: fingerprint::has_include_names(bytes),
     })
+}
+
+/// A header buffer's first size: larger than nearly every header, so one read returns it all.
+/// Below the allocator's mmap threshold, so it comes from (and goes back to) the heap.
+const HEADER_BUF: usize = 64 << 10;
+
+/// A buffer for reading header after header.
+struct HeaderBuf(Vec<u8>);
+
+impl HeaderBuf {
+    fn new() -> HeaderBuf {
+        HeaderBuf(vec![0; HEADER_BUF])
+    }
+
+    /// Reads `f` to its end; a read that returns less than asked is taken as the end (the
+    /// caller's stat checks the length).
+    fn read_whole(&mut self, f: &mut fs::File) -> std::io::Result<&[u8]> {
+        use std::io::Read;
+        let mut filled = 0;
+        loop {
+            if filled == self.0.len() {
+                let len = self.0.len();
+                self.0.resize(len * 2, 0);
+            }
+            let asked = self.0.len() - filled;
+            match f.read(&mut self.0[filled..]) {
+                Ok(n) => {
+                    filled += n;
+                    if n < asked {
+                        return Ok(&self.0[..filled]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 fn entry_matches(cwd: &Path, e: &Entry) -> bool {
@@ -600,6 +643,7 @@ fn make_entry(
     };
     let window = Window::since(started);
     let known = fp.header_states.len() == fp.headers.len();
+    let mut buf: Option<HeaderBuf> = None;
     let mut out = Vec::with_capacity(fp.headers.len());
     // (directory of the file that tests it, name) for every `__has_include`.
     let mut tested: Vec<(PathBuf, Vec<u8>)> = Vec::new();
@@ -626,7 +670,7 @@ fn make_entry(
                 ..st
             }
         } else {
-            header_state(p, &window).ok()?
+            header_state(p, &window, buf.get_or_insert_with(HeaderBuf::new)).ok()?
         };
         let path = norm(p);
         for name in st.has_include? {
@@ -909,6 +953,40 @@ mod tests {
         // Too recent to trust: no guard.
         let (dirs, guarded) = guard_probes(d.path(), probes, (0, 0));
         assert!(dirs.is_empty() && guarded.iter().all(|p| p.guard == NO_GUARD));
+    }
+
+    #[test]
+    fn header_buffer_reads_whole_files_of_any_size() {
+        let d = tempfile::tempdir().unwrap();
+        let mut buf = HeaderBuf::new();
+        for size in [
+            0,
+            1,
+            4096,
+            HEADER_BUF - 1,
+            HEADER_BUF,
+            HEADER_BUF + 1,
+            3 * HEADER_BUF + 7,
+        ] {
+            let p = d.path().join(format!("h{size}.h"));
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            fs::write(&p, &data).unwrap();
+            let mut f = fs::File::open(&p).unwrap();
+            assert_eq!(
+                buf.read_whole(&mut f).unwrap(),
+                data.as_slice(),
+                "size {size}"
+            );
+        }
+        // After a large file, a small one is read whole and alone.
+        let p = d.path().join("small.h");
+        fs::write(&p, b"#define X 1\n").unwrap();
+        let st = header_state(&p, &Window::unbounded(), &mut buf).unwrap();
+        assert_eq!(
+            st.file.digest,
+            <[u8; 32]>::from(Sha256::digest(b"#define X 1\n"))
+        );
+        assert_eq!(st.file.size, 12);
     }
 
     #[test]
