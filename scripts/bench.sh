@@ -51,7 +51,7 @@ if [ $have_sccache = 1 ]; then "$sccache" --start-server >/dev/null 2>&1 || have
 # For distc that keeps $DISTC_DIR/compilers (the memoised compiler identity and include
 # directories, computed once per compiler install); ccache keeps no such state (it checks
 # the compiler by mtime), and sccache's server stays up.
-clear_caches="rm -rf $DISTC_DIR/store $DISTC_DIR/manifests $DISTC_DIR/misses $DISTC_DIR/locks $DISTC_DIR/key.locks $CCACHE_DIR && mkdir -p $CCACHE_DIR"
+clear_caches="rm -rf $DISTC_DIR/store $DISTC_DIR/manifests $DISTC_DIR/misses $DISTC_DIR/misses.log $DISTC_DIR/misses.log.old $DISTC_DIR/locks $DISTC_DIR/key.locks $CCACHE_DIR && mkdir -p $CCACHE_DIR"
 [ $have_sccache = 1 ] && clear_caches="$clear_caches && rm -rf $SCCACHE_DIR/*"
 
 # --- inputs --------------------------------------------------------------------------------

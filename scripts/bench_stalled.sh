@@ -53,7 +53,7 @@ budget_ms=${DISTC_PEER_TIMEOUT_MS:-500}
 
 # build DISTC_DIR: one cold `make -j2`; prints its wall and CPU (user + sys) time in ms.
 build() {
-  rm -rf "$1/store" "$1/manifests" "$1/misses" "$1/locks" "$1/key.locks" "$1/peer.unresponsive"
+  rm -rf "$1/store" "$1/manifests" "$1/misses" "$1/misses.log" "$1/misses.log.old" "$1/locks" "$1/key.locks" "$1/peer.unresponsive"
   make -s -C "$proj" clean
   DISTC_DIR="$1" /usr/bin/time -f '%e %U %S' -o "$work/time.txt" \
     make -s -C "$proj" -j2 CC="$bin gcc" >/dev/null 2>"$work/make.err" ||

@@ -46,7 +46,8 @@ pub struct Cache {
     source: std::cell::RefCell<String>,
 }
 
-/// Directories of `$DISTC_DIR` that grow with the store and are trimmed with it.
+/// Directories of `$DISTC_DIR` that grow with the store and are trimmed with it (`misses/`
+/// holds the miss records of distc before the miss log, `misses.log`, which bounds itself).
 const AUX_DIRS: &[&str] = &["manifests", "misses", "locks", "sources"];
 
 /// What a lookup found.

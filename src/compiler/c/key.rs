@@ -672,21 +672,25 @@ pub fn preprocessor_fingerprint_keeping(
 // ---------------------------------------------------------------------------------------------
 // Miss records: why did this compile miss?
 
-/// Where the inputs of the last stored result for (source, compiler) are recorded.
-fn miss_record_path(distc_dir: &Path, cwd: &Path, source: &Path, compiler: &Path) -> PathBuf {
+/// The log the inputs of the last stored result for each (source, compiler) are appended to
+/// (see [`crate::util::append_record`]), and the id of this source's records in it.
+fn miss_record(distc_dir: &Path, cwd: &Path, source: &Path, compiler: &Path) -> (PathBuf, String) {
     let abs = cwd.join(source);
     let id = hash_list([abs.as_os_str().as_bytes(), compiler.as_os_str().as_bytes()]);
-    distc_dir.join("misses").join(hex::encode(&id[..16]))
+    (distc_dir.join(MISS_LOG), hex::encode(&id[..16]))
 }
 
+/// The miss records' log in `$DISTC_DIR`.
+pub const MISS_LOG: &str = "misses.log";
+
 /// Records the inputs (and header digests) of a result just stored, so a later miss of the same
-/// source can say what changed. Best effort, rewritten in place (see
-/// [`crate::util::write_record`]).
+/// source can say what changed. Best effort: one line appended to the miss log.
 pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
-    let path = miss_record_path(&ctx.distc_dir, &ctx.cwd, source, &ctx.compiler);
+    use std::fmt::Write;
+    let (log, id) = miss_record(&ctx.distc_dir, &ctx.cwd, source, &ctx.compiler);
     let mut text = format!("key {}\n", fp.key);
     for i in &fp.inputs.items {
-        text.push_str(&format!("{} {}\n", hex::encode(i.digest), i.label));
+        let _ = writeln!(text, "{} {}", hex::encode(i.digest), i.label);
     }
     let known = fp.header_states.len() == fp.headers.len();
     for (i, hdr) in fp.headers.iter().enumerate() {
@@ -698,21 +702,17 @@ pub fn record_inputs(ctx: &Context, source: &Path, fp: &Fingerprint) {
                 Err(_) => continue,
             }
         };
-        text.push_str(&format!(
-            "{} header {}\n",
-            hex::encode(digest),
-            hdr.display()
-        ));
+        let _ = writeln!(text, "{} header {}", hex::encode(digest), hdr.display());
     }
-    crate::util::write_record(&path, text.as_bytes());
+    crate::util::append_record(&log, &id, &text);
 }
 
 /// What changed between the last stored result for this source and `fp`: a list of
 /// human-readable lines (`changed: args`, `changed: header inc/a.h`, `new: header b.h`), empty
 /// when nothing differs, `None` when there is no record.
 pub fn why_missed(ctx: &Context, source: &Path, fp: &Fingerprint) -> Option<Vec<String>> {
-    let path = miss_record_path(&ctx.distc_dir, &ctx.cwd, source, &ctx.compiler);
-    let text = fs::read_to_string(path).ok()?;
+    let (log, id) = miss_record(&ctx.distc_dir, &ctx.cwd, source, &ctx.compiler);
+    let text = crate::util::last_record(&log, &id)?;
     let mut old: Vec<(String, String)> = Vec::new();
     for line in text.lines().skip(1) {
         if let Some((d, label)) = line.split_once(' ') {
