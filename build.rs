@@ -2,22 +2,20 @@
 //!
 //! Every wrapped compile starts a fresh `distc` process, so what the dynamic loader does at
 //! start-up counts. A position-independent executable of this size carries ~12 000 relative
-//! relocations in ~250 KiB of read-only-after-relocation data (vtables, tables of the
-//! libraries it links): applying them writes every one of those pages, a copy-on-write page
-//! fault each (~60 per process), on every compile. So the binary is linked as a
-//! position-dependent executable (`-no-pie`) where the system's C compiler can link one: its
-//! addresses are fixed at link time and nothing is relocated. The cost is address-space
-//! randomisation of the executable itself (libraries, heap and stack stay randomised), the
-//! trade-off Go makes by default on Linux. `DISTC_PIE=1` at build time keeps a PIE, with packed
-//! relative relocations (`DT_RELR`, a table a hundredth of the size) where the linker and C
-//! library support them (binutils ≥ 2.38 / lld, glibc ≥ 2.36).
+//! relocations: applying them touches hundreds of KiB of pages, which shows up in the
+//! wrapper's peak memory and start-up time. Packed relative relocations (`DT_RELR`) keep the
+//! executable position-independent with a table a hundredth of the size. Linking
+//! position-dependent (`-no-pie`) would save the remaining ~60 page faults (~0.2 ms of a
+//! hit), but the same binary is `distc peer`, which reads from the network: it keeps the
+//! address-space randomisation of a PIE. They need a linker
+//! and C library that support them (binutils ≥ 2.38 / lld, glibc ≥ 2.36), so this probes the
+//! system's C compiler once and only then asks for them; elsewhere the build is unchanged.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=DISTC_PIE");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
@@ -25,26 +23,22 @@ fn main() {
     if os != "linux" || env != "gnu" || host != target {
         return;
     }
-    let pie = std::env::var_os("DISTC_PIE").is_some_and(|v| v != "0");
-    if !pie && links_and_runs(&["-no-pie"]) {
-        println!("cargo:rustc-link-arg-bins=-no-pie");
-    } else if links_and_runs(&["-pie", "-fPIE", "-Wl,-z,pack-relative-relocs"]) {
+    if linker_supports_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
 
-/// Links a trivial C program with `flags` and runs it; success means the C compiler, the
-/// linker and the C library all support them.
-fn links_and_runs(flags: &[&str]) -> bool {
+/// Links a trivial C program with the flag; success means linker and libc both support it.
+fn linker_supports_relr() -> bool {
     let Ok(out_dir) = std::env::var("OUT_DIR") else {
         return false;
     };
-    let exe = std::path::Path::new(&out_dir).join("link-probe");
+    let exe = std::path::Path::new(&out_dir).join("relr-probe");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
     let child = Command::new(cc)
         .args(["-x", "c", "-", "-o"])
         .arg(&exe)
-        .args(flags)
+        .args(["-pie", "-fPIE", "-Wl,-z,pack-relative-relocs"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
