@@ -24,9 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, State, Timer};
 use libp2p::{Multiaddr, PeerId};
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -160,13 +160,25 @@ pub struct Membership {
     last_late: Instant,
     /// Suspects (at an incarnation) this peer has asked directly whether they are alive.
     asked: std::collections::HashSet<(PeerId, foca::Incarnation)>,
+    /// Members whose every address refused a connection from us lately, and when
+    /// ([`Membership::set_refused`]).
+    refused: HashMap<PeerId, Instant>,
 }
 
 /// Above this many members, anti-entropy prefers members already connected.
 pub const CONNECTED_SYNC_ABOVE: usize = 16;
 
+/// About how many members ask a new suspect directly whether it is alive (besides those
+/// connected to it), whatever the size of the mesh ([`Membership::tick`]).
+pub const ASK_SUSPECT: usize = 16;
+
 /// Members a joining peer announces itself to besides the one it joined through.
 pub const JOIN_ANNOUNCE: usize = 4;
+
+/// A refused connection counts as evidence against a member for this many probe periods: long
+/// enough to cover the probe that was refused and the suspicion it leads to (a probe period
+/// later, or a few with the starved peer's slowdown).
+const REFUSED_FRESH_PERIODS: u32 = 3;
 
 /// A timer firing this late means this peer is short of CPU.
 const LATE: Duration = Duration::from_millis(200);
@@ -301,6 +313,7 @@ impl Membership {
             health_raised: Instant::now(),
             last_late: Instant::now(),
             asked: Default::default(),
+            refused: HashMap::new(),
         }
     }
 
@@ -419,11 +432,62 @@ impl Membership {
             Self::log_err("timer", r);
         }
         self.drain();
+        self.down_refusing_suspects(now);
+    }
+
+    /// A connection to `peer` was refused on every address we tried (the host answered that
+    /// nothing listens there, as after a crash or a kill: the kernel closed the listening
+    /// socket with the process). A member that is also suspect — its probe went unanswered,
+    /// directly and through others — is then declared down at once, at its incarnation,
+    /// instead of after the suspicion timeout. Silence (a sleeping laptop, a partition, a
+    /// stopped process) refuses nothing, so it still takes the whole timeout; a busy peer's
+    /// kernel still accepts connections, so CPU starvation is never taken for a refusal.
+    /// The evidence is fresh for [`REFUSED_FRESH_PERIODS`] probe periods and gone as soon as
+    /// the member is heard from or connected.
+    pub fn set_refused(&mut self, peer: &PeerId, now: Instant) {
+        if self.foca.iter_members().any(|m| m.id().peer == *peer) {
+            self.refused.insert(*peer, now);
+            self.down_refusing_suspects(now);
+        }
+    }
+
+    /// Declares down every suspect with a fresh refusal (see [`Membership::set_refused`]).
+    fn down_refusing_suspects(&mut self, now: Instant) {
+        if self.refused.is_empty() {
+            return;
+        }
+        let fresh = self.timing.probe_period * REFUSED_FRESH_PERIODS;
+        self.refused
+            .retain(|_, at| now.saturating_duration_since(*at) < fresh);
+        let refused = &self.refused;
+        let downs: Vec<foca::Member<SwimId>> = self
+            .foca
+            .iter_members()
+            .filter(|m| m.state() == State::Suspect && refused.contains_key(&m.id().peer))
+            .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), State::Down))
+            .collect();
+        if downs.is_empty() {
+            return;
+        }
+        for m in &downs {
+            tracing::info!(peer = %m.id().peer, "suspect refuses connections: declared down");
+            self.refused.remove(&m.id().peer);
+        }
+        let r = self.foca.apply_many(downs.into_iter(), true, &mut self.rt);
+        Self::log_err("refusing suspect", r);
+        // Start the news from here at once, to twice foca's gossip fan-out of random members,
+        // not at the next probe (as a join starts from several members at once).
+        for _ in 0..2 {
+            let r = self.foca.gossip(&mut self.rt);
+            Self::log_err("gossiping a refusing suspect's death", r);
+        }
+        self.drain();
     }
 
     /// A foca datagram arrived from `from`.
     pub fn handle_packet(&mut self, from: PeerId, data: &[u8]) {
         self.local.entry(from).or_default().last_seen_unix = unix_now();
+        self.refused.remove(&from);
         let r = self.foca.handle_data(data, &mut self.rt);
         Self::log_err("packet", r);
         self.drain();
@@ -513,6 +577,7 @@ impl Membership {
     /// One announce to the suspect is answered with a message carrying its current
     /// incarnation, which settles it here. A suspect that is really gone does not answer.
     pub fn tick(&mut self) {
+        self.down_refusing_suspects(self.clock.max(Instant::now()));
         let suspects: Vec<(SwimId, foca::Incarnation)> = self
             .foca
             .iter_members()
@@ -521,8 +586,16 @@ impl Membership {
             .collect();
         self.asked
             .retain(|a| suspects.iter().any(|(id, inc)| (id.peer, *inc) == *a));
+        let n = self.foca.num_members().max(1);
         for (id, inc) in suspects {
-            if self.asked.insert((id.peer, inc)) {
+            if !self.asked.insert((id.peer, inc)) {
+                continue;
+            }
+            // Every member asking would be a herd of N connections to the suspect (a busy
+            // one at that) for each suspicion: the members connected to it ask (no dial), and
+            // of the others about ASK_SUSPECT in all.
+            let connected = self.local.get(&id.peer).is_some_and(|l| l.connected);
+            if connected || n <= ASK_SUSPECT || self.rng.random_range(0..n) < ASK_SUSPECT {
                 let r = self.foca.announce(id, &mut self.rt);
                 Self::log_err("asking a suspect", r);
             }
@@ -717,6 +790,7 @@ impl Membership {
         l.connected = connected;
         if connected {
             l.unreachable_since = None;
+            self.refused.remove(peer);
         }
     }
 
@@ -970,6 +1044,19 @@ mod tests {
         limit: Duration,
         done: impl Fn(&[Membership]) -> bool,
     ) -> Duration {
+        run_sim(ms, clock, link, |_| false, limit, done)
+    }
+
+    /// [`run_linked`] where a message that does not get through to a member `refuses` is
+    /// refused, as a dial to a crashed peer's address is: the sender hears so at once.
+    fn run_sim(
+        ms: &mut [Membership],
+        clock: &mut Instant,
+        link: impl Fn(&PeerId, &PeerId) -> bool,
+        refuses: impl Fn(&PeerId) -> bool,
+        limit: Duration,
+        done: impl Fn(&[Membership]) -> bool,
+    ) -> Duration {
         let start = *clock;
         let mut step = 0u64;
         while !done(ms) {
@@ -1000,6 +1087,9 @@ mod tests {
                     let from = ms[i].me();
                     for out in ms[i].take_outbox() {
                         if !link(&from, &out.to) {
+                            if refuses(&out.to) {
+                                ms[i].set_refused(&out.to, *clock);
+                            }
                             continue;
                         }
                         any = true;
@@ -1024,9 +1114,11 @@ mod tests {
 
     /// 120 members in virtual time (SWIM's real code, packets delivered in memory): one ring
     /// after the joins, after one more join (agreed within 5 s), after a false suspicion
-    /// (refuted: the member stays in the ring), a graceful leave and a kill.
+    /// (refuted: the member stays in the ring), a graceful leave, a member gone silent (out
+    /// after the suspicion timeout, not before) and a crash (its address refuses: out within
+    /// 5 s).
     #[test]
-    fn a_hundred_and_twenty_members_agree_after_joins_a_leave_and_a_kill() {
+    fn a_hundred_and_twenty_members_agree_after_joins_a_leave_a_silence_and_a_crash() {
         let n = 120;
         let t = Timing::default();
         let mut clock = virtual_start();
@@ -1110,12 +1202,59 @@ mod tests {
             agree(ms, &gone, n - 1)
         });
         eprintln!("a leave agreed in {d:?}");
-        let victim = ms[n / 3].me();
-        let dead = [leaver, victim];
+
+        // A member that goes silent (a laptop asleep, a cut cable: nothing answers, nothing
+        // refuses) stays in every ring for the whole suspicion timeout, then leaves all.
+        let silent = ms[n / 3].me();
+        let dead = [leaver, silent];
+        let t0 = clock;
         let d = run_until(&mut ms, &mut clock, &dead, Duration::from_secs(60), |ms| {
+            if clock_before(ms, t0 + t.suspect_to_down) {
+                for m in ms.iter().filter(|m| !dead.contains(&m.me())) {
+                    assert!(
+                        m.ring_members().contains(&silent),
+                        "a silent member left a ring before the suspicion timeout"
+                    );
+                }
+            }
             agree(ms, &dead, n - 2)
         });
-        eprintln!("a kill agreed in {d:?}");
+        eprintln!("a silent member's death agreed in {d:?} (virtual)");
+        assert!(d >= t.suspect_to_down, "{d:?}");
+
+        // Crashes: the member's host refuses connections to its address. Whoever suspects it
+        // and asks it directly is refused and declares it down at once instead of after the
+        // suspicion timeout; the news spreads from every such member. How soon a member first
+        // probes it varies (about one probe of it a second across the mesh, then a probe
+        // period until the suspicion), so five crashes, one after the other: typically each is
+        // agreed in 4 s, where a silent member takes the timeout plus as much again.
+        let mut dead = vec![leaver, silent];
+        let mut took = Vec::new();
+        for k in [4, 5, 6, 7, 8] {
+            let crashed = ms[n / k].me();
+            dead.push(crashed);
+            let d = run_sim(
+                &mut ms,
+                &mut clock,
+                |a, b| !dead.contains(a) && !dead.contains(b),
+                |p| *p == crashed,
+                Duration::from_secs(60),
+                |ms| agree(ms, &dead, n - dead.len()),
+            );
+            eprintln!("a crash agreed in {d:?} (virtual)");
+            took.push(d);
+        }
+        took.sort();
+        assert!(
+            took[2] <= Duration::from_secs(5)
+                && took[2] < t.suspect_to_down + Duration::from_secs(1),
+            "crashes took {took:?}"
+        );
+    }
+
+    /// True while the members' clock (the latest time any of them was told) is before `at`.
+    fn clock_before(ms: &[Membership], at: Instant) -> bool {
+        ms.iter().all(|m| m.clock < at)
     }
 
     /// A mesh cut in two halves: each half declares the other down and agrees on a ring of

@@ -403,6 +403,43 @@ pub fn strip_p2p(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
     }
 }
 
+/// True if a dial tried at least one address and every one refused the connection (the host
+/// answered that nothing listens there): what a crashed peer's address says, unlike a host that
+/// is asleep, cut off or too busy to answer (its kernel still accepts, or nothing answers).
+fn refused_everywhere(tried: &[(Multiaddr, libp2p::TransportError<std::io::Error>)]) -> bool {
+    !tried.is_empty()
+        && tried.iter().all(|(_, e)| match e {
+            libp2p::TransportError::Other(e) => is_refusal(e),
+            libp2p::TransportError::MultiaddrNotSupported(_) => false,
+        })
+}
+
+/// True if `e`, or an error it wraps, is a refused connection. The transport's error comes
+/// wrapped in `Either`s whose `source` skips the error they hold, so the chain may never reach
+/// the `io::Error` itself: its rendering (`kind: ConnectionRefused`) is the last resort.
+fn is_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    is_refusal_in_chain(e) || format!("{e:?}").contains("kind: ConnectionRefused")
+}
+
+fn is_refusal_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+            // An io::Error's `source` skips the error it wraps: look at that one too.
+            if let Some(inner) = io.get_ref()
+                && is_refusal_in_chain(inner)
+            {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Creates a node: binds the listen addresses and returns the handle and its event loop.
 pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError> {
     let me = cfg.keypair.public().to_peer_id();
@@ -1028,13 +1065,19 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, "dial failed: {error}");
+                let mut refused = false;
                 if let libp2p::swarm::DialError::Transport(tried) = &error {
                     for (addr, e) in tried {
                         self.on_failed_attempt(addr, peer_id, false, &e.to_string());
                     }
+                    refused = refused_everywhere(tried);
                 }
                 if let Some(p) = peer_id {
-                    self.membership.set_unreachable(&p, Instant::now());
+                    let now = Instant::now();
+                    self.membership.set_unreachable(&p, now);
+                    if refused {
+                        self.membership.set_refused(&p, now);
+                    }
                     self.dirty = true;
                 }
             }

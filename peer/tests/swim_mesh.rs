@@ -102,3 +102,44 @@ async fn members_agree_on_one_ring_through_joins_a_leave_and_a_kill() {
         }
     }
 }
+
+/// A crashed member (its event loop and sockets gone, so its address refuses connections) is
+/// out of every ring long before the suspicion timeout: a member that suspects it and dials it
+/// is refused on its every address and declares it down at once. With the timeout at 60 s,
+/// only that can take it out within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_member_whose_address_refuses_is_down_before_the_suspicion_timeout() {
+    let long = Timing {
+        suspect_to_down: Duration::from_secs(60),
+        ..Timing::default()
+    };
+    let spawn_long = |bootstrap: Vec<Multiaddr>| {
+        let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
+        cfg.bootstrap = bootstrap;
+        cfg.timing = long;
+        common::start(cfg, 1 << 20, Duration::from_secs(30))
+    };
+    let first = spawn_long(vec![]).await;
+    let mut nodes = vec![first];
+    for _ in 1..5 {
+        let seed = nodes[0].addr.clone();
+        nodes.push(spawn_long(vec![seed]).await);
+    }
+    let mut ids: Vec<PeerId> = nodes.iter().map(|n| n.node.view().me).collect();
+    ids.sort_by_key(|p| p.to_bytes());
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    all_agree(&all, &ids, Duration::from_secs(60), "after the joins").await;
+
+    let victim = nodes.remove(2);
+    let dead = victim.node.view().me;
+    let t = Instant::now();
+    victim.task.abort();
+    drop(victim);
+    ids.retain(|p| *p != dead);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    all_agree(&all, &ids, Duration::from_secs(30), "after a crash").await;
+    eprintln!(
+        "a crash agreed in {:?} (suspicion timeout 60 s)",
+        t.elapsed()
+    );
+}
