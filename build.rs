@@ -4,12 +4,12 @@
 //! start-up counts. A position-independent executable of this size carries ~12 000 relative
 //! relocations: applying them touches hundreds of KiB of pages, which shows up in the
 //! wrapper's peak memory and start-up time. Packed relative relocations (`DT_RELR`) keep the
-//! executable position-independent with a table a hundredth of the size. Linking
-//! position-dependent (`-no-pie`) would save the remaining ~60 page faults (~0.2 ms of a
-//! hit), but the same binary is `distc peer`, which reads from the network: it keeps the
-//! address-space randomisation of a PIE. They need a linker
+//! executable position-independent with a table a hundredth of the size. They need a linker
 //! and C library that support them (binutils ≥ 2.38 / lld, glibc ≥ 2.36), so this probes the
 //! system's C compiler once and only then asks for them; elsewhere the build is unchanged.
+//! Linking position-dependent (`-no-pie`) would save the remaining ~60 page faults (~0.2 ms
+//! of a hit), but the same binary is `distc peer`, which reads from the network: it keeps
+//! the address-space randomisation of a PIE.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
