@@ -417,7 +417,7 @@ fn localize(cwd: &Path, e: &Entry, window: &Window) -> Option<Entry> {
         }
         probes.push((p.path.clone(), p.existed));
     }
-    let (dirs, probes) = guard_probes(cwd, probes, window.trust_before());
+    let (dirs, probes) = guard_probes(cwd, probes, window.trust_before(), &mut listings.stats);
     Some(Entry {
         headers,
         dirs,
@@ -524,6 +524,25 @@ struct Listings {
     dirs: crate::util::FastMap<PathBuf, Listing>,
     /// Probes per parent directory: only directories with several are listed.
     wanted: crate::util::FastMap<PathBuf, usize>,
+    /// The directories stat'ed on the way, which the probes' guards stat again.
+    stats: DirStats,
+}
+
+/// One stat per directory while an entry is recorded: the probes' parent directories are
+/// stat'ed to list them and again to stamp the guards of [`guard_probes`]. A stamp taken before
+/// a probe is answered guards it as well as one taken after: a lookup trusts the guard only
+/// while the directory's stat is the stamped one, and any entry created or removed after the
+/// stamp changes it.
+#[derive(Default)]
+struct DirStats(crate::util::FastMap<PathBuf, Result<fs::Metadata, Option<i32>>>);
+
+impl DirStats {
+    /// `cwd.join(dir)`'s metadata, or the error's `errno`.
+    fn get(&mut self, cwd: &Path, dir: &Path) -> &Result<fs::Metadata, Option<i32>> {
+        self.0
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| fs::metadata(cwd.join(dir)).map_err(|e| e.raw_os_error()))
+    }
 }
 
 /// A directory is listed when at least this many probes fall in it...
@@ -549,22 +568,23 @@ impl Listings {
             .wanted
             .get(parent)
             .is_some_and(|&n| n >= LIST_MIN_PROBES);
-        let listing = self.dirs.entry(parent.to_path_buf()).or_insert_with(|| {
-            let dir = cwd.join(parent);
-            match fs::metadata(&dir) {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                    Listing::Missing
-                }
-                Ok(md) if !md.is_dir() => Listing::Missing,
-                Ok(md) if many && md.len() <= LIST_MAX_DIR_BYTES => match fs::read_dir(&dir) {
-                    Ok(rd) => {
-                        Listing::Names(rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+        let stats = &mut self.stats;
+        let listing =
+            self.dirs
+                .entry(parent.to_path_buf())
+                .or_insert_with(|| match stats.get(cwd, parent) {
+                    Err(Some(libc::ENOENT | libc::ENOTDIR)) => Listing::Missing,
+                    Ok(md) if !md.is_dir() => Listing::Missing,
+                    Ok(md) if many && md.len() <= LIST_MAX_DIR_BYTES => {
+                        match fs::read_dir(cwd.join(parent)) {
+                            Ok(rd) => Listing::Names(
+                                rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+                            ),
+                            Err(_) => Listing::Unknown,
+                        }
                     }
-                    Err(_) => Listing::Unknown,
-                },
-                _ => Listing::Unknown,
-            }
-        });
+                    _ => Listing::Unknown,
+                });
         match listing {
             // Listed: a stat decides (a dangling symlink is listed but does not exist).
             Listing::Names(names) if names.contains(name) => cwd.join(p).exists(),
@@ -581,6 +601,7 @@ fn guard_probes(
     cwd: &Path,
     probes: Vec<(Vec<u8>, bool)>,
     trust_before: Time,
+    stats: &mut DirStats,
 ) -> (Vec<DirStamp>, Vec<Probe>) {
     let mut dirs: Vec<DirStamp> = Vec::new();
     let mut index: crate::util::FastMap<Vec<u8>, u32> = Default::default();
@@ -596,9 +617,9 @@ fn guard_probes(
                 guard = i;
                 break;
             }
-            match fs::metadata(cwd.join(d)) {
+            match stats.get(cwd, d) {
                 Ok(md) if md.is_dir() => {
-                    let (m, c) = stat_tuple(&md);
+                    let (m, c) = stat_tuple(md);
                     if m < trust_before && c < trust_before && dirs.len() < NO_GUARD as usize {
                         guard = dirs.len() as u32;
                         dirs.push(DirStamp {
@@ -611,7 +632,7 @@ fn guard_probes(
                     break;
                 }
                 // Missing: its creation shows in the nearest existing ancestor.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !existed => {
+                Err(Some(libc::ENOENT)) if !existed => {
                     missing.push(key);
                     dir = d.parent();
                 }
@@ -710,7 +731,13 @@ fn make_entry(
     for d in &after {
         dirs.push((PathBuf::from(OsString::from_vec(norm(d))), Tier::After));
     }
-    let mut probes = shadow_probes(&ctx.cwd, &dirs, out.iter().map(|h| h.path.as_slice()));
+    let mut listings = Listings::default();
+    let mut probes = shadow_probes(
+        &ctx.cwd,
+        &dirs,
+        out.iter().map(|h| h.path.as_slice()),
+        &mut listings,
+    );
     // More existence probes, each answered now:
     // - a system directory the compiler skipped as nonexistent joins its search list once it
     //   exists (and may then shadow any header found after it);
@@ -734,7 +761,7 @@ fn make_entry(
             probes.push((p, exists));
         }
     }
-    let (dirs, probes) = guard_probes(&ctx.cwd, probes, window.trust_before());
+    let (dirs, probes) = guard_probes(&ctx.cwd, probes, window.trust_before(), &mut listings.stats);
     Some(Entry {
         headers: out,
         dirs,
@@ -793,6 +820,7 @@ fn shadow_probes<'a>(
     cwd: &Path,
     dirs: &[(PathBuf, Tier)],
     headers: impl Iterator<Item = &'a [u8]>,
+    listings: &mut Listings,
 ) -> Vec<(Vec<u8>, bool)> {
     let mut probes: Vec<(Vec<u8>, bool)> = Vec::new();
     let mut seen: crate::util::FastSet<_> = Default::default();
@@ -827,7 +855,6 @@ fn shadow_probes<'a>(
             }
         }
     }
-    let mut listings = Listings::default();
     for (p, _) in &probes {
         if let Some(parent) = Path::new(OsStr::from_bytes(p)).parent() {
             *listings.wanted.entry(parent.to_path_buf()).or_insert(0) += 1;
@@ -903,6 +930,7 @@ mod tests {
             d.path(),
             &dirs,
             [&b"/sys/usr/stdio.h"[..], b"inc/h.h"].into_iter(),
+            &mut Listings::default(),
         );
         let names: Vec<&str> = probes
             .iter()
@@ -932,7 +960,8 @@ mod tests {
         let p = |rel: &str| inc.join(rel).into_os_string().into_vec();
         let probes = vec![(p("x.h"), true), (p("y.h"), false), (p("sub/z.h"), false)];
         let future = secs(SystemTime::now() + Duration::from_secs(60));
-        let (dirs, guarded) = guard_probes(d.path(), probes.clone(), future);
+        let (dirs, guarded) =
+            guard_probes(d.path(), probes.clone(), future, &mut DirStats::default());
         assert_eq!(dirs.len(), 1);
         assert!(guarded.iter().all(|p| p.guard == 0));
         let mut e = Entry {
@@ -951,7 +980,7 @@ mod tests {
         fs::write(inc.join("sub/z.h"), "").unwrap();
         assert!(!entry_matches(d.path(), &e), "sub/z.h appeared");
         // Too recent to trust: no guard.
-        let (dirs, guarded) = guard_probes(d.path(), probes, (0, 0));
+        let (dirs, guarded) = guard_probes(d.path(), probes, (0, 0), &mut DirStats::default());
         assert!(dirs.is_empty() && guarded.iter().all(|p| p.guard == NO_GUARD));
     }
 
