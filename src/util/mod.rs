@@ -108,6 +108,11 @@ pub fn write_memo(path: &Path, data: &[u8]) {
 /// (replacing the one before) and a new log starts, so both together stay under twice that.
 /// Best effort, like [`write_memo`]: nothing depends on a record being there.
 pub fn append_record(path: &Path, id: &str, text: &str) {
+    append_record_within(path, id, text, RECORD_LOG_MAX)
+}
+
+/// [`append_record`] with the rotation size given.
+fn append_record_within(path: &Path, id: &str, text: &str, max: u64) {
     let line = record_line(id, text);
     let open = || fs::OpenOptions::new().create(true).append(true).open(path);
     let mut file = match open() {
@@ -126,13 +131,15 @@ pub fn append_record(path: &Path, id: &str, text: &str) {
     if file.write_all(line.as_bytes()).is_err() {
         return;
     }
-    if file.metadata().is_ok_and(|m| m.len() > RECORD_LOG_MAX) {
+    if file.metadata().is_ok_and(|m| m.len() > max) {
         let _ = fs::rename(path, old_log(path));
     }
 }
 
-/// The size past which a record log is rotated (see [`append_record`]).
-pub const RECORD_LOG_MAX: u64 = 8 << 20;
+/// The size past which a record log is rotated (see [`append_record`]): the records of a few
+/// thousand sources of a few hundred headers each, about what the file per source of
+/// earlier versions kept.
+pub const RECORD_LOG_MAX: u64 = 32 << 20;
 
 /// The newest intact record `id` has in the log at `path` (or its previous generation).
 pub fn last_record(path: &Path, id: &str) -> Option<String> {
@@ -383,8 +390,8 @@ mod tests {
         // An id that prefixes another's is not confused with it.
         assert_eq!(last_record(&p, "").as_deref(), None);
         // Rotation: past the limit the log becomes the old generation, still read.
-        let big = "x".repeat(RECORD_LOG_MAX as usize);
-        append_record(&p, "big", &big);
+        let big = "x".repeat(4096);
+        append_record_within(&p, "big", &big, 4096);
         assert!(!p.exists());
         append_record(&p, "c", "key 7\n");
         assert_eq!(
