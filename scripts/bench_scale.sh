@@ -12,7 +12,9 @@
 # byte of each peer's TCP streams: Noise, Yamux, identify and handshakes included) and the TCP
 # connections each peer opens or accepts per second; members each peer holds a connection to
 # (median, max); the process's CPU time per peer; resident size of the process divided by the
-# peers in it; share of keys whose primary owner moved on the join (ideal 1/N).
+# peers in it; share of keys whose primary owner moved on the join (ideal 1/N); the cores the
+# process got and how many peers were short of CPU (timers late), so a starved run says so. A
+# run that does not agree prints its error (with the same evidence) in the row instead.
 # SCALE_TRACE=1 prints, every 500 ms of each phase, how many peers agree and how many member
 # records are suspect or down. The timings are wall clock on whatever else the machine runs: read them as
 # orders of magnitude, not to the millisecond.
@@ -24,15 +26,19 @@ idle=${SCALE_IDLE:-10}
 cargo build --release -q -p distc-peer --example scale_bench
 bin=target/release/examples/scale_bench
 
-echo "| peers | one ring | join agreed | kill agreed | membership/peer median | max | TCP/peer median | new TCP conns/peer/s | connections median | max | CPU/peer | RSS/peer | keys moved on join (ideal) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| peers | one ring | join agreed | kill agreed | membership/peer median | max | TCP/peer median | new TCP conns/peer/s | connections median | max | idle connections max | CPU/peer | process CPU (cores) | peers slowed | RSS/peer | keys moved on join (ideal) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in $ns; do
-    out=$("$bin" "$n" "$idle")
+    if ! out=$("$bin" "$n" "$idle" 2>"target/bench_scale_$n.err"); then
+        echo "| $n | $(tail -1 "target/bench_scale_$n.err") |"
+        continue
+    fi
     v() { awk -v m="$1" -F'\t' '$1 == m { print $2 }' <<<"$out"; }
-    printf '| %s | %.1f s | %.1f s | %.1f s | %.2f KB/s | %.2f KB/s | %.1f KB/s | %.1f | %.0f | %.0f | %.1f ms/s | %.1f MB | %.4f (%.4f) |\n' \
+    printf '| %s | %.1f s | %.1f s | %.1f s | %.2f KB/s | %.2f KB/s | %.1f KB/s | %.1f | %.0f | %.0f | %.0f | %.1f ms/s | %.2f | %.0f | %.1f MB | %.4f (%.4f) |\n' \
         "$n" "$(v ring_all)" "$(v join_agree)" "$(v kill_agree)" \
         "$(v traffic_median)" "$(v traffic_max)" "$(v tcp_median)" "$(v new_conns_median)" \
-        "$(v conns_median)" "$(v conns_max)" "$(v cpu_per_peer)" \
+        "$(v conns_median)" "$(v conns_max)" "$(v idle_conns_max)" "$(v cpu_per_peer)" \
+        "$(v cpu_cores)" "$(v slowed_peers)" \
         "$(v rss_per_peer)" "$(v keys_moved)" "$(v keys_moved_ideal)"
 done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -22,7 +22,13 @@
 //! - `failed_median`: membership requests per peer per second that failed (no connection, no
 //!   answer in time);
 //! - `cpu_per_peer`: this process's CPU time over the window, per peer, in ms per second;
-//! - `conns_median`, `conns_max`: members each peer holds an open connection to, at the end;
+//!   `cpu_cores`: the same for the whole process, in cores (what the machine gave it), and
+//!   `cpu_cores_start` from the first start until one ring;
+//! - `slowed_peers`: peers whose timers fired late at the end, so that they probe and
+//!   suspect more slowly (the process is short of CPU);
+//! - `conns_median`, `conns_max`: members each peer holds an open connection to, at the end,
+//!   and `idle_conns_median`, `idle_conns_max`: those with nothing in flight for a second
+//!   (what the bound of 16 is for);
 //! - `rss_per_peer`: this process's resident size divided by the peers in it.
 //!
 //! Nodes in one process share the runtime and the allocator, so `rss_per_peer` is an average,
@@ -129,7 +135,12 @@ async fn until_all(
         let left = limit.saturating_sub(t.elapsed());
         if !p.node.wait_for(left, pred.clone()).await {
             let sizes: Vec<usize> = peers.iter().map(|p| p.node.view().ring.len()).collect();
-            anyhow::bail!("{what}: no agreement within {limit:?}; ring sizes {sizes:?}");
+            let slowed = peers.iter().filter(|p| p.node.view().slowdown > 1).count();
+            anyhow::bail!(
+                "{what}: no agreement within {limit:?}; {slowed} of {} peers were short of CPU \
+                 (timers late, probing slowed down) at the end; ring sizes {sizes:?}",
+                peers.len()
+            );
         }
     }
     Ok(t.elapsed())
@@ -172,8 +183,10 @@ fn progress(
                     *m.entry(v.ring.len()).or_default() += 1;
                     m
                 });
+            let slowed = views.iter().filter(|v| v.slowdown > 1).count();
+            let slowest = views.iter().map(|v| v.slowdown).max().unwrap_or(1);
             eprintln!(
-                "{:6.1}s cpu {:.2} failed {df} conns {dk} holding {holding}/{} ring={want}: {full} suspect {} down {} sizes {sizes:?}",
+                "{:6.1}s cpu {:.2} slowed {slowed} (max x{slowest}) failed {df} conns {dk} holding {holding}/{} ring={want}: {full} suspect {} down {} sizes {sizes:?}",
                 t.elapsed().as_secs_f64(),
                 dc / 0.5,
                 views.len(),
@@ -204,7 +217,7 @@ fn line(measure: &str, value: f64, unit: &str) {
 
 async fn run(n: usize, idle: Duration) -> anyhow::Result<()> {
     let limit = Duration::from_secs(300);
-    let t0 = Instant::now();
+    let (t0, cpu_start) = (Instant::now(), cpu_secs());
     let mut peers = vec![start(vec![]).await?];
     for i in 1..n {
         let seed = peers[i % peers.len().min(3)].addr.clone();
@@ -214,6 +227,11 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<()> {
     until_all(&peers, limit, "start", move |v| v.ring.len() == n).await?;
     watch.abort();
     line("ring_all", t0.elapsed().as_secs_f64(), "s");
+    line(
+        "cpu_cores_start",
+        (cpu_secs() - cpu_start) / t0.elapsed().as_secs_f64(),
+        "cores",
+    );
 
     let before = peers[0].node.view().ring.clone();
     let joiner = start(vec![peers[1].addr.clone()]).await?;
@@ -285,13 +303,24 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<()> {
         cpu / secs / peers.len() as f64 * 1000.0,
         "ms/s",
     );
-    let conns: Vec<f64> = peers
+    line("cpu_cores", cpu / secs, "cores");
+    let views: Vec<_> = peers.iter().map(|p| p.node.view()).collect();
+    line(
+        "slowed_peers",
+        views.iter().filter(|v| v.slowdown > 1).count() as f64,
+        "peers",
+    );
+    let conns: Vec<f64> = views
         .iter()
-        .map(|p| p.node.view().members.iter().filter(|m| m.connected).count() as f64)
+        .map(|v| v.members.iter().filter(|m| m.connected).count() as f64)
         .collect();
     let cmax = conns.iter().copied().fold(0.0, f64::max);
     line("conns_median", median(conns), "connections");
     line("conns_max", cmax, "connections");
+    let idle: Vec<f64> = views.iter().map(|v| v.idle_connections as f64).collect();
+    let imax = idle.iter().copied().fold(0.0, f64::max);
+    line("idle_conns_median", median(idle), "connections");
+    line("idle_conns_max", imax, "connections");
     line(
         "rss_per_peer",
         rss_bytes() as f64 / peers.len() as f64 / 1e6,

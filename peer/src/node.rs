@@ -209,6 +209,12 @@ pub struct View {
     pub membership_rate: f64,
     /// The latest compile-slot advert of every member that sent one, and this peer's own.
     pub slots: Vec<(PeerId, SlotAdvert)>,
+    /// How many times slower than configured this peer probes and suspects just now, because
+    /// its timers fire late (1 = on time; see [`Membership::slowdown`]).
+    pub slowdown: u32,
+    /// Members connected with nothing in flight either way for a second: what
+    /// `max_connections` bounds.
+    pub idle_connections: usize,
 }
 
 impl View {
@@ -528,6 +534,8 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         tcp_connections: 0,
         membership_rate: 0.0,
         slots: Vec::new(),
+        slowdown: 1,
+        idle_connections: 0,
     });
     let (view_tx, view_rx) = watch::channel(view);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -758,6 +766,8 @@ impl EventLoop {
             tcp_connections: self.tcp.connections.load(Relaxed),
             membership_rate: self.membership_rate,
             slots: self.membership.slots().current(),
+            slowdown: self.membership.slowdown(),
+            idle_connections: self.idle_connections(now).len(),
         };
         self.view_tx.send_replace(Arc::new(view));
     }
@@ -1043,6 +1053,13 @@ impl EventLoop {
                 }
                 self.membership.set_connected(&peer_id, true);
                 tracing::debug!(%peer_id, %remote, "connected");
+                // A new connection is in use (an inbound one is about to carry a request):
+                // make room for it now, not at the next tick, so at most `max_connections`
+                // stay open but for those in use.
+                if num_established.get() == 1 {
+                    self.touch(peer_id, 0);
+                    self.trim_connections(Instant::now());
+                }
                 // A peer we reached (bootstrap, mDNS) that is not a member yet: join through
                 // it by pushing our table; it answers with its own.
                 if num_established.get() == 1
@@ -1322,6 +1339,9 @@ impl EventLoop {
                     // Table swapping of peers before SWIM: membership moved to its own
                     // protocol, so such a peer learns nothing here.
                     tracing::debug!(%peer, "ignored table-swap gossip from an older peer");
+                    // In flight until its (empty) answer is sent, like every inbound request:
+                    // `ResponseSent` or `InboundFailure` ends it.
+                    self.touch(peer, 1);
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -1404,8 +1424,9 @@ impl EventLoop {
     }
 
     /// Keeps connections to at most `max_connections` members: beyond that, closes the least
-    /// recently used of those idle for a second with no request in flight either way.
-    /// Bootstrap peers are not spared: the mesh knows their addresses like any member's.
+    /// recently used of those idle (see [`EventLoop::idle_connections`]). Runs every tick and
+    /// whenever a connection opens. Bootstrap peers are not spared: the mesh knows their
+    /// addresses like any member's.
     fn trim_connections(&mut self, now: Instant) {
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         self.used
@@ -1413,23 +1434,32 @@ impl EventLoop {
         let Some(excess) = connected.len().checked_sub(self.max_connections) else {
             return;
         };
-        const IDLE: Duration = Duration::from_secs(1);
-        let mut idle: Vec<(Instant, PeerId)> = connected
-            .into_iter()
-            .filter_map(|p| match self.used.get(&p) {
-                Some((_, n)) if *n > 0 => None,
-                Some((t, _)) if now.duration_since(*t) < IDLE => None,
-                Some((t, _)) => Some((*t, p)),
-                None => Some((now - IDLE, p)),
-            })
-            .collect();
-        idle.sort();
-        for (_, p) in idle.into_iter().take(excess) {
+        for (_, p) in self.idle_connections(now).into_iter().take(excess) {
             tracing::trace!(peer = %p, "closing the least recently used connection");
             let _ = self.swarm.disconnect_peer_id(p);
         }
     }
+
+    /// Connected members with no request in flight either way and unused for [`IDLE`], least
+    /// recently used first.
+    fn idle_connections(&self, now: Instant) -> Vec<(Instant, PeerId)> {
+        let mut idle: Vec<(Instant, PeerId)> = self
+            .swarm
+            .connected_peers()
+            .filter_map(|p| match self.used.get(p) {
+                Some((_, n)) if *n > 0 => None,
+                Some((t, _)) if now.duration_since(*t) < IDLE => None,
+                Some((t, _)) => Some((*t, *p)),
+                None => Some((now - IDLE, *p)),
+            })
+            .collect();
+        idle.sort();
+        idle
+    }
 }
+
+/// A connection unused this long (and with nothing in flight) may be closed to keep the bound.
+const IDLE: Duration = Duration::from_secs(1);
 
 impl Node {
     /// The latest snapshot of members and ring.
