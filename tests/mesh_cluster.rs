@@ -1564,8 +1564,12 @@ fn a_graceful_leave_hands_every_entry_to_its_new_owners() {
     }
     let d = start_peer(&sb, "d", &[address(&sb, &b)]);
     wait_meshed(&sb, &[&b, &c, &d], Duration::from_secs(5));
+    // Every entry is on b and c (checked above), so a compile here that misses would be a
+    // lookup that ran out of time, not a lost result: the newcomer's first gets dial the
+    // owners (a key handshake each), which on a loaded machine can take longer than the
+    // wrapper's default 500 ms budget. Give them the time.
     for f in &files {
-        compile(&sb, &d.dir, f);
+        compile_timed(&sb, &d.dir, f, 10_000);
     }
     assert_eq!(
         sb.compiles(),
