@@ -357,6 +357,9 @@ pub struct EventLoop {
     /// (and entry requests from it) are in flight: what decides which connections to close
     /// past `max_connections`.
     used: HashMap<PeerId, (Instant, u32)>,
+    /// Members whose connections `trim_connections` closed and that have not reported closed
+    /// yet: neither counted against the bound nor closed twice.
+    closing: HashSet<PeerId>,
     max_connections: usize,
     /// Connection attempts past TCP connect, shared with the transport ([`handshake`]).
     attempts: Attempts,
@@ -591,6 +594,7 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         dirty: true,
         keyed,
         used: HashMap::new(),
+        closing: HashSet::new(),
         max_connections: cfg.max_connections.max(1),
         attempts,
         rejections: Rejections::default(),
@@ -698,6 +702,9 @@ impl EventLoop {
         use std::sync::atomic::Ordering::Relaxed;
         self.dirty = false;
         let now = Instant::now();
+        // Connections go idle as time passes, not on an event: close those beyond the bound
+        // before saying how many there are.
+        self.trim_connections(now);
         let ring_members = self.membership.ring_weights();
         if ring_members != self.ring_members {
             let named = |list: &[(PeerId, u32)], p: &PeerId| list.iter().any(|m| m.0 == *p);
@@ -736,6 +743,8 @@ impl EventLoop {
             return;
         }
         self.published = now;
+        // What the view says about connections holds the bound: idle ones past it close now.
+        self.trim_connections(now);
         let members = self
             .membership
             .members()
@@ -1057,6 +1066,7 @@ impl EventLoop {
                 // make room for it now, not at the next tick, so at most `max_connections`
                 // stay open but for those in use.
                 if num_established.get() == 1 {
+                    self.closing.remove(&peer_id);
                     self.touch(peer_id, 0);
                     self.trim_connections(Instant::now());
                 }
@@ -1077,6 +1087,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer_id, ?cause, "disconnected");
+                self.closing.remove(&peer_id);
                 self.membership.set_connected(&peer_id, false);
                 self.dirty = true;
             }
@@ -1431,21 +1442,26 @@ impl EventLoop {
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         self.used
             .retain(|p, u| u.1 > 0 || connected.contains(p) || now.duration_since(u.0) < IDLE);
-        let Some(excess) = connected.len().checked_sub(self.max_connections) else {
+        self.closing.retain(|p| connected.contains(p));
+        let open = connected.len() - self.closing.len();
+        let Some(excess) = open.checked_sub(self.max_connections) else {
             return;
         };
         for (_, p) in self.idle_connections(now).into_iter().take(excess) {
             tracing::trace!(peer = %p, "closing the least recently used connection");
-            let _ = self.swarm.disconnect_peer_id(p);
+            if self.swarm.disconnect_peer_id(p).is_ok() {
+                self.closing.insert(p);
+            }
         }
     }
 
     /// Connected members with no request in flight either way and unused for [`IDLE`], least
-    /// recently used first.
+    /// recently used first (not those being closed).
     fn idle_connections(&self, now: Instant) -> Vec<(Instant, PeerId)> {
         let mut idle: Vec<(Instant, PeerId)> = self
             .swarm
             .connected_peers()
+            .filter(|p| !self.closing.contains(p))
             .filter_map(|p| match self.used.get(p) {
                 Some((_, n)) if *n > 0 => None,
                 Some((t, _)) if now.duration_since(*t) < IDLE => None,

@@ -143,3 +143,45 @@ async fn a_crashed_member_whose_address_refuses_is_down_before_the_suspicion_tim
         t.elapsed()
     );
 }
+
+/// With more members than `max_connections`, no member holds more than that many idle
+/// connections (inbound or outbound) at any moment once the mesh has settled, and still
+/// probes everyone: the ring stays whole while connections come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_stay_within_the_bound_and_the_ring_stays_whole() {
+    const BOUND: usize = 3;
+    let spawn_bounded = |bootstrap: Vec<Multiaddr>| {
+        let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
+        cfg.bootstrap = bootstrap;
+        cfg.max_connections = BOUND;
+        common::start(cfg, 1 << 20, Duration::from_secs(30))
+    };
+    let mut nodes = vec![spawn_bounded(vec![]).await];
+    for _ in 1..10 {
+        let seed = nodes[0].addr.clone();
+        nodes.push(spawn_bounded(vec![seed]).await);
+    }
+    let mut ids: Vec<PeerId> = nodes.iter().map(|n| n.node.view().me).collect();
+    ids.sort_by_key(|p| p.to_bytes());
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    all_agree(&all, &ids, Duration::from_secs(60), "after the joins").await;
+
+    // Probes and gossip keep opening connections to members beyond the bound; sample every
+    // node's view for a while.
+    let (mut worst, mut most) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        for n in &nodes {
+            let v = n.node.view();
+            worst = worst.max(v.idle_connections);
+            most = most.max(v.members.iter().filter(|m| m.connected).count());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("idle connections at most {worst}, connections at most {most} (bound {BOUND})");
+    assert!(
+        worst <= BOUND,
+        "a node held {worst} idle connections, bound {BOUND}"
+    );
+    all_agree(&all, &ids, Duration::from_secs(5), "after the sampling").await;
+}
