@@ -5,7 +5,8 @@
 # alone (offload = false), (b) with "machine two" (another DISTC_DIR and peer, pinned to
 # core 1, in the same closed mesh on 127.0.0.1) serving its compiles, and (c) with distcc
 # instead (DISTCC_HOSTS="localhost/1 127.0.0.1:PORT/1", distccd pinned to core 1, listening
-# on 127.0.0.1 only). Also (d) plain gcc on core 0, for reference.
+# on 127.0.0.1 only, its jobs at nice 10 like distc's guests). Also (d) plain gcc on core 0,
+# for reference.
 #
 # Cold means: `distc flush` empties both machines' stores (and manifests) before every run.
 # Built without -g: compiles with debug info stay local (docs/distribute.md).
@@ -30,7 +31,7 @@ done
 
 (cd "$root" && cargo build --release --locked --quiet -p distc --bin distc)
 work="$(mktemp -d)"
-mkdir -p "$work/bin" "$work/config" "$work/one" "$work/two"
+mkdir -p "$work/bin" "$work/config" "$work/one" "$work/two" "$work/distcc"
 # A private copy: the shared target dir may be rebuilt by someone else mid-run.
 cp "$root/target/release/distc" "$work/bin/distc"
 bin="$work/bin/distc"
@@ -67,7 +68,7 @@ done
 
 dport=$((base + 2))
 taskset -c 1 distccd --no-detach --daemon --allow 127.0.0.1 --listen 127.0.0.1 --port "$dport" \
-  --jobs 1 --log-stderr --user nobody 2>"$work/distccd.log" &
+  --jobs 1 --nice 10 --log-stderr --log-level info --user nobody 2>"$work/distccd.log" &
 pids+=($!)
 sleep 0.5
 
@@ -131,6 +132,8 @@ for i in $(seq 1 "$runs"); do
   done
 done
 grep "compiled a job for a peer" "$work/two.log" >"$work/served.log" || true
+distccd_jobs=$(grep -c "COMPILE_OK" "$work/distccd.log" || true)
+echo "distccd compiled $distccd_jobs jobs over the runs, warm-up included"
 
 python3 - "$work/times.tsv" "$work/shares.tsv" "$work/served.log" "$runs" "$jobs" "$(uptime)" <<'PY'
 import re, statistics, sys
