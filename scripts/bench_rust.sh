@@ -4,12 +4,16 @@
 #   bash scripts/bench_rust.sh                 # debug and release, 3 runs per measurement
 #   BENCH_RUNS=5 bash scripts/bench_rust.sh    # more runs
 #   BENCH_PROFILES=release bash scripts/bench_rust.sh
+#   BENCH_ONLY=hits bash scripts/bench_rust.sh   # only the single-file hits (BENCH_CALLGRIND=1:
+#                                                 # their instructions too)
 #
 # A generated cargo project depending on regex, serde (derive), serde_json and clap (derive) is
 # built cold (empty caches, after `cargo clean`) and warm (caches filled, after `cargo clean`),
 # in debug and release, with CARGO_INCREMENTAL=0 for every tool (incremental compiles are not
-# cacheable by either wrapper). Then `distc build hello.rs`, miss vs hit. Prints a markdown table
-# of medians (seconds) and the ratios distc/plain and distc/sccache.
+# cacheable by either wrapper). Prints a markdown table of medians (seconds) and the ratios
+# distc/plain and distc/sccache. Then single-file hits (see `single_file_hits`; needs hyperfine,
+# gcc, and ccache for its column): `distc build hello.rs` against ccache's hello.c hit, and
+# cargo's per-crate call against a C hit of the same output size.
 #
 # sccache is installed with `cargo install sccache --locked` when missing (this script only).
 # crates.io must be reachable for the first run (dependencies are fetched once). Every tool has
@@ -20,10 +24,12 @@ root=$PWD
 
 runs=${BENCH_RUNS:-3}
 profiles=${BENCH_PROFILES:-debug release}
+only=${BENCH_ONLY:-}
+[ "$only" = hits ] && profiles=""
 work=$(mktemp -d)
 
 command -v cargo >/dev/null 2>&1 || { echo "bench_rust: cargo is required" >&2; exit 1; }
-if ! scripts/sccache_bin.sh >/dev/null; then
+if [ -n "$profiles" ] && ! scripts/sccache_bin.sh >/dev/null; then
   echo "bench_rust: sccache not found; installing it with cargo install sccache --locked" >&2
   cargo install sccache --locked >&2 || true
 fi
@@ -87,7 +93,7 @@ fn main() {
     println!("{}", serde_json::to_string(&found).expect("serialisable"));
 }
 EOF
-(cd "$proj" && cargo fetch --quiet)
+[ -z "$profiles" ] || (cd "$proj" && cargo fetch --quiet)
 printf 'fn main() {\n    println!("hello");\n}\n' > "$work/hello.rs"
 
 now() { date +%s.%N; }
@@ -138,23 +144,100 @@ for profile in $profiles; do
   done
 done
 
-# distc build hello.rs: miss (empty store) vs hit.
-miss=(); hit=()
-for _ in $(seq $((runs * 3))); do
-  clear_cache distc
-  t0=$(now); (cd "$work" && "$distc" build hello.rs -o hello >/dev/null); t1=$(now)
-  miss+=("$(echo "$t1 - $t0" | bc -l)")
-  t0=$(now); (cd "$work" && "$distc" build hello.rs -o hello >/dev/null); t1=$(now)
-  hit+=("$(echo "$t1 - $t0" | bc -l)")
-done
-hello_miss=$(printf '%s\n' "${miss[@]}" | median)
-hello_hit=$(printf '%s\n' "${hit[@]}" | median)
+# Single-file hits, side by side in one hyperfine run (medians of wall time, means of CPU):
+# `distc build hello.rs`; the wrapper's hit on cargo's own rustc command line for the same
+# one-file crate (captured from `cargo build -v`, run as `distc RUSTC ARGS…` in the crate's
+# directory); a `distc gcc -c` hit whose object is as large as that executable (a C array of its
+# bytes: same size and compressibility); `distc gcc -c hello.c`; ccache's `gcc -c hello.c` hit.
+# With BENCH_CALLGRIND=1 also the instructions of each (valgrind; SHA-NI and AVX-512 hidden).
+single_file_hits() {
+  command -v hyperfine >/dev/null 2>&1 || { echo "bench_rust: hyperfine is required for the single-file hits" >&2; return; }
+  local hw=$work/hits
+  mkdir -p "$hw/app/src"
+  cp "$work/hello.rs" "$hw/hello.rs"
+  cp "$work/hello.rs" "$hw/app/src/main.rs"
+  cp "$root/demo/hello.c" "$hw/hello.c"
+  printf '[package]\nname = "hello"\nversion = "0.1.0"\nedition = "2021"\n' >"$hw/app/Cargo.toml"
+  local line
+  line=$(cd "$hw/app" && CARGO_TARGET_DIR=$hw/app/target cargo build -v 2>&1 |
+    sed -n 's/^ *Running `\(.*rustc --crate-name hello .*\)`$/\1/p' | head -1)
+  [ -n "$line" ] || { echo "bench_rust: no rustc command line in cargo build -v" >&2; return 1; }
+  local exe
+  exe=$(ls "$hw"/app/target/debug/deps/hello-* | grep -v '\.d$' | head -1)
+  python3 -c 'import sys; d=open(sys.argv[1],"rb").read(); print("const unsigned char big[%d] = {%s};" % (len(d), ",".join(map(str, d))))' "$exe" >"$hw/big.c"
+  local names=(
+    "distc build hello.rs"
+    "distc rustc: cargo's per-crate call (hello)"
+    "distc gcc -c big.c (object as large as hello)"
+    "distc gcc -c hello.c"
+    "ccache gcc -c hello.c"
+  )
+  local cmds=(
+    "$distc build $hw/hello.rs -o $hw/hello"
+    "$distc $line"
+    "$distc gcc -O2 -c $hw/big.c -o $hw/big.o"
+    "$distc gcc -O2 -c $hw/hello.c -o $hw/h1.o"
+    "ccache gcc -O2 -c $hw/hello.c -o $hw/h2.o"
+  )
+  (
+    cd "$hw/app"
+    export DISTC_DIR=$work/hits-distc CCACHE_DIR=$work/hits-ccache
+    local c args=()
+    for i in "${!cmds[@]}"; do
+      c=${cmds[$i]}
+      [[ $c == ccache* ]] && ! command -v ccache >/dev/null 2>&1 && continue
+      eval "$c" >/dev/null && eval "$c" >/dev/null # the miss, then a first hit
+      args+=(-n "${names[$i]}" "$c")
+    done
+    # The miss of `distc build hello.rs`: its store emptied before each run.
+    hyperfine -N --warmup 1 --runs 3 --style none --export-json "$work/miss.json" \
+      --prepare "rm -rf $DISTC_DIR/store $DISTC_DIR/manifests" \
+      -n "distc build hello.rs (miss)" "${cmds[0]}" >/dev/null
+    hyperfine -N --warmup 3 --runs $((runs * 10)) --style none --export-json "$work/hits.json" \
+      "${args[@]}" >/dev/null
+    if [ "${BENCH_CALLGRIND:-0}" = 1 ] && command -v valgrind >/dev/null 2>&1; then
+      for i in "${!cmds[@]}"; do
+        n=$(eval "valgrind --tool=callgrind --callgrind-out-file=/dev/null ${cmds[$i]}" 2>&1 >/dev/null |
+          sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
+        printf '%s\t%s\n' "${names[$i]}" "$n"
+      done >"$work/instructions.tsv"
+    fi
+  )
+  python3 - "$work/hits.json" "$work/miss.json" "$work/instructions.tsv" <<'PY'
+import json, os, statistics, sys
+hits, miss, instr = sys.argv[1:4]
+res = json.load(open(hits))["results"]
+med = {r["command"]: statistics.median(r["times"]) * 1000 for r in res}
+cpu = {r["command"]: (r["user"] + r["system"]) * 1000 for r in res}
+counts = {}
+if os.path.exists(instr):
+    for l in open(instr):
+        k, _, v = l.rstrip("\n").partition("\t")
+        if v:
+            counts[k] = int(v)
+m = json.load(open(miss))["results"][0]
+print(f"\n| hit, one file ({len(res[0]['times'])} runs) | median ms | CPU ms (user + sys, mean) | instructions |")
+print("|---|---:|---:|---:|")
+for k in med:
+    n = f"{counts[k] / 1e6:.2f} M" if k in counts else ""
+    print(f"| {k} | {med[k]:.1f} | {cpu[k]:.1f} | {n} |")
+print(f"| distc build hello.rs (miss, {len(m['times'])} runs) | {statistics.median(m['times']) * 1000:.0f} | {(m['user'] + m['system']) * 1000:.0f} | |")
+def ratio(a, b, what):
+    if a in med and b in med:
+        extra = f", instructions {counts[a] / counts[b]:.2f}" if a in counts and b in counts else ""
+        print(f"- {what}: {med[a] / med[b]:.2f} (median), CPU {cpu[a] / cpu[b]:.2f}{extra}")
+print()
+ratio("distc build hello.rs", "ccache gcc -c hello.c", "`distc build hello.rs` hit / ccache's hello.c hit")
+ratio("distc rustc: cargo's per-crate call (hello)", "distc gcc -c big.c (object as large as hello)", "cargo's per-crate hit / the C hit of the same output size")
+PY
+}
 
 ratio() { if [ -n "$1" ] && [ -n "$2" ]; then echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; fi; }
 fmt() { if [ -n "$1" ]; then printf '%.2f' "$1"; fi; }
 
 echo
 echo "rustc $(rustc -V | cut -d' ' -f2), $(nproc) CPUs, $runs runs per cell, medians in seconds"
+if [ -n "$profiles" ]; then
 echo
 echo "| build | cargo | sccache | distc | distc / cargo | distc / sccache |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -164,7 +247,5 @@ for profile in $profiles; do
     echo "| $profile $kind | $(fmt "$p") | $(fmt "$s") | $(fmt "$d") | $(ratio "$d" "$p") | $(ratio "$d" "$s") |"
   done
 done
-echo
-echo "| distc build hello.rs | miss | hit | hit / miss |"
-echo "|---|---:|---:|---:|"
-echo "| | $(fmt "$hello_miss") | $(fmt "$hello_hit") | $(ratio "$hello_hit" "$hello_miss") |"
+fi
+single_file_hits

@@ -2,7 +2,6 @@
 # The team benchmark: does the second machine's build come from the first one's?
 #
 #   scripts/bench_team.sh                  # everything
-#   BENCH_RUNS=30 scripts/bench_team.sh    # runs per hit measurement (default 20)
 #   BENCH_KINDS=rust BENCH_PROFILES=release scripts/bench_team.sh   # a part (cpp, rust; debug, release)
 #   BENCH_KEEP=1 scripts/bench_team.sh     # keep the work directory (caches, logs) for a look
 #
@@ -20,16 +19,12 @@
 # of compiles served by machine one's results (target >= 95 %; compiles that fail, which are
 # never cached, are counted apart) and its build time against cold and local-warm; every
 # compile of machine two that was not a hit is printed on stderr with its outcome.
-# Then hits of one file, medians of one hyperfine run: `distc build hello.rs`, the wrapper's
-# rustc hit as cargo runs it, `distc gcc -c hello.c` and ccache's `gcc -c hello.c`, and a C hit
-# with an object as large as hello.rs's executable (an array of its bytes: same size and
-# compressibility of output).
-# Needs cmake, make, gcc, g++, cargo (crates fetched once), ccache, hyperfine, python3.
+# Single-file hits are measured by `BENCH_ONLY=hits scripts/bench_rust.sh`.
+# Needs cmake, make, gcc, g++, cargo (crates fetched once), python3.
 # Stops every peer it starts (by pid files).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-runs=${BENCH_RUNS:-20}
-for t in cmake make gcc g++ cargo ccache hyperfine python3; do
+for t in cmake make gcc g++ cargo python3; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench_team: $t is required" >&2; exit 1; }
 done
 
@@ -201,28 +196,9 @@ for kind in ${BENCH_KINDS:-cpp rust}; do
   done
 done
 
-echo "bench_team: single-file hits" >&2
-hw="$work/hello" && mkdir -p "$hw/o" && cp "$root/demo/hello.c" "$hw/hello.c"
-printf 'fn main() {\n    println!("hello");\n}\n' >"$hw/hello.rs"
-cd "$hw"
-export DISTC_DIR="$work/single" CCACHE_DIR="$work/ccache"
-rc="--crate-name hello --crate-type bin --edition=2021 --emit=link --out-dir o hello.rs"
-"$bin" build hello.rs >/dev/null && "$bin" build hello.rs >/dev/null
-"$bin" rustc $rc && "$bin" rustc $rc
-"$bin" gcc -O2 -c hello.c -o h1.o && "$bin" gcc -O2 -c hello.c -o h1.o
-# The executable's own bytes as a C array: an object of the same size and compressibility.
-python3 -c 'import sys; d=open("hello","rb").read(); print("const unsigned char big[%d] = {%s};" % (len(d), ",".join(map(str, d))))' >big.c
-"$bin" gcc -O2 -c big.c -o big.o && "$bin" gcc -O2 -c big.c -o big.o
-ccache gcc -O2 -c hello.c -o h2.o && ccache gcc -O2 -c hello.c -o h2.o
-hyperfine -N --warmup 3 --runs "$runs" --style basic --export-json "$work/hello.json" \
-  -n "distc build hello.rs" -n "distc rustc (cargo's per-crate call)" \
-  -n "distc gcc -c hello.c" -n "ccache gcc -c hello.c" -n "distc gcc -c big.c (object as large as hello)" \
-  "$bin build hello.rs" "$bin rustc $rc" "$bin gcc -O2 -c hello.c -o h1.o" \
-  "ccache gcc -O2 -c hello.c -o h2.o" "$bin gcc -O2 -c big.c -o big.o" >"$work/hello.log" 2>&1 || { cat "$work/hello.log" >&2; exit 1; }
-
-python3 - "$rows" "$work/hello.json" "$runs" <<'EOF'
+python3 - "$rows" <<'EOF'
 import json, statistics, sys
-rows, hello, runs = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = sys.argv[1]
 # With two peers and replication 2, machine one's peer pushes every entry it stores into
 # machine two's store: machine two's hits are then reads of its own store (entries it never
 # compiled), and only entries not yet replicated are fetched from the peer at lookup.
@@ -235,10 +211,4 @@ for line in open(rows):
     name = {"cpp": "CMake C/C++ (33 sources)", "rust": "cargo app (regex, serde, clap)"}[kind]
     share = 100.0 * hits / total if total else 0.0
     print(f"| {name}, {profile} | {plain:.2f} | {cold:.2f} | {remote:.2f} | {warm:.2f} | {remote / cold:.2f} | {remote / warm:.2f} | {hits} / {total} ({share:.0f} %) | {rh} | {failed} |")
-res = {r["command"]: statistics.median(r["times"]) * 1000 for r in json.load(open(hello))["results"]}
-base = res["ccache gcc -c hello.c"]
-print(f"\n| hit, one file (median ms, {runs} runs) | ms | / ccache |")
-print("|---|---:|---:|")
-for k, v in res.items():
-    print(f"| {k} | {v:.1f} | {v / base:.2f} |")
 EOF

@@ -7,8 +7,8 @@
 //! size of the frame itself, which the transport has already bounded.
 
 use bincode::config;
+use serde::Deserialize;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// Why a value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +29,9 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Decodes a whole value from `bytes`, refusing inputs over `limit` bytes, trailing bytes, and
-/// any claimed length that would allocate more than the input could hold.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
+/// any claimed length that would allocate more than the input could hold. The value may
+/// borrow from `bytes` (`&[u8]`, `&str` fields are then not copied).
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, CodecError> {
     let (v, used) = decode_prefix(bytes, limit)?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
@@ -40,8 +41,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
 
 /// Decodes one value from the start of `bytes` (more may follow) and says how many bytes it
 /// used; bounded like [`decode`].
-pub fn decode_prefix<T: DeserializeOwned>(
-    bytes: &[u8],
+pub fn decode_prefix<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
     limit: usize,
 ) -> Result<(T, usize), CodecError> {
     if bytes.len() > limit {
@@ -59,7 +60,7 @@ pub fn decode_prefix<T: DeserializeOwned>(
         ($($rung:literal),*) => {
             $(
                 if need <= $rung {
-                    return Ok(bincode::serde::decode_from_slice(
+                    return Ok(bincode::serde::borrow_decode_from_slice(
                         bytes,
                         config::standard().with_limit::<$rung>(),
                     )?);
@@ -108,6 +109,26 @@ mod tests {
         };
         let bytes = encode(&m).unwrap();
         assert_eq!(decode::<Msg>(&bytes, 1024).unwrap(), m);
+    }
+
+    #[test]
+    fn borrowed_fields_point_into_the_input() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct View<'a> {
+            name: &'a str,
+            #[serde(borrow)]
+            data: &'a [u8],
+        }
+        let v = View {
+            name: "crate",
+            data: &[9; 300],
+        };
+        let bytes = encode(&v).unwrap();
+        let back: View<'_> = decode(&bytes, 1024).unwrap();
+        assert_eq!(back, v);
+        let range = bytes.as_ptr_range();
+        assert!(range.contains(&back.data.as_ptr()) && range.contains(&back.name.as_ptr()));
+        assert!(decode::<View<'_>>(&bytes[..bytes.len() - 1], 1024).is_err());
     }
 
     #[test]

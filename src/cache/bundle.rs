@@ -21,59 +21,56 @@ pub enum Role {
     RustFiles,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Output {
     pub role: Role,
-    #[serde(with = "bytes")]
-    pub data: Vec<u8>,
+    /// Shared: a hit's outputs are slices of the one buffer its store entry was read into
+    /// ([`Bundle::decode_owned`]), so a large object or executable is never copied on its way
+    /// to the file it is replayed into.
+    #[serde(serialize_with = "bytes::serialize")]
+    pub data: ::bytes::Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Bundle {
     pub version: u32,
     pub outputs: Vec<Output>,
-    #[serde(with = "bytes")]
+    #[serde(serialize_with = "bytes::serialize")]
     pub stdout: Vec<u8>,
-    #[serde(with = "bytes")]
+    #[serde(serialize_with = "bytes::serialize")]
     pub stderr: Vec<u8>,
     pub exit_code: i32,
 }
 
-/// Serialise `Vec<u8>` as one byte string (compact and fast), not a sequence of integers, and
-/// read it back in one piece (a sequence visitor costs a call per byte: megabytes of a Rust
-/// hit's outputs). Used with `#[serde(with = …)]` by every encoded byte buffer of the wrapper.
+/// [`Bundle`] as it is encoded, borrowing its byte strings from the encoded bytes.
+#[derive(Deserialize)]
+struct BundleView<'a> {
+    version: u32,
+    #[serde(borrow)]
+    outputs: Vec<OutputView<'a>>,
+    #[serde(borrow)]
+    stdout: &'a [u8],
+    #[serde(borrow)]
+    stderr: &'a [u8],
+    exit_code: i32,
+}
+
+#[derive(Deserialize)]
+struct OutputView<'a> {
+    role: Role,
+    #[serde(borrow)]
+    data: &'a [u8],
+}
+
+/// Serialise a byte buffer as one byte string (compact and fast), not a sequence of integers:
+/// what every encoded byte buffer of the wrapper uses (`#[serde(serialize_with = …)]`), read
+/// back borrowed (`&[u8]`) in one piece, never byte by byte (a sequence visitor costs a call
+/// per byte: megabytes of a Rust hit's outputs).
 pub(crate) mod bytes {
-    use serde::{Deserializer, Serializer};
+    use serde::Serializer;
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(b) = seq.next_element()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_byte_buf(V)
     }
 }
 
@@ -82,23 +79,40 @@ impl Bundle {
         distc_peer::codec::encode(self)
     }
 
-    /// Decodes and checks the version; any mismatch is an error (= a miss, never a wrong hit).
-    pub fn decode(bytes: &[u8]) -> Result<Bundle, String> {
-        let b: Bundle = distc_peer::codec::decode(bytes, MAX_BUNDLE).map_err(|e| e.to_string())?;
-        if b.version != BUNDLE_VERSION {
+    /// Decodes `payload` and checks the version; any mismatch is an error (= a miss, never a
+    /// wrong hit). The outputs are slices of `payload`, not copies (stdout and stderr, small,
+    /// are copied).
+    pub fn decode_owned(payload: Vec<u8>) -> Result<Bundle, String> {
+        let shared = ::bytes::Bytes::from(payload);
+        let v: BundleView<'_> =
+            distc_peer::codec::decode(&shared, MAX_BUNDLE).map_err(|e| e.to_string())?;
+        if v.version != BUNDLE_VERSION {
             return Err(format!(
                 "bundle version {} (expected {BUNDLE_VERSION})",
-                b.version
+                v.version
             ));
         }
-        Ok(b)
+        Ok(Bundle {
+            version: v.version,
+            outputs: v
+                .outputs
+                .iter()
+                .map(|o| Output {
+                    role: o.role,
+                    data: shared.slice_ref(o.data),
+                })
+                .collect(),
+            stdout: v.stdout.to_vec(),
+            stderr: v.stderr.to_vec(),
+            exit_code: v.exit_code,
+        })
     }
 
     pub fn output(&self, role: Role) -> Option<&[u8]> {
         self.outputs
             .iter()
             .find(|o| o.role == role)
-            .map(|o| o.data.as_slice())
+            .map(|o| &o.data[..])
     }
 }
 
@@ -135,11 +149,11 @@ mod tests {
             outputs: vec![
                 Output {
                     role: Role::Object,
-                    data: vec![0x7f, b'E', b'L', b'F'],
+                    data: vec![0x7f, b'E', b'L', b'F'].into(),
                 },
                 Output {
                     role: Role::DepFile,
-                    data: b"a.o: a.c\n".to_vec(),
+                    data: b"a.o: a.c\n".to_vec().into(),
                 },
             ],
             stdout: vec![],
@@ -147,8 +161,16 @@ mod tests {
             exit_code: 0,
         };
         let enc = b.encode().unwrap();
-        assert_eq!(Bundle::decode(&enc).unwrap(), b);
-        assert!(Bundle::decode(&enc[..enc.len() - 1]).is_err());
+        assert!(Bundle::decode_owned(enc[..enc.len() - 1].to_vec()).is_err());
+        // Decoded from an owned payload, the outputs point into it.
+        let start = enc.as_ptr() as usize;
+        let end = start + enc.len();
+        let owned = Bundle::decode_owned(enc).unwrap();
+        assert_eq!(owned, b);
+        for o in &owned.outputs {
+            let at = o.data.as_ptr() as usize;
+            assert!(at >= start && at < end, "{:?} was copied", o.role);
+        }
     }
 
     #[test]

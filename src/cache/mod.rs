@@ -62,9 +62,14 @@ pub struct Found {
 
 /// The producer key an entry's header names, if it is signed (another machine's).
 fn producer_of(raw: &[u8]) -> Option<[u8; 32]> {
-    match Store::provenance(raw) {
-        Ok(distc_peer::store::Provenance::Signed { producer, .. }) => Some(producer),
-        _ => None,
+    Store::provenance(raw).ok().and_then(producer_in)
+}
+
+/// The producer key a provenance names, if it is signed (another machine's).
+fn producer_in(provenance: distc_peer::store::Provenance) -> Option<[u8; 32]> {
+    match provenance {
+        distc_peer::store::Provenance::Signed { producer, .. } => Some(producer),
+        distc_peer::store::Provenance::Local => None,
     }
 }
 
@@ -134,12 +139,13 @@ impl Cache {
     /// Local store lookup. A corrupt entry is removed by the store, counted, and is a miss.
     pub fn get_local(&self, key: &Key) -> Option<Found> {
         let store = self.store.as_ref()?;
-        match store.get_checked(key) {
-            Ok(Some(entry)) => match Bundle::decode(&entry.payload) {
+        // One buffer of the entry's size: read, taken apart in place, its outputs slices of it.
+        match store.get_payload(key) {
+            Ok(Some((payload, provenance))) => match Bundle::decode_owned(payload) {
                 Ok(bundle) => Some(Found {
                     bundle,
                     remote: false,
-                    producer: producer_of(&entry.raw),
+                    producer: producer_in(provenance),
                 }),
                 Err(e) => {
                     tracing::warn!("cache entry {key} does not decode: {e}; removing it");
@@ -221,7 +227,7 @@ impl Cache {
     /// Asks the machine's peer for `key`; verifies and stores what comes back.
     fn get_remote_found(&self, key: &Key) -> Option<Found> {
         let (raw, payload) = self.fetch_remote(key, self.max_entry_size)?;
-        let bundle = match Bundle::decode(&payload) {
+        let bundle = match Bundle::decode_owned(payload) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!("entry {key} from the mesh does not decode: {e}");

@@ -391,13 +391,13 @@ impl Family for CFamily<'_> {
         let missing = Skip::Uncacheable("compile-failed");
         let mut outputs = vec![Output {
             role: Role::Object,
-            data: fs::read(&self.job.output).map_err(|_| missing)?,
+            data: fs::read(&self.job.output).map_err(|_| missing)?.into(),
         }];
         if let Some(dep) = &self.job.dep_file {
             let data = fs::read(&dep.path).map_err(|_| missing)?;
             outputs.push(Output {
                 role: Role::DepFile,
-                data: self.store_depfile(data),
+                data: self.store_depfile(data).into(),
             });
         }
         Ok(Bundle {

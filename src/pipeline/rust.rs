@@ -50,13 +50,30 @@ const TARGET_TOKEN: &[u8] = b"\x01distc:target\x01";
 /// Largest encoded file list we decode.
 const MAX_FILES: usize = 1 << 30;
 
-/// The files of one crate compile, as stored in [`Role::RustFiles`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// [`RustFiles`] as encoded, borrowing names and contents from the stored bytes: what a hit
+/// decodes, so the crate's files are written from the entry's buffer without a copy.
+#[derive(Deserialize)]
+struct RustFilesView<'a> {
+    #[serde(borrow)]
+    files: Vec<RustFileView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RustFileView<'a> {
+    name: &'a str,
+    exec: bool,
+    templated: bool,
+    data: &'a [u8],
+}
+
+/// The files of one crate compile, as stored in [`Role::RustFiles`] (read back as
+/// [`RustFilesView`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct RustFiles {
     files: Vec<RustFile>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct RustFile {
     /// Name relative to the output directory (or `-o` for the single link output: empty).
     name: String,
@@ -64,7 +81,7 @@ struct RustFile {
     exec: bool,
     /// Stored with path placeholders (the `.d` file).
     templated: bool,
-    #[serde(with = "crate::cache::bundle::bytes")]
+    #[serde(serialize_with = "crate::cache::bundle::bytes::serialize")]
     data: Vec<u8>,
 }
 
@@ -372,7 +389,7 @@ impl Family for RustFamily<'_> {
             version: BUNDLE_VERSION,
             outputs: vec![Output {
                 role: Role::RustFiles,
-                data,
+                data: data.into(),
             }],
             stdout: self.roots.template(&done.stdout),
             stderr: self.roots.template(&done.stderr),
@@ -707,14 +724,15 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
     let data = bundle
         .output(Role::RustFiles)
         .ok_or("the entry holds no Rust outputs")?;
-    let files: RustFiles = distc_peer::codec::decode(data, MAX_FILES).map_err(|e| e.to_string())?;
+    let files: RustFilesView<'_> =
+        distc_peer::codec::decode(data, MAX_FILES).map_err(|e| e.to_string())?;
     // The entry must hold exactly what this job writes (names are keyed, so they match).
     let mut expected = job.output_names();
     if job.out_file.is_some() {
         expected.push(String::new());
     }
     for name in &expected {
-        if !files.files.iter().any(|f| &f.name == name) {
+        if !files.files.iter().any(|f| f.name == name) {
             return Err(format!("the entry lacks {name:?}"));
         }
     }
@@ -722,11 +740,11 @@ fn replay_files(bundle: &Bundle, job: &RustJob, cwd: &Path, roots: &Roots) -> Re
         if f.name.contains('/') || f.name == ".." {
             return Err(format!("refusing output name {:?}", f.name));
         }
-        let path = target_path(job, cwd, &f.name);
+        let path = target_path(job, cwd, f.name);
         let data = if f.templated {
-            std::borrow::Cow::Owned(roots.instantiate(&f.data))
+            std::borrow::Cow::Owned(roots.instantiate(f.data))
         } else {
-            std::borrow::Cow::Borrowed(f.data.as_slice())
+            std::borrow::Cow::Borrowed(f.data)
         };
         crate::util::write_output(&path, &data)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -821,6 +839,37 @@ mod tests {
             b.instantiate(&t),
             b"/elsewhere/t/debug/deps/a.d: src/lib.rs /elsewhere/w2/gen.rs\n".to_vec()
         );
+    }
+
+    #[test]
+    fn stored_files_read_back_borrowed() {
+        let files = RustFiles {
+            files: vec![
+                RustFile {
+                    name: String::new(),
+                    exec: true,
+                    templated: false,
+                    data: vec![0x7f; 5000],
+                },
+                RustFile {
+                    name: "a.d".into(),
+                    exec: false,
+                    templated: true,
+                    data: b"a: a.rs\n".to_vec(),
+                },
+            ],
+        };
+        let enc = distc_peer::codec::encode(&files).expect("encode");
+        let view: RustFilesView<'_> = distc_peer::codec::decode(&enc, MAX_FILES).expect("decode");
+        let range = enc.as_ptr_range();
+        for (v, f) in view.files.iter().zip(&files.files) {
+            assert_eq!(
+                (v.name, v.exec, v.templated, v.data),
+                (f.name.as_str(), f.exec, f.templated, f.data.as_slice())
+            );
+            assert!(range.contains(&v.data.as_ptr()), "{} was copied", v.name);
+        }
+        assert_eq!(view.files.len(), 2);
     }
 
     #[test]

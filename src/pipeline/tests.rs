@@ -105,7 +105,7 @@ impl Family for Toy {
             version: BUNDLE_VERSION,
             outputs: vec![Output {
                 role: Role::Object,
-                data,
+                data: data.into(),
             }],
             stdout: done.stdout.clone(),
             stderr: done.stderr.clone(),
@@ -301,7 +301,7 @@ fn a_process_that_waited_for_the_lock_serves_what_the_holder_stored() {
             version: BUNDLE_VERSION,
             outputs: vec![Output {
                 role: Role::Object,
-                data: output,
+                data: output.into(),
             }],
             stdout: vec![],
             stderr: b"from the holder\n".to_vec(),
@@ -334,7 +334,7 @@ fn plant_foreign(b: &Bench, object: &[u8]) -> String {
         version: BUNDLE_VERSION,
         outputs: vec![Output {
             role: Role::Object,
-            data: object.to_vec(),
+            data: object.to_vec().into(),
         }],
         stdout: b"out\n".to_vec(),
         stderr: b"warning: w\n".to_vec(),

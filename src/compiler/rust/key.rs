@@ -296,6 +296,69 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()>
     Ok(())
 }
 
+/// What the memo of a directory tree's digest is checked against on every use: each file's
+/// path under `root` with its size, times and inode (one `stat` each, symlinks followed),
+/// sorted by path, hashed. Listed on every Rust key (the target's std libraries), so it works
+/// on bytes rather than `PathBuf`s, and formats nothing.
+fn tree_stamp(root: &Path) -> io::Result<[u8; 32]> {
+    let mut files = Vec::new();
+    stamp_files(root, &mut Vec::new(), &mut files)?;
+    files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    for (path, st) in &files {
+        h.update((path.len() as u64).to_le_bytes());
+        h.update(path);
+        for x in st {
+            h.update(x.to_le_bytes());
+        }
+    }
+    Ok(h.finalize().into())
+}
+
+/// A file's stamp for [`tree_stamp`]: size, mtime, ctime (seconds and nanoseconds) and inode.
+type FileStamp = [i64; 6];
+
+fn stamp_files(
+    dir: &Path,
+    rel: &mut Vec<u8>,
+    out: &mut Vec<(Vec<u8>, FileStamp)>,
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let path = dir.join(&name);
+        let Ok(md) = fs::metadata(&path) else {
+            continue;
+        };
+        let at = rel.len();
+        rel.extend_from_slice(name.as_bytes());
+        if md.is_dir() {
+            rel.push(b'/');
+            stamp_files(&path, rel, out)?;
+        } else if md.is_file() {
+            out.push((
+                rel.clone(),
+                [
+                    md.size() as i64,
+                    md.mtime(),
+                    md.mtime_nsec(),
+                    md.ctime(),
+                    md.ctime_nsec(),
+                    md.ino() as i64,
+                ],
+            ));
+        }
+        rel.truncate(at);
+    }
+    Ok(())
+}
+
 use crate::key::file::digest as file_digest;
 use crate::pipeline::{Command, Runner};
 
@@ -391,17 +454,7 @@ pub fn target_digest(
     target: &str,
 ) -> Result<[u8; 32], RustKeyError> {
     let dir = id.sysroot.join("lib/rustlib").join(target).join("lib");
-    let mut files = Vec::new();
-    list_files(&dir, &dir, &mut files).map_err(io_err("target libraries", &dir))?;
-    files.sort();
-    let mut listing = Sha256::new();
-    for f in &files {
-        listing.update(f.as_os_str().as_bytes());
-        if let Ok(md) = fs::metadata(dir.join(f)) {
-            listing.update(stamp(&md).as_bytes());
-        }
-    }
-    let listing = hex::encode(listing.finalize());
+    let listing = hex::encode(tree_stamp(&dir).map_err(io_err("target libraries", &dir))?);
     let memo = memo_path(distc_dir, "target", dir.as_os_str().as_bytes());
     if let Ok(text) = fs::read_to_string(&memo)
         && let Some((l, d)) = text.trim_end().split_once(' ')
@@ -1062,6 +1115,30 @@ pub fn key_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tree_stamp_sees_every_file_change() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path();
+        fs::create_dir_all(root.join("self-contained")).expect("mkdir");
+        fs::write(root.join("libstd.rlib"), b"std").expect("write");
+        fs::write(root.join("self-contained/crt1.o"), b"crt").expect("write");
+        let a = tree_stamp(root).expect("stamp");
+        assert_eq!(tree_stamp(root).expect("stamp"), a);
+        // Rewritten in place (same name, other size), added, removed: each changes it.
+        fs::write(root.join("self-contained/crt1.o"), b"crt1").expect("write");
+        let b = tree_stamp(root).expect("stamp");
+        assert_ne!(b, a);
+        fs::write(root.join("libcore.rlib"), b"core").expect("write");
+        let c = tree_stamp(root).expect("stamp");
+        assert_ne!(c, b);
+        fs::remove_file(root.join("libcore.rlib")).expect("rm");
+        assert_eq!(tree_stamp(root).expect("stamp"), b);
+        assert_eq!(
+            tree_stamp(&root.join("absent")).expect("stamp"),
+            tree_stamp(&root.join("self-contained/none")).expect("stamp")
+        );
+    }
 
     #[test]
     fn dep_info_parsing() {
