@@ -152,6 +152,38 @@ impl Codec {
         }
     }
 
+    /// Reads one message within what `progress` allows (its first-byte limit until the header
+    /// has arrived, then the time the announced size needs); `what` names it in the error.
+    async fn read_bounded<T, M>(
+        &self,
+        progress: &Progress,
+        p: &StreamProtocol,
+        io: &mut T,
+        what: &str,
+    ) -> io::Result<M>
+    where
+        T: AsyncRead + Unpin + Send,
+        M: serde::de::DeserializeOwned + WithBody,
+    {
+        let start = std::time::Instant::now();
+        let read = self.read_msg(p, io);
+        futures::pin_mut!(read);
+        loop {
+            let Some(deadline) = progress.deadline(start) else {
+                return read.await;
+            };
+            if let Ok(r) = tokio::time::timeout_at(deadline.into(), &mut read).await {
+                return r;
+            }
+            if progress.deadline(start).is_none_or(|d| d <= deadline) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{what} did not arrive in the time its size allows"),
+                ));
+            }
+        }
+    }
+
     fn started(&self, body_len: usize) {
         if let Some(p) = &self.progress {
             p.header(body_len as u64);
@@ -173,6 +205,11 @@ pub struct Envelope {
 /// carries is the one its answer reports to.
 #[derive(Debug, Clone)]
 pub struct NodeCodec(pub Codec);
+
+/// How long an inbound request may take to begin (its prefix and header) before its stream is
+/// dropped; its body then gets the time its announced size needs at
+/// [`crate::transfer::MIN_RATE`] ([`crate::transfer::transfer_timeout`]).
+pub const INBOUND_FIRST_BYTE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A message whose entry travels as the body of a `/distc/1.1.0` frame.
 trait WithBody: Sized {
@@ -352,8 +389,17 @@ impl libp2p::request_response::Codec for NodeCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
+        // An inbound request is bounded like an answer: it must start within
+        // [`INBOUND_FIRST_BYTE`], and its body then gets the time its announced size needs at
+        // the slowest rate a transfer is allowed; libp2p's own limit is an hour, so a peer that
+        // opened a stream and went quiet would otherwise hold it (and its buffer) that long.
+        let progress = Arc::new(Progress::default());
+        progress.bound(INBOUND_FIRST_BYTE, Some(crate::transfer::MIN_RATE));
+        self.0.progress = Some(progress.clone());
+        let msg = self.0.read_bounded(&progress, p, io, "the request").await;
+        self.0.progress = None;
         Ok(Envelope {
-            msg: self.0.read_msg(p, io).await?,
+            msg: msg?,
             progress: None,
         })
     }
@@ -367,23 +413,7 @@ impl libp2p::request_response::Codec for NodeCodec {
         };
         // Bounded here too, not only by the caller: a caller that gave up does not end the
         // stream, and libp2p's own limit is an hour.
-        let start = std::time::Instant::now();
-        let read = self.0.read_msg(p, io);
-        futures::pin_mut!(read);
-        loop {
-            let Some(deadline) = progress.deadline(start) else {
-                return read.await;
-            };
-            if let Ok(r) = tokio::time::timeout_at(deadline.into(), &mut read).await {
-                return r;
-            }
-            if progress.deadline(start).is_none_or(|d| d <= deadline) {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the answer did not arrive in the time its size allows",
-                ));
-            }
-        }
+        self.0.read_bounded(&progress, p, io, "the answer").await
     }
 
     async fn write_request<T>(
