@@ -755,4 +755,37 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    #[tokio::test]
+    async fn a_request_that_never_arrives_ends_its_stream_after_the_first_byte_limit() {
+        use std::time::Instant;
+        let limit = INBOUND_FIRST_BYTE + crate::transfer::CODEC_GRACE;
+        // A peer opened the stream and sent nothing.
+        let mut c = NodeCodec(Codec::new(64 << 20));
+        let t = Instant::now();
+        let e = c.read_request(&PROTOCOL, &mut Stalled).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            t.elapsed() >= limit && t.elapsed() < limit * 2,
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(e.to_string().contains("the request"), "{e}");
+        assert!(
+            c.0.progress.is_none(),
+            "the bound does not outlive the request"
+        );
+
+        // A request that arrives whole is read as before, and leaves no bound behind for the
+        // answer written on the same stream.
+        let mut f = Vec::new();
+        let req = Envelope {
+            msg: Request::Get(Key::digest(b"k")),
+            progress: None,
+        };
+        block_on(NodeCodec(Codec::new(64 << 20)).write_request(&PROTOCOL, &mut f, req)).unwrap();
+        let got = c.read_request(&PROTOCOL, &mut &f[..]).await.unwrap();
+        assert!(matches!(got.msg, Request::Get(_)), "{:?}", got.msg);
+        assert!(c.0.progress.is_none());
+    }
 }
