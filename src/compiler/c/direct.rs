@@ -111,6 +111,7 @@ const SOURCE_MEMO_MIN: u64 = 128 << 10;
 /// so a later same-size edit necessarily changes its stat. The memo names the key and
 /// manifest formats, whose rules the answer depends on.
 fn source_facts(ctx: &Context, source: &Path) -> Option<[u8; 32]> {
+    use std::io::Read;
     let mut f = fs::File::open(source).ok()?;
     let md = f.metadata().ok()?;
     let memo = (md.len() >= SOURCE_MEMO_MIN).then(|| {
