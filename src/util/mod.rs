@@ -196,35 +196,6 @@ fn parse_record(line: &str, id: &str) -> Option<String> {
     Some(text)
 }
 
-/// Reads an open file whose stat said `size` bytes to its end: into a buffer of `size + 1`
-/// (allocated zeroed, so a large one is fresh pages), until a read returns nothing, with
-/// whatever a growing file adds after that. One read and the one that sees the end, where
-/// std's `read_to_end` first stats and seeks to size its buffer itself.
-pub fn read_sized(f: &mut File, size: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = vec![
-        0;
-        usize::try_from(size)
-            .unwrap_or(usize::MAX - 1)
-            .saturating_add(1)
-    ];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match f.read(&mut buf[filled..]) {
-            Ok(0) => {
-                buf.truncate(filled);
-                return Ok(buf);
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    // Longer than its stat said: the rest as it comes.
-    f.read_to_end(&mut buf)?;
-    Ok(buf)
-}
-
 /// A file a child process writes by path and this process reads back after the child exits
 /// (depend mode's own dependency file). On Linux an anonymous in-memory file
 /// (`memfd_create`), inherited by the child and named `/proc/self/fd/N`: it costs no inode on
@@ -386,24 +357,6 @@ mod tests {
         other.unwrap();
         assert_eq!(fs::read(&exe).unwrap(), b"#!/bin/sh\n");
         assert!(running, "the replaced executable kept running");
-    }
-
-    #[test]
-    fn sized_reads_get_the_whole_file_whatever_the_size_said() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
-        fs::write(&p, &data).unwrap();
-        for said in [0, 1, 9_999, 10_000, 10_001, 50_000] {
-            let mut f = File::open(&p).unwrap();
-            assert_eq!(read_sized(&mut f, said).unwrap(), data, "size said {said}");
-        }
-        fs::write(&p, b"").unwrap();
-        assert!(
-            read_sized(&mut File::open(&p).unwrap(), 0)
-                .unwrap()
-                .is_empty()
-        );
     }
 
     #[test]

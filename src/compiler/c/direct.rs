@@ -145,7 +145,8 @@ fn source_facts(ctx: &Context, source: &Path) -> Option<[u8; 32]> {
             return Some(digest);
         }
     }
-    let bytes = crate::util::read_sized(&mut f, md.len()).ok()?;
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    f.read_to_end(&mut bytes).ok()?;
     let digest: Option<[u8; 32]> = (!fingerprint::mentions_time_macros(&bytes)
         && fingerprint::unlisted_input(&bytes).is_none())
     .then(|| Sha256::digest(&bytes).into());
