@@ -6,7 +6,8 @@
 #   SCALE_NS="50 100" SCALE_IDLE=20 scripts/bench_scale.sh
 #
 # Per N (the `scale_bench` example of distc-peer says exactly what each column measures):
-# time from start to one ring everywhere; after one join and after one kill, time until every
+# time from start to one ring everywhere; then until no peer is short of CPU (at most 60 s:
+# starting N nodes at once starves the process); after one join and after one kill, time until every
 # peer agrees; membership bytes per second per peer over SCALE_IDLE seconds of an idle mesh
 # (median, max; message bodies as the membership codec counts them); the same on the wire (every
 # byte of each peer's TCP streams: Noise, Yamux, identify and handshakes included) and the TCP
@@ -15,7 +16,9 @@
 # peers in it; share of keys whose primary owner moved on the join (ideal 1/N); the cores the
 # process got and how many peers were short of CPU (timers late), so a starved run says so. A
 # run that does not agree prints its error (with the same evidence) in the row instead.
-# SCALE_TRACE=1 prints, every 500 ms of each phase, how many peers agree and how many member
+# Membership packets go as UDP datagrams beside each peer's TCP port, as in the daemon;
+# SCALE_STREAMS=1 sends them over libp2p streams instead (one connection per probe of a member
+# not connected), to compare. SCALE_TRACE=1 prints, every 500 ms of each phase, how many peers agree and how many member
 # records are suspect or down. The timings are wall clock on whatever else the machine runs: read them as
 # orders of magnitude, not to the millisecond.
 set -euo pipefail
@@ -26,16 +29,16 @@ idle=${SCALE_IDLE:-10}
 cargo build --release -q -p distc-peer --example scale_bench
 bin=target/release/examples/scale_bench
 
-echo "| peers | one ring | join agreed | kill agreed | membership/peer median | max | TCP/peer median | new TCP conns/peer/s | connections median | max | idle connections max | CPU/peer | process CPU (cores) | peers slowed | RSS/peer | keys moved on join (ideal) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| peers | one ring | settled | join agreed | kill agreed | membership/peer median | max | TCP/peer median | new TCP conns/peer/s | connections median | max | idle connections max | CPU/peer | process CPU (cores) | peers slowed | RSS/peer | keys moved on join (ideal) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in $ns; do
     if ! out=$("$bin" "$n" "$idle" 2>"target/bench_scale_$n.err"); then
-        echo "| $n | $(tail -1 "target/bench_scale_$n.err") |"
+        echo "| $n | $(grep -m1 '^Error' "target/bench_scale_$n.err" || tail -1 "target/bench_scale_$n.err") |"
         continue
     fi
     v() { awk -v m="$1" -F'\t' '$1 == m { print $2 }' <<<"$out"; }
-    printf '| %s | %.1f s | %.1f s | %.1f s | %.2f KB/s | %.2f KB/s | %.1f KB/s | %.1f | %.0f | %.0f | %.0f | %.1f ms/s | %.2f | %.0f | %.1f MB | %.4f (%.4f) |\n' \
-        "$n" "$(v ring_all)" "$(v join_agree)" "$(v kill_agree)" \
+    printf '| %s | %.1f s | %.1f s | %.1f s | %.1f s | %.2f KB/s | %.2f KB/s | %.1f KB/s | %.1f | %.0f | %.0f | %.0f | %.1f ms/s | %.2f | %.0f | %.1f MB | %.4f (%.4f) |\n' \
+        "$n" "$(v ring_all)" "$(v settle)" "$(v join_agree)" "$(v kill_agree)" \
         "$(v traffic_median)" "$(v traffic_max)" "$(v tcp_median)" "$(v new_conns_median)" \
         "$(v conns_median)" "$(v conns_max)" "$(v idle_conns_max)" "$(v cpu_per_peer)" \
         "$(v cpu_cores)" "$(v slowed_peers)" \

@@ -5,6 +5,8 @@
 //! - [`store`]: the content-addressed local store shared by the wrapper and the peer.
 //! - [`ring`]: consistent hashing with virtual nodes; `owners(key, R)`.
 //! - [`membership`]: the member table, merged from gossip; liveness (up/suspect/down).
+//! - [`datagram`]: membership packets over UDP, signed by their sender and, in a closed mesh,
+//!   sealed with the mesh key.
 //! - [`protocol`]: peer-to-peer wire messages and their bounded request-response codec.
 //! - [`frame`]: length-prefixed framing, the one home of every length on the wire.
 //! - [`handshake`]: why a connection failed: unreachable, not answering, or refused at the mesh
@@ -30,6 +32,7 @@
 
 pub mod codec;
 pub mod daemon;
+pub mod datagram;
 pub mod frame;
 pub mod handshake;
 pub mod ipc;

@@ -18,7 +18,7 @@
 //! Separately, each peer remembers who it could not reach itself (`unreachable`): that only
 //! changes how it routes requests (it skips them for a while), never the ring.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,7 +67,7 @@ impl Default for Timing {
             sync_interval: Duration::from_secs(2),
             forget_after: Duration::from_secs(600),
             unreachable_backoff: Duration::from_secs(5),
-            gossip_period: Duration::from_secs(1),
+            gossip_period: Duration::from_millis(200),
             gossip_fanout: 3,
         }
     }
@@ -120,11 +120,16 @@ struct Local {
     unreachable_since: Option<Instant>,
 }
 
-/// A foca datagram to send.
+/// A foca packet to send.
 #[derive(Debug)]
 pub struct Outgoing {
     pub to: PeerId,
     pub addrs: Vec<Multiaddr>,
+    /// The member's datagram endpoint, when it announces one ([`crate::datagram`]).
+    pub udp: Option<std::net::SocketAddr>,
+    /// Send it over a stream even where a datagram could go: asking a suspect directly,
+    /// whose refused connection is evidence that it is gone ([`Membership::set_refused`]).
+    pub stream: bool,
     pub packet: Vec<u8>,
 }
 
@@ -252,16 +257,19 @@ fn foca_config(t: &Timing, cluster_size: u32) -> foca::Config {
     c.max_transmissions = c
         .max_transmissions
         .max(std::num::NonZeroU8::new(4).unwrap_or(c.max_transmissions));
-    // foca's LAN profile gossips every 200 ms while there is news; each message is a stream on
-    // a libp2p connection, so with a hundred peers on one busy machine that alone saturates it.
-    // Once per probe period to 3 members (changes also ride on every probe and ack).
+    // While there is news, every 200 ms to 3 random members (foca's LAN profile; changes also
+    // ride on every probe and ack): one datagram each ([`crate::datagram`]), so a change
+    // reaches 200 members in about a second. (Over streams, a connection per message, that
+    // rate alone saturated a busy machine of a hundred peers.)
     c.periodic_gossip = Some(foca::PeriodicParams {
         frequency: t.gossip_period,
         num_members: std::num::NonZeroUsize::new(t.gossip_fanout)
             .unwrap_or(std::num::NonZeroUsize::MIN),
     });
-    // Over TCP there is no fragmentation to avoid: room for ~60 updates per message.
-    c.max_packet_size = std::num::NonZeroUsize::new(4096).unwrap_or(c.max_packet_size);
+    // One datagram, unfragmented on Ethernet, with its key, signature and seal: room for
+    // about 15 updates per packet (a join's first feed; anti-entropy carries the rest).
+    c.max_packet_size =
+        std::num::NonZeroUsize::new(crate::datagram::MAX_PAYLOAD).unwrap_or(c.max_packet_size);
     c
 }
 
@@ -327,10 +335,17 @@ impl Membership {
 
     /// Moves what foca asked for (sends, timers, notifications) to where it goes.
     fn drain(&mut self) {
+        self.drain_as(false);
+    }
+
+    /// [`Membership::drain`], the packets marked for a stream when `stream`.
+    fn drain_as(&mut self, stream: bool) {
         while let Some((to, data)) = self.rt.to_send() {
             self.outbox.push(Outgoing {
                 to: to.peer,
+                udp: crate::datagram::endpoint(&to.addrs),
                 addrs: to.addrs,
+                stream,
                 packet: data.to_vec(),
             });
         }
@@ -423,6 +438,7 @@ impl Membership {
             self.health -= 1;
             self.health_raised = now;
         }
+        let before = self.suspects();
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -432,6 +448,15 @@ impl Membership {
             Self::log_err("timer", r);
         }
         self.drain();
+        // A member our own probe found silent: ask it at once, not at the next tick.
+        let raised: HashSet<PeerId> = self
+            .suspects()
+            .into_iter()
+            .filter(|s| !before.contains(s))
+            .collect();
+        if !raised.is_empty() {
+            self.ask_suspects(&raised);
+        }
         self.down_refusing_suspects(now);
     }
 
@@ -491,6 +516,16 @@ impl Membership {
         let r = self.foca.handle_data(data, &mut self.rt);
         Self::log_err("packet", r);
         self.drain();
+        self.ask_suspects(&HashSet::new());
+    }
+
+    /// The members foca holds suspect.
+    fn suspects(&self) -> HashSet<PeerId> {
+        self.foca
+            .iter_members()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| m.id().peer)
+            .collect()
     }
 
     /// Our listen addresses changed: members learn the new ones under a new generation.
@@ -578,29 +613,7 @@ impl Membership {
     /// incarnation, which settles it here. A suspect that is really gone does not answer.
     pub fn tick(&mut self) {
         self.down_refusing_suspects(self.clock.max(Instant::now()));
-        let suspects: Vec<(SwimId, foca::Incarnation)> = self
-            .foca
-            .iter_members()
-            .filter(|m| m.state() == State::Suspect)
-            .map(|m| (m.id().clone(), m.incarnation()))
-            .collect();
-        self.asked
-            .retain(|a| suspects.iter().any(|(id, inc)| (id.peer, *inc) == *a));
-        let n = self.foca.num_members().max(1);
-        for (id, inc) in suspects {
-            if !self.asked.insert((id.peer, inc)) {
-                continue;
-            }
-            // Every member asking would be a herd of N connections to the suspect (a busy
-            // one at that) for each suspicion: the members connected to it ask (no dial), and
-            // of the others about ASK_SUSPECT in all.
-            let connected = self.local.get(&id.peer).is_some_and(|l| l.connected);
-            if connected || n <= ASK_SUSPECT || self.rng.random_range(0..n) < ASK_SUSPECT {
-                let r = self.foca.announce(id, &mut self.rt);
-                Self::log_err("asking a suspect", r);
-            }
-        }
-        self.drain();
+        self.ask_suspects(&HashSet::new());
         let n = self.foca.num_members() as u32 + 1;
         if n > self.sized_for * 2 || n * 2 < self.sized_for {
             let r = self.foca.set_config(foca_config(&self.timing, n));
@@ -615,6 +628,42 @@ impl Membership {
                 .collect();
             self.local.retain(|p, l| l.connected || known.contains(p));
         }
+    }
+
+    /// Asks each suspect not yet asked at its incarnation whether it is alive (see
+    /// [`Membership::tick`]): always those in `raised` (our own probe found them silent) and
+    /// those we hold a connection to; of the rest, each member asks with a chance that makes
+    /// about [`ASK_SUSPECT`] askers in all. The ask goes over a stream: a refused connection
+    /// there is what declares a crashed member down at once ([`Membership::set_refused`]).
+    fn ask_suspects(&mut self, raised: &HashSet<PeerId>) {
+        let suspects: Vec<(SwimId, foca::Incarnation)> = self
+            .foca
+            .iter_members()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.asked
+            .retain(|a| suspects.iter().any(|(id, inc)| (id.peer, *inc) == *a));
+        self.drain();
+        let n = self.foca.num_members().max(1);
+        for (id, inc) in suspects {
+            if !self.asked.insert((id.peer, inc)) {
+                continue;
+            }
+            // Every member asking would be a herd of N connections to the suspect (a busy
+            // one at that) for each suspicion: the members connected to it ask (no dial), and
+            // of the others about ASK_SUSPECT in all.
+            let connected = self.local.get(&id.peer).is_some_and(|l| l.connected);
+            if connected
+                || raised.contains(&id.peer)
+                || n <= ASK_SUSPECT
+                || self.rng.random_range(0..n) < ASK_SUSPECT
+            {
+                let r = self.foca.announce(id, &mut self.rt);
+                Self::log_err("asking a suspect", r);
+            }
+        }
+        self.drain_as(true);
     }
 
     /// The digest of the ring's member set (peer and generation of every active member, and

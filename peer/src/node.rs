@@ -28,6 +28,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::datagram;
 use crate::handshake::{self, Attempts, Rejections, Stage};
 use crate::key::Key;
 use crate::membership::{self, Liveness, Membership, Timing};
@@ -103,6 +104,9 @@ pub struct NodeConfig {
     /// Compiles for other peers, and this peer's slot advert ([`crate::offload`]); `None`
     /// advertises nothing and refuses every compile (it can still send its own).
     pub offload: Option<Arc<offload::Server>>,
+    /// Membership packets over UDP beside the TCP listener ([`crate::datagram`]); off, every
+    /// packet goes over a libp2p stream (benchmarks compare the two).
+    pub datagrams: bool,
 }
 
 impl NodeConfig {
@@ -138,6 +142,7 @@ impl NodeConfig {
             protocols: protocol::PROTOCOLS.to_vec(),
             trust: TrustPolicy::default(),
             offload: None,
+            datagrams: true,
         }
     }
 }
@@ -200,6 +205,10 @@ pub struct View {
     pub membership_sent: u64,
     pub membership_received: u64,
     pub membership_failed: u64,
+    /// Membership datagrams accepted, and dropped (unsealed, unsigned or malformed), since
+    /// start ([`crate::datagram`]).
+    pub datagrams_received: u64,
+    pub datagrams_dropped: u64,
     /// Bytes on this node's TCP connections (every protocol, handshakes and encryption
     /// included) and TCP connections made, since start.
     pub tcp_sent: u64,
@@ -320,6 +329,11 @@ pub struct EventLoop {
     advertised: Option<(u32, Vec<crate::toolchain::ToolchainId>, Instant)>,
     /// Membership bytes moved (shown by `distc status`).
     traffic: Arc<swim::Traffic>,
+    /// What the datagram socket is bound from: the configured listen addresses, and the
+    /// sealer, until it is bound (`None` when datagrams are off).
+    udp_setup: Option<(Vec<Multiaddr>, datagram::Sealer)>,
+    /// The membership datagram socket, once bound.
+    udp: Option<Udp>,
     /// Bytes and connections on the wire, every protocol.
     tcp: Arc<handshake::TcpTraffic>,
     /// Membership bytes moved as of a moment at least [`RATE_WINDOW`] ago, and the rate
@@ -532,6 +546,8 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         membership_sent: 0,
         membership_received: 0,
         membership_failed: 0,
+        datagrams_received: 0,
+        datagrams_dropped: 0,
         tcp_sent: 0,
         tcp_received: 0,
         tcp_connections: 0,
@@ -572,6 +588,14 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         offload: cfg.offload.clone(),
         advertised: None,
         traffic,
+        udp_setup: cfg.datagrams.then(|| {
+            let key = cfg.psk.and_then(crate::psk::key_bytes);
+            (
+                cfg.listen.clone(),
+                datagram::Sealer::new(cfg.keypair.clone(), key),
+            )
+        }),
+        udp: None,
         tcp: attempts.tcp(),
         rate_mark: (Instant::now(), 0),
         membership_rate: 0.0,
@@ -602,6 +626,36 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
     Ok((node, ev))
 }
 
+/// The membership datagram socket ([`crate::datagram`]).
+struct Udp {
+    socket: tokio::net::UdpSocket,
+    port: u16,
+    sealer: datagram::Sealer,
+}
+
+/// The next datagram on `udp` (never, without a socket); `None` on a receive error.
+async fn recv_datagram(udp: Option<&Udp>, buf: &mut [u8]) -> Option<(usize, std::net::SocketAddr)> {
+    match udp {
+        Some(u) => u.socket.recv_from(buf).await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The host and port of an `/ip4|ip6/A/tcp/P` address.
+fn ip_tcp(a: &Multiaddr) -> Option<(std::net::IpAddr, u16)> {
+    use libp2p::multiaddr::Protocol;
+    let mut it = a.iter();
+    let ip: std::net::IpAddr = match it.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match it.next()? {
+        Protocol::Tcp(p) => Some((ip, p)),
+        _ => None,
+    }
+}
+
 impl EventLoop {
     /// Runs until every handle is dropped or [`Node::leave`] is called.
     pub async fn run(mut self) {
@@ -625,10 +679,12 @@ impl EventLoop {
                 settle = Some(tokio::time::Instant::now() + Duration::from_millis(50));
             }
         }
+        self.bind_udp();
         self.publish();
         for i in 0..self.bootstrap.len() {
             self.dial_bootstrap(i);
         }
+        let mut datagram = vec![0u8; datagram::MAX_DATAGRAM];
         loop {
             let timer = self
                 .membership
@@ -662,6 +718,19 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().compile.send_response(channel, response);
                 }
                 _ = tick.tick() => self.on_tick(),
+                got = recv_datagram(self.udp.as_ref(), &mut datagram) => {
+                    if let Some((n, from)) = got {
+                        self.on_datagram(&datagram[..n], from);
+                    }
+                    // What else has arrived, without waiting.
+                    for _ in 0..64 {
+                        let Some(u) = &self.udp else { break };
+                        let Ok((n, from)) = u.socket.try_recv_from(&mut datagram) else {
+                            break;
+                        };
+                        self.on_datagram(&datagram[..n], from);
+                    }
+                }
             }
             self.flush_outbox();
             if self.membership.take_changed() {
@@ -770,6 +839,8 @@ impl EventLoop {
             membership_sent: self.traffic.sent.load(Relaxed),
             membership_received: self.traffic.received.load(Relaxed),
             membership_failed: self.traffic.failed.load(Relaxed),
+            datagrams_received: self.traffic.datagrams.load(Relaxed),
+            datagrams_dropped: self.traffic.dropped.load(Relaxed),
             tcp_sent: self.tcp.sent.load(Relaxed),
             tcp_received: self.tcp.received.load(Relaxed),
             tcp_connections: self.tcp.connections.load(Relaxed),
@@ -835,7 +906,7 @@ impl EventLoop {
         let mut addrs: Vec<Multiaddr> = self
             .membership
             .get(peer)
-            .map(|m| m.addrs)
+            .map(|m| datagram::stream_addrs(&m.addrs))
             .unwrap_or_default();
         if let Some(h) = self.hints.get(peer) {
             addrs.extend(h.iter().cloned());
@@ -906,13 +977,117 @@ impl EventLoop {
         self.dirty = true;
     }
 
-    /// Sends what foca queued.
+    /// Binds the membership datagram socket on the host and port of the first IP listener
+    /// (see [`crate::datagram`]) and announces it. Without one (the port taken for UDP, no IP
+    /// listener) membership packets go over streams, as to members that announce no socket.
+    fn bind_udp(&mut self) {
+        let Some((listen, sealer)) = self.udp_setup.take() else {
+            return;
+        };
+        for want in &listen {
+            let Some((ip, port)) = ip_tcp(want) else {
+                continue;
+            };
+            // Port 0 was configured: the one the listener got, on that host.
+            let port =
+                if port != 0 {
+                    port
+                } else {
+                    match self.listen_addrs.iter().filter_map(ip_tcp).find(|(a, _)| {
+                        a.is_ipv4() == ip.is_ipv4() && (ip.is_unspecified() || *a == ip)
+                    }) {
+                        Some((_, p)) => p,
+                        None => continue,
+                    }
+                };
+            let bound = std::net::UdpSocket::bind((ip, port)).and_then(|s| {
+                s.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(s)
+            });
+            match bound {
+                Ok(socket) => {
+                    tracing::info!(%ip, port, "membership datagrams on UDP");
+                    self.udp = Some(Udp {
+                        socket,
+                        port,
+                        sealer,
+                    });
+                    self.announce_addrs();
+                    return;
+                }
+                Err(e) => tracing::warn!(
+                    %ip,
+                    port,
+                    "cannot bind UDP for membership datagrams ({e}): membership goes over TCP \
+                     streams, which costs a connection per probe in a large mesh; free UDP \
+                     port {port} to use datagrams"
+                ),
+            }
+        }
+    }
+
+    /// Our listen addresses, with the datagram endpoint beside each TCP one, as members learn
+    /// them.
+    fn announce_addrs(&mut self) {
+        let mut addrs = self.listen_addrs.clone();
+        if let Some(u) = &self.udp {
+            let udp: Vec<Multiaddr> = self
+                .listen_addrs
+                .iter()
+                .filter_map(|a| datagram::beside(a, u.port))
+                .collect();
+            addrs.extend(udp);
+        }
+        self.membership.set_local_addrs(addrs);
+    }
+
+    /// A membership datagram arrived from `from`.
+    fn on_datagram(&mut self, bytes: &[u8], from: std::net::SocketAddr) {
+        let Some(u) = &self.udp else {
+            return;
+        };
+        match u.sealer.open(bytes) {
+            Ok((peer, packet)) if peer != self.membership.me() => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.traffic.received.fetch_add(bytes.len() as u64, Relaxed);
+                self.traffic.datagrams.fetch_add(1, Relaxed);
+                self.membership.handle_packet(peer, &packet);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.traffic
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%from, "membership datagram dropped: {e}");
+            }
+        }
+    }
+
+    /// Sends what foca queued: as a datagram where the member has a socket and the packet
+    /// fits, else over a stream.
     fn flush_outbox(&mut self) {
         for out in self.membership.take_outbox() {
             if self.incompatible.contains(&out.to) {
                 continue;
             }
-            let mut addrs = out.addrs;
+            if !out.stream
+                && let Some(u) = &self.udp
+                && let Some(to) = out.udp
+                && out.packet.len() <= datagram::MAX_PAYLOAD
+                && let Some(d) = u.sealer.seal(&out.packet)
+            {
+                match u.socket.try_send_to(&d, to) {
+                    Ok(n) => {
+                        self.traffic
+                            .sent
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    // A full socket buffer or no route: the stream still may get through.
+                    Err(e) => tracing::debug!(peer = %out.to, %to, "datagram not sent: {e}"),
+                }
+            }
+            let mut addrs = datagram::stream_addrs(&out.addrs);
             if let Some(h) = self.hints.get(&out.to) {
                 addrs.extend(h.iter().cloned());
             }
@@ -931,6 +1106,7 @@ impl EventLoop {
         if peer == self.membership.me() || self.incompatible.contains(&peer) {
             return;
         }
+        addrs.retain(datagram::is_stream_addr);
         if let Some(h) = self.hints.get(&peer) {
             addrs.extend(h.iter().cloned());
         }
@@ -1032,12 +1208,12 @@ impl EventLoop {
                 if !self.listen_addrs.contains(&address) {
                     self.listen_addrs.push(address);
                 }
-                self.membership.set_local_addrs(self.listen_addrs.clone());
+                self.announce_addrs();
                 self.dirty = true;
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address);
-                self.membership.set_local_addrs(self.listen_addrs.clone());
+                self.announce_addrs();
                 self.dirty = true;
             }
             SwarmEvent::ConnectionEstablished {

@@ -74,6 +74,12 @@ fn key_hex(key: PreSharedKey) -> Option<String> {
         .map(|l| l.trim().to_ascii_lowercase())
 }
 
+/// The 32 bytes of `key` (what the membership datagrams' seal is derived from).
+pub fn key_bytes(key: PreSharedKey) -> Option<[u8; 32]> {
+    let bytes = hex::decode(key_hex(key)?).ok()?;
+    bytes.try_into().ok()
+}
+
 /// The one-line join token for `key`.
 pub fn to_token(key: PreSharedKey) -> String {
     format!("{TOKEN_PREFIX}{}", key_hex(key).unwrap_or_default())

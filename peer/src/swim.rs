@@ -199,6 +199,10 @@ pub struct Traffic {
     pub sent: AtomicU64,
     pub received: AtomicU64,
     pub failed: AtomicU64,
+    /// Membership datagrams accepted and dropped ([`crate::datagram`]; their bytes are in
+    /// `sent` and `received`).
+    pub datagrams: AtomicU64,
+    pub dropped: AtomicU64,
 }
 
 /// The request-response codec of [`PROTOCOL`]; counts what it moves in [`Traffic`].

@@ -146,7 +146,9 @@ async fn a_crashed_member_whose_address_refuses_is_down_before_the_suspicion_tim
 
 /// With more members than `max_connections`, no member holds more than that many idle
 /// connections (inbound or outbound) at any moment once the mesh has settled, and still
-/// probes everyone: the ring stays whole while connections come and go.
+/// probes everyone: the ring stays whole while connections come and go. Membership over
+/// streams (no datagrams), where every probe of a member not connected opens a connection:
+/// what a peer without a UDP socket does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_stay_within_the_bound_and_the_ring_stays_whole() {
     const BOUND: usize = 3;
@@ -154,6 +156,7 @@ async fn idle_connections_stay_within_the_bound_and_the_ring_stays_whole() {
         let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
         cfg.bootstrap = bootstrap;
         cfg.max_connections = BOUND;
+        cfg.datagrams = false;
         common::start(cfg, 1 << 20, Duration::from_secs(30))
     };
     let mut nodes = vec![spawn_bounded(vec![]).await];
@@ -184,4 +187,99 @@ async fn idle_connections_stay_within_the_bound_and_the_ring_stays_whole() {
         "a node held {worst} idle connections, bound {BOUND}"
     );
     all_agree(&all, &ids, Duration::from_secs(5), "after the sampling").await;
+}
+
+/// In a closed mesh, probes, acks and gossip travel as sealed UDP datagrams beside each
+/// peer's TCP port: every member announces its endpoint and every node receives them (over
+/// streams none would), and a datagram that is not sealed with the mesh's key (another
+/// mesh's, an unsealed or a garbled one), sent to a member's real socket, is dropped,
+/// counted, and changes nothing. (What datagrams save, connections, shows at scale:
+/// `scripts/bench_scale.sh`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_travels_as_sealed_datagrams_and_refuses_foreign_ones() {
+    use distc_peer::{datagram, psk};
+    let key = psk::generate().unwrap();
+    let spawn_keyed = |bootstrap: Vec<Multiaddr>| {
+        let mut cfg = NodeConfig::new(identity::Keypair::generate_ed25519());
+        cfg.bootstrap = bootstrap;
+        cfg.psk = Some(key);
+        common::start(cfg, 1 << 20, Duration::from_secs(30))
+    };
+    let mut nodes = vec![spawn_keyed(vec![]).await];
+    for _ in 1..8 {
+        let seed = nodes[0].addr.clone();
+        nodes.push(spawn_keyed(vec![seed]).await);
+    }
+    let mut ids: Vec<PeerId> = nodes.iter().map(|n| n.node.view().me).collect();
+    ids.sort_by_key(|p| p.to_bytes());
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    all_agree(&all, &ids, Duration::from_secs(60), "after the joins").await;
+
+    // Every member announces a datagram endpoint, and every node hears datagrams.
+    let v1 = nodes[1].node.view();
+    let target = v1
+        .members
+        .iter()
+        .find(|m| m.id == ids_of(&nodes)[0])
+        .and_then(|m| datagram::endpoint(&m.addrs))
+        .expect("node 0 announces a UDP endpoint");
+    let before: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|n| {
+            let v = n.node.view();
+            (v.datagrams_received, v.tcp_connections)
+        })
+        .collect();
+    let window = Duration::from_secs(6);
+    tokio::time::sleep(window).await;
+    let (mut heard, mut dialed) = (Vec::new(), 0);
+    for (n, (d0, c0)) in nodes.iter().zip(&before) {
+        let v = n.node.view();
+        heard.push(v.datagrams_received - d0);
+        dialed += v.tcp_connections - c0;
+    }
+    eprintln!(
+        "datagrams received per node in {window:?}: {heard:?}; TCP connections opened in all: {dialed}"
+    );
+    // Each node probes once a second and is probed about as often: acks alone are 6.
+    assert!(
+        heard.iter().all(|&d| d >= 4),
+        "a node heard too few membership datagrams: {heard:?}"
+    );
+    // Foreign datagrams at node 0's real socket: sealed with another key, unsealed, garbage.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let foreign = datagram::Sealer::new(identity::Keypair::generate_ed25519(), Some([9u8; 32]));
+    let open = datagram::Sealer::new(identity::Keypair::generate_ed25519(), None);
+    let packet = b"not a foca packet, and not from a member".to_vec();
+    let dropped0 = nodes[0].node.view().datagrams_dropped;
+    for d in [
+        foreign.seal(&packet).unwrap(),
+        open.seal(&packet).unwrap(),
+        vec![0u8; 200],
+        Vec::new(),
+    ] {
+        sock.send_to(&d, target).unwrap();
+    }
+    let t = Instant::now();
+    while nodes[0].node.view().datagrams_dropped < dropped0 + 4
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        nodes[0].node.view().datagrams_dropped,
+        dropped0 + 4,
+        "every foreign datagram is dropped, and counted"
+    );
+    all_agree(
+        &all,
+        &ids,
+        Duration::from_secs(5),
+        "after the foreign datagrams",
+    )
+    .await;
+}
+
+fn ids_of(nodes: &[TestNode]) -> Vec<PeerId> {
+    nodes.iter().map(|n| n.node.view().me).collect()
 }
