@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what distc's tests and demos use: C/C++ compilers, make, CMake, ccache (for
-# comparisons), iproute2 (network namespaces for the mDNS test), bubblewrap (the sandbox a peer
+# comparisons), iproute2 (network namespaces for the mDNS and slow-link tests), nftables (a
+# firewall inside one of those namespaces, for the blocked-UDP test), bubblewrap (the sandbox a peer
 # compiles for others in; without it the offload tests skip), tmux (drives `distc top` in a
 # real terminal), and Python's prometheus_client (its parser checks the `/metrics` format).
 # Debian/Ubuntu via apt when run as root; elsewhere it lists what is missing and leaves the
@@ -14,7 +15,7 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import prometheus_client'
 fi
 
 need=()
-for tool in gcc g++ make cmake ccache ip bwrap tmux; do
+for tool in gcc g++ make cmake ccache ip nft bwrap tmux; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -24,6 +25,7 @@ for tool in "${need[@]}"; do
   case "$tool" in
     ip) pkgs+=(iproute2) ;;
     bwrap) pkgs+=(bubblewrap) ;;
+    nft) pkgs+=(nftables) ;;
     *) pkgs+=("$tool") ;;
   esac
 done

@@ -4,7 +4,10 @@
 //! (the kernel's netem may be absent). The client reaches each owner only through its proxy.
 //!
 //! Shown: a 50 MB entry arrives in full (its transfer is given the time its size needs, not a
-//! fixed timeout), and a stalled owner is routed around within the hedge delay.
+//! fixed timeout), and a stalled owner is routed around within the hedge delay. And, with a
+//! firewall (nftables) in one namespace that drops inbound UDP: the peer there finds that no
+//! membership datagram reaches it, stops announcing its UDP socket, and the two stay one mesh
+//! over TCP streams.
 //!
 //! Needs root and `ip netns`; skipped with a message otherwise. Traffic stays inside the two
 //! namespaces. Every process is killed by pid and both namespaces are deleted when the test
@@ -199,13 +202,25 @@ impl Drop for Peer {
 }
 
 fn start(sb: &Sandbox, ns: &str, name: &str, bootstrap: &[String], env: &[(&str, &str)]) -> Peer {
+    start_on(sb, ns, name, "/ip4/127.0.0.1/tcp/0", bootstrap, env)
+}
+
+/// [`start`], listening on `listen`.
+fn start_on(
+    sb: &Sandbox,
+    ns: &str,
+    name: &str,
+    listen: &str,
+    bootstrap: &[String],
+    env: &[(&str, &str)],
+) -> Peer {
     let dir = sb.root.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(sb.root.path().join(format!("{name}.log"))).unwrap();
     let mut cmd = sb.command("ip");
     cmd.args(["netns", "exec", ns])
         .arg(common::distc_bin())
-        .args(["peer", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["peer", "--no-mdns", "--listen", listen])
         .env("DISTC_DIR", &dir)
         .env("DISTC_LOG", "info,distc_peer=debug")
         .stdin(Stdio::null())
@@ -448,4 +463,106 @@ fn over_a_slow_link_a_50_mb_entry_arrives_and_a_stalled_owner_is_routed_around()
     drop(ipc);
     drop((hasty, client, o2, o1));
     drop(net);
+}
+
+#[test]
+fn a_peer_whose_firewall_drops_udp_is_reached_over_streams() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to create network namespaces");
+        return;
+    }
+    if !common::have_tool("nft") {
+        eprintln!(
+            "SKIPPED: needs nft (nftables) for the firewall; scripts/install-deps.sh installs it"
+        );
+        return;
+    }
+    let net = match Netns::new() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: cannot set up network namespaces with `ip netns` and `tc tbf`: {e}"
+            );
+            return;
+        }
+    };
+    let [a_ns, b_ns] = net.names.clone();
+    // B's firewall: TCP passes, inbound UDP to the peer's port is dropped.
+    for rule in [
+        "add table inet distc_test",
+        "add chain inet distc_test input { type filter hook input priority 0 ; policy accept ; }",
+        "add rule inet distc_test input udp dport 7878 drop",
+    ] {
+        let mut cmd = vec!["ip", "netns", "exec", &b_ns, "nft"];
+        cmd.extend(rule.split(' '));
+        if let Err(e) = run(&cmd) {
+            eprintln!("SKIPPED: cannot add an nftables rule in the namespace: {e}");
+            return;
+        }
+    }
+    let sb = Sandbox::new();
+    assert_ok(
+        &sb.distc().args(["mesh", "init"]).output().unwrap(),
+        "mesh init",
+    );
+    let a = start_on(
+        &sb,
+        &a_ns,
+        "a",
+        &format!("/ip4/{OWNERS_IP}/tcp/7878"),
+        &[],
+        &[],
+    );
+    let a_id = status(&a.dir).unwrap().id;
+    let boot = format!("/ip4/{OWNERS_IP}/tcp/7878/p2p/{a_id}");
+    let b = start_on(
+        &sb,
+        &b_ns,
+        "b",
+        &format!("/ip4/{CLIENT_IP}/tcp/7878"),
+        &[boot],
+        &[],
+    );
+    for p in [&a, &b] {
+        wait_until(
+            &format!("{} sees the other up", p.name),
+            Duration::from_secs(30),
+            || up(p) == 1,
+        );
+    }
+    let b_log = sb.root.path().join("b.log");
+    wait_until(
+        "b says no datagram reaches it",
+        Duration::from_secs(75),
+        || {
+            std::fs::read_to_string(&b_log)
+                .is_ok_and(|l| l.contains("no membership datagram has arrived"))
+        },
+    );
+    // A learns B's new record, without the UDP endpoint.
+    wait_until("a drops b's UDP endpoint", Duration::from_secs(20), || {
+        status(&a.dir).is_some_and(|s| {
+            s.peers
+                .iter()
+                .any(|p| p.state == "up" && !p.addrs.iter().any(|x| x.contains("/udp/")))
+        })
+    });
+    // From then on one mesh, over streams: neither sees the other down.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        for (p, other) in [(&a, &b), (&b, &a)] {
+            let s = status(&p.dir).expect("status");
+            let seen: Vec<&str> = s.peers.iter().map(|m| m.state.as_str()).collect();
+            assert!(
+                !seen.contains(&"down"),
+                "{} holds {} down after the switch to streams: {seen:?}\n{}",
+                p.name,
+                other.name,
+                std::fs::read_to_string(sb.root.path().join(format!("{}.log", p.name)))
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!((up(&a), up(&b)), (1, 1), "both still see each other up");
 }

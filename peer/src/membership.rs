@@ -335,17 +335,17 @@ impl Membership {
 
     /// Moves what foca asked for (sends, timers, notifications) to where it goes.
     fn drain(&mut self) {
-        self.drain_as(false);
+        self.drain_as(|_| false);
     }
 
-    /// [`Membership::drain`], the packets marked for a stream when `stream`.
-    fn drain_as(&mut self, stream: bool) {
+    /// [`Membership::drain`], the packets to members `stream` names marked for a stream.
+    fn drain_as(&mut self, stream: impl Fn(&PeerId) -> bool) {
         while let Some((to, data)) = self.rt.to_send() {
             self.outbox.push(Outgoing {
                 to: to.peer,
                 udp: crate::datagram::endpoint(&to.addrs),
+                stream: stream(&to.peer),
                 addrs: to.addrs,
-                stream,
                 packet: data.to_vec(),
             });
         }
@@ -511,11 +511,17 @@ impl Membership {
 
     /// A foca datagram arrived from `from`.
     pub fn handle_packet(&mut self, from: PeerId, data: &[u8]) {
+        self.handle_packet_via(from, data, false);
+    }
+
+    /// [`Membership::handle_packet`]; `stream`: it came over a stream, and what answers it
+    /// goes back the same way (the sender may be asking because datagrams do not reach it).
+    fn handle_packet_via(&mut self, from: PeerId, data: &[u8], stream: bool) {
         self.local.entry(from).or_default().last_seen_unix = unix_now();
         self.refused.remove(&from);
         let r = self.foca.handle_data(data, &mut self.rt);
         Self::log_err("packet", r);
-        self.drain();
+        self.drain_as(|to| stream && *to == from);
         self.ask_suspects(&HashSet::new());
     }
 
@@ -663,7 +669,7 @@ impl Membership {
                 Self::log_err("asking a suspect", r);
             }
         }
-        self.drain_as(true);
+        self.drain_as(|_| true);
     }
 
     /// The digest of the ring's member set (peer and generation of every active member, and
@@ -714,7 +720,7 @@ impl Membership {
     pub fn answer(&mut self, from: PeerId, request: SwimRequest) -> SwimResponse {
         match request {
             SwimRequest::Packet(data) => {
-                self.handle_packet(from, &data.0);
+                self.handle_packet_via(from, &data.0, true);
                 SwimResponse::Ack
             }
             SwimRequest::Sync {

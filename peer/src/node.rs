@@ -631,7 +631,19 @@ struct Udp {
     socket: tokio::net::UdpSocket,
     port: u16,
     sealer: datagram::Sealer,
+    /// Whether members are told of it (see [`UDP_SILENCE`]).
+    announced: bool,
+    /// When a datagram last arrived (or the socket was bound, or the process woke up).
+    heard: Instant,
+    /// The last [`EventLoop::check_udp_silence`].
+    checked: Instant,
 }
+
+/// With members to hear from and no datagram for this long, a peer's inbound UDP is blocked
+/// (a firewall that passes its TCP port only): in a mesh of any size a peer is probed about
+/// once a second. It stops announcing its socket, so members reach it over streams, and says
+/// so; what it sends still goes as datagrams where members take them.
+const UDP_SILENCE: Duration = Duration::from_secs(30);
 
 /// The next datagram on `udp` (never, without a socket); `None` on a receive error.
 async fn recv_datagram(udp: Option<&Udp>, buf: &mut [u8]) -> Option<(usize, std::net::SocketAddr)> {
@@ -918,6 +930,7 @@ impl EventLoop {
         self.ticks += 1;
         let now = Instant::now();
         self.membership.tick();
+        self.check_udp_silence(now);
         self.attempts.prune(now);
         self.rejections.expire(now);
         if let Ok(u) = self.store.usage() {
@@ -1011,6 +1024,9 @@ impl EventLoop {
                         socket,
                         port,
                         sealer,
+                        announced: true,
+                        heard: Instant::now(),
+                        checked: Instant::now(),
                     });
                     self.announce_addrs();
                     return;
@@ -1030,7 +1046,7 @@ impl EventLoop {
     /// them.
     fn announce_addrs(&mut self) {
         let mut addrs = self.listen_addrs.clone();
-        if let Some(u) = &self.udp {
+        if let Some(u) = self.udp.as_ref().filter(|u| u.announced) {
             let udp: Vec<Multiaddr> = self
                 .listen_addrs
                 .iter()
@@ -1041,14 +1057,45 @@ impl EventLoop {
         self.membership.set_local_addrs(addrs);
     }
 
+    /// Stops announcing the datagram socket when nothing has arrived on it for
+    /// [`UDP_SILENCE`] while there were members to hear from.
+    fn check_udp_silence(&mut self, now: Instant) {
+        let active = self.membership.num_active();
+        let Some(u) = self.udp.as_mut().filter(|u| u.announced) else {
+            return;
+        };
+        // No members, or this process was not running (a laptop asleep, a stopped process):
+        // the silence says nothing about the port.
+        if active == 0 || now.duration_since(u.checked) > Duration::from_secs(5) {
+            u.heard = now;
+        }
+        u.checked = now;
+        if now.duration_since(u.heard) < UDP_SILENCE {
+            return;
+        }
+        u.announced = false;
+        tracing::warn!(
+            port = u.port,
+            "no membership datagram has arrived on UDP port {} for {} s although members \
+             are up: a firewall passes TCP but not UDP there. Membership goes over TCP \
+             streams to this peer from now on (a connection per probe in a large mesh); \
+             open UDP port {} beside the TCP one and restart the peer to use datagrams",
+            u.port,
+            UDP_SILENCE.as_secs(),
+            u.port
+        );
+        self.announce_addrs();
+    }
+
     /// A membership datagram arrived from `from`.
     fn on_datagram(&mut self, bytes: &[u8], from: std::net::SocketAddr) {
-        let Some(u) = &self.udp else {
+        let Some(u) = &mut self.udp else {
             return;
         };
         match u.sealer.open(bytes) {
             Ok((peer, packet)) if peer != self.membership.me() => {
                 use std::sync::atomic::Ordering::Relaxed;
+                u.heard = Instant::now();
                 self.traffic.received.fetch_add(bytes.len() as u64, Relaxed);
                 self.traffic.datagrams.fetch_add(1, Relaxed);
                 self.membership.handle_packet(peer, &packet);
