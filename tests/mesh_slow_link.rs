@@ -50,7 +50,10 @@ fn run(cmd: &[&str]) -> Result<(), String> {
 
 impl Netns {
     fn new() -> Result<Netns, String> {
-        let tag = std::process::id();
+        // Unique per test in this process too: the tests of this file run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id());
         let net = Netns {
             names: [format!("distc-own-{tag}"), format!("distc-cli-{tag}")],
         };

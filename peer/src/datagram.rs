@@ -7,22 +7,23 @@
 //! (at 100 peers on one machine, most of it). So a peer also binds a UDP socket on the port of
 //! its TCP listener, announces it in its membership record (`/ip4/A/udp/P`), and sends foca's
 //! packets there; anti-entropy (whole tables), entries and compiles stay on libp2p streams,
-//! and so does a packet to a member that announces no UDP address, or one too large for a
-//! datagram (see [`MAX_PAYLOAD`]).
+//! and so does a packet to a member that announces no UDP address.
 //!
-//! What a datagram holds ([`Sealer::seal`]): a format byte, the sender's public key (its
-//! protobuf encoding), the sender's signature over a domain tag, that key and the packet, and
-//! the packet. The receiver derives the sender's peer id from the key and checks the
-//! signature, so a datagram speaks for the peer it names, as a Noise-authenticated stream
-//! does. In a closed mesh the whole datagram is then sealed with XChaCha20-Poly1305 under a key
-//! derived from the mesh key (a random 24-byte nonce in front, the 16-byte tag behind), so
-//! only members can read or write membership traffic, as only they can open a stream.
-//! Nothing in a datagram is executed; foca decodes the packet with the same bounded codec as
-//! a stream's.
+//! What a datagram holds ([`Sealer::seal`]): a format byte, the send time (ms since the epoch,
+//! by the sender's clock), the sender's public key (its protobuf encoding), the sender's
+//! signature over a domain tag, the send time, that key and the packet, and the packet. The
+//! receiver derives the sender's peer id from the key and checks the signature, so a datagram
+//! is from the peer whose key signed it, as a stream is from the peer its Noise handshake
+//! proved; membership then refuses a packet whose header names another sender. In a closed
+//! mesh the whole datagram is then sealed with XChaCha20-Poly1305 under a key derived from the
+//! mesh key (a random 24-byte nonce in front, the 16-byte tag behind), so only members can
+//! read or write membership traffic, as only they can open a stream. Nothing in a datagram is
+//! executed; foca decodes the packet with the same bounded codec as a stream's.
 //!
-//! A replayed datagram changes nothing: foca orders every claim about a member by
-//! incarnation and identity generation, so an old claim loses to the newer one everyone
-//! already holds, and a replayed probe only draws an ack to the real sender.
+//! Replays: a datagram sent more than [`MAX_SKEW_MS`] from the receiver's clock is dropped, so
+//! a captured one cannot bring back a member forgotten since; within that window foca orders
+//! every claim about a member by incarnation and identity generation, so a replayed claim
+//! loses to the newer one everyone holds, and a replayed probe draws an ack to the real sender.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -35,14 +36,22 @@ use sha2::{Digest, Sha256};
 /// The format byte of a datagram's plain part.
 const FORMAT: u8 = 1;
 
+/// A datagram whose signed send time is further than this from the receiver's clock is
+/// dropped: a captured datagram cannot be replayed later (a member forgotten since, a
+/// restarted receiver). The clocks of a mesh's machines must agree to within this; where
+/// one is further off, its datagrams and those sent to it are dropped, it hears none and
+/// stops announcing its socket, and membership with it goes over streams (see
+/// [`crate::node`]).
+pub const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
+
 /// What the sender signs before the key and packet: no other signed message of distc's can be
 /// taken for a datagram.
 const SIGNING_TAG: &[u8] = b"distc membership datagram v1\0";
 
 /// Most packet bytes sent in one datagram: what fits, with the datagram's own overhead (about
-/// 150 bytes: key, signature, nonce and tag), in one Ethernet frame (1472 bytes of UDP
-/// payload), so a datagram is never fragmented on a LAN. foca's packets are sized below this
-/// ([`crate::membership`]); a larger one goes over a stream.
+/// 160 bytes: time, key, signature, nonce and tag), in one Ethernet frame (1472 bytes of UDP
+/// payload), so a datagram is never fragmented on a LAN. foca's packets are sized to this
+/// ([`crate::membership`]).
 pub const MAX_PAYLOAD: usize = 1300;
 
 /// The most bytes a received datagram may have.
@@ -60,6 +69,11 @@ pub enum DatagramError {
     Malformed(&'static str),
     #[error("bad signature for the key it carries")]
     BadSignature,
+    #[error(
+        "sent {off_s} s from this machine's clock, beyond the {} s allowed (a replay, or a clock to fix)",
+        MAX_SKEW_MS / 1000
+    )]
+    Stale { off_s: i64 },
 }
 
 /// Seals this peer's datagrams and opens others'.
@@ -88,17 +102,22 @@ impl Sealer {
         }
     }
 
-    /// The datagram carrying `packet`; `None` when this key type cannot sign.
-    pub fn seal(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        let signature = self.keypair.sign(&signed(&self.public, packet)).ok()?;
+    /// The datagram carrying `packet`, sent at `now_ms` (ms since the epoch); `None` when
+    /// this key type cannot sign.
+    pub fn seal(&self, packet: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+        let signature = self
+            .keypair
+            .sign(&signed(now_ms, &self.public, packet))
+            .ok()?;
         let (Ok(klen), Ok(slen)) = (
             u8::try_from(self.public.len()),
             u8::try_from(signature.len()),
         ) else {
             return None;
         };
-        let mut plain = Vec::with_capacity(3 + self.public.len() + signature.len() + packet.len());
+        let mut plain = Vec::with_capacity(11 + self.public.len() + signature.len() + packet.len());
         plain.push(FORMAT);
+        plain.extend_from_slice(&now_ms.to_le_bytes());
         plain.push(klen);
         plain.extend_from_slice(&self.public);
         plain.push(slen);
@@ -115,8 +134,9 @@ impl Sealer {
         Some(out)
     }
 
-    /// The sender and packet of a received datagram, checked.
-    pub fn open(&self, datagram: &[u8]) -> Result<(PeerId, Vec<u8>), DatagramError> {
+    /// The sender, its send time and the packet of a received datagram, checked (also
+    /// against `now_ms`, the receiver's clock).
+    pub fn open(&self, datagram: &[u8], now_ms: u64) -> Result<Opened, DatagramError> {
         let plain;
         let bytes = match &self.cipher {
             Some(cipher) => {
@@ -143,6 +163,9 @@ impl Sealer {
         if take(1)? != [FORMAT] {
             return Err(DatagramError::Malformed("unknown format"));
         }
+        let mut sent = [0u8; 8];
+        sent.copy_from_slice(take(8)?);
+        let sent_ms = u64::from_le_bytes(sent);
         let klen = take(1)?[0] as usize;
         let public = take(klen)?;
         let slen = take(1)?[0] as usize;
@@ -150,16 +173,35 @@ impl Sealer {
         let packet = rest;
         let key = identity::PublicKey::try_decode_protobuf(public)
             .map_err(|_| DatagramError::Malformed("not a public key"))?;
-        if !key.verify(&signed(public, packet), signature) {
+        if !key.verify(&signed(sent_ms, public, packet), signature) {
             return Err(DatagramError::BadSignature);
         }
-        Ok((key.to_peer_id(), packet.to_vec()))
+        if sent_ms.abs_diff(now_ms) > MAX_SKEW_MS {
+            return Err(DatagramError::Stale {
+                off_s: (sent_ms as i64 - now_ms as i64) / 1000,
+            });
+        }
+        Ok(Opened {
+            from: key.to_peer_id(),
+            sent_ms,
+            packet: packet.to_vec(),
+        })
     }
 }
 
-fn signed(public: &[u8], packet: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(SIGNING_TAG.len() + public.len() + packet.len());
+/// A datagram that passed [`Sealer::open`].
+#[derive(Debug)]
+pub struct Opened {
+    pub from: PeerId,
+    /// When the sender sealed it, by its clock (ms since the epoch).
+    pub sent_ms: u64,
+    pub packet: Vec<u8>,
+}
+
+fn signed(sent_ms: u64, public: &[u8], packet: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNING_TAG.len() + 8 + public.len() + packet.len());
     m.extend_from_slice(SIGNING_TAG);
+    m.extend_from_slice(&sent_ms.to_le_bytes());
     m.extend_from_slice(public);
     m.extend_from_slice(packet);
     m
@@ -200,23 +242,37 @@ pub fn stream_addrs(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
 }
 
 /// The datagram endpoint beside a TCP listen address: the same host, `/udp/port` for
-/// `/tcp/port`, when `port` is the one the socket is bound to.
-pub fn beside(tcp: &Multiaddr, port: u16) -> Option<Multiaddr> {
+/// `/tcp/port`, when a socket bound to `bound` serves that host on that port (the same port;
+/// the same address, or any address of its family when bound to the unspecified one).
+pub fn beside(tcp: &Multiaddr, bound: SocketAddr) -> Option<Multiaddr> {
     let mut it = tcp.iter();
     let host = it.next()?;
-    if !matches!(host, Protocol::Ip4(_) | Protocol::Ip6(_)) {
-        return None;
-    }
+    let ip: IpAddr = match host {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    let serves = if bound.ip().is_unspecified() {
+        ip.is_ipv4() == bound.ip().is_ipv4()
+    } else {
+        ip == bound.ip()
+    };
     match it.next()? {
-        Protocol::Tcp(p) if p == port => {}
+        Protocol::Tcp(p) if p == bound.port() && serves => {}
         _ => return None,
     }
-    Some(Multiaddr::empty().with(host).with(Protocol::Udp(port)))
+    Some(
+        Multiaddr::empty()
+            .with(host)
+            .with(Protocol::Udp(bound.port())),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: u64 = 1_790_000_000_000;
 
     fn sealer(key: Option<[u8; 32]>) -> Sealer {
         Sealer::new(identity::Keypair::generate_ed25519(), key)
@@ -227,10 +283,10 @@ mod tests {
         for key in [None, Some([7u8; 32])] {
             let a = sealer(key);
             let b = sealer(key);
-            let d = a.seal(b"probe").unwrap();
-            let (from, packet) = b.open(&d).unwrap();
-            assert_eq!(from, a.keypair.public().to_peer_id());
-            assert_eq!(packet, b"probe");
+            let d = a.seal(b"probe", NOW).unwrap();
+            let o = b.open(&d, NOW + 1000).unwrap();
+            assert_eq!(o.from, a.keypair.public().to_peer_id());
+            assert_eq!((o.packet.as_slice(), o.sent_ms), (&b"probe"[..], NOW));
         }
     }
 
@@ -239,28 +295,51 @@ mod tests {
         let a = sealer(Some([1; 32]));
         let other = sealer(Some([2; 32]));
         let open = sealer(None);
-        let d = a.seal(b"probe").unwrap();
-        assert!(matches!(other.open(&d), Err(DatagramError::Unsealed)));
-        assert!(open.open(&d).is_err());
+        let d = a.seal(b"probe", NOW).unwrap();
+        assert!(matches!(other.open(&d, NOW), Err(DatagramError::Unsealed)));
+        assert!(open.open(&d, NOW).is_err());
         let mut t = d.clone();
         let last = t.len() - 1;
         t[last] ^= 1;
         assert!(matches!(
-            sealer(Some([1; 32])).open(&t),
+            sealer(Some([1; 32])).open(&t, NOW),
             Err(DatagramError::Unsealed)
         ));
         // Open mesh: a changed packet fails the signature, a truncated one the parse.
-        let d = open.seal(b"probe").unwrap();
+        let d = open.seal(b"probe", NOW).unwrap();
         let mut t = d.clone();
         let last = t.len() - 1;
         t[last] ^= 1;
-        assert!(matches!(a.open(&t), Err(DatagramError::Unsealed)));
+        assert!(matches!(a.open(&t, NOW), Err(DatagramError::Unsealed)));
         assert!(matches!(
-            sealer(None).open(&t),
+            sealer(None).open(&t, NOW),
             Err(DatagramError::BadSignature)
         ));
-        assert!(sealer(None).open(&d[..10]).is_err());
-        assert!(sealer(None).open(&[]).is_err());
+        assert!(sealer(None).open(&d[..10], NOW).is_err());
+        assert!(sealer(None).open(&[], NOW).is_err());
+        // A changed send time fails the signature too.
+        let mut t = d.clone();
+        t[1] ^= 1;
+        assert!(matches!(
+            sealer(None).open(&t, NOW),
+            Err(DatagramError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn a_datagram_too_old_or_from_too_far_ahead_is_refused() {
+        let a = sealer(Some([3; 32]));
+        let b = sealer(Some([3; 32]));
+        let d = a.seal(b"probe", NOW).unwrap();
+        assert!(b.open(&d, NOW + MAX_SKEW_MS).is_ok());
+        assert!(matches!(
+            b.open(&d, NOW + MAX_SKEW_MS + 1),
+            Err(DatagramError::Stale { .. })
+        ));
+        assert!(matches!(
+            b.open(&d, NOW - MAX_SKEW_MS - 1),
+            Err(DatagramError::Stale { .. })
+        ));
     }
 
     #[test]
@@ -268,13 +347,13 @@ mod tests {
         // Key of one peer, signature of another: the datagram cannot speak for the first.
         let a = sealer(None);
         let b = sealer(None);
-        let da = a.seal(b"x").unwrap();
-        let db = b.seal(b"x").unwrap();
-        let klen = da[1] as usize;
-        let mut forged = da[..2 + klen].to_vec();
-        forged.extend_from_slice(&db[2 + klen..]);
+        let da = a.seal(b"x", NOW).unwrap();
+        let db = b.seal(b"x", NOW).unwrap();
+        let klen = da[9] as usize;
+        let mut forged = da[..10 + klen].to_vec();
+        forged.extend_from_slice(&db[10 + klen..]);
         assert!(matches!(
-            sealer(None).open(&forged),
+            sealer(None).open(&forged, NOW),
             Err(DatagramError::BadSignature)
         ));
     }
@@ -282,9 +361,17 @@ mod tests {
     #[test]
     fn endpoints_and_stream_addresses() {
         let tcp: Multiaddr = "/ip4/10.0.0.5/tcp/4100".parse().unwrap();
-        let udp = beside(&tcp, 4100).unwrap();
+        let any: SocketAddr = "0.0.0.0:4100".parse().unwrap();
+        let udp = beside(&tcp, any).unwrap();
         assert_eq!(udp.to_string(), "/ip4/10.0.0.5/udp/4100");
-        assert!(beside(&tcp, 4101).is_none());
+        assert!(beside(&tcp, "0.0.0.0:4101".parse().unwrap()).is_none());
+        assert!(beside(&tcp, "10.0.0.6:4100".parse().unwrap()).is_none());
+        assert!(beside(&tcp, "10.0.0.5:4100".parse().unwrap()).is_some());
+        let v6: Multiaddr = "/ip6/fd00::5/tcp/4100".parse().unwrap();
+        assert!(
+            beside(&v6, any).is_none(),
+            "an IPv4 socket serves no IPv6 address"
+        );
         let quic: Multiaddr = "/ip4/10.0.0.6/udp/4100/quic-v1".parse().unwrap();
         let addrs = vec![tcp.clone(), quic, udp];
         assert_eq!(

@@ -227,12 +227,18 @@ pub fn is_loopback(addr: &Multiaddr) -> bool {
 /// when it listens on nothing else (then only peers on this machine can reach it anyway).
 pub fn announced(listen: &[Multiaddr]) -> Vec<Multiaddr> {
     let public: Vec<Multiaddr> = listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
-    let mut out = if public.is_empty() {
+    let out = if public.is_empty() {
         listen.to_vec()
     } else {
         public
     };
-    out.truncate(MAX_ADDRS);
+    // Within MAX_ADDRS, room for a few datagram endpoints however many stream addresses.
+    let (udp, tcp): (Vec<Multiaddr>, Vec<Multiaddr>) = out
+        .into_iter()
+        .partition(|a| !crate::datagram::is_stream_addr(a));
+    let udp_room = udp.len().min(MAX_ADDRS / 4);
+    let mut out: Vec<Multiaddr> = tcp.into_iter().take(MAX_ADDRS - udp_room).collect();
+    out.extend(udp.into_iter().take(udp_room));
     out
 }
 
@@ -517,6 +523,19 @@ impl Membership {
     /// [`Membership::handle_packet`]; `stream`: it came over a stream, and what answers it
     /// goes back the same way (the sender may be asking because datagrams do not reach it).
     fn handle_packet_via(&mut self, from: PeerId, data: &[u8], stream: bool) {
+        // The packet's header names its sender: it must be the peer whose connection or
+        // signature it came with, or one member could speak for another.
+        match foca::Codec::decode_header(&mut FocaCodec, data) {
+            Ok(h) if h.src.peer == from => {}
+            Ok(h) => {
+                tracing::debug!(%from, claimed = %h.src.peer, "membership packet for another sender dropped");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%from, "membership packet dropped: {e}");
+                return;
+            }
+        }
         self.local.entry(from).or_default().last_seen_unix = unix_now();
         self.refused.remove(&from);
         let r = self.foca.handle_data(data, &mut self.rt);
@@ -605,7 +624,9 @@ impl Membership {
     pub fn leave(&mut self) {
         let r = self.foca.leave_cluster(&mut self.rt);
         Self::log_err("leave", r);
-        self.drain();
+        // Over streams, whose answers the node waits for before it stops (a datagram could
+        // be lost with nobody to notice).
+        self.drain_as(|_| true);
     }
 
     /// Once per node tick: ask each new suspect directly whether it is alive, keep foca's
@@ -833,6 +854,13 @@ impl Membership {
             return Some(t);
         }
         pick(false, false, &mut self.rng, &self.foca)
+    }
+
+    /// Whether a member foca holds active announces a datagram endpoint.
+    pub fn active_with_endpoint(&self) -> bool {
+        self.foca
+            .iter_members()
+            .any(|m| crate::datagram::endpoint(&m.id().addrs).is_some())
     }
 
     /// How many members foca holds active (alive or suspect), not counting us.
@@ -1350,6 +1378,49 @@ mod tests {
             agree(ms, &[], n)
         });
         eprintln!("healed: one ring of {n} again in {d:?} (virtual)");
+    }
+
+    #[test]
+    fn a_packet_whose_header_names_another_sender_is_dropped() {
+        let t = Timing::default();
+        let mut ms: Vec<Membership> = (0..3)
+            .map(|i| {
+                let mut m = Membership::new(PeerId::random(), t);
+                m.set_local_addrs(vec![addr(i)]);
+                m
+            })
+            .collect();
+        for j in 1..3 {
+            let tj = ms[j].table();
+            ms[0].apply_table(tj);
+            let t0 = ms[0].table();
+            ms[j].apply_table(t0);
+        }
+        pump(&mut ms);
+        assert_eq!(ms[0].ring_members().len(), 3);
+        // c leaves; its packet to a arrives from b's connection (or b's signature): b may not
+        // speak for c, so a keeps c.
+        ms[2].leave();
+        let (b, c) = (ms[1].me(), ms[2].me());
+        let to_a: Vec<Outgoing> = ms[2]
+            .take_outbox()
+            .into_iter()
+            .filter(|o| o.to == ms[0].me())
+            .collect();
+        assert!(!to_a.is_empty(), "the leave goes to a");
+        assert!(to_a.iter().all(|o| o.stream), "a leave goes over streams");
+        for o in &to_a {
+            ms[0].handle_packet(b, &o.packet);
+        }
+        assert_eq!(
+            ms[0].ring_members().len(),
+            3,
+            "a packet b sent in c's name was used"
+        );
+        for o in &to_a {
+            ms[0].handle_packet(c, &o.packet);
+        }
+        assert_eq!(ms[0].ring_members().len(), 2, "c's own leave was not used");
     }
 
     #[test]

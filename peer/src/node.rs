@@ -588,13 +588,20 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
         offload: cfg.offload.clone(),
         advertised: None,
         traffic,
-        udp_setup: cfg.datagrams.then(|| {
-            let key = cfg.psk.and_then(crate::psk::key_bytes);
-            (
+        udp_setup: match (cfg.datagrams, cfg.psk.map(crate::psk::key_bytes)) {
+            (false, _) => None,
+            // A closed mesh whose key cannot seal datagrams sends none (never unsealed ones).
+            (true, Some(None)) => {
+                tracing::warn!(
+                    "the mesh key cannot seal membership datagrams: membership goes over TCP streams"
+                );
+                None
+            }
+            (true, key) => Some((
                 cfg.listen.clone(),
-                datagram::Sealer::new(cfg.keypair.clone(), key),
-            )
-        }),
+                datagram::Sealer::new(cfg.keypair.clone(), key.flatten()),
+            )),
+        },
         udp: None,
         tcp: attempts.tcp(),
         rate_mark: (Instant::now(), 0),
@@ -629,21 +636,30 @@ pub fn new(cfg: NodeConfig, store: Store) -> Result<(Node, EventLoop), NodeError
 /// The membership datagram socket ([`crate::datagram`]).
 struct Udp {
     socket: tokio::net::UdpSocket,
-    port: u16,
+    bound: std::net::SocketAddr,
     sealer: datagram::Sealer,
     /// Whether members are told of it (see [`UDP_SILENCE`]).
     announced: bool,
+    /// Whether a datagram has arrived yet. Until one has (while the socket is announced),
+    /// each packet goes both as a datagram and over a stream, whose answer comes back the same
+    /// way: a peer whose firewall drops inbound UDP would otherwise miss every ack to its
+    /// probes and take its members for dead.
+    heard_any: bool,
+    /// Where each member's newest datagram came from (its send time, the source address):
+    /// where datagrams to it go, which also finds a member behind NAT or on several
+    /// addresses. Older datagrams (replays) change nothing.
+    sources: HashMap<PeerId, (u64, std::net::SocketAddr)>,
     /// When a datagram last arrived (or the socket was bound, or the process woke up).
     heard: Instant,
     /// The last [`EventLoop::check_udp_silence`].
     checked: Instant,
 }
 
-/// With members to hear from and no datagram for this long, a peer's inbound UDP is blocked
-/// (a firewall that passes its TCP port only): in a mesh of any size a peer is probed about
-/// once a second. It stops announcing its socket, so members reach it over streams, and says
-/// so; what it sends still goes as datagrams where members take them.
-const UDP_SILENCE: Duration = Duration::from_secs(30);
+/// With members that announce datagram sockets and no datagram from any of them for this
+/// long, a peer's inbound UDP is blocked (a firewall that passes its TCP port only, an address
+/// others reach only through a proxy): in a mesh of any size a peer is probed about once a
+/// second. It stops announcing its socket, so members reach it over streams, and says so.
+const UDP_SILENCE: Duration = Duration::from_secs(15);
 
 /// The next datagram on `udp` (never, without a socket); `None` on a receive error.
 async fn recv_datagram(udp: Option<&Udp>, buf: &mut [u8]) -> Option<(usize, std::net::SocketAddr)> {
@@ -1019,12 +1035,21 @@ impl EventLoop {
             });
             match bound {
                 Ok(socket) => {
-                    tracing::info!(%ip, port, "membership datagrams on UDP");
+                    let bound = match socket.local_addr() {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("membership datagram socket has no address: {e}");
+                            continue;
+                        }
+                    };
+                    tracing::info!(%bound, "membership datagrams on UDP");
                     self.udp = Some(Udp {
                         socket,
-                        port,
+                        bound,
                         sealer,
                         announced: true,
+                        heard_any: false,
+                        sources: HashMap::new(),
                         heard: Instant::now(),
                         checked: Instant::now(),
                     });
@@ -1050,7 +1075,7 @@ impl EventLoop {
             let udp: Vec<Multiaddr> = self
                 .listen_addrs
                 .iter()
-                .filter_map(|a| datagram::beside(a, u.port))
+                .filter_map(|a| datagram::beside(a, u.bound))
                 .collect();
             addrs.extend(udp);
         }
@@ -1060,13 +1085,19 @@ impl EventLoop {
     /// Stops announcing the datagram socket when nothing has arrived on it for
     /// [`UDP_SILENCE`] while there were members to hear from.
     fn check_udp_silence(&mut self, now: Instant) {
-        let active = self.membership.num_active();
+        if let Some(u) = &mut self.udp
+            && u.sources.len() > self.membership.num_active() + 64
+        {
+            let membership = &self.membership;
+            u.sources.retain(|p, _| membership.get(p).is_some());
+        }
+        let senders = self.membership.active_with_endpoint();
         let Some(u) = self.udp.as_mut().filter(|u| u.announced) else {
             return;
         };
-        // No members, or this process was not running (a laptop asleep, a stopped process):
-        // the silence says nothing about the port.
-        if active == 0 || now.duration_since(u.checked) > Duration::from_secs(5) {
+        // No member that sends datagrams, or this process was not running (a laptop asleep,
+        // a stopped process): the silence says nothing about the port.
+        if !senders || now.duration_since(u.checked) > Duration::from_secs(5) {
             u.heard = now;
         }
         u.checked = now;
@@ -1074,15 +1105,14 @@ impl EventLoop {
             return;
         }
         u.announced = false;
+        let port = u.bound.port();
         tracing::warn!(
-            port = u.port,
-            "no membership datagram has arrived on UDP port {} for {} s although members \
-             are up: a firewall passes TCP but not UDP there. Membership goes over TCP \
-             streams to this peer from now on (a connection per probe in a large mesh); \
-             open UDP port {} beside the TCP one and restart the peer to use datagrams",
-            u.port,
-            UDP_SILENCE.as_secs(),
-            u.port
+            "no membership datagram has arrived on UDP port {port} for {} s although members \
+             that send them are up: a firewall passes TCP but not UDP there (or members reach \
+             this peer only through a proxy or NAT). Membership goes over TCP streams to this \
+             peer from now on (a connection per probe in a large mesh); open UDP port {port} \
+             beside the TCP one and restart the peer to use datagrams",
+            UDP_SILENCE.as_secs()
         );
         self.announce_addrs();
     }
@@ -1092,13 +1122,18 @@ impl EventLoop {
         let Some(u) = &mut self.udp else {
             return;
         };
-        match u.sealer.open(bytes) {
-            Ok((peer, packet)) if peer != self.membership.me() => {
+        match u.sealer.open(bytes, membership::unix_now_ms()) {
+            Ok(o) if o.from != self.membership.me() => {
                 use std::sync::atomic::Ordering::Relaxed;
                 u.heard = Instant::now();
+                u.heard_any = true;
+                let newer = u.sources.get(&o.from).is_none_or(|(t, _)| o.sent_ms > *t);
+                if newer {
+                    u.sources.insert(o.from, (o.sent_ms, from));
+                }
                 self.traffic.received.fetch_add(bytes.len() as u64, Relaxed);
                 self.traffic.datagrams.fetch_add(1, Relaxed);
-                self.membership.handle_packet(peer, &packet);
+                self.membership.handle_packet(o.from, &o.packet);
             }
             Ok(_) => {}
             Err(e) => {
@@ -1119,16 +1154,22 @@ impl EventLoop {
             }
             if !out.stream
                 && let Some(u) = &self.udp
-                && let Some(to) = out.udp
+                // Only to a member that announces a socket (it stops when none reach it).
+                && let Some(to) = out
+                    .udp
+                    .map(|announced| u.sources.get(&out.to).map_or(announced, |s| s.1))
                 && out.packet.len() <= datagram::MAX_PAYLOAD
-                && let Some(d) = u.sealer.seal(&out.packet)
+                && let Some(d) = u.sealer.seal(&out.packet, membership::unix_now_ms())
             {
+                let unproven = u.announced && !u.heard_any;
                 match u.socket.try_send_to(&d, to) {
                     Ok(n) => {
                         self.traffic
                             .sent
                             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                        continue;
+                        if !unproven {
+                            continue;
+                        }
                     }
                     // A full socket buffer or no route: the stream still may get through.
                     Err(e) => tracing::debug!(peer = %out.to, %to, "datagram not sent: {e}"),

@@ -1,12 +1,13 @@
 //! SWIM membership on the wire: foca's identity and codec, and distc's membership protocol.
 //!
 //! Membership runs [foca](https://docs.rs/foca) (SWIM with Lifeguard-style extensions) over
-//! its own libp2p request-response protocol, [`PROTOCOL`] (`/distc/swim/1.0.0`), separate from
+//! its own libp2p request-response protocol, [`PROTOCOL`] (`/distc/swim/1.1.0`), separate from
 //! the entry protocol so each can change on its own. A request is one of:
 //!
-//! - [`SwimRequest::Packet`]: one foca datagram (probe, ack, indirect probe, gossip), answered
-//!   by an empty [`SwimResponse::Ack`]. foca itself tolerates loss; the ack only closes the
-//!   stream.
+//! - [`SwimRequest::Packet`]: one foca packet (probe, ack, indirect probe, gossip) where no
+//!   datagram goes ([`crate::datagram`]: a member without a UDP socket, the ask of a suspect,
+//!   a leave), answered by an empty [`SwimResponse::Ack`]. foca itself tolerates loss; the
+//!   ack only closes the stream.
 //! - [`SwimRequest::Sync`]: anti-entropy. The asker sends a digest of the member set it derives
 //!   its ring from (and, when it joins, its whole table); the answerer sends its whole table
 //!   back only if its own digest differs. See [`crate::membership`].
@@ -29,7 +30,10 @@ use crate::protocol::Bytes;
 use crate::store::Usage;
 
 /// The membership protocol's name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/swim/1.0.0");
+/// 1.1: packets of at most [`crate::datagram::MAX_PAYLOAD`] bytes, most of them as datagrams;
+/// a 1.0 peer (packets of up to 4 KB, no datagrams) does not share membership with a 1.1 one
+/// (upgrade every peer of a mesh together).
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/swim/1.1.0");
 
 /// Most bytes in one membership message (a full table of [`MAX_MEMBERS`] members fits).
 pub const MAX_MESSAGE: usize = 4 << 20;

@@ -252,9 +252,10 @@ async fn membership_travels_as_sealed_datagrams_and_refuses_foreign_ones() {
     let open = datagram::Sealer::new(identity::Keypair::generate_ed25519(), None);
     let packet = b"not a foca packet, and not from a member".to_vec();
     let dropped0 = nodes[0].node.view().datagrams_dropped;
+    let now_ms = distc_peer::membership::unix_now_ms();
     for d in [
-        foreign.seal(&packet).unwrap(),
-        open.seal(&packet).unwrap(),
+        foreign.seal(&packet, now_ms).unwrap(),
+        open.seal(&packet, now_ms).unwrap(),
         vec![0u8; 200],
         Vec::new(),
     ] {
