@@ -263,15 +263,17 @@ impl Cache {
         self.put_payload(key, &payload);
     }
 
-    /// Stores an opaque payload (an encoded bundle, a shared manifest) and tells the local
-    /// peer, which replicates it like any entry.
+    /// Stores an opaque payload (an encoded bundle, a shared manifest) and, while the mesh is
+    /// active, tells the local peer, which replicates it like any entry. A peer alone (the
+    /// usual keyless one) has nobody to replicate to, so a miss costs no round trip to it; a
+    /// member that joins later gets the entries it owns by the peer's repair after the join.
     pub fn put_payload(&self, key: &Key, payload: &[u8]) {
         let Some(store) = &self.store else {
             return;
         };
         match store.put(key, payload) {
             Ok(_) => {
-                if self.peer_socket().exists() {
+                if self.mesh_active() {
                     self.peer_announce(key);
                 }
             }
@@ -284,10 +286,6 @@ impl Cache {
                 self.count(Event::Error("store-write"));
             }
         }
-    }
-
-    fn peer_socket(&self) -> PathBuf {
-        distc_peer::ipc::socket_path(&self.dir)
     }
 
     /// What is left of this compile's budget for the local peer; `None`: skip it.
