@@ -50,9 +50,12 @@ pub struct Timing {
     pub forget_after: Duration,
     /// After a failed dial or request, skip the peer for this long.
     pub unreachable_backoff: Duration,
-    /// While there is news, it is also gossiped this often to `gossip_fanout` random members
-    /// (besides riding on every probe and ack).
+    /// While there is member news, it is also gossiped this often to `gossip_fanout` random
+    /// members (besides riding on every probe and ack); slot adverts ride along, and on
+    /// probes and acks, but never cause a gossip of their own.
     pub gossip_period: Duration,
+    /// Members each gossip goes to, and members asked to probe an unanswered one (foca has
+    /// one setting for both).
     pub gossip_fanout: usize,
 }
 
@@ -143,6 +146,8 @@ pub struct Membership {
     rt: AccumulatingRuntime<SwimId>,
     timers: BTreeMap<(Instant, u64), Timer<SwimId>>,
     timer_seq: u64,
+    /// When member news may next be gossiped ([`Membership::fire_timers`]).
+    next_gossip: Instant,
     outbox: Vec<Outgoing>,
     changed: bool,
     listen: Vec<Multiaddr>,
@@ -263,15 +268,16 @@ fn foca_config(t: &Timing, cluster_size: u32) -> foca::Config {
     c.max_transmissions = c
         .max_transmissions
         .max(std::num::NonZeroU8::new(4).unwrap_or(c.max_transmissions));
-    // While there is news, every 200 ms to 3 random members (foca's LAN profile; changes also
-    // ride on every probe and ack): one datagram each ([`crate::datagram`]), so a change
-    // reaches 200 members in about a second. (Over streams, a connection per message, that
-    // rate alone saturated a busy machine of a hundred peers.)
-    c.periodic_gossip = Some(foca::PeriodicParams {
-        frequency: t.gossip_period,
-        num_members: std::num::NonZeroUsize::new(t.gossip_fanout)
-            .unwrap_or(std::num::NonZeroUsize::MIN),
-    });
+    // While there is member news, every 200 ms to 3 random members (foca's LAN profile;
+    // changes also ride on every probe and ack): one datagram each ([`crate::datagram`]), so
+    // a change reaches 200 members in about a second. (Over streams, a connection per
+    // message, that rate alone saturated a busy machine of a hundred peers.) Membership runs
+    // this gossip itself, for member news only ([`Membership::fire_timers`]); foca sends its
+    // gossip to as many members as it asks to probe an unanswered one, so `gossip_fanout`
+    // sets both.
+    c.periodic_gossip = None;
+    c.num_indirect_probes =
+        std::num::NonZeroUsize::new(t.gossip_fanout).unwrap_or(c.num_indirect_probes);
     // One datagram, unfragmented on Ethernet, with its key, signature and seal: room for
     // about 15 updates per packet (a join's first feed; anti-entropy carries the rest).
     c.max_packet_size =
@@ -313,6 +319,7 @@ impl Membership {
             rt: AccumulatingRuntime::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
+            next_gossip: Instant::now(),
             outbox: Vec::new(),
             changed: true,
             listen: Vec::new(),
@@ -411,9 +418,14 @@ impl Membership {
         std::mem::take(&mut self.changed)
     }
 
-    /// When the next foca timer is due.
+    /// When the next foca timer, or the next gossip of member news, is due.
     pub fn next_timer(&self) -> Option<Instant> {
-        self.timers.keys().next().map(|k| k.0)
+        let foca = self.timers.keys().next().map(|k| k.0);
+        let gossip = (self.foca.updates_backlog() > 0).then_some(self.next_gossip);
+        match (foca, gossip) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// How much slower than configured this peer probes and suspects just now (1 = on time).
@@ -425,7 +437,8 @@ impl Membership {
     pub fn fire_timers(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
         let period = self.timing.probe_period;
-        if let Some(due) = self.next_timer()
+        // Lateness of foca's timers only: the gossip's due time is stale while there is no news.
+        if let Some(due) = self.timers.keys().next().map(|k| k.0)
             && now.saturating_duration_since(due) > LATE
         {
             self.last_late = now;
@@ -452,6 +465,15 @@ impl Membership {
             let timer = entry.remove();
             let r = self.foca.handle_timer(timer, &mut self.rt);
             Self::log_err("timer", r);
+        }
+        // Member news is gossiped every gossip period to a few random members while there is
+        // any (foca's own periodic gossip would also run for every slot advert in its
+        // backlog, which in a mesh of busy machines is always: adverts ride on probes, acks
+        // and this gossip instead, so their cost stays within the probe traffic).
+        if self.foca.updates_backlog() > 0 && now >= self.next_gossip {
+            let r = self.foca.gossip(&mut self.rt);
+            Self::log_err("gossip", r);
+            self.next_gossip = now + self.timing.gossip_period * (1 + self.health);
         }
         self.drain();
         // A member our own probe found silent: ask it at once, not at the next tick.
