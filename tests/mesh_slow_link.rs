@@ -102,6 +102,20 @@ impl Netns {
     }
 }
 
+/// The namespaces, or `None` after saying why the test is skipped (not root, no `ip netns`).
+fn namespaces_or_skip() -> Option<Netns> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to create network namespaces");
+        return None;
+    }
+    Netns::new()
+        .map_err(|e| {
+            eprintln!("SKIPPED: cannot set up network namespaces with `ip netns` and `tc tbf`: {e}")
+        })
+        .ok()
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for n in &self.names {
@@ -288,19 +302,8 @@ fn store(p: &Peer) -> distc_peer::store::Store {
 
 #[test]
 fn over_a_slow_link_a_50_mb_entry_arrives_and_a_stalled_owner_is_routed_around() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to create network namespaces");
+    let Some(net) = namespaces_or_skip() else {
         return;
-    }
-    let net = match Netns::new() {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: cannot set up network namespaces with `ip netns` and `tc tbf`: {e}"
-            );
-            return;
-        }
     };
     let [own_ns, cli_ns] = net.names.clone();
     let sb = Sandbox::new();
@@ -470,24 +473,14 @@ fn over_a_slow_link_a_50_mb_entry_arrives_and_a_stalled_owner_is_routed_around()
 
 #[test]
 fn a_peer_whose_firewall_drops_udp_is_reached_over_streams() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to create network namespaces");
-        return;
-    }
     if !common::have_tool("nft") {
         eprintln!(
             "SKIPPED: needs nft (nftables) for the firewall; scripts/install-deps.sh installs it"
         );
         return;
     }
-    let net = match Netns::new() {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: cannot set up network namespaces with `ip netns` and `tc tbf`: {e}"
-            );
-            return;
-        }
+    let Some(net) = namespaces_or_skip() else {
+        return;
     };
     let [a_ns, b_ns] = net.names.clone();
     // B's firewall: TCP passes, inbound UDP to the peer's port is dropped.

@@ -1067,9 +1067,9 @@ mod tests {
         pump(ms);
     }
 
-    #[test]
-    fn a_suspected_member_that_is_alive_refutes() {
-        let t = Timing::default();
+    /// Three members that joined through the first (their tables pushed to it, then its
+    /// whole table back to each).
+    fn three_joined(t: Timing) -> Vec<Membership> {
         let mut ms: Vec<Membership> = (0..3)
             .map(|i| {
                 let mut m = Membership::new(PeerId::random(), t);
@@ -1086,6 +1086,13 @@ mod tests {
             ms[j].apply_table(t0);
         }
         pump(&mut ms);
+        ms
+    }
+
+    #[test]
+    fn a_suspected_member_that_is_alive_refutes() {
+        let t = Timing::default();
+        let mut ms = three_joined(t);
         let b = ms[1].me();
         let b_id = ms[1].foca.identity().clone();
         // a hears that b is suspect (as if its probes had gone unanswered).
@@ -1404,21 +1411,7 @@ mod tests {
 
     #[test]
     fn a_packet_whose_header_names_another_sender_is_dropped() {
-        let t = Timing::default();
-        let mut ms: Vec<Membership> = (0..3)
-            .map(|i| {
-                let mut m = Membership::new(PeerId::random(), t);
-                m.set_local_addrs(vec![addr(i)]);
-                m
-            })
-            .collect();
-        for j in 1..3 {
-            let tj = ms[j].table();
-            ms[0].apply_table(tj);
-            let t0 = ms[0].table();
-            ms[j].apply_table(t0);
-        }
-        pump(&mut ms);
+        let mut ms = three_joined(Timing::default());
         assert_eq!(ms[0].ring_members().len(), 3);
         // c leaves; its packet to a arrives from b's connection (or b's signature): b may not
         // speak for c, so a keeps c.
