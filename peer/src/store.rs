@@ -14,11 +14,17 @@
 //!
 //! Entry format 4 (all integers little-endian):
 //! `b"DSTC"` | format `u8` | key `[u8; 32]` | payload length `u64` | digest `[u8; 32]` |
-//! provenance | zstd(payload), where digest = BLAKE3(magic, format, key, length, payload): the
-//! key and the format are inside the checked bytes. A payload of [`RAW_ABOVE`] bytes or more
-//! written by [`Store::put`] is a zstd frame of raw blocks (stored, not compressed: a hit copies
-//! it), which any zstd decoder reads; the peer compresses it before it leaves the machine
-//! ([`Store::compressed`]), so the format is the same either way. Provenance is one byte, `0` for an entry
+//! provenance | body, where digest = BLAKE3(magic, format, key, length, payload): the key and
+//! the format are inside the checked bytes, the body's encoding is not. The body is a zstd
+//! frame of the payload, except that [`Store::put`] keeps a payload of [`RAW_ABOVE`] bytes or
+//! more as it is: the body is then a zstd *skippable* frame ([`STORED_MAGIC`], a `u32` length,
+//! the payload), which no zstd frame can be mistaken for. A hit maps such an entry into memory
+//! and writes its outputs straight from the mapping: nothing is decompressed, read into a
+//! buffer or moved. Stores of earlier versions held these payloads as a zstd frame of raw
+//! blocks; those are still read. The peer compresses both before an entry leaves the machine
+//! ([`Store::compressed`]), so what the mesh moves is always a compressed zstd frame.
+//! Entry files are never written in place (a temporary file is renamed over them, removal
+//! unlinks them), so a mapped entry cannot change under its reader. Provenance is one byte, `0` for an entry
 //! made on this machine (a wrapper stored it; nothing to sign), or `1` followed by the
 //! producer's ed25519 public key `[u8; 32]` and its signature `[u8; 64]` over
 //! [`signing_message`] (key, digest, producer): what every entry that crossed the network
@@ -32,6 +38,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
 
 use crate::key::Key;
 
@@ -72,6 +80,15 @@ const ZSTD_BLOCK_MAX: usize = 128 << 10;
 /// A zstd frame header of [`raw_frame`]: magic, a descriptor for a single segment with an
 /// 8-byte content size, the size.
 const RAW_FRAME_HEADER: usize = 4 + 1 + 8;
+/// The magic of a body that holds its payload as it is: one of the sixteen magics of a zstd
+/// skippable frame (`0x184D2A50..=0x184D2A5F`), followed by the payload's length (`u32` LE)
+/// and the payload.
+const STORED_MAGIC: [u8; 4] = 0x184D_2A5Du32.to_le_bytes();
+/// Magic and length of a stored body.
+const STORED_HEADER: usize = 8;
+/// Entry files from this size on are mapped into memory to be read by a hit, not copied into
+/// a buffer.
+const MAP_ABOVE: u64 = 256 << 10;
 
 /// What went wrong in the store. Callers treat every error as "no cache here" and compile.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +186,9 @@ fn raw_frame_len(n: usize) -> usize {
     RAW_FRAME_HEADER + n + 3 * n.div_ceil(ZSTD_BLOCK_MAX).max(1)
 }
 
-/// `payload` as a standard zstd frame of raw blocks: any zstd decoder reads it, by copying.
+/// `payload` as a standard zstd frame of raw blocks: what earlier versions kept large payloads
+/// in (still read; tests make such entries with this).
+#[cfg(test)]
 fn raw_frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw_frame_len(payload.len()));
     out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
@@ -256,6 +275,33 @@ fn raw_frame_content(frame: &[u8]) -> Option<usize> {
     (at == frame.len() && total == content).then_some(content)
 }
 
+/// The payload of a stored body (see [`STORED_MAGIC`]): `None` for a body that is not one,
+/// an error for one whose length field disagrees with its size.
+fn stored_payload(body: &[u8]) -> Option<Result<&[u8], StoreError>> {
+    if body.len() < STORED_HEADER || body[..4] != STORED_MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes([body[4], body[5], body[6], body[7]]) as usize;
+    let payload = &body[STORED_HEADER..];
+    Some(if payload.len() == len {
+        Ok(payload)
+    } else {
+        Err(StoreError::Invalid(format!(
+            "stored payload is {} bytes, its frame says {len}",
+            payload.len()
+        )))
+    })
+}
+
+/// The header of a stored body of `len` bytes.
+fn stored_header(len: usize) -> Option<[u8; STORED_HEADER]> {
+    let len = u32::try_from(len).ok()?;
+    let mut h = [0u8; STORED_HEADER];
+    h[..4].copy_from_slice(&STORED_MAGIC);
+    h[4..].copy_from_slice(&len.to_le_bytes());
+    Some(h)
+}
+
 /// Number of entries and bytes on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
@@ -338,15 +384,17 @@ impl Store {
         }
     }
 
-    /// The payload stored under `key` and who produced it, checked as by [`Store::get`]. A
-    /// payload stored in raw blocks (one of [`RAW_ABOVE`] bytes or more) is moved to the start
-    /// of the buffer the entry was read into, so a large hit allocates, and touches the pages
-    /// of, one buffer of its size rather than two. What a wrapper's hit reads.
-    pub fn get_payload(&self, key: &Key) -> Result<Option<(Vec<u8>, Provenance)>, StoreError> {
-        let Some(raw) = self.get_raw(key)? else {
+    /// The payload stored under `key` and who produced it, checked as by [`Store::get`]: what
+    /// a wrapper's hit reads. A large entry is mapped into memory, and a payload kept as it is
+    /// ([`STORED_MAGIC`]) comes back as a slice of the mapping: its bytes are hashed in place
+    /// and go from there to the files they are replayed into. Any other payload is
+    /// decompressed (or copied out of its raw blocks) once.
+    pub fn get_payload(&self, key: &Key) -> Result<Option<(Bytes, Provenance)>, StoreError> {
+        let Some(entry) = self.read_shared(key)? else {
             return Ok(None);
         };
-        let checked = Store::provenance(&raw).and_then(|p| Ok((Store::verify_owned(raw, key)?, p)));
+        let checked =
+            Store::provenance(&entry).and_then(|p| Ok((Store::verify_shared(entry, key)?, p)));
         match checked {
             Ok(found) => Ok(Some(found)),
             Err(StoreError::OtherFormat(_)) => {
@@ -363,65 +411,15 @@ impl Store {
         }
     }
 
-    /// [`Store::verify_raw`] on an entry this process owns: a frame of raw blocks is taken
-    /// apart in place (the payload ends up at the start of `entry`'s buffer), any other
-    /// payload is decompressed.
-    fn verify_owned(mut entry: Vec<u8>, key: &Key) -> Result<Vec<u8>, StoreError> {
-        let body = payload_start(&entry)?;
-        let Some(len) = raw_frame_content(&entry[body..]) else {
-            return Store::verify_raw(&entry, key, u64::MAX);
-        };
-        if entry[KEY_AT..LEN_AT] != key.0 {
-            return Store::verify_raw(&entry, key, u64::MAX);
-        }
-        let mut len_bytes = [0u8; 8];
-        len_bytes.copy_from_slice(&entry[LEN_AT..DIGEST_AT]);
-        if u64::from_le_bytes(len_bytes) != len as u64 {
-            return Err(StoreError::Invalid(format!(
-                "compressed payload does not hold the {} bytes the header says",
-                u64::from_le_bytes(len_bytes)
-            )));
-        }
-        let mut expected = [0u8; 32];
-        expected.copy_from_slice(&entry[DIGEST_AT..PROVENANCE_AT]);
-        let mut h = blake3::Hasher::new();
-        h.update(&entry[..DIGEST_AT]);
-        // Each block moves down over the headers before it: the destination always lies
-        // before the source, so `copy_within` never overwrites bytes still to be read.
-        let mut at = body + RAW_FRAME_HEADER;
-        let mut out = 0;
-        loop {
-            let header = u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], 0]);
-            let size = (header >> 3) as usize;
-            let block = at + 3..at + 3 + size;
-            h.update(&entry[block.clone()]);
-            entry.copy_within(block, out);
-            out += size;
-            at += 3 + size;
-            if header & 1 == 1 {
-                break;
-            }
-        }
-        if <[u8; 32]>::from(h.finalize()) != expected {
-            return Err(StoreError::Invalid("digest mismatch".into()));
-        }
-        entry.truncate(out);
-        Ok(entry)
-    }
-
-    /// The on-disk bytes of the entry under `key` (compressed, self-describing): what peers
-    /// send each other. Not verified here; receivers call [`Store::verify_raw`].
-    pub fn get_raw(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The entry file under `key`, opened, with its metadata; its LRU time refreshed.
+    fn open_entry(&self, key: &Key) -> Result<Option<(File, fs::Metadata)>, StoreError> {
         let path = self.entry_path(key);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io(&path, e)),
         };
         let meta = file.metadata().map_err(|e| StoreError::io(&path, e))?;
-        let mut raw = read_buffer(meta.len() as usize);
-        file.read_to_end(&mut raw)
-            .map_err(|e| StoreError::io(&path, e))?;
         // LRU: refresh the time of entries that are read, at most once per granularity.
         if let Ok(modified) = meta.modified() {
             let now = SystemTime::now();
@@ -432,6 +430,77 @@ impl Store {
                 let _ = file.set_modified(now);
             }
         }
+        Ok(Some((file, meta)))
+    }
+
+    /// The on-disk bytes of the entry under `key`: mapped into memory from [`MAP_ABOVE`]
+    /// bytes on, else read.
+    fn read_shared(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        let Some((mut file, meta)) = self.open_entry(key)? else {
+            return Ok(None);
+        };
+        if meta.len() >= MAP_ABOVE {
+            // SAFETY: entry files are never written in place (module docs): a new entry is
+            // renamed over the old one and removal unlinks, so the mapped file keeps its
+            // bytes and its length while the mapping lives. Its bytes are checked against the
+            // digest before anything uses them.
+            match unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
+                Ok(map) => return Ok(Some(Bytes::from_owner(map))),
+                Err(e) => tracing::debug!(%key, "cannot map cache entry ({e}); reading it"),
+            }
+        }
+        let mut raw = read_buffer(meta.len() as usize);
+        file.read_to_end(&mut raw)
+            .map_err(|e| StoreError::io(&self.entry_path(key), e))?;
+        Ok(Some(Bytes::from(raw)))
+    }
+
+    /// [`Store::verify_raw`] on shared bytes: a payload kept as it is comes back as a slice of
+    /// `entry`, one in raw blocks is copied out of them once (hashed on the way), any other
+    /// is decompressed.
+    fn verify_shared(entry: Bytes, key: &Key) -> Result<Bytes, StoreError> {
+        let (body, len) = Store::checked_header(&entry, key, u64::MAX)?;
+        if let Some(stored) = stored_payload(&entry[body..]) {
+            Store::check_digest(&entry, stored?)?;
+            return Ok(entry.slice(body + STORED_HEADER..));
+        }
+        let Some(n) = raw_frame_content(&entry[body..]) else {
+            return Store::decompressed(&entry, body, len).map(Bytes::from);
+        };
+        if n as u64 != len {
+            return Err(StoreError::Invalid(format!(
+                "raw payload does not hold the {len} bytes the header says"
+            )));
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&entry[..DIGEST_AT]);
+        let mut out = read_buffer(n);
+        let mut at = body + RAW_FRAME_HEADER;
+        loop {
+            let header = u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], 0]);
+            let block = &entry[at + 3..at + 3 + (header >> 3) as usize];
+            h.update(block);
+            out.extend_from_slice(block);
+            at += 3 + block.len();
+            if header & 1 == 1 {
+                break;
+            }
+        }
+        if <[u8; 32]>::from(h.finalize()) != entry[DIGEST_AT..PROVENANCE_AT] {
+            return Err(StoreError::Invalid("digest mismatch".into()));
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The on-disk bytes of the entry under `key` (compressed, self-describing): what peers
+    /// send each other. Not verified here; receivers call [`Store::verify_raw`].
+    pub fn get_raw(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some((mut file, meta)) = self.open_entry(key)? else {
+            return Ok(None);
+        };
+        let mut raw = read_buffer(meta.len() as usize);
+        file.read_to_end(&mut raw)
+            .map_err(|e| StoreError::io(&self.entry_path(key), e))?;
         Ok(Some(raw))
     }
 
@@ -439,6 +508,22 @@ impl Store {
     /// its payload. Refuses payloads that claim more than `max_payload` bytes before
     /// decompressing anything.
     pub fn verify_raw(entry: &[u8], key: &Key, max_payload: u64) -> Result<Vec<u8>, StoreError> {
+        let (body, len) = Store::checked_header(entry, key, max_payload)?;
+        if let Some(stored) = stored_payload(&entry[body..]) {
+            let payload = stored?;
+            Store::check_digest(entry, payload)?;
+            return Ok(payload.to_vec());
+        }
+        Store::decompressed(entry, body, len)
+    }
+
+    /// The payload's start in `entry` and its length, after checking the header: magic,
+    /// format, provenance, that it names `key`, and a length of at most `max_payload`.
+    fn checked_header(
+        entry: &[u8],
+        key: &Key,
+        max_payload: u64,
+    ) -> Result<(usize, u64), StoreError> {
         let body = payload_start(entry)?;
         let mut found = [0u8; 32];
         found.copy_from_slice(&entry[KEY_AT..LEN_AT]);
@@ -448,15 +533,35 @@ impl Store {
                 found: Key(found),
             });
         }
-        let mut len_bytes = [0u8; 8];
-        len_bytes.copy_from_slice(&entry[LEN_AT..DIGEST_AT]);
-        let len = u64::from_le_bytes(len_bytes);
+        let len = header_payload_len(entry);
         if len > max_payload {
             return Err(StoreError::TooLarge {
                 size: len,
                 limit: max_payload,
             });
         }
+        Ok((body, len))
+    }
+
+    /// Checks `payload` (kept as it is in `entry`) against the length and digest in the
+    /// header.
+    fn check_digest(entry: &[u8], payload: &[u8]) -> Result<(), StoreError> {
+        let len = header_payload_len(entry);
+        if payload.len() as u64 != len {
+            return Err(StoreError::Invalid(format!(
+                "payload is {} bytes, header says {len}",
+                payload.len()
+            )));
+        }
+        if entry_digest(&entry[..DIGEST_AT], payload) != entry[DIGEST_AT..PROVENANCE_AT] {
+            return Err(StoreError::Invalid("digest mismatch".into()));
+        }
+        Ok(())
+    }
+
+    /// The zstd-framed payload of `entry` (starting at `body`, `len` bytes as its checked
+    /// header says), decompressed and checked against the digest.
+    fn decompressed(entry: &[u8], body: usize, len: u64) -> Result<Vec<u8>, StoreError> {
         // The frame names its content size too: it must agree with the header before a buffer
         // of that size is allocated (a flipped length bit would ask for an absurd one).
         match zstd::zstd_safe::get_frame_content_size(&entry[body..]) {
@@ -471,15 +576,7 @@ impl Store {
             .map_err(|_| StoreError::Invalid(format!("payload length {len} too large")))?;
         let payload = zstd::bulk::decompress(&entry[body..], capacity)
             .map_err(|e| StoreError::Invalid(format!("decompression failed: {e}")))?;
-        if payload.len() != capacity {
-            return Err(StoreError::Invalid(format!(
-                "payload is {} bytes, header says {len}",
-                payload.len()
-            )));
-        }
-        if entry_digest(&entry[..DIGEST_AT], &payload) != entry[DIGEST_AT..PROVENANCE_AT] {
-            return Err(StoreError::Invalid("digest mismatch".into()));
-        }
+        Store::check_digest(entry, &payload)?;
         Ok(payload)
     }
 
@@ -489,17 +586,15 @@ impl Store {
         Ok(Store::entry_with_body(key, payload, &compressed))
     }
 
-    /// The on-disk form of `payload` as [`Store::put`] writes it: payloads of [`RAW_ABOVE`]
-    /// bytes and more in raw blocks, the others compressed.
-    fn encode_local(key: &Key, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
-        if payload.len() < RAW_ABOVE {
-            return Store::encode_entry(key, payload);
-        }
-        Ok(Store::entry_with_body(key, payload, &raw_frame(payload)))
+    fn entry_with_body(key: &Key, payload: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut entry = Store::entry_head(key, payload);
+        entry.extend_from_slice(body);
+        entry
     }
 
-    fn entry_with_body(key: &Key, payload: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut entry = Vec::with_capacity(HEADER_LEN + body.len());
+    /// The header of an entry made here for `payload` under `key` (provenance `LOCAL`).
+    fn entry_head(key: &Key, payload: &[u8]) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(HEADER_LEN + STORED_HEADER);
         entry.extend_from_slice(MAGIC);
         entry.push(FORMAT);
         entry.extend_from_slice(&key.0);
@@ -507,20 +602,23 @@ impl Store {
         let digest = entry_digest(&entry, payload);
         entry.extend_from_slice(&digest);
         entry.push(LOCAL);
-        entry.extend_from_slice(body);
         entry
     }
 
-    /// `entry` with a payload stored in raw blocks ([`RAW_ABOVE`]) compressed, header and
-    /// provenance unchanged (the digest covers the payload, not its encoding); any other
-    /// entry as it is. What a peer sends of its own store. Not verified here (a receiver
-    /// checks every entry, [`Store::verify_raw`]).
+    /// `entry` with a payload kept as it is ([`STORED_MAGIC`], or the raw blocks of earlier
+    /// versions) compressed, header and provenance unchanged (the digest covers the payload,
+    /// not its encoding); any other entry as it is. What a peer sends of its own store. Not
+    /// verified here (a receiver checks every entry, [`Store::verify_raw`]).
     pub fn compressed(entry: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let body = payload_start(&entry)?;
         let (key, _) = Store::header_key_digest(&entry)?;
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&entry[LEN_AT..DIGEST_AT]);
-        let is_raw = usize::try_from(u64::from_le_bytes(len)).is_ok_and(|n| {
+        let mut out = entry[..body].to_vec();
+        if let Some(stored) = stored_payload(&entry[body..]) {
+            let payload = stored.map_err(|e| StoreError::Invalid(format!("entry {key}: {e}")))?;
+            out.extend_from_slice(&compress(payload)?);
+            return Ok(out);
+        }
+        let is_raw = usize::try_from(header_payload_len(&entry)).is_ok_and(|n| {
             n >= RAW_ABOVE
                 && entry.get(body + 4) == Some(&RAW_DESCRIPTOR)
                 && entry.len() - body == raw_frame_len(n)
@@ -531,7 +629,6 @@ impl Store {
         let payload = zstd::bulk::decompress(&entry[body..], entry.len() - body).map_err(|e| {
             StoreError::Invalid(format!("entry {key}: raw payload unreadable: {e}"))
         })?;
-        let mut out = entry[..body].to_vec();
         out.extend_from_slice(&compress(&payload)?);
         Ok(out)
     }
@@ -601,18 +698,25 @@ impl Store {
     /// Stores `payload` under `key` atomically (from [`RAW_ABOVE`] bytes on uncompressed).
     /// Returns the entry's size on disk.
     pub fn put(&self, key: &Key, payload: &[u8]) -> Result<u64, StoreError> {
-        let entry = Store::encode_local(key, payload)?;
-        self.write_entry(key, &entry)
+        if payload.len() >= RAW_ABOVE
+            && let Some(stored) = stored_header(payload.len())
+        {
+            let head = Store::entry_head(key, payload);
+            return self.write_entry(key, &[&head, &stored, payload]);
+        }
+        let entry = Store::encode_entry(key, payload)?;
+        self.write_entry(key, &[&entry])
     }
 
     /// Stores an entry received from elsewhere, after checking it completely (including that
     /// it was made for `key`).
     pub fn put_raw(&self, key: &Key, entry: &[u8]) -> Result<u64, StoreError> {
         Store::verify_raw(entry, key, u64::MAX)?;
-        self.write_entry(key, entry)
+        self.write_entry(key, &[entry])
     }
 
-    fn write_entry(&self, key: &Key, entry: &[u8]) -> Result<u64, StoreError> {
+    /// Writes the entry made of `parts` under `key` atomically and counts it.
+    fn write_entry(&self, key: &Key, parts: &[&[u8]]) -> Result<u64, StoreError> {
         let path = self.entry_path(key);
         let dir = path.parent().unwrap_or(&self.root);
         if let Err(e) = fs::create_dir(dir)
@@ -624,8 +728,10 @@ impl Store {
             .prefix(".tmp")
             .tempfile_in(dir)
             .map_err(|e| StoreError::io(dir, e))?;
-        tmp.write_all(entry).map_err(|e| StoreError::io(dir, e))?;
-        let size = entry.len() as u64;
+        for part in parts {
+            tmp.write_all(part).map_err(|e| StoreError::io(dir, e))?;
+        }
+        let size = parts.iter().map(|p| p.len() as u64).sum();
         // Rename under the counter lock, so that two writers of one key count it once.
         let usage = self.with_usage(|u| {
             let replaced = fs::metadata(&path).map(|m| m.len()).ok();
@@ -946,6 +1052,14 @@ fn payload_start(entry: &[u8]) -> Result<usize, StoreError> {
     Ok(start)
 }
 
+/// The payload length an entry's header names (the header's size checked by
+/// [`payload_start`]).
+fn header_payload_len(entry: &[u8]) -> u64 {
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&entry[LEN_AT..DIGEST_AT]);
+    u64::from_le_bytes(len)
+}
+
 /// The digest of an entry: its header up to the digest (magic, format, key, length), then the
 /// payload.
 fn entry_digest(head: &[u8], payload: &[u8]) -> [u8; 32] {
@@ -1014,7 +1128,7 @@ mod tests {
     }
 
     #[test]
-    fn large_payloads_are_stored_raw_and_leave_compressed() {
+    fn large_payloads_are_stored_as_they_are_and_leave_compressed() {
         let (_d, s) = store(1 << 30);
         for n in [
             RAW_ABOVE,
@@ -1026,25 +1140,94 @@ mod tests {
             let k = Key::digest(&n.to_le_bytes());
             let size = s.put(&k, &payload).unwrap();
             let raw = s.get_raw(&k).unwrap().unwrap();
-            assert_eq!(size as usize, HEADER_LEN + raw_frame_len(n), "{n}");
-            // Any zstd decoder reads the raw frame; the store checks it as any other.
-            assert_eq!(
-                zstd::bulk::decompress(&raw[HEADER_LEN..], n).unwrap(),
-                payload
-            );
+            assert_eq!(size as usize, HEADER_LEN + STORED_HEADER + n, "{n}");
+            // The payload as it is, after a skippable-frame header.
+            assert_eq!(raw[HEADER_LEN..HEADER_LEN + 4], STORED_MAGIC);
+            assert_eq!(raw[HEADER_LEN + STORED_HEADER..], payload[..]);
             assert_eq!(s.get(&k).unwrap().as_deref(), Some(&payload[..]));
-            // Taken apart in place: the same payload, the entry's own buffer.
+            // A hit's payload: the entry's own bytes (mapped), checked.
             let (p, prov) = s.get_payload(&k).unwrap().unwrap();
             assert_eq!(p, payload);
             assert_eq!(prov, Provenance::Local);
-            assert!(raw_frame_content(&raw[HEADER_LEN..]) == Some(n));
             let sent = Store::compressed(raw.clone()).unwrap();
             assert!(sent.len() < raw.len() / 4, "{n}: {} bytes", sent.len());
             assert_eq!(sent[..HEADER_LEN], raw[..HEADER_LEN]);
+            assert!(stored_payload(&sent[HEADER_LEN..]).is_none());
             assert_eq!(Store::verify_raw(&sent, &k, u64::MAX).unwrap(), payload);
             // Compressed once: the second time is a no-op.
             assert_eq!(Store::compressed(sent.clone()).unwrap(), sent);
-            assert_eq!(raw_frame_content(&sent[HEADER_LEN..]), None);
+        }
+        // A flipped byte of the payload, a length field that disagrees with the file, a
+        // truncated file: corrupt, removed, never returned (mapped or read).
+        let payload: Vec<u8> = (0..2 * RAW_ABOVE + 7).map(|i| (i % 241) as u8).collect();
+        let k = Key::digest(b"corrupt stored");
+        let path = s.entry_path(&k);
+        type Damage = fn(&mut Vec<u8>);
+        let damages: [(&str, Damage); 4] = [
+            ("payload byte", |raw| {
+                raw[HEADER_LEN + STORED_HEADER + 1000] ^= 0x40
+            }),
+            ("last byte", |raw| *raw.last_mut().unwrap() ^= 1),
+            ("length field", |raw| raw[HEADER_LEN + 4] ^= 1),
+            ("truncated", |raw| raw.truncate(raw.len() - 1)),
+        ];
+        for (what, damage) in damages {
+            s.put(&k, &payload).unwrap();
+            let mut raw = fs::read(&path).unwrap();
+            damage(&mut raw);
+            assert!(Store::verify_raw(&raw, &k, u64::MAX).is_err(), "{what}");
+            fs::write(&path, &raw).unwrap();
+            assert!(
+                matches!(s.get_payload(&k), Err(StoreError::Corrupt { .. })),
+                "{what}"
+            );
+            assert!(!path.exists(), "{what}");
+        }
+        // Small payloads are compressed in the store already.
+        let k = Key::digest(b"small");
+        s.put(&k, &vec![0u8; RAW_ABOVE - 1]).unwrap();
+        let raw = s.get_raw(&k).unwrap().unwrap();
+        assert!(raw.len() < 1000);
+        assert_eq!(Store::compressed(raw.clone()).unwrap(), raw);
+        // A corrupt stored entry stays corrupt: its receiver refuses it.
+        let k = Key::digest(b"big");
+        s.put(&k, &vec![1u8; RAW_ABOVE]).unwrap();
+        let mut raw = s.get_raw(&k).unwrap().unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        let sent = Store::compressed(raw).unwrap();
+        assert!(Store::verify_raw(&sent, &k, u64::MAX).is_err());
+        // A signed entry keeps its provenance through compression.
+        s.put(&k, &vec![1u8; RAW_ABOVE]).unwrap();
+        let raw = s.get_raw(&k).unwrap().unwrap();
+        let signed = Store::with_signature(&raw, &[3u8; 32], &[4u8; 64]).unwrap();
+        assert_eq!(
+            Store::verify_raw(&signed, &k, u64::MAX).unwrap(),
+            vec![1u8; RAW_ABOVE]
+        );
+        let sent = Store::compressed(signed.clone()).unwrap();
+        assert_eq!(sent[..SIGNED_HEADER_LEN], signed[..SIGNED_HEADER_LEN]);
+        assert_eq!(
+            Store::verify_raw(&sent, &k, u64::MAX).unwrap(),
+            vec![1u8; RAW_ABOVE]
+        );
+    }
+
+    #[test]
+    fn raw_block_entries_of_earlier_versions_are_still_read() {
+        let (_d, s) = store(1 << 30);
+        for n in [RAW_ABOVE, RAW_ABOVE + ZSTD_BLOCK_MAX - 1, 3 * RAW_ABOVE + 5] {
+            let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let k = Key::digest(&n.to_le_bytes());
+            let entry = Store::entry_with_body(&k, &payload, &raw_frame(&payload));
+            s.write_entry(&k, &[&entry]).unwrap();
+            assert_eq!(s.get(&k).unwrap().as_deref(), Some(&payload[..]));
+            let (p, prov) = s.get_payload(&k).unwrap().unwrap();
+            assert_eq!(p, payload);
+            assert_eq!(prov, Provenance::Local);
+            let sent = Store::compressed(entry.clone()).unwrap();
+            assert!(sent.len() < entry.len() / 4, "{n}: {} bytes", sent.len());
+            assert_eq!(Store::verify_raw(&sent, &k, u64::MAX).unwrap(), payload);
         }
         // A flipped byte in a raw block, a block header that claims more than the frame
         // holds: corrupt, removed, never returned.
@@ -1056,30 +1239,15 @@ mod tests {
             HEADER_LEN + RAW_FRAME_HEADER + 3 + 1000,
             HEADER_LEN + RAW_FRAME_HEADER + 1,
         ] {
-            s.put(&k, &payload).unwrap();
-            let mut raw = fs::read(&path).unwrap();
+            let mut raw = Store::entry_with_body(&k, &payload, &raw_frame(&payload));
             raw[at] ^= 0x40;
-            fs::write(&path, &raw).unwrap();
+            s.write_entry(&k, &[&raw]).unwrap();
             assert!(
                 matches!(s.get_payload(&k), Err(StoreError::Corrupt { .. })),
                 "byte {at}"
             );
             assert!(!path.exists());
         }
-        // Small payloads are compressed in the store already.
-        let k = Key::digest(b"small");
-        s.put(&k, &vec![0u8; RAW_ABOVE - 1]).unwrap();
-        let raw = s.get_raw(&k).unwrap().unwrap();
-        assert!(raw.len() < 1000);
-        assert_eq!(Store::compressed(raw.clone()).unwrap(), raw);
-        // A corrupt raw entry stays corrupt: its receiver refuses it.
-        let k = Key::digest(b"big");
-        s.put(&k, &vec![1u8; RAW_ABOVE]).unwrap();
-        let mut raw = s.get_raw(&k).unwrap().unwrap();
-        let last = raw.len() - 1;
-        raw[last] ^= 1;
-        let sent = Store::compressed(raw).unwrap();
-        assert!(Store::verify_raw(&sent, &k, u64::MAX).is_err());
     }
 
     #[test]

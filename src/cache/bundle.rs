@@ -25,7 +25,7 @@ pub enum Role {
 pub struct Output {
     pub role: Role,
     /// Shared: a hit's outputs are slices of the one buffer its store entry was read into
-    /// ([`Bundle::decode_owned`]), so a large object or executable is never copied on its way
+    /// ([`Bundle::decode_shared`]; for a large one, a mapping of the entry file), so a large object or executable is never copied on its way
     /// to the file it is replayed into.
     #[serde(serialize_with = "bytes::serialize")]
     pub data: ::bytes::Bytes,
@@ -79,11 +79,10 @@ impl Bundle {
         distc_peer::codec::encode(self)
     }
 
-    /// Decodes `payload` and checks the version; any mismatch is an error (= a miss, never a
-    /// wrong hit). The outputs are slices of `payload`, not copies (stdout and stderr, small,
+    /// Decodes `shared` and checks the version; any mismatch is an error (= a miss, never a
+    /// wrong hit). The outputs are slices of `shared`, not copies (stdout and stderr, small,
     /// are copied).
-    pub fn decode_owned(payload: Vec<u8>) -> Result<Bundle, String> {
-        let shared = ::bytes::Bytes::from(payload);
+    pub fn decode_shared(shared: ::bytes::Bytes) -> Result<Bundle, String> {
         let v: BundleView<'_> =
             distc_peer::codec::decode(&shared, MAX_BUNDLE).map_err(|e| e.to_string())?;
         if v.version != BUNDLE_VERSION {
@@ -161,11 +160,11 @@ mod tests {
             exit_code: 0,
         };
         let enc = b.encode().unwrap();
-        assert!(Bundle::decode_owned(enc[..enc.len() - 1].to_vec()).is_err());
+        assert!(Bundle::decode_shared(enc[..enc.len() - 1].to_vec().into()).is_err());
         // Decoded from an owned payload, the outputs point into it.
         let start = enc.as_ptr() as usize;
         let end = start + enc.len();
-        let owned = Bundle::decode_owned(enc).unwrap();
+        let owned = Bundle::decode_shared(enc.into()).unwrap();
         assert_eq!(owned, b);
         for o in &owned.outputs {
             let at = o.data.as_ptr() as usize;

@@ -139,9 +139,9 @@ impl Cache {
     /// Local store lookup. A corrupt entry is removed by the store, counted, and is a miss.
     pub fn get_local(&self, key: &Key) -> Option<Found> {
         let store = self.store.as_ref()?;
-        // One buffer of the entry's size: read, taken apart in place, its outputs slices of it.
+        // The entry mapped (or, small, read) once; its outputs are slices of it.
         match store.get_payload(key) {
-            Ok(Some((payload, provenance))) => match Bundle::decode_owned(payload) {
+            Ok(Some((payload, provenance))) => match Bundle::decode_shared(payload) {
                 Ok(bundle) => Some(Found {
                     bundle,
                     remote: false,
@@ -227,7 +227,7 @@ impl Cache {
     /// Asks the machine's peer for `key`; verifies and stores what comes back.
     fn get_remote_found(&self, key: &Key) -> Option<Found> {
         let (raw, payload) = self.fetch_remote(key, self.max_entry_size)?;
-        let bundle = match Bundle::decode_owned(payload) {
+        let bundle = match Bundle::decode_shared(payload.into()) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!("entry {key} from the mesh does not decode: {e}");
