@@ -612,10 +612,11 @@ impl Store {
     pub fn compressed(entry: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let body = payload_start(&entry)?;
         let (key, _) = Store::header_key_digest(&entry)?;
-        let mut out = entry[..body].to_vec();
         if let Some(stored) = stored_payload(&entry[body..]) {
-            let payload = stored.map_err(|e| StoreError::Invalid(format!("entry {key}: {e}")))?;
-            out.extend_from_slice(&compress(payload)?);
+            let compressed = compress(stored?)?;
+            let mut out = Vec::with_capacity(body + compressed.len());
+            out.extend_from_slice(&entry[..body]);
+            out.extend_from_slice(&compressed);
             return Ok(out);
         }
         let is_raw = usize::try_from(header_payload_len(&entry)).is_ok_and(|n| {
@@ -629,6 +630,7 @@ impl Store {
         let payload = zstd::bulk::decompress(&entry[body..], entry.len() - body).map_err(|e| {
             StoreError::Invalid(format!("entry {key}: raw payload unreadable: {e}"))
         })?;
+        let mut out = entry[..body].to_vec();
         out.extend_from_slice(&compress(&payload)?);
         Ok(out)
     }
