@@ -335,6 +335,37 @@ fn shared_manifests_give_a_first_remote_hit_without_any_compiler_run() {
     );
 }
 
+/// The replicas a peer keeps are this machine's store: B's first compile of a file A compiled
+/// (another checkout) is served from the manifest and result A replicated to B, with no
+/// compiler run, also after A is gone and nobody else could answer for them.
+#[test]
+fn a_shared_manifest_replicated_here_serves_while_its_producer_is_down() {
+    let sb = mesh_sandbox();
+    let mut a = start_peer(&sb, "a", &[]);
+    let b = start_peer(&sb, "b", &[address(&sb, &a)]);
+    wait_meshed(&sb, &[&a, &b], Duration::from_secs(10));
+    let base = sb.root.path().join("src");
+    let on_a = checkout(&base, "a", 1);
+    let on_b = checkout(&base, "b", 1);
+    let (line, obj_a) = compile_checkout(&sb, &a.dir, &base, &on_a);
+    assert_eq!(line, "miss");
+    // Two owners of every key: B holds the shared manifest and the result.
+    wait_until("replication to B", Duration::from_secs(15), || {
+        store_files(&b.dir).len() == 2
+    });
+    a.kill();
+    let runs = sb.compiler_runs();
+    let (line, obj_b) = compile_checkout(&sb, &b.dir, &base, &on_b);
+    assert_eq!(
+        sb.compiler_runs(),
+        runs,
+        "compiler ran on B: {:?}",
+        &sb.invocations()[runs..]
+    );
+    assert_eq!(line, "hit");
+    assert_eq!(obj_b, obj_a);
+}
+
 /// Two machines (two DISTC_DIRs, one peer each, one closed mesh), two checkouts of one C
 /// project at different paths and depths under base_dir, compiled as CMake does (absolute
 /// paths, a build directory, `-g` with the build directory mapped): machine two's whole build

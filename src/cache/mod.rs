@@ -138,23 +138,29 @@ impl Cache {
 
     /// Local store lookup. A corrupt entry is removed by the store, counted, and is a miss.
     pub fn get_local(&self, key: &Key) -> Option<Found> {
-        let store = self.store.as_ref()?;
+        let (payload, provenance) = self.local_payload(key)?;
         // The entry mapped (or, small, read) once; its outputs are slices of it.
+        match Bundle::decode_shared(payload) {
+            Ok(bundle) => Some(Found {
+                bundle,
+                remote: false,
+                producer: producer_in(provenance),
+            }),
+            Err(e) => {
+                tracing::warn!("cache entry {key} does not decode: {e}; removing it");
+                self.remove(key);
+                self.count(Event::Error("corrupt"));
+                None
+            }
+        }
+    }
+
+    /// The checked payload under `key` in the local store. A corrupt entry is removed by the
+    /// store, counted, and is a miss.
+    fn local_payload(&self, key: &Key) -> Option<(bytes::Bytes, distc_peer::store::Provenance)> {
+        let store = self.store.as_ref()?;
         match store.get_payload(key) {
-            Ok(Some((payload, provenance))) => match Bundle::decode_shared(payload) {
-                Ok(bundle) => Some(Found {
-                    bundle,
-                    remote: false,
-                    producer: producer_in(provenance),
-                }),
-                Err(e) => {
-                    tracing::warn!("cache entry {key} does not decode: {e}; removing it");
-                    let _ = store.remove(key);
-                    self.count(Event::Error("corrupt"));
-                    None
-                }
-            },
-            Ok(None) => None,
+            Ok(found) => found,
             Err(e @ StoreError::Corrupt { .. }) => {
                 tracing::warn!("{e}");
                 self.count(Event::Error("corrupt"));
@@ -218,9 +224,16 @@ impl Cache {
         }
     }
 
-    /// The payload of an auxiliary entry (a shared manifest) from the mesh, verified and at
-    /// most `max_payload` bytes; not kept in the local store (the caller keeps what it uses).
-    pub fn get_remote_payload(&self, key: &Key, max_payload: u64) -> Option<Vec<u8>> {
+    /// The payload of an auxiliary entry (a shared manifest), at most `max_payload` bytes: from
+    /// the local store, where the peer keeps the replicas this machine owns, else from the
+    /// mesh (verified; not kept in the local store, the caller keeps what it uses). The local
+    /// look comes first because the peer does not look in its own store for the wrapper.
+    pub fn get_shared_payload(&self, key: &Key, max_payload: u64) -> Option<Vec<u8>> {
+        if let Some((payload, _)) = self.local_payload(key)
+            && payload.len() as u64 <= max_payload
+        {
+            return Some(payload.to_vec());
+        }
         self.fetch_remote(key, max_payload).map(|(_, p)| p)
     }
 

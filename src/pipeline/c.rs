@@ -290,7 +290,7 @@ impl Family for CFamily<'_> {
     fn shared_lookup(&self, cache: &Cache) -> Option<Key> {
         let d = self.direct.as_ref()?;
         let payload =
-            cache.get_remote_payload(&d.shared_key(), direct::MAX_SHARED_MANIFEST as u64)?;
+            cache.get_shared_payload(&d.shared_key(), direct::MAX_SHARED_MANIFEST as u64)?;
         match d.merge_shared(&self.ctx, &payload, self.started) {
             Ok(key) => key,
             Err(e) => {
