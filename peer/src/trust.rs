@@ -278,7 +278,9 @@ impl Trust {
                 Ok(Store::with_signature(&entry, &self.public, &signature)?)
             }
             Provenance::Signed { producer, .. } => match producer_id(&producer) {
-                Some(p) if self.accepts(&p) => Ok(entry),
+                // Compressed if a peer sent it with its payload as stored (the signature covers
+                // the payload, not its encoding).
+                Some(p) if self.accepts(&p) => Ok(Store::compressed(entry)?),
                 Some(p) => Err(OutgoingError::Untrusted(p)),
                 None => Err(OutgoingError::Store(StoreError::Invalid(
                     "producer key is not an ed25519 key".into(),
@@ -366,6 +368,37 @@ mod tests {
         // Passed on, it keeps its producer.
         assert_eq!(b.outgoing(signed.clone(), &k).unwrap(), signed);
         assert_eq!(b.refusals().unsigned, 1);
+    }
+
+    /// An entry received with its large payload as stored leaves this peer compressed, its
+    /// producer's signature intact.
+    #[test]
+    fn a_passed_on_entry_leaves_compressed_and_keeps_its_signature() {
+        let (a, b, c) = (
+            trust(TrustPolicy::default()),
+            trust(TrustPolicy::default()),
+            trust(TrustPolicy::default()),
+        );
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("store"), 1 << 30).unwrap();
+        let k = Key::digest(b"large");
+        let payload: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        s.put(&k, &payload).unwrap();
+        let stored = s.get_raw(&k).unwrap().unwrap();
+        assert!(stored.len() > payload.len());
+        // Signed by A as it is, as a peer that does not compress would send it.
+        let (_, digest) = Store::header_key_digest(&stored).unwrap();
+        let sig = a
+            .keypair
+            .sign(&store::signing_message(&k, &digest, &a.public));
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&sig);
+        let signed = Store::with_signature(&stored, &a.public, &signature).unwrap();
+        assert_eq!(b.incoming(&signed, &k), Ok(a.me()));
+        let sent = b.outgoing(signed.clone(), &k).unwrap();
+        assert!(sent.len() < signed.len() / 4, "{} bytes", sent.len());
+        assert_eq!(c.incoming(&sent, &k), Ok(a.me()));
+        assert_eq!(Store::verify_raw(&sent, &k, u64::MAX).unwrap(), payload);
     }
 
     #[test]
