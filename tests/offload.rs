@@ -263,7 +263,7 @@ fn a_busy_machine_waits_for_the_members_slot_instead_of_compiling_locally() {
     let cores = distc_peer::slots::cores();
     let held: Vec<_> = (0..cores)
         .map(|_| {
-            distc_peer::slots::take(&one.dir, cores)
+            distc_peer::slots::take(&one.dir, || cores)
                 .unwrap()
                 .expect("a free slot")
         })
@@ -328,7 +328,7 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
     let cores = distc_peer::slots::cores();
     let held: Vec<_> = (0..cores)
         .map(|_| {
-            distc_peer::slots::take(&one.dir, cores)
+            distc_peer::slots::take(&one.dir, || cores)
                 .unwrap()
                 .expect("a free slot")
         })

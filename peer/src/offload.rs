@@ -1187,7 +1187,7 @@ mod tests {
         });
         assert_eq!(server.guests().admitted(), 0);
         // The owner's compile takes the core: nothing is admitted, nothing is offered.
-        let owner = slots::take(d.path(), 1).unwrap().expect("owner's slot");
+        let owner = slots::take(d.path(), || 1).unwrap().expect("owner's slot");
         assert!(server.claim(&p1).is_none());
         assert_eq!((server.free(), server.free_for(&p1)), (0, 0));
         drop(owner);

@@ -70,12 +70,19 @@ pub struct LocalSlot {
     pub index: usize,
 }
 
-/// Takes a free slot among the first `cores`, or `None` when every one is taken (the machine
-/// is busy). Errors mean the slot file cannot be used.
+/// Takes a free slot among the first `cores()`, or `None` when every one is taken (the machine
+/// is busy). Errors mean the slot file cannot be used. Every machine has a first slot, so
+/// `cores` (which reads cgroup files) is asked only when that one is taken.
 #[cfg(target_os = "linux")]
-pub fn take(distc_dir: &Path, cores: usize) -> io::Result<Option<LocalSlot>> {
+pub fn take(distc_dir: &Path, cores: impl FnOnce() -> usize) -> io::Result<Option<LocalSlot>> {
     let file = open(distc_dir)?;
-    for index in 0..cores.min(MAX_SLOTS) {
+    if crate::lockfile::try_lock_byte(&file, 0)? {
+        return Ok(Some(LocalSlot {
+            _file: file,
+            index: 0,
+        }));
+    }
+    for index in 1..cores().min(MAX_SLOTS) {
         if crate::lockfile::try_lock_byte(&file, index as i64)? {
             return Ok(Some(LocalSlot { _file: file, index }));
         }
@@ -85,7 +92,7 @@ pub fn take(distc_dir: &Path, cores: usize) -> io::Result<Option<LocalSlot>> {
 
 /// Elsewhere there are no byte locks: the machine never counts as busy (nothing is offloaded).
 #[cfg(not(target_os = "linux"))]
-pub fn take(distc_dir: &Path, _cores: usize) -> io::Result<Option<LocalSlot>> {
+pub fn take(distc_dir: &Path, _cores: impl FnOnce() -> usize) -> io::Result<Option<LocalSlot>> {
     Ok(Some(LocalSlot {
         _file: open(distc_dir)?,
         index: 0,

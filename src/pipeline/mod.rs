@@ -261,7 +261,9 @@ impl Pipeline<'_> {
         let cmd = f.command(depend);
         // One local slot per running compile: with all of them taken the machine is busy,
         // and an idle member may compile this instead.
-        let cores = distc_peer::slots::cores();
+        // The core count (cgroup files) is read only when the first slot is taken, and once.
+        let counted = std::cell::OnceCell::new();
+        let cores = || *counted.get_or_init(distc_peer::slots::cores);
         let mut slot = distc_peer::slots::take(&self.cfg.dir, cores);
         let remote = if matches!(slot, Ok(None))
             && depend.is_none()

@@ -333,7 +333,13 @@ fn stamp_files(
         let entry = entry?;
         let name = entry.file_name();
         let path = dir.join(&name);
-        let Ok(md) = fs::metadata(&path) else {
+        // Stat relative to the open directory (no walk of the long sysroot path per file);
+        // a symlink is followed to the file it names.
+        let md = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => entry.metadata(),
+            _ => fs::metadata(&path),
+        };
+        let Ok(md) = md else {
             continue;
         };
         let at = rel.len();
