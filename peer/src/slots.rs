@@ -232,14 +232,14 @@ mod tests {
     #[test]
     fn slots_are_taken_counted_and_released() {
         let d = tempfile::tempdir().unwrap();
-        let a = take(d.path(), 2).unwrap().expect("slot 0");
-        let b = take(d.path(), 2).unwrap().expect("slot 1");
+        let a = take(d.path(), || 2).unwrap().expect("slot 0");
+        let b = take(d.path(), || 2).unwrap().expect("slot 1");
         assert_eq!((a.index, b.index), (0, 1));
-        assert!(take(d.path(), 2).unwrap().is_none(), "busy");
+        assert!(take(d.path(), || 2).unwrap().is_none(), "busy");
         assert_eq!(running(d.path(), 4), 2);
         drop(a);
         assert_eq!(running(d.path(), 4), 1);
-        assert_eq!(take(d.path(), 2).unwrap().expect("free again").index, 0);
+        assert_eq!(take(d.path(), || 2).unwrap().expect("free again").index, 0);
     }
 
     #[test]
