@@ -4,34 +4,44 @@
 //! operation is safe across processes without a daemon:
 //! - entries are written to a temporary file in the same directory and renamed into place, so a
 //!   reader sees either nothing or a whole entry;
-//! - every entry names the key it was stored under and carries the BLAKE3 digest of its header
-//!   and payload, checked on every read: a corrupt or truncated entry, or a valid one under another
+//! - every entry names the key it was stored under and carries a digest of its header and
+//!   payload, checked on every read: a corrupt or truncated entry, or a valid one under another
 //!   key's name (a swapped or restored file, a peer's wrong answer), is deleted and reported,
 //!   never returned;
 //! - the entry count and byte total live in a small counter file updated under `flock`, so
 //!   `usage()` and the size cap need no directory scan; the scan happens only when a put pushes
 //!   the total over the cap (LRU by modification time, which hits refresh at most once a minute).
 //!
-//! Entry format 4 (all integers little-endian):
+//! Entry format 5 (all integers little-endian):
 //! `b"DSTC"` | format `u8` | key `[u8; 32]` | payload length `u64` | digest `[u8; 32]` |
-//! provenance | body, where digest = BLAKE3(magic, format, key, length, payload): the key and
-//! the format are inside the checked bytes, the body's encoding is not. The body is a zstd
-//! frame of the payload, except that [`Store::put`] keeps a payload of [`RAW_ABOVE`] bytes or
-//! more as it is: the body is then a zstd *skippable* frame ([`STORED_MAGIC`], a `u32` length,
-//! the payload), which no zstd frame can be mistaken for. A hit maps such an entry into memory
-//! and writes its outputs straight from the mapping: nothing is decompressed, read into a
-//! buffer or moved. Stores of earlier versions held these payloads as a zstd frame of raw
-//! blocks; those are still read. The peer compresses both before an entry leaves the machine
-//! ([`Store::compressed`]), so what the mesh moves is always a compressed zstd frame.
-//! Entry files are never written in place (a temporary file is renamed over them, removal
-//! unlinks them), so a mapped entry cannot change under its reader. Provenance is one byte, `0` for an entry
-//! made on this machine (a wrapper stored it; nothing to sign), or `1` followed by the
-//! producer's ed25519 public key `[u8; 32]` and its signature `[u8; 64]` over
+//! provenance | body, where digest = H(magic, format, key, length, payload): the key and
+//! the format are inside the checked bytes, the body's encoding is not. Provenance is one
+//! byte, `0` for an entry made on this machine (a wrapper stored it; nothing to sign), or `1`
+//! followed by the producer's ed25519 public key `[u8; 32]` and its signature `[u8; 64]` over
 //! [`signing_message`] (key, digest, producer): what every entry that crossed the network
-//! carries. The store checks the digest; signatures are checked by the peer that receives an
+//! carries. H follows the provenance:
+//! - a signed entry's digest is BLAKE3, because the signature covers the payload only through
+//!   it: a digest that could be made to collide would let a signature move to another payload;
+//! - an entry made here carries XXH3-128 (zero-padded to 32 bytes). Its digest detects a torn,
+//!   truncated or bit-flipped file, or one under another key's name; it cannot and need not
+//!   authenticate anything — whoever can write this directory can write any entry with any
+//!   digest, cryptographic or not — so it takes the fastest hash that reliably detects damage
+//!   (a 4 MiB executable's hit checks it in about a tenth of BLAKE3's time). Such an entry is
+//!   re-digested with BLAKE3 as the peer signs it, before it leaves the machine
+//!   ([`Store::signed`]).
+//!
+//! The body is a zstd frame of the payload, except that [`Store::put`] keeps a payload of
+//! [`RAW_ABOVE`] bytes or more as it is: the body is then a zstd *skippable* frame
+//! ([`STORED_MAGIC`], a `u32` length, the payload), which no zstd frame can be mistaken for. A
+//! hit maps such an entry into memory and writes its outputs straight from the mapping:
+//! nothing is decompressed, read into a buffer or moved. The peer compresses it before an
+//! entry leaves the machine ([`Store::signed`], [`Store::compressed`]), so what the mesh moves
+//! is always a compressed zstd frame. Entry files are never written in place (a temporary file
+//! is renamed over them, removal unlinks them), so a mapped entry cannot change under its
+//! reader. The store checks the digest; signatures are checked by the peer that receives an
 //! entry ([`crate::trust`]). Entries of another format are a miss (removed, not counted as
-//! corruption). (Format 3 had SHA-256 as the digest; BLAKE3 checks a hit's payload, a 1.4 MB
-//! object for `sqlite3.c`, in about a third of the time.)
+//! corruption). (Format 3 had SHA-256 as the digest, format 4 BLAKE3 for every entry; a
+//! distc that reads format 5 starts with an empty local cache.)
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -45,8 +55,9 @@ use crate::key::Key;
 
 const MAGIC: &[u8; 4] = b"DSTC";
 /// The store entry format: 2 named the key and put the header under the digest; 3 adds the
-/// provenance (who produced the entry, signed); 4 makes the digest BLAKE3.
-pub const ENTRY_FORMAT: u8 = 4;
+/// provenance (who produced the entry, signed); 4 makes the digest BLAKE3; 5 makes it
+/// XXH3-128 for entries made here (signed ones keep BLAKE3).
+pub const ENTRY_FORMAT: u8 = 5;
 const FORMAT: u8 = ENTRY_FORMAT;
 const KEY_AT: usize = 5;
 const LEN_AT: usize = KEY_AT + 32;
@@ -70,16 +81,11 @@ const EVICT_TARGET: f64 = 0.9;
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 /// zstd level for new entries: fast, since a miss should cost little more than the compile.
 const ZSTD_LEVEL: i32 = 1;
-/// Payloads at least this large are stored by [`Store::put`] as a zstd frame of raw
-/// (uncompressed) blocks: a hit then copies them instead of decompressing them (for a 4 MiB
+/// Payloads at least this large are stored by [`Store::put`] as they are ([`STORED_MAGIC`]):
+/// a hit then writes them from the mapped entry instead of decompressing them (for a 4 MiB
 /// executable, most of the hit's CPU), at the cost of disk. They are compressed before they
 /// leave the machine ([`Store::compressed`]), so the mesh moves and keeps compressed entries.
 pub const RAW_ABOVE: usize = 1 << 20;
-/// The largest block of a zstd frame.
-const ZSTD_BLOCK_MAX: usize = 128 << 10;
-/// A zstd frame header of [`raw_frame`]: magic, a descriptor for a single segment with an
-/// 8-byte content size, the size.
-const RAW_FRAME_HEADER: usize = 4 + 1 + 8;
 /// The magic of a body that holds its payload as it is: one of the sixteen magics of a zstd
 /// skippable frame (`0x184D2A50..=0x184D2A5F`), followed by the payload's length (`u32` LE)
 /// and the payload.
@@ -177,37 +183,6 @@ fn compress(payload: &[u8]) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Invalid(format!("compression failed: {e}")))
 }
 
-/// The frame header descriptor of [`raw_frame`]: an 8-byte content size (flag 3), a single
-/// segment, no checksum, no dictionary.
-const RAW_DESCRIPTOR: u8 = 0b1110_0000;
-
-/// The length of [`raw_frame`] of `n` bytes.
-fn raw_frame_len(n: usize) -> usize {
-    RAW_FRAME_HEADER + n + 3 * n.div_ceil(ZSTD_BLOCK_MAX).max(1)
-}
-
-/// `payload` as a standard zstd frame of raw blocks: what earlier versions kept large payloads
-/// in (still read; tests make such entries with this).
-#[cfg(test)]
-fn raw_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw_frame_len(payload.len()));
-    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
-    out.push(RAW_DESCRIPTOR);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    let mut chunks = payload.chunks(ZSTD_BLOCK_MAX).peekable();
-    if chunks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0]); // one empty last block
-    }
-    while let Some(chunk) = chunks.next() {
-        let last = u32::from(chunks.peek().is_none());
-        // Block header, 3 bytes LE: last-block bit, block type 0 (raw), size.
-        let header = last | ((chunk.len() as u32) << 3);
-        out.extend_from_slice(&header.to_le_bytes()[..3]);
-        out.extend_from_slice(chunk);
-    }
-    out
-}
-
 /// From this size on, a read buffer asks for huge pages.
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -238,41 +213,6 @@ fn read_buffer(len: usize) -> Vec<u8> {
         }
     }
     v
-}
-
-/// The content size of `frame` when it is a whole zstd frame of raw blocks as [`raw_frame`]
-/// writes it (its block headers checked against the frame's length and content size), else
-/// `None` (compressed, or not understood here: decompressed by zstd instead).
-fn raw_frame_content(frame: &[u8]) -> Option<usize> {
-    if frame.len() < RAW_FRAME_HEADER
-        || frame[..4] != 0xFD2F_B528u32.to_le_bytes()
-        || frame[4] != RAW_DESCRIPTOR
-    {
-        return None;
-    }
-    let mut size_bytes = [0u8; 8];
-    size_bytes.copy_from_slice(&frame[5..RAW_FRAME_HEADER]);
-    let content = usize::try_from(u64::from_le_bytes(size_bytes)).ok()?;
-    let mut at = RAW_FRAME_HEADER;
-    let mut total = 0usize;
-    loop {
-        let h = frame.get(at..at + 3)?;
-        let header = u32::from_le_bytes([h[0], h[1], h[2], 0]);
-        // Block type 0 (raw) only.
-        if (header >> 1) & 3 != 0 {
-            return None;
-        }
-        let size = (header >> 3) as usize;
-        at = at.checked_add(3 + size)?;
-        if at > frame.len() {
-            return None;
-        }
-        total += size;
-        if header & 1 == 1 {
-            break;
-        }
-    }
-    (at == frame.len() && total == content).then_some(content)
 }
 
 /// The payload of a stored body (see [`STORED_MAGIC`]): `None` for a body that is not one,
@@ -456,40 +396,14 @@ impl Store {
     }
 
     /// [`Store::verify_raw`] on shared bytes: a payload kept as it is comes back as a slice of
-    /// `entry`, one in raw blocks is copied out of them once (hashed on the way), any other
-    /// is decompressed.
+    /// `entry`, any other is decompressed.
     fn verify_shared(entry: Bytes, key: &Key) -> Result<Bytes, StoreError> {
         let (body, len) = Store::checked_header(&entry, key, u64::MAX)?;
         if let Some(stored) = stored_payload(&entry[body..]) {
             Store::check_digest(&entry, stored?)?;
             return Ok(entry.slice(body + STORED_HEADER..));
         }
-        let Some(n) = raw_frame_content(&entry[body..]) else {
-            return Store::decompressed(&entry, body, len).map(Bytes::from);
-        };
-        if n as u64 != len {
-            return Err(StoreError::Invalid(format!(
-                "raw payload does not hold the {len} bytes the header says"
-            )));
-        }
-        let mut h = blake3::Hasher::new();
-        h.update(&entry[..DIGEST_AT]);
-        let mut out = read_buffer(n);
-        let mut at = body + RAW_FRAME_HEADER;
-        loop {
-            let header = u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], 0]);
-            let block = &entry[at + 3..at + 3 + (header >> 3) as usize];
-            h.update(block);
-            out.extend_from_slice(block);
-            at += 3 + block.len();
-            if header & 1 == 1 {
-                break;
-            }
-        }
-        if <[u8; 32]>::from(h.finalize()) != entry[DIGEST_AT..PROVENANCE_AT] {
-            return Err(StoreError::Invalid("digest mismatch".into()));
-        }
-        Ok(Bytes::from(out))
+        Store::decompressed(&entry, body, len).map(Bytes::from)
     }
 
     /// The on-disk bytes of the entry under `key` (compressed, self-describing): what peers
@@ -553,7 +467,9 @@ impl Store {
                 payload.len()
             )));
         }
-        if entry_digest(&entry[..DIGEST_AT], payload) != entry[DIGEST_AT..PROVENANCE_AT] {
+        if entry_digest(&entry[..DIGEST_AT], entry[PROVENANCE_AT], payload)
+            != entry[DIGEST_AT..PROVENANCE_AT]
+        {
             return Err(StoreError::Invalid("digest mismatch".into()));
         }
         Ok(())
@@ -599,39 +515,24 @@ impl Store {
         entry.push(FORMAT);
         entry.extend_from_slice(&key.0);
         entry.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        let digest = entry_digest(&entry, payload);
+        let digest = entry_digest(&entry, LOCAL, payload);
         entry.extend_from_slice(&digest);
         entry.push(LOCAL);
         entry
     }
 
-    /// `entry` with a payload kept as it is ([`STORED_MAGIC`], or the raw blocks of earlier
-    /// versions) compressed, header and provenance unchanged (the digest covers the payload,
-    /// not its encoding); any other entry as it is. What a peer sends of its own store. Not
-    /// verified here (a receiver checks every entry, [`Store::verify_raw`]).
+    /// `entry` with a payload kept as it is ([`STORED_MAGIC`]) compressed, header and
+    /// provenance unchanged (the digest covers the payload, not its encoding); any other entry
+    /// as it is. Not verified here (a receiver checks every entry, [`Store::verify_raw`]).
     pub fn compressed(entry: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let body = payload_start(&entry)?;
-        let (key, _) = Store::header_key_digest(&entry)?;
-        if let Some(stored) = stored_payload(&entry[body..]) {
-            let compressed = compress(stored?)?;
-            let mut out = Vec::with_capacity(body + compressed.len());
-            out.extend_from_slice(&entry[..body]);
-            out.extend_from_slice(&compressed);
-            return Ok(out);
-        }
-        let is_raw = usize::try_from(header_payload_len(&entry)).is_ok_and(|n| {
-            n >= RAW_ABOVE
-                && entry.get(body + 4) == Some(&RAW_DESCRIPTOR)
-                && entry.len() - body == raw_frame_len(n)
-        });
-        if !is_raw {
+        let Some(stored) = stored_payload(&entry[body..]) else {
             return Ok(entry);
-        }
-        let payload = zstd::bulk::decompress(&entry[body..], entry.len() - body).map_err(|e| {
-            StoreError::Invalid(format!("entry {key}: raw payload unreadable: {e}"))
-        })?;
-        let mut out = entry[..body].to_vec();
-        out.extend_from_slice(&compress(&payload)?);
+        };
+        let compressed = compress(stored?)?;
+        let mut out = Vec::with_capacity(body + compressed.len());
+        out.extend_from_slice(&entry[..body]);
+        out.extend_from_slice(&compressed);
         Ok(out)
     }
 
@@ -664,21 +565,50 @@ impl Store {
         Ok((Key(key), digest))
     }
 
-    /// `entry` with its provenance replaced by `producer`'s `signature` (the payload and the
-    /// checked header are kept as they are).
-    pub fn with_signature(
+    /// `entry`, made here for `key`, as it leaves this machine signed by `producer`: checked
+    /// (digest and key), re-digested with BLAKE3 (see the module docs), signed by `sign` over
+    /// the [`signing_message`] it is given, and compressed. An entry that is signed already
+    /// is refused (it keeps its producer's signature: [`Store::compressed`]).
+    pub fn signed(
         entry: &[u8],
+        key: &Key,
         producer: &[u8; 32],
-        signature: &[u8; 64],
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
     ) -> Result<Vec<u8>, StoreError> {
         let body = payload_start(entry)?;
-        let mut out = Vec::with_capacity(SIGNED_HEADER_LEN + entry.len() - body);
-        out.extend_from_slice(&entry[..PROVENANCE_AT]);
+        if entry[PROVENANCE_AT] != LOCAL {
+            return Err(StoreError::Invalid("entry is signed already".into()));
+        }
+        let payload = Store::verify_raw(entry, key, u64::MAX)?;
+        let compressed;
+        let frame = match stored_payload(&entry[body..]) {
+            Some(_) => {
+                compressed = compress(&payload)?;
+                &compressed[..]
+            }
+            None => &entry[body..],
+        };
+        let mut out = Vec::with_capacity(SIGNED_HEADER_LEN + frame.len());
+        out.extend_from_slice(&entry[..DIGEST_AT]);
+        let digest = entry_digest(&out, SIGNED, &payload);
+        out.extend_from_slice(&digest);
         out.push(SIGNED);
         out.extend_from_slice(producer);
-        out.extend_from_slice(signature);
-        out.extend_from_slice(&entry[body..]);
+        out.extend_from_slice(&sign(&signing_message(key, &digest, producer)));
+        out.extend_from_slice(frame);
         Ok(out)
+    }
+
+    /// `entry` (signed or not) with its payload kept as it is in a stored body, as an older
+    /// peer might send it (tests of [`Store::compressed`] on received entries).
+    #[cfg(test)]
+    pub(crate) fn with_stored_body(entry: &[u8], key: &Key) -> Vec<u8> {
+        let payload = Store::verify_raw(entry, key, u64::MAX).expect("a valid entry");
+        let body = payload_start(entry).expect("a valid entry");
+        let mut out = entry[..body].to_vec();
+        out.extend_from_slice(&stored_header(payload.len()).expect("a small payload"));
+        out.extend_from_slice(&payload);
+        out
     }
 
     /// The first bytes of the entry under `key`: enough for [`Store::provenance`] (scans that
@@ -1063,12 +993,20 @@ fn header_payload_len(entry: &[u8]) -> u64 {
 }
 
 /// The digest of an entry: its header up to the digest (magic, format, key, length), then the
-/// payload.
-fn entry_digest(head: &[u8], payload: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
+/// payload; BLAKE3 for a signed entry, XXH3-128 (zero-padded) for one made here (module docs).
+fn entry_digest(head: &[u8], provenance: u8, payload: &[u8]) -> [u8; 32] {
+    if provenance == SIGNED {
+        let mut h = blake3::Hasher::new();
+        h.update(head);
+        h.update(payload);
+        return h.finalize().into();
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
     h.update(head);
     h.update(payload);
-    h.finalize().into()
+    let mut digest = [0u8; 32];
+    digest[..16].copy_from_slice(&h.digest128().to_le_bytes());
+    digest
 }
 
 fn parse_usage(bytes: &[u8]) -> Usage {
@@ -1135,7 +1073,7 @@ mod tests {
         for n in [
             RAW_ABOVE,
             RAW_ABOVE + 1,
-            RAW_ABOVE + ZSTD_BLOCK_MAX - 1,
+            RAW_ABOVE + (128 << 10) - 1,
             3 * RAW_ABOVE + 5,
         ] {
             let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
@@ -1202,7 +1140,10 @@ mod tests {
         // A signed entry keeps its provenance through compression.
         s.put(&k, &vec![1u8; RAW_ABOVE]).unwrap();
         let raw = s.get_raw(&k).unwrap().unwrap();
-        let signed = Store::with_signature(&raw, &[3u8; 32], &[4u8; 64]).unwrap();
+        let signed = Store::with_stored_body(
+            &Store::signed(&raw, &k, &[3u8; 32], |_| [4u8; 64]).unwrap(),
+            &k,
+        );
         assert_eq!(
             Store::verify_raw(&signed, &k, u64::MAX).unwrap(),
             vec![1u8; RAW_ABOVE]
@@ -1216,53 +1157,54 @@ mod tests {
     }
 
     #[test]
-    fn raw_block_entries_of_earlier_versions_are_still_read() {
+    fn local_entries_carry_xxh3_and_signed_ones_blake3() {
         let (_d, s) = store(1 << 30);
-        for n in [RAW_ABOVE, RAW_ABOVE + ZSTD_BLOCK_MAX - 1, 3 * RAW_ABOVE + 5] {
-            let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        for n in [10, RAW_ABOVE + 3] {
+            let payload: Vec<u8> = (0..n).map(|i| (i % 239) as u8).collect();
             let k = Key::digest(&n.to_le_bytes());
-            let entry = Store::entry_with_body(&k, &payload, &raw_frame(&payload));
-            s.write_entry(&k, &[&entry]).unwrap();
-            assert_eq!(s.get(&k).unwrap().as_deref(), Some(&payload[..]));
-            let (p, prov) = s.get_payload(&k).unwrap().unwrap();
-            assert_eq!(p, payload);
-            assert_eq!(prov, Provenance::Local);
-            let sent = Store::compressed(entry.clone()).unwrap();
-            assert!(sent.len() < entry.len() / 4, "{n}: {} bytes", sent.len());
-            assert_eq!(Store::verify_raw(&sent, &k, u64::MAX).unwrap(), payload);
-        }
-        // A flipped byte in a raw block, a block header that claims more than the frame
-        // holds: corrupt, removed, never returned.
-        let n = 2 * RAW_ABOVE + 7;
-        let payload: Vec<u8> = (0..n).map(|i| (i % 241) as u8).collect();
-        let k = Key::digest(b"corrupt raw");
-        let path = s.entry_path(&k);
-        for at in [
-            HEADER_LEN + RAW_FRAME_HEADER + 3 + 1000,
-            HEADER_LEN + RAW_FRAME_HEADER + 1,
-        ] {
-            let mut raw = Store::entry_with_body(&k, &payload, &raw_frame(&payload));
-            raw[at] ^= 0x40;
-            s.write_entry(&k, &[&raw]).unwrap();
-            assert!(
-                matches!(s.get_payload(&k), Err(StoreError::Corrupt { .. })),
-                "byte {at}"
-            );
-            assert!(!path.exists());
-        }
-    }
-
-    #[test]
-    fn raw_frames_of_every_shape_decode() {
-        for n in [0, 1, ZSTD_BLOCK_MAX - 1, ZSTD_BLOCK_MAX, ZSTD_BLOCK_MAX + 1] {
-            let payload = vec![9u8; n];
-            let f = raw_frame(&payload);
-            assert_eq!(f.len(), raw_frame_len(n));
+            s.put(&k, &payload).unwrap();
+            let local = s.get_raw(&k).unwrap().unwrap();
+            let mut head = local[..DIGEST_AT].to_vec();
+            let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+            h.update(&head);
+            h.update(&payload);
             assert_eq!(
-                zstd::zstd_safe::get_frame_content_size(&f).ok(),
-                Some(Some(n as u64))
+                local[DIGEST_AT..DIGEST_AT + 16],
+                h.digest128().to_le_bytes()
             );
-            assert_eq!(zstd::bulk::decompress(&f, n).unwrap(), payload, "{n}");
+            assert_eq!(local[DIGEST_AT + 16..PROVENANCE_AT], [0u8; 16]);
+            // Signed as it leaves: BLAKE3 under the signature, compressed, still valid.
+            let mut message = Vec::new();
+            let signed = Store::signed(&local, &k, &[7u8; 32], |m| {
+                message = m.to_vec();
+                [9u8; 64]
+            })
+            .unwrap();
+            head.extend_from_slice(&payload);
+            let (named, digest) = Store::header_key_digest(&signed).unwrap();
+            assert_eq!(named, k);
+            assert_eq!(digest, <[u8; 32]>::from(blake3::hash(&head)));
+            assert_eq!(message, signing_message(&k, &digest, &[7u8; 32]));
+            assert!(stored_payload(&signed[SIGNED_HEADER_LEN..]).is_none());
+            assert_eq!(Store::verify_raw(&signed, &k, u64::MAX).unwrap(), payload);
+            assert!(matches!(
+                Store::provenance(&signed).unwrap(),
+                Provenance::Signed { producer, signature }
+                    if producer == [7u8; 32] && signature == [9u8; 64]
+            ));
+            // Once signed, it is not signed again; a signed entry's header relabelled as made
+            // here (its BLAKE3 digest then checked as XXH3) fails its check.
+            assert!(Store::signed(&signed, &k, &[7u8; 32], |_| [0u8; 64]).is_err());
+            let mut relabelled = signed[..HEADER_LEN].to_vec();
+            relabelled[PROVENANCE_AT] = LOCAL;
+            relabelled.extend_from_slice(&signed[SIGNED_HEADER_LEN..]);
+            assert!(Store::verify_raw(&relabelled, &k, u64::MAX).is_err());
+            // A damaged or misnamed entry is not signed.
+            let mut bad = local.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert!(Store::signed(&bad, &k, &[7u8; 32], |_| [0u8; 64]).is_err());
+            let other = Key::digest(b"other");
+            assert!(Store::signed(&local, &other, &[7u8; 32], |_| [0u8; 64]).is_err());
         }
     }
 

@@ -261,21 +261,13 @@ impl Trust {
     pub fn outgoing(&self, entry: Vec<u8>, key: &Key) -> Result<Vec<u8>, OutgoingError> {
         match Store::provenance(&entry)? {
             Provenance::Local => {
-                let (named, digest) = Store::header_key_digest(&entry)?;
-                if named != *key {
-                    return Err(OutgoingError::Store(StoreError::WrongKey {
-                        expected: *key,
-                        found: named,
-                    }));
-                }
-                let sig = self
-                    .keypair
-                    .sign(&store::signing_message(key, &digest, &self.public));
-                let mut signature = [0u8; 64];
-                signature.copy_from_slice(&sig);
-                // Large payloads are kept uncompressed on this machine only.
-                let entry = Store::compressed(entry)?;
-                Ok(Store::with_signature(&entry, &self.public, &signature)?)
+                // Re-digested with BLAKE3 (what a signature may cover) and compressed (large
+                // payloads are kept uncompressed on this machine only).
+                Ok(Store::signed(&entry, key, &self.public, |message| {
+                    let mut signature = [0u8; 64];
+                    signature.copy_from_slice(&self.keypair.sign(message));
+                    signature
+                })?)
             }
             Provenance::Signed { producer, .. } => match producer_id(&producer) {
                 // Compressed if a peer sent it with its payload as stored (the signature covers
@@ -386,14 +378,9 @@ mod tests {
         s.put(&k, &payload).unwrap();
         let stored = s.get_raw(&k).unwrap().unwrap();
         assert!(stored.len() > payload.len());
-        // Signed by A as it is, as a peer that does not compress would send it.
-        let (_, digest) = Store::header_key_digest(&stored).unwrap();
-        let sig = a
-            .keypair
-            .sign(&store::signing_message(&k, &digest, &a.public));
-        let mut signature = [0u8; 64];
-        signature.copy_from_slice(&sig);
-        let signed = Store::with_signature(&stored, &a.public, &signature).unwrap();
+        // Signed by A, its payload as stored, as a peer that does not compress would send it.
+        let signed = Store::with_stored_body(&a.outgoing(stored, &k).unwrap(), &k);
+        assert!(signed.len() > payload.len());
         assert_eq!(b.incoming(&signed, &k), Ok(a.me()));
         let sent = b.outgoing(signed.clone(), &k).unwrap();
         assert!(sent.len() < signed.len() / 4, "{} bytes", sent.len());
@@ -413,10 +400,9 @@ mod tests {
             .outgoing(Store::encode_entry(&k, b"object").unwrap(), &k)
             .unwrap();
         // M swaps in its own public key but keeps A's signature.
-        let mpk = m.public;
-        let mut sig = [0u8; 64];
-        sig.copy_from_slice(&signed[store::SIGNED_HEADER_LEN - 64..store::SIGNED_HEADER_LEN]);
-        let forged = Store::with_signature(&signed, &mpk, &sig).unwrap();
+        let mut forged = signed.clone();
+        forged[store::SIGNED_HEADER_LEN - 96..store::SIGNED_HEADER_LEN - 64]
+            .copy_from_slice(&m.public);
         assert!(matches!(
             v.incoming(&forged, &k),
             Err(Refusal::BadSignature(_))
@@ -432,7 +418,7 @@ mod tests {
         else {
             panic!("not signed")
         };
-        let moved = Store::with_signature(&moved_local, &producer, &signature).unwrap();
+        let moved = Store::signed(&moved_local, &k2, &producer, |_| signature).unwrap();
         assert!(Store::verify_raw(&moved, &k2, 1 << 20).is_ok());
         assert!(matches!(
             v.incoming(&moved, &k2),

@@ -386,10 +386,11 @@ async fn entries_with_a_wrong_or_no_signature_are_refused_and_routed_around() {
     else {
         panic!("a served entry is signed")
     };
-    let moved = Store::with_signature(
+    let moved = Store::signed(
         &Store::encode_entry(&victim, b"object of a").unwrap(),
+        &victim,
         &producer,
-        &signature,
+        |_| signature,
     )
     .unwrap();
     assert!(Store::verify_raw(&moved, &victim, 1 << 20).is_ok());
