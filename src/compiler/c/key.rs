@@ -550,25 +550,20 @@ fn split_marker(line: &[u8]) -> Option<(&[u8], Vec<u8>, &[u8])> {
 
 /// Whether `bytes` mentions a macro that expands differently on every compile.
 pub fn mentions_time_macros(bytes: &[u8]) -> bool {
-    const NEEDLES: [&[u8]; 3] = [b"__TIME__", b"__DATE__", b"__TIMESTAMP__"];
-    let hit = |s: usize| {
-        let w = &bytes[s..];
-        w.len() >= 8
-            && w[0] == b'_'
-            && w[1] == b'_'
-            && matches!(w[2], b'T' | b'D')
-            && NEEDLES.iter().any(|n| w.starts_with(&n[..8]))
-    };
-    // Every needle starts with "__", so one of any two adjacent bytes of a match is at an odd
-    // offset: look at every second byte only.
-    let mut i = 1;
-    while i < bytes.len() {
-        if bytes[i] == b'_' && (hit(i - 1) || hit(i)) {
-            return true;
-        }
-        i += 2;
-    }
-    false
+    use std::sync::LazyLock;
+    // Two vectorised substring searches: `__TIME` finds `__TIME__` and `__TIMESTAMP__` (what
+    // follows it is checked), `__DATE__` itself. System headers are full of `__`, so a
+    // byte-wise scan that stops at every underscore costs more than the rest of a miss's
+    // header reading.
+    static TIME: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"__TIME"));
+    static DATE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"__DATE__"));
+    DATE.find(bytes).is_some()
+        || TIME.find_iter(bytes).any(|i| {
+            let rest = &bytes[i + 6..];
+            rest.starts_with(b"__") || rest.starts_with(b"STAMP__")
+        })
 }
 
 /// The full fingerprint of a job: key, inputs and the headers found.
@@ -863,6 +858,14 @@ mod tests {
         assert!(mentions_time_macros(b"__DATE__"));
         assert!(mentions_time_macros(b"x __TIMESTAMP__"));
         assert!(!mentions_time_macros(b"__TIM__ __DAT__ int x;"));
+        assert!(!mentions_time_macros(
+            b"__TIMER__ __TIME_ __TIMESTAMP_ __DATE_"
+        ));
+        // A match after many near-misses, at the very end of the text.
+        let mut t = b"__TIMEOUT __TIME_ __attribute__ ".repeat(1000);
+        assert!(!mentions_time_macros(&t));
+        t.extend_from_slice(b"__TIMESTAMP__");
+        assert!(mentions_time_macros(&t));
     }
 
     #[test]
