@@ -5,7 +5,10 @@
 //! than cores), the mesh is active, `offload` is on and the local peer says some member has
 //! a free slot (`peer.slots`, one small file), a C/C++ family may offer a remote compile:
 //! it preprocesses here, and its peer sends the preprocessed source to a member with the
-//! identical compiler ([`distc_peer::toolchain`]). Only a clean success is taken — exit 0,
+//! identical compiler ([`distc_peer::toolchain`]). With debug info the source sent is gcc's
+//! `-E -fdirectives-only` output ([`remote::directives_source`]), compiled there as C or C++
+//! under the source's own name, so the line table and every recorded name are a local
+//! compile's. Only a clean success is taken — exit 0,
 //! nothing on stderr (a warning from preprocessed input lacks the macro-expansion notes a
 //! local compile prints), an object — and the pipeline then stores and replays it exactly
 //! as a local miss (a dependency file is written by the preprocessor run here, with the
@@ -111,6 +114,10 @@ pub(crate) struct Offer<'a> {
     pub dep_args: &'a [OsString],
     /// `-x` of the source as compiled here (`c`, `c++`).
     pub source_language: &'static str,
+    /// A compile with debug info: the member gets gcc's `-E -fdirectives-only` output (from
+    /// a preprocessor run of its own here), compiled as `language` (`c`, `c++`) under the
+    /// source's name at `cwd` ([`remote::directives_source`]).
+    pub directives: bool,
     pub source: &'a Path,
     pub cwd: &'a Path,
     /// Where the object goes.
@@ -142,11 +149,14 @@ pub(crate) fn compile(offer: &Offer, take_local: &mut dyn FnMut() -> bool) -> Op
         return why_not("the working directory is not text");
     };
     let pre = match offer.preprocessed {
-        Some(k) if k.clean => k.text.clone(),
-        Some(_) => return why_not("the preprocessor warned"),
-        None => {
+        Some(k) if k.clean && !offer.directives => k.text.clone(),
+        Some(_) if !offer.directives => return why_not("the preprocessor warned"),
+        _ => {
             let mut pp = offer.cpp_args.to_vec();
             pp.extend(offer.dep_args.iter().cloned());
+            if offer.directives {
+                pp.push("-fdirectives-only".into());
+            }
             pp.extend([
                 "-E".into(),
                 "-x".into(),
@@ -163,16 +173,36 @@ pub(crate) fn compile(offer: &Offer, take_local: &mut dyn FnMut() -> bool) -> Op
             }
         }
     };
-    if let Err(e) = remote::check_preprocessed(&pre) {
-        return why_not(&e.to_string());
-    }
+    let pre = if offer.directives {
+        let Some(pre) = remote::directives_source(&pre) else {
+            return why_not("not gcc's directives-only output");
+        };
+        if let Err(e) = remote::check_directives_only(&pre) {
+            return why_not(&e.to_string());
+        }
+        pre
+    } else {
+        if let Err(e) = remote::check_preprocessed(&pre) {
+            return why_not(&e.to_string());
+        }
+        pre
+    };
+    let name = if offer.directives {
+        // The member compiles the source under this name: it must be the one given here.
+        match offer.source.to_str() {
+            Some(n) => n.to_string(),
+            None => return why_not("the source's name is not text"),
+        }
+    } else {
+        offer.source.display().to_string()
+    };
     let req = CompileRequest {
         toolchain,
         language: offer.language.into(),
         args,
         cwd: cwd.to_string(),
         env: locale_env(),
-        name: offer.source.display().to_string(),
+        name,
         source: Bytes(pre),
     };
     let deadline = Instant::now() + OFFLOAD_WAIT;
