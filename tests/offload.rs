@@ -485,6 +485,43 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
         refused(ask(&["-O2"], b"#include \"/etc/passwd\"\n", toolchain)),
         Refusal::NotPreprocessed(_)
     ));
+    // Directives-only input (compiles with debug info) with a directive that reads a file,
+    // however spelt, is refused too.
+    let ask_c = |source: &[u8]| {
+        let mut c = distc_peer::ipc::IpcClient::connect(&one.dir, Duration::from_secs(30)).unwrap();
+        c.compile(distc_peer::offload::Ask {
+            request: distc_peer::offload::CompileRequest {
+                toolchain,
+                language: "c".into(),
+                args: vec!["-g".into(), "-O2".into()],
+                cwd: dir.to_string_lossy().into_owned(),
+                env: Vec::new(),
+                name: "probe.c".into(),
+                source: distc_peer::protocol::Bytes(source.to_vec()),
+            },
+            wait_ms: 0,
+            local_cores: 1,
+        })
+        .unwrap()
+        .1
+    };
+    for bad in [
+        &b"#define X 1\n#include \"/etc/passwd\"\n"[..],
+        b"int x;\n/* */ %:include_next <stdio.h>\n",
+        b"#if __has_include(</etc/passwd>)\n#endif\n",
+        b"#pragma GCC dependency \"/etc/passwd\"\n",
+        b"#embed \"/etc/passwd\"\n",
+    ] {
+        assert!(
+            matches!(refused(ask_c(bad)), Refusal::NotPreprocessed(_)),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    match ask_c(b"# 0 \"<command-line>\"\n#define V 2\n# 1 \"probe.c\"\nint v = V;\n") {
+        CompileResponse::Done(r) => assert_eq!(r.exit_code, 0, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
     // A compiler no member has is never sent anywhere.
     assert_eq!(
         refused(ask(

@@ -184,17 +184,31 @@ impl<'a> CFamily<'a> {
     /// the line table of fully preprocessed input has the columns of expanded macros, so
     /// the macros are left to the member's compiler. Not with macro information (`-g3`:
     /// the definitions are recorded in another order) or options that change what the
-    /// preprocessor writes (`-fpreprocessed`, `-fdirectives-only`, `-traditional-cpp`).
+    /// preprocessor writes (`-fpreprocessed`, `-fdirectives-only`, `-traditional-cpp`), and
+    /// not with clang (no `-fdirectives-only` in clang 14; a `cc` that is clang is caught by
+    /// the shape of its output, [`distc_peer::offload::directives_source`]).
     fn remote_languages(&self) -> Option<(&'static str, &'static str)> {
         use compiler::Language;
         if self.job.debug_info {
-            if self.job.args.iter().any(|a| {
-                let a = a.as_bytes();
-                macro_info(a)
-                    || a == b"-fpreprocessed"
-                    || a == b"-fdirectives-only"
-                    || a.starts_with(b"-traditional")
-            }) {
+            let named_clang = [
+                self.ctx.invoked_as.as_os_str(),
+                self.ctx.compiler.as_os_str(),
+            ]
+            .iter()
+            .any(|n| {
+                Path::new(n)
+                    .file_name()
+                    .is_some_and(|f| f.as_bytes().starts_with(b"clang"))
+            });
+            if named_clang
+                || self.job.args.iter().any(|a| {
+                    let a = a.as_bytes();
+                    macro_info(a)
+                        || a == b"-fpreprocessed"
+                        || a == b"-fdirectives-only"
+                        || a.starts_with(b"-traditional")
+                })
+            {
                 return None;
             }
             return match self.job.language {
