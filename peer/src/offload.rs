@@ -1735,6 +1735,46 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // Without a sandbox (the opt-in): the same object, but not with a prefix map.
+        let bare = Server::new(ServeOptions {
+            isolation: Isolation::None,
+            ..server.opts.clone()
+        });
+        bare.refresh_toolchains();
+        let (cwd, opts) = (&src, ["-g", "-O1", "-Wall"]);
+        let out = Command::new(&gcc)
+            .args(opts)
+            .args(["-c", "a.c", "-o", root.join("bare.o").to_str().unwrap()])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let out_pre = Command::new(&gcc)
+            .args(opts)
+            .args(["-E", "-fdirectives-only", "a.c"])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        let mut req = CompileRequest {
+            toolchain: toolchain::identify(root, "gcc", &gcc).unwrap(),
+            language: "c".into(),
+            args: s(&opts),
+            cwd: cwd.to_string_lossy().into_owned(),
+            env: Vec::new(),
+            name: "a.c".into(),
+            source: Bytes(directives_source(&out_pre.stdout).unwrap()),
+        };
+        match bare.serve(&me, req.clone()) {
+            CompileResponse::Done(r) => {
+                assert!(r.object.0 == std::fs::read(root.join("bare.o")).unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+        req.args.push(map.clone());
+        assert!(matches!(
+            bare.serve(&me, req),
+            CompileResponse::Refused(Refusal::Sandbox(_))
+        ));
         // Refused: an include (anywhere, however spelt), a name that is no plain path.
         let id = toolchain::identify(root, "gcc", &gcc).unwrap();
         let request = |name: &str, source: &[u8]| CompileRequest {

@@ -195,12 +195,17 @@ pub fn mountable_cwd(cwd: &Path) -> bool {
 
 /// Where a source named `name` is for a compile at `cwd`: `name` made absolute against
 /// `cwd` with `.` and `..` resolved as the kernel does when no link is on the way (none is,
-/// in the sandbox). `None` for a name that is empty, not text of plain components, or ends
-/// in `..`.
+/// in the sandbox). `None` for a name that is empty, not text, or does not end in a file
+/// name (`..`, `/`, `/.`).
 pub fn source_path(cwd: &Path, name: &Path) -> Option<PathBuf> {
     use std::path::Component;
     let text = name.to_str()?;
-    if text.is_empty() || text.contains(['\0', '\n']) || !cwd.is_absolute() {
+    if text.is_empty()
+        || text.contains(['\0', '\n'])
+        || text.ends_with('/')
+        || text.ends_with("/.")
+        || !cwd.is_absolute()
+    {
         return None;
     }
     if !matches!(name.components().next_back(), Some(Component::Normal(_))) {
@@ -234,6 +239,13 @@ fn place_source(
     };
     let bad = |why: &str| SandboxError::Failed(format!("source {}: {why}", name.display()));
     let path = source_path(job.cwd, name).ok_or_else(|| bad("not a plain path"))?;
+    // Without a sandbox the job directory is mapped to the working directory by a prefix
+    // map of its own, which a map of the command's would not be applied after.
+    let mapped =
+        |a: &String| a.starts_with("-fdebug-prefix-map=") || a.starts_with("-ffile-prefix-map=");
+    if *isolation == Isolation::None && job.args.iter().any(mapped) {
+        return Err(bad("a prefix map, without a sandbox"));
+    }
     if let Ok(rel) = path.strip_prefix(job.cwd)
         && !rel.as_os_str().is_empty()
     {
@@ -423,4 +435,59 @@ pub fn run(isolation: &Isolation, limits: &Limits, job: &Job) -> Result<Finished
         stderr,
         object,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_placed_where_its_name_resolves_against_the_working_directory() {
+        let cwd = Path::new("/w/proj/build");
+        let at = |n: &str| source_path(cwd, Path::new(n));
+        assert_eq!(at("a.c"), Some(PathBuf::from("/w/proj/build/a.c")));
+        assert_eq!(
+            at("./sub/a.c"),
+            Some(PathBuf::from("/w/proj/build/sub/a.c"))
+        );
+        assert_eq!(at("../src/a.c"), Some(PathBuf::from("/w/proj/src/a.c")));
+        assert_eq!(at("/abs/a.c"), Some(PathBuf::from("/abs/a.c")));
+        assert_eq!(at("../../../../a.c"), Some(PathBuf::from("/a.c")));
+        for bad in ["", "..", "sub/..", "a.c/.", "/", "a\nb.c", "a\0.c"] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
+        assert_eq!(source_path(Path::new("rel"), Path::new("a.c")), None);
+    }
+
+    /// Without a sandbox only a name under the working directory can be placed; with one, a
+    /// name elsewhere gets its own directory, but never over the system's.
+    #[test]
+    fn names_that_cannot_be_placed_are_refused() {
+        let jobdir = tempfile::tempdir().unwrap();
+        let job = |name: &'static str| Job {
+            compiler: Path::new("/usr/bin/gcc"),
+            language: "c",
+            args: &[],
+            source: b"",
+            cwd: Path::new("/w/proj"),
+            env: &[],
+            source_name: Some(Path::new(name)),
+        };
+        let bwrap = Isolation::Bwrap(PathBuf::from("/usr/bin/bwrap"));
+        let place = |iso: &Isolation, name| {
+            place_source(jobdir.path(), iso, &job(name)).map(|(file, dir)| (file, dir.map(|d| d.1)))
+        };
+        let (file, dir) = place(&Isolation::None, "sub/a.c").unwrap();
+        assert_eq!((file, dir), (jobdir.path().join("sub/a.c"), None));
+        assert!(place(&Isolation::None, "../a.c").is_err());
+        assert!(place(&Isolation::None, "/w/proj/a.c").is_err());
+        assert!(place(&bwrap, "distc-job-object.o").is_err());
+        let (file, dir) = place(&bwrap, "/w/proj/a.c").unwrap();
+        assert_eq!((file, dir), (jobdir.path().join("a.c"), None));
+        let (file, dir) = place(&bwrap, "../src/a.c").unwrap();
+        assert_eq!(file.file_name().unwrap(), "a.c");
+        assert_eq!(dir, Some(PathBuf::from("/w/src")));
+        assert!(place(&bwrap, "/usr/include/a.c").is_err());
+        assert!(place(&bwrap, "/etc/a.c").is_err());
+    }
 }
