@@ -639,19 +639,45 @@ fn compiles_with_debug_info_are_offloaded_byte_identical() {
             let _ = std::fs::remove_file(proj.join("plain.d"));
         }
     }
-    // Macro information stays local (and is still right).
-    compile(
-        &mut in_dir(&sb, "gcc", &one.dir),
+    // These stay local (and are still right): macro information; a header that pops a macro
+    // definition (gcc's directives-only output drops the definition restored: the member
+    // would return the variable, 5, where the source returns 1); `__TIME__`.
+    std::fs::write(
+        proj.join("inc/stack.h"),
+        "static int LEVEL = 5;\n#define LEVEL 1\n#pragma push_macro(\"LEVEL\")\n#undef LEVEL\n\
+         #define LEVEL 2\n#pragma pop_macro(\"LEVEL\")\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("p.c"),
+        "#include \"stack.h\"\nint level(void) { return LEVEL; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("t.c"),
+        "const char *when(void) { return __TIME__; }\n",
+    )
+    .unwrap();
+    let local_only: [&[&str]; 3] = [
         &["-g3", "-O2", "-Iinc", "-c", "m.c"],
-        "plain.o",
-    );
-    let mut d = distc(&sb, &one.dir);
-    d.arg("gcc");
-    compile(&mut d, &["-g3", "-O2", "-Iinc", "-c", "m.c"], "via.o");
-    assert_eq!(offloaded(&sb, &one.dir), expected, "-g3 was offloaded");
-    assert!(
-        std::fs::read(proj.join("via.o")).unwrap() == std::fs::read(proj.join("plain.o")).unwrap()
-    );
+        &["-g", "-O2", "-Iinc", "-c", "p.c"],
+        &["-g", "-O2", "-c", "t.c"],
+    ];
+    for args in local_only {
+        let mut d = distc(&sb, &one.dir);
+        d.arg("gcc");
+        compile(&mut d, args, "via.o");
+        assert_eq!(offloaded(&sb, &one.dir), expected, "{args:?} was offloaded");
+        if args.contains(&"t.c") {
+            continue; // another second, another object
+        }
+        compile(&mut in_dir(&sb, "gcc", &one.dir), args, "plain.o");
+        assert!(
+            std::fs::read(proj.join("via.o")).unwrap()
+                == std::fs::read(proj.join("plain.o")).unwrap(),
+            "{args:?}"
+        );
+    }
 
     // base_dir, compiled as CMake does (absolute paths, from a build directory): the member
     // gets the relative names, and the object equals this machine's own compile of it.
