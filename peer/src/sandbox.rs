@@ -8,6 +8,10 @@
 //! directory — holding only the preprocessed source — mounted read-write at the requester's
 //! working directory, which is also the compile's working directory: the object records that
 //! directory in its debug info exactly as a local compile would, so no path needs rewriting.
+//! Directives-only input (compiles with debug info) is written under the source's own name
+//! instead, which the object records too — in the job directory when the name lies under
+//! the working directory, else in a directory of its own, holding only it, mounted at the
+//! source's directory ([`source_path`]) — and compiled with `-nostdinc`.
 //! A compiler installed outside `/usr` gets its own directory bound read-only as well. The
 //! environment is cleared but for `PATH`, `PWD` and the locale variables the request names.
 //!
