@@ -485,6 +485,43 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
         refused(ask(&["-O2"], b"#include \"/etc/passwd\"\n", toolchain)),
         Refusal::NotPreprocessed(_)
     ));
+    // Directives-only input (compiles with debug info) with a directive that reads a file,
+    // however spelt, is refused too.
+    let ask_c = |source: &[u8]| {
+        let mut c = distc_peer::ipc::IpcClient::connect(&one.dir, Duration::from_secs(30)).unwrap();
+        c.compile(distc_peer::offload::Ask {
+            request: distc_peer::offload::CompileRequest {
+                toolchain,
+                language: "c".into(),
+                args: vec!["-g".into(), "-O2".into()],
+                cwd: dir.to_string_lossy().into_owned(),
+                env: Vec::new(),
+                name: "probe.c".into(),
+                source: distc_peer::protocol::Bytes(source.to_vec()),
+            },
+            wait_ms: 0,
+            local_cores: 1,
+        })
+        .unwrap()
+        .1
+    };
+    for bad in [
+        &b"#define X 1\n#include \"/etc/passwd\"\n"[..],
+        b"int x;\n/* */ %:include_next <stdio.h>\n",
+        b"#if __has_include(</etc/passwd>)\n#endif\n",
+        b"#pragma GCC dependency \"/etc/passwd\"\n",
+        b"#embed \"/etc/passwd\"\n",
+    ] {
+        assert!(
+            matches!(refused(ask_c(bad)), Refusal::NotPreprocessed(_)),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    match ask_c(b"# 0 \"<command-line>\"\n#define V 2\n# 1 \"probe.c\"\nint v = V;\n") {
+        CompileResponse::Done(r) => assert_eq!(r.exit_code, 0, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
     // A compiler no member has is never sent anywhere.
     assert_eq!(
         refused(ask(
@@ -495,4 +532,190 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
         Refusal::NoSlot
     );
     assert!(two.log().contains("refused a job"), "{}", two.log());
+}
+
+/// Compiles with debug info go to the member too (gcc's directives-only output, compiled
+/// there under the source's name at this directory), and come back byte-identical to plain
+/// gcc's: `-g` levels, DWARF versions, prefix maps, `-D`, a dependency file, C++, a source
+/// with macros, `assert`, `__FILE__` and pragmas, and a source outside the working
+/// directory with `base_dir` (the paths made relative). `-g3` stays local.
+#[test]
+fn compiles_with_debug_info_are_offloaded_byte_identical() {
+    let Some((sb, one, two)) = two_machines() else {
+        return;
+    };
+    let cores = distc_peer::slots::cores();
+    let held: Vec<_> = (0..cores)
+        .map(|_| {
+            distc_peer::slots::take(&one.dir, || cores)
+                .unwrap()
+                .expect("a free slot")
+        })
+        .collect();
+    let proj = sb.work.join("dbg");
+    std::fs::create_dir_all(proj.join("inc")).unwrap();
+    std::fs::create_dir_all(proj.join("build")).unwrap();
+    std::fs::write(
+        proj.join("inc/util.h"),
+        "#pragma once\n#define WHERE __FILE__\n#define CHECK(c) assert(c)\n\
+         static inline int here(void) { return __LINE__ + __COUNTER__; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("m.c"),
+        "#include <assert.h>\n#include <stdio.h>\n#include \"util.h\"\n\
+         #define TWICE(x) ((x) * 2)\n#define SQ(x) ((x) * (x))\n#define STR(x) #x\n#define XSTR(x) STR(x)\n\
+         #pragma GCC diagnostic push\n_Pragma(\"GCC diagnostic ignored \\\"-Wunused-variable\\\"\")\n\
+         static int f(int a) { int r = TWICE(a) + SQ(a); CHECK(r > 0); return r + __COUNTER__; }\n\
+         #pragma GCC diagnostic pop\n\
+         int main(void) { printf(\"%d %s %s %d %s %s %d\\n\", f(3), __FILE__, WHERE, __LINE__, \
+         __BASE_FILE__, XSTR(VAL), here()); return 0; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("x.cc"),
+        "#include <string>\n#include <vector>\n#include <cassert>\n#include \"util.h\"\n\
+         #define MAKE(n) std::vector<std::string> v(n, WHERE)\n\
+         int g(int n) { MAKE(n); CHECK(n >= 0); return (int)v.size() + here(); }\n",
+    )
+    .unwrap();
+    let map = format!("-fdebug-prefix-map={}=/src", proj.display());
+    let fmap = format!("-ffile-prefix-map={}/=", proj.display());
+    let variants: [(&str, Vec<&str>); 6] = [
+        (
+            "gcc",
+            vec!["-g", "-O2", "-Iinc", "-DVAL=3", &map, "-c", "m.c"],
+        ),
+        ("gcc", vec!["-g1", "-O1", "-Iinc", "-MD", "-c", "m.c"]),
+        ("gcc", vec!["-gdwarf-4", "-O0", "-Iinc", &fmap, "-c", "m.c"]),
+        (
+            "gcc",
+            vec!["-g2", "-Os", "-Iinc", "-DVAL=x", "-std=c99", "-c", "m.c"],
+        ),
+        (
+            "gcc",
+            vec!["-ggdb", "-gdwarf-5", "-O2", "-Iinc", "-c", "m.c"],
+        ),
+        ("g++", vec!["-g", "-O1", "-Iinc", &map, "-c", "x.cc"]),
+    ];
+    let compile = |program: &mut Command, args: &[&str], out: &str| -> Output {
+        let _ = std::fs::remove_file(proj.join(out));
+        let o = program
+            .args(args)
+            .args(["-o", out])
+            .current_dir(&proj)
+            .output()
+            .unwrap();
+        assert_ok(&o, &format!("{args:?}"));
+        o
+    };
+    let mut expected = offloaded(&sb, &one.dir);
+    for (driver, args) in &variants {
+        compile(&mut in_dir(&sb, driver, &one.dir), args, "plain.o");
+        let plain = std::fs::read(proj.join("plain.o")).unwrap();
+        let plain_dep = std::fs::read(proj.join("plain.d")).ok();
+        let mut d = distc(&sb, &one.dir);
+        d.arg(driver);
+        compile(&mut d, args, "via.o");
+        expected += 1;
+        assert_eq!(
+            offloaded(&sb, &one.dir),
+            expected,
+            "{driver} {args:?} was not offloaded; machine two's log:\n{}",
+            two.log()
+        );
+        assert!(
+            std::fs::read(proj.join("via.o")).unwrap() == plain,
+            "{driver} {args:?}: the object differs from plain {driver}'s"
+        );
+        if let Some(want) = plain_dep {
+            // The default target names the object: only that differs.
+            let got = std::fs::read_to_string(proj.join("via.d")).unwrap();
+            assert_eq!(
+                got.replacen("via.o", "plain.o", 1),
+                String::from_utf8_lossy(&want),
+                "dependency file"
+            );
+            let _ = std::fs::remove_file(proj.join("plain.d"));
+        }
+    }
+    // These stay local (and are still right): macro information; a header that pops a macro
+    // definition (gcc's directives-only output drops the definition restored: the member
+    // would return the variable, 5, where the source returns 1); `__TIME__`.
+    std::fs::write(
+        proj.join("inc/stack.h"),
+        "static int LEVEL = 5;\n#define LEVEL 1\n#pragma push_macro(\"LEVEL\")\n#undef LEVEL\n\
+         #define LEVEL 2\n#pragma pop_macro(\"LEVEL\")\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("p.c"),
+        "#include \"stack.h\"\nint level(void) { return LEVEL; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("t.c"),
+        "const char *when(void) { return __TIME__; }\n",
+    )
+    .unwrap();
+    let local_only: [&[&str]; 3] = [
+        &["-g3", "-O2", "-Iinc", "-c", "m.c"],
+        &["-g", "-O2", "-Iinc", "-c", "p.c"],
+        &["-g", "-O2", "-c", "t.c"],
+    ];
+    for args in local_only {
+        let mut d = distc(&sb, &one.dir);
+        d.arg("gcc");
+        compile(&mut d, args, "via.o");
+        assert_eq!(offloaded(&sb, &one.dir), expected, "{args:?} was offloaded");
+        if args.contains(&"t.c") {
+            continue; // another second, another object
+        }
+        compile(&mut in_dir(&sb, "gcc", &one.dir), args, "plain.o");
+        assert!(
+            std::fs::read(proj.join("via.o")).unwrap()
+                == std::fs::read(proj.join("plain.o")).unwrap(),
+            "{args:?}"
+        );
+    }
+
+    // base_dir, compiled as CMake does (absolute paths, from a build directory): the member
+    // gets the relative names, and the object equals this machine's own compile of it.
+    let build = proj.join("build");
+    let abs_src = proj.join("m.c").to_string_lossy().into_owned();
+    let abs_inc = format!("-I{}", proj.join("inc").display());
+    let cmake = |busy: bool| -> Vec<u8> {
+        let _ = std::fs::remove_file(build.join("m.o"));
+        let o = distc(&sb, &one.dir)
+            .arg("gcc")
+            .args(["-g", "-O2", &abs_inc, &map, "-c", &abs_src, "-o", "m.o"])
+            .env("DISTC_BASE_DIR", &sb.work)
+            .current_dir(&build)
+            .output()
+            .unwrap();
+        assert_ok(&o, &format!("base_dir compile (busy: {busy})"));
+        std::fs::read(build.join("m.o")).unwrap()
+    };
+    let remote = cmake(true);
+    expected += 1;
+    assert_eq!(
+        offloaded(&sb, &one.dir),
+        expected,
+        "base_dir compile not offloaded"
+    );
+    drop(held);
+    assert_ok(
+        &distc(&sb, &one.dir).arg("flush").output().unwrap(),
+        "flush",
+    );
+    let local = cmake(false);
+    assert_eq!(
+        offloaded(&sb, &one.dir),
+        expected,
+        "compiled remotely while idle"
+    );
+    assert!(
+        remote == local,
+        "base_dir: the offloaded object differs from the local one"
+    );
 }

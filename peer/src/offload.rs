@@ -1,4 +1,4 @@
-//! Compiles on idle peers: the `/distc/compile/1.0.0` protocol and the serving side.
+//! Compiles on idle peers: the `/distc/compile/1.2.0` protocol and the serving side.
 //!
 //! A wrapper whose machine is busy preprocesses its compile locally and asks its own peer
 //! (over IPC) to have it compiled by a member that has the identical compiler and a free slot
@@ -8,12 +8,15 @@
 //!
 //! 1. refuses unless it serves compiles at all (`serve_compiles`, a closed mesh, a sandbox or
 //!    the explicit opt-in to serve without one), and unless it has a free slot;
-//! 2. refuses a language other than preprocessed C or C++ ([`LANGUAGES`]), any option outside
-//!    the allow-list ([`check_args`]: no plugins, specs, `-B`, `-wrapper`, response files,
-//!    linker, assembler or preprocessor pass-through, output paths, anything that reads or
-//!    writes a file of its own), and a source that still holds preprocessor directives
-//!    ([`check_preprocessed`]; the compile is run with `-x cpp-output` anyway, so none would
-//!    be obeyed);
+//! 2. refuses a language other than preprocessed C or C++ ([`LANGUAGES`]) or gcc's
+//!    directives-only output of C or C++ ([`DIRECTIVES_LANGUAGES`], for debug info), any
+//!    option outside the allow-list ([`check_args`]: no plugins, specs, `-B`, `-wrapper`,
+//!    response files, linker, assembler or preprocessor pass-through, output paths, anything
+//!    that reads or writes a file of its own), and a source that still holds preprocessor
+//!    directives ([`check_preprocessed`]; the compile is run with `-x cpp-output` anyway, so
+//!    none would be obeyed) — for directives-only input, any directive but a line marker,
+//!    `#define`, `#undef`, `#pragma` (none that names a file) and `#ident`
+//!    ([`check_directives_only`]: no `#include` or any other way to read a file);
 //! 3. looks the identity up among the compilers on its own `PATH` ([`crate::toolchain`]) and
 //!    refuses one it does not have;
 //! 4. runs the compile in the sandbox ([`crate::sandbox`]) within CPU, memory, output and
@@ -43,8 +46,10 @@ use crate::slots::{self, SlotAdvert};
 use crate::toolchain::{self, MAX_TOOLCHAINS, ToolchainId};
 
 /// The protocol's name.
-/// (1.1.0: a result says how many slots the server has free for its requester.)
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/compile/1.1.0");
+/// (1.1.0: a result says how many slots the server has free for its requester. 1.2.0: the
+/// languages `c` and `c++` ([`DIRECTIVES_LANGUAGES`]): directives-only input compiled under
+/// the source's name, for compiles with debug info.)
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/distc/compile/1.2.0");
 
 /// Largest request (the preprocessed source and a little more).
 pub const MAX_REQUEST: usize = 64 << 20;
@@ -63,7 +68,8 @@ pub const ENV: [&str; 5] = ["LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LANGUA
 pub struct CompileRequest {
     /// The compiler, by identity.
     pub toolchain: ToolchainId,
-    /// `-x` language ([`LANGUAGES`]).
+    /// `-x` language: [`LANGUAGES`] for preprocessed input, [`DIRECTIVES_LANGUAGES`] for
+    /// gcc's directives-only output ([`check_directives_only`]).
     pub language: String,
     /// Compile options, each within [`check_args`].
     pub args: Vec<String>,
@@ -72,7 +78,9 @@ pub struct CompileRequest {
     pub cwd: String,
     /// Variables among [`ENV`], as the requester has them.
     pub env: Vec<(String, String)>,
-    /// The source's name, for logs only.
+    /// The source's name as the compile names it (relative to `cwd`, or absolute): for logs
+    /// and, with [`DIRECTIVES_LANGUAGES`], the name the member compiles the source under
+    /// (the object records it: `DW_AT_name`, `__BASE_FILE__`, the file symbol).
     pub name: String,
     /// The preprocessed source.
     pub source: Bytes,
@@ -261,6 +269,283 @@ pub fn check_preprocessed(text: &[u8]) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// The languages of gcc's `-E -fdirectives-only` output, compiled as C or C++ — macros
+/// expanded by the member — so that a compile with debug info gives the local object (see
+/// [`check_directives_only`]). The source is compiled under its own name
+/// ([`CompileRequest::name`]) with `-nostdinc`.
+pub const DIRECTIVES_LANGUAGES: [&str; 2] = ["c", "c++"];
+
+/// Words that refuse a `#pragma` (or a line with `_Pragma`) in directives-only input: the
+/// pragmas that name a file (`GCC dependency`, `GCC pch_preprocess`) or import a module
+/// (`clang module`).
+const FILE_PRAGMAS: [&[u8]; 3] = [b"dependency", b"pch_preprocess", b"module"];
+
+/// Identifiers that ask whether a file exists (`__has_include_next` too): refused in
+/// directives-only input but in the body of a `#define` — where libstdc++ has one — since
+/// they are evaluated only in `#if` and `#elif`, which are refused.
+const FILE_WORDS: [&[u8]; 3] = [b"__has_include", b"__has_include_next", b"__has_embed"];
+
+/// Whether `text` is gcc's `-E -fdirectives-only` output with every include resolved: its
+/// only directives are line markers (`# 12 "file" 1 3`), `#define`, `#undef`, `#pragma`
+/// (not one of [`FILE_PRAGMAS`]), `#ident` and the null directive. A member compiles it as
+/// C or C++, so the preprocessor runs on it; this scan finds its directives as the
+/// preprocessor does — after line splices (`\` and a newline, blanks between allowed), any
+/// of the three line ends (LF, CR LF, CR), at the start of a line or after comments, with
+/// `#` or `%:` — and refuses, rather than guesses, what it cannot read the same way: a
+/// trigraph (`??=` is `#`), a raw string literal (`R"(…)"`), a digit separator followed on
+/// its line by a quote or a comment, an unterminated comment. Also refused: any of
+/// [`FILE_WORDS`] outside a `#define`, and a `_Pragma` line naming one of [`FILE_PRAGMAS`]
+/// (a `_Pragma` whose text a macro builds is not found: see `docs/security.md`). So `#include`,
+/// `#include_next`, `#import`, `#embed`, `#if`… are refused with the line's number.
+pub fn check_directives_only(text: &[u8]) -> Result<(), Refusal> {
+    let refuse =
+        |line: usize, why: &str| Err(Refusal::NotPreprocessed(format!("line {line}: {why}")));
+    // Trigraphs: `??=` is `#`, `??/` a backslash; none is read, all are refused.
+    if let Some(at) = text
+        .windows(3)
+        .position(|w| w[0] == b'?' && w[1] == b'?' && b"=/'()!<>-".contains(&w[2]))
+    {
+        return refuse(line_of(text, at), "a trigraph");
+    }
+    let t = logical(text);
+    let b = &t.bytes;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\x0b' | b'\x0c' | 0);
+    let mut i = 0;
+    // Only blanks and comments since the last line end (or the start).
+    let mut bol = true;
+    // In a `#define` line.
+    let mut define = false;
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        if c == b'\n' {
+            bol = true;
+            define = false;
+            i += 1;
+        } else if space(c) {
+            i += 1;
+        } else if c == b'/' && next == Some(b'*') {
+            let Some(end) = find(&b[i + 2..], b"*/") else {
+                return refuse(t.line(i), "an unterminated comment");
+            };
+            // A line end in a comment: what follows it may be read as a line's start.
+            if b[i + 2..i + 2 + end].contains(&b'\n') {
+                bol = true;
+            }
+            i += end + 4;
+        } else if c == b'/' && next == Some(b'/') {
+            i += b[i..]
+                .iter()
+                .position(|&x| x == b'\n')
+                .unwrap_or(b.len() - i);
+        } else if bol && (c == b'#' || (c == b'%' && next == Some(b':'))) {
+            let at = i;
+            i += if c == b'#' { 1 } else { 2 };
+            // The directive's name: after blanks and comments.
+            loop {
+                if i < b.len() && space(b[i]) {
+                    i += 1;
+                } else if b[i..].starts_with(b"/*") {
+                    match find(&b[i + 2..], b"*/") {
+                        Some(end) => i += end + 4,
+                        None => return refuse(t.line(at), "an unterminated comment"),
+                    }
+                } else {
+                    break;
+                }
+            }
+            let start = i;
+            while i < b.len() && ident(b[i]) {
+                i += 1;
+            }
+            let name = &b[start..i];
+            let eol = b[i..]
+                .iter()
+                .position(|&x| x == b'\n')
+                .map_or(b.len(), |n| i + n);
+            let ok = match name {
+                b"" => b.get(i).is_none_or(|&x| x == b'\n'),
+                b"define" | b"undef" | b"ident" => true,
+                b"pragma" => !FILE_PRAGMAS.iter().any(|w| find(&b[i..eol], w).is_some()),
+                n => n[0].is_ascii_digit(),
+            };
+            if !ok {
+                let shown = String::from_utf8_lossy(&b[at..eol.min(at + 40)]).into_owned();
+                return refuse(t.line(at), &format!("the directive {shown}"));
+            }
+            bol = false;
+            define = name == b"define";
+            // The rest of the line is lexed as text (strings, comments).
+        } else if c == b'"' || c == b'\'' {
+            bol = false;
+            i += 1;
+            while i < b.len() && b[i] != c && b[i] != b'\n' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            // The closing quote; an unterminated literal ends at the line end, left for
+            // the next round (a line's start).
+            if b.get(i) == Some(&c) {
+                i += 1;
+            }
+        } else if c.is_ascii_digit() || (c == b'.' && next.is_some_and(|n| n.is_ascii_digit())) {
+            // A preprocessing number; `1'000` is one in C++14 and C23, a number and a
+            // character constant before them: refused when the two readings can differ.
+            // With an even count of separators the readings agree where the number ends;
+            // with an odd one, the character constant runs on to the next quote or the line
+            // end: the rest of the line must then hold no quote and no comment.
+            bol = false;
+            let start = i;
+            let mut separators = 0;
+            i += 1;
+            while i < b.len() {
+                let x = b[i];
+                if matches!(x, b'+' | b'-') && matches!(b[i - 1], b'e' | b'E' | b'p' | b'P') {
+                    i += 1;
+                } else if x == b'\'' && b.get(i + 1).is_some_and(|&n| ident(n)) {
+                    separators += 1;
+                    i += 1;
+                } else if ident(x) || x == b'.' {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            if separators % 2 == 1 {
+                let eol = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |n| i + n);
+                let rest = &b[i..eol];
+                if rest.iter().any(|&x| x == b'"' || x == b'\'') || find(rest, b"/*").is_some() {
+                    return refuse(t.line(start), "a digit separator before a quote or comment");
+                }
+            }
+        } else if ident(c) {
+            bol = false;
+            let start = i;
+            while i < b.len() && ident(b[i]) {
+                i += 1;
+            }
+            let word = &b[start..i];
+            if b.get(i) == Some(&b'"') && word.ends_with(b"R") {
+                return refuse(t.line(start), "a raw string literal");
+            }
+            if !define && FILE_WORDS.contains(&word) {
+                return refuse(t.line(start), &String::from_utf8_lossy(word));
+            }
+            if word == b"_Pragma" {
+                let eol = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |n| i + n);
+                if FILE_PRAGMAS.iter().any(|w| find(&b[i..eol], w).is_some()) {
+                    return refuse(t.line(start), "a _Pragma naming a file");
+                }
+            }
+        } else {
+            bol = false;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// What a member compiles for a compile with debug info: gcc's `-E -fdirectives-only`
+/// output from its `<command-line>` part on (the `-D`/`-U` definitions, `-include`d files,
+/// `stdc-predef.h`, then the source). What precedes it — the `<built-in>` definitions and
+/// the working-directory marker — goes: the member's identical compiler predefines the same
+/// for the same options (compiled again they would be redefinitions), and it compiles at
+/// the same working directory. `None` when the text is not shaped as gcc writes it (clang
+/// has no `-fdirectives-only` before 15, and writes other markers since).
+pub fn directives_source(text: &[u8]) -> Option<Vec<u8>> {
+    const START: &[u8] = b"# 0 \"<command-line>\"\n";
+    let mut at = 0;
+    let mut built_in = false;
+    while at < text.len() {
+        let rest = &text[at..];
+        if rest.starts_with(START) {
+            return built_in.then(|| rest.to_vec());
+        }
+        let end = rest.iter().position(|&b| b == b'\n')? + 1;
+        let line = &rest[..end];
+        built_in |= line == b"# 0 \"<built-in>\"\n";
+        if !(line.starts_with(b"# 0 \"")
+            || line.starts_with(b"# 1 \"")
+            || line.starts_with(b"#define "))
+        {
+            return None;
+        }
+        at += end;
+    }
+    None
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The 1-based line of byte `at`.
+fn line_of(text: &[u8], at: usize) -> usize {
+    text[..at].iter().filter(|&&c| c == b'\n').count() + 1
+}
+
+/// Text as the preprocessor reads its lines: CR LF and CR made LF, line splices (a
+/// backslash, blanks, a line end) removed; with each byte's original line.
+struct Logical {
+    bytes: Vec<u8>,
+    lines: Vec<u32>,
+}
+
+impl Logical {
+    fn line(&self, at: usize) -> usize {
+        self.lines.get(at).map_or(0, |&l| l as usize)
+    }
+}
+
+fn logical(text: &[u8]) -> Logical {
+    let mut norm = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'\r' => {
+                norm.push(b'\n');
+                if text.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            c => norm.push(c),
+        }
+        i += 1;
+    }
+    let mut bytes = Vec::with_capacity(norm.len());
+    let mut lines = Vec::with_capacity(norm.len());
+    let mut line = 1u32;
+    let mut i = 0;
+    while i < norm.len() {
+        let c = norm[i];
+        if c == b'\\' {
+            let mut j = i + 1;
+            while j < norm.len() && matches!(norm[j], b' ' | b'\t' | b'\x0b' | b'\x0c') {
+                j += 1;
+            }
+            if norm.get(j) == Some(&b'\n') {
+                line += 1;
+                i = j + 1;
+                continue;
+            }
+        }
+        bytes.push(c);
+        lines.push(line);
+        if c == b'\n' {
+            line += 1;
+        }
+        i += 1;
+    }
+    Logical { bytes, lines }
 }
 
 /// How a peer serves guests' compiles.
@@ -489,7 +774,8 @@ impl Server {
         if !self.opts.enabled {
             return Err(Refusal::NotServing);
         }
-        if !LANGUAGES.contains(&req.language.as_str()) {
+        let directives = DIRECTIVES_LANGUAGES.contains(&req.language.as_str());
+        if !directives && !LANGUAGES.contains(&req.language.as_str()) {
             return Err(Refusal::Language(req.language));
         }
         check_args(&req.args)?;
@@ -503,7 +789,15 @@ impl Server {
                 req.cwd
             )));
         }
-        check_preprocessed(&req.source.0)?;
+        let source_name = Path::new(&req.name);
+        if directives {
+            if sandbox::source_path(cwd, source_name).is_none() {
+                return Err(Refusal::BadRequest(format!("source name {:?}", req.name)));
+            }
+            check_directives_only(&req.source.0)?;
+        } else {
+            check_preprocessed(&req.source.0)?;
+        }
         let compiler = {
             let t = self.toolchains.read().unwrap_or_else(|e| e.into_inner());
             t.get(&req.toolchain).cloned()
@@ -519,6 +813,7 @@ impl Server {
             source: &req.source.0,
             cwd,
             env: &req.env,
+            source_name: directives.then_some(source_name),
         };
         let done = sandbox::run(&self.opts.isolation, &self.opts.limits, &job)
             .map_err(|e| Refusal::Sandbox(e.to_string()))?;
@@ -1127,6 +1422,69 @@ mod tests {
     }
 
     #[test]
+    fn directives_only_input_keeps_definitions_and_refuses_every_way_to_read_a_file() {
+        check_directives_only(
+            b"# 0 \"<command-line>\"\n#define VAL 7\n#undef __STRICT_ANSI__\n# 1 \"a.c\"\n\
+              # 12 \"/usr/include/stdio.h\" 1 3 4\n/* a comment\n   #include <x.h>\n   #if 1 */\n\
+              // #include <y.h>\nconst char *s = \"#include <z.h>\"; char c = '#';\n\
+              #define STR(x) #x\n  #  define A /* #include */ 1\n#pragma GCC diagnostic push\n\
+              _Pragma(\"GCC diagnostic ignored \\\"-Wunused\\\"\")\n#ident \"v1\"\n#\n\
+              #define TBB __has_include(<tbb/tbb.h>)\n\
+              int big = 1'000'000; int m = 0x1p-3 + 1e+5; int k = 1'0;\n#define LONG 1 \\\n  + 2\n",
+        )
+        .unwrap();
+        for bad in [
+            &b"#include <stdio.h>\n"[..],
+            b"int x;\n  #include \"/etc/passwd\"\n",
+            b"#include_next <x.h>\n",
+            b"#import <x.h>\n",
+            b"#embed \"/etc/passwd\"\n",
+            b"#if 1\n#endif\n",
+            b"#line 3 \"x\"\n",
+            b"#error no\n",
+            b"# include \"x\"\n",
+            b"%:include \"x\"\n",
+            b"/**/#include \"x\"\n",
+            b"# /* c */ include \"x\"\n",
+            b"#\\\ninclude \"x\"\n",
+            b"#\\  \r\ninclude \"x\"\n",
+            b"#inc\\\nlude \"x\"\n",
+            b"int x;\r#include \"x\"\n",
+            b"??=include \"x\"\n",
+            b"/* one\n two */ #include \"x\"\n",
+            b"int x = 1 /* open\n",
+            b"#pragma GCC dependency \"/etc/passwd\"\n",
+            b"#pragma GCC pch_preprocess \"/x.gch\"\n",
+            b"#pragma clang module import x\n",
+            b"_Pragma(\"GCC dependency \\\"/etc/passwd\\\"\")\n",
+            b"int h = __has_include(<x.h>);\n",
+            b"#pragma GCC warning __has_include_next(<x.h>)\n",
+            // A raw string could hide from this scan what the compiler reads as a line.
+            b"const char *s = R\"(x \"/*\" y)\";\n#include \"x\"\n// */\n",
+            b"int a = 1'a/*';\n#include \"x\"\n// */\n",
+        ] {
+            assert!(
+                matches!(check_directives_only(bad), Err(Refusal::NotPreprocessed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // The wrapper's side: the `<built-in>` part goes, the `<command-line>` part stays;
+        // anything not shaped as gcc writes it is not sent.
+        let gcc = b"# 0 \"a.c\"\n# 1 \"/src//\"\n# 0 \"<built-in>\"\n#define __STDC__ 1\n\
+                    # 0 \"<command-line>\"\n#define VAL 7\n# 1 \"a.c\"\nint x;\n";
+        assert_eq!(
+            directives_source(gcc).unwrap(),
+            b"# 0 \"<command-line>\"\n#define VAL 7\n# 1 \"a.c\"\nint x;\n"
+        );
+        assert!(directives_source(b"# 1 \"<built-in>\"\n# 1 \"a.c\"\nint x;\n").is_none());
+        assert!(directives_source(b"# 0 \"<command-line>\"\nint x;\n").is_none());
+        assert!(
+            directives_source(b"# 0 \"<built-in>\"\nint y;\n# 0 \"<command-line>\"\n").is_none()
+        );
+    }
+
+    #[test]
     fn messages_round_trip_and_are_bounded() {
         let req = CompileRequest {
             toolchain: ToolchainId([3; 32]),
@@ -1226,6 +1584,234 @@ mod tests {
         assert_eq!(pick(&list, &t, &me, &[a, b]), None);
     }
 
+    /// Debug info: gcc's directives-only output, compiled as C or C++ under the source's own
+    /// name at the requester's directory, gives the local object byte for byte — macros,
+    /// `assert`, `__FILE__`/`__LINE__`/`__BASE_FILE__`/`__COUNTER__`, pragmas, `-D`, prefix
+    /// maps, a source outside the working directory (relative with `..`, and absolute).
+    #[test]
+    fn real_gcc_with_debug_info_serves_byte_identical_objects() {
+        use std::process::Command;
+        let find = |name: &str| {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        };
+        let (Some(gcc), Some(gxx)) = (find("gcc"), find("g++")) else {
+            eprintln!("no gcc: skipped");
+            return;
+        };
+        let Some(bwrap) = sandbox::find_bwrap() else {
+            eprintln!("bubblewrap does not work here: skipped");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let src = root.join("src");
+        let build = root.join("build");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::create_dir_all(&build).unwrap();
+        std::fs::write(
+            src.join("sub/h.h"),
+            "#pragma once\n#define HF __FILE__\n\
+             static inline int hline(void) { return __LINE__ + __COUNTER__; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            src.join("a.c"),
+            "#include <stdio.h>\n#include <assert.h>\n#include \"sub/h.h\"\n\
+             #define TWICE(x) ((x) * 2)\n#define SQ(x) ((x)*(x))\n\
+             #define STR(x) #x\n#define XSTR(x) STR(x)\n\
+             #pragma GCC diagnostic push\n_Pragma(\"GCC diagnostic ignored \\\"-Wunused\\\"\")\n\
+             static int f(int a) { int r = TWICE(a) + SQ(a); assert(r > 0); return r + __COUNTER__; }\n\
+             #pragma GCC diagnostic pop\n\
+             int main(void) { printf(\"%d %s %d %s %s %s %d\\n\", f(21), __FILE__, __LINE__, \
+             __BASE_FILE__, HF, XSTR(VAL), hline()); return 0; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            src.join("b.cc"),
+            "#include <vector>\n#include <string>\n#include <cassert>\n#include \"sub/h.h\"\n\
+             #define MAKE(n) std::vector<std::string> v(n, HF)\n\
+             int g(int n) { MAKE(n); assert(n >= 0); return (int)v.size() + hline() + __LINE__; }\n",
+        )
+        .unwrap();
+        let server = Server::new(ServeOptions {
+            distc_dir: root.to_path_buf(),
+            enabled: true,
+            isolation: Isolation::Bwrap(bwrap),
+            limits: Limits::default(),
+            cores: 2,
+            path: gcc.parent().unwrap().as_os_str().to_owned(),
+            why_not: None,
+        });
+        server.refresh_toolchains();
+        let abs = src.join("a.c").to_string_lossy().into_owned();
+        let map = format!("-fdebug-prefix-map={}=/x", root.display());
+        let fmap = format!("-ffile-prefix-map={}/=", root.display());
+        let cases: [(&Path, &Path, &str, &str, Vec<&str>); 6] = [
+            (&src, &gcc, "c", "a.c", vec!["-g", "-O2", "-DVAL=7", &map]),
+            (&src, &gcc, "c", "a.c", vec!["-g1", "-O1", "-Wall"]),
+            (
+                &src,
+                &gcc,
+                "c",
+                "./a.c",
+                vec!["-ggdb", "-Os", "-UVAL", "-fPIC"],
+            ),
+            (
+                &build,
+                &gcc,
+                "c",
+                "../src/a.c",
+                vec!["-gdwarf-4", "-O0", &fmap],
+            ),
+            (&build, &gcc, "c", &abs, vec!["-g2", "-O2", "-DVAL=x"]),
+            (
+                &src,
+                &gxx,
+                "c++",
+                "b.cc",
+                vec!["-g", "-O1", "-std=c++17", &map],
+            ),
+        ];
+        let me = PeerId::random();
+        for (cwd, compiler, language, name, opts) in cases {
+            let run = |extra: &[&str]| {
+                let out = Command::new(compiler)
+                    .args(&opts)
+                    .args(extra)
+                    .arg(name)
+                    .current_dir(cwd)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
+            };
+            let local_o = root.join("local.o");
+            run(&["-c", "-o", local_o.to_str().unwrap()]);
+            let local = std::fs::read(&local_o).unwrap();
+            let pre = directives_source(&run(&["-E", "-fdirectives-only"])).expect("gcc's shape");
+            check_directives_only(&pre).unwrap();
+            let program = compiler.file_name().unwrap().to_str().unwrap();
+            let req = CompileRequest {
+                toolchain: toolchain::identify(root, program, compiler).unwrap(),
+                language: language.into(),
+                // The wrapper drops what only the preprocessor reads (`-D`, `-U`).
+                args: opts
+                    .iter()
+                    .filter(|o| !o.starts_with("-D") && !o.starts_with("-U"))
+                    .map(|o| o.to_string())
+                    .collect(),
+                cwd: cwd.to_string_lossy().into_owned(),
+                env: Vec::new(),
+                name: name.into(),
+                source: Bytes(pre.clone()),
+            };
+            match server.serve(&me, req.clone()) {
+                CompileResponse::Done(r) => {
+                    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr.0));
+                    assert!(
+                        r.stderr.0.is_empty(),
+                        "{}",
+                        String::from_utf8_lossy(&r.stderr.0)
+                    );
+                    assert!(
+                        r.object.0 == local,
+                        "{name} {opts:?} at {}: the remote object differs",
+                        cwd.display()
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            // Not under another name: the object records it.
+            let mut renamed = req.clone();
+            renamed.name = "other.c".into();
+            match server.serve(&me, renamed) {
+                CompileResponse::Done(r) => assert!(r.object.0 != local),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without a sandbox (the opt-in): the same object, but not with a prefix map.
+        let bare = Server::new(ServeOptions {
+            isolation: Isolation::None,
+            ..server.opts.clone()
+        });
+        bare.refresh_toolchains();
+        let (cwd, opts) = (&src, ["-g", "-O1", "-Wall"]);
+        let out = Command::new(&gcc)
+            .args(opts)
+            .args(["-c", "a.c", "-o", root.join("bare.o").to_str().unwrap()])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let out_pre = Command::new(&gcc)
+            .args(opts)
+            .args(["-E", "-fdirectives-only", "a.c"])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        let mut req = CompileRequest {
+            toolchain: toolchain::identify(root, "gcc", &gcc).unwrap(),
+            language: "c".into(),
+            args: s(&opts),
+            cwd: cwd.to_string_lossy().into_owned(),
+            env: Vec::new(),
+            name: "a.c".into(),
+            source: Bytes(directives_source(&out_pre.stdout).unwrap()),
+        };
+        match bare.serve(&me, req.clone()) {
+            CompileResponse::Done(r) => {
+                assert!(r.object.0 == std::fs::read(root.join("bare.o")).unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+        req.args.push(map.clone());
+        assert!(matches!(
+            bare.serve(&me, req),
+            CompileResponse::Refused(Refusal::Sandbox(_))
+        ));
+        // Refused: an include (anywhere, however spelt), a name that is no plain path.
+        let id = toolchain::identify(root, "gcc", &gcc).unwrap();
+        let request = |name: &str, source: &[u8]| CompileRequest {
+            toolchain: id,
+            language: "c".into(),
+            args: s(&["-g", "-O2"]),
+            cwd: src.to_string_lossy().into_owned(),
+            env: Vec::new(),
+            name: name.into(),
+            source: Bytes(source.to_vec()),
+        };
+        for bad in [
+            &b"#include <stdio.h>\nint x;\n"[..],
+            b"int x;\n/**/ %:include \"/usr/include/stdio.h\"\n",
+            b"#define E(x) x\n#pragma GCC dependency \"/usr/include/stdio.h\"\n",
+        ] {
+            match server.serve(&me, request("a.c", bad)) {
+                CompileResponse::Refused(Refusal::NotPreprocessed(_)) => {}
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+        for bad in ["", "..", "a.c/..", "sub/\n.c"] {
+            match server.serve(&me, request(bad, b"int x;\n")) {
+                CompileResponse::Refused(Refusal::BadRequest(_)) => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        // The sandbox still holds nothing but the toolchain and the source.
+        let secret = root.join("secret");
+        std::fs::write(&secret, "not for guests").unwrap();
+        let incbin = format!("__asm__(\".incbin \\\"{}\\\"\");\n", secret.display());
+        match server.serve(&me, request("a.c", incbin.as_bytes())) {
+            CompileResponse::Done(r) => assert_ne!(r.exit_code, 0, "read a file outside"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The real thing: gcc on this machine, in bubblewrap when it works here.
     #[test]
     fn real_gcc_serves_byte_identical_objects_and_refuses_the_rest() {
@@ -1263,8 +1849,8 @@ mod tests {
             );
             out.stdout
         };
-        // Without debug info: with it, columns in the line table are those of the expanded
-        // macros (the wrapper keeps such compiles local).
+        // Without debug info (with it, columns in the line table of fully preprocessed input
+        // are those of the expanded macros: directives-only input, tested above).
         run(&["-O2", "-Wall", "-c", "a.c", "-o", "local.o"]);
         let local = std::fs::read(src.join("local.o")).unwrap();
         let pre = run(&["-O2", "-Wall", "-E", "a.c"]);
@@ -1338,7 +1924,7 @@ mod tests {
             Refusal::UnknownCompiler
         );
         let mut lang = request(&["-O2"], &pre);
-        lang.language = "c".into();
+        lang.language = "assembler".into();
         assert!(matches!(
             refused(server.serve(&me, lang)),
             Refusal::Language(_)

@@ -8,6 +8,10 @@
 //! directory — holding only the preprocessed source — mounted read-write at the requester's
 //! working directory, which is also the compile's working directory: the object records that
 //! directory in its debug info exactly as a local compile would, so no path needs rewriting.
+//! Directives-only input (compiles with debug info) is written under the source's own name
+//! instead, which the object records too — in the job directory when the name lies under
+//! the working directory, else in a directory of its own, holding only it, mounted at the
+//! source's directory ([`source_path`]) — and compiled with `-nostdinc`.
 //! A compiler installed outside `/usr` gets its own directory bound read-only as well. The
 //! environment is cleared but for `PATH`, `PWD` and the locale variables the request names.
 //!
@@ -80,6 +84,11 @@ pub struct Job<'a> {
     pub cwd: &'a Path,
     /// Environment variables the compile sees besides `PATH` and `PWD`.
     pub env: &'a [(String, String)],
+    /// The source's own name (relative to `cwd`, or absolute) for directives-only input
+    /// ([`crate::offload::DIRECTIVES_LANGUAGES`]): the source is written there and compiled
+    /// under that name, with `-nostdinc`, since the object records it. `None`: a name of
+    /// the job's own.
+    pub source_name: Option<&'a Path>,
 }
 
 /// What a compile gave.
@@ -188,6 +197,89 @@ pub fn mountable_cwd(cwd: &Path) -> bool {
         .any(|d| cwd.starts_with(d))
 }
 
+/// Where a source named `name` is for a compile at `cwd`: `name` made absolute against
+/// `cwd` with `.` and `..` resolved as the kernel does when no link is on the way (none is,
+/// in the sandbox). `None` for a name that is empty, not text, or does not end in a file
+/// name (`..`, `/`, `/.`).
+pub fn source_path(cwd: &Path, name: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let text = name.to_str()?;
+    if text.is_empty()
+        || text.contains(['\0', '\n'])
+        || text.ends_with('/')
+        || text.ends_with("/.")
+        || !cwd.is_absolute()
+    {
+        return None;
+    }
+    if !matches!(name.components().next_back(), Some(Component::Normal(_))) {
+        return None;
+    }
+    let mut out = cwd.to_path_buf();
+    for c in name.components() {
+        match c {
+            Component::RootDir => out = PathBuf::from("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Where, in the job, the source of `job` is written, and the directory of its own bound
+/// at its parent (`None` when the source lies under the working directory). Errors for a
+/// name that cannot be placed.
+fn place_source(
+    jobdir: &Path,
+    isolation: &Isolation,
+    job: &Job,
+) -> Result<(PathBuf, Option<(tempfile::TempDir, PathBuf)>), SandboxError> {
+    let Some(name) = job.source_name else {
+        return Ok((jobdir.join(SOURCE), None));
+    };
+    let bad = |why: &str| SandboxError::Failed(format!("source {}: {why}", name.display()));
+    let path = source_path(job.cwd, name).ok_or_else(|| bad("not a plain path"))?;
+    // Without a sandbox the job directory is mapped to the working directory by a prefix
+    // map of its own, which a map of the command's would not be applied after.
+    let mapped =
+        |a: &String| a.starts_with("-fdebug-prefix-map=") || a.starts_with("-ffile-prefix-map=");
+    if *isolation == Isolation::None && job.args.iter().any(mapped) {
+        return Err(bad("a prefix map, without a sandbox"));
+    }
+    if let Ok(rel) = path.strip_prefix(job.cwd)
+        && !rel.as_os_str().is_empty()
+    {
+        let first = rel.components().next().map(|c| c.as_os_str().to_owned());
+        if first.is_some_and(|f| f.as_encoded_bytes().starts_with(b"distc-job")) {
+            return Err(bad("the job's own name"));
+        }
+        if *isolation == Isolation::None && !name.is_relative() {
+            return Err(bad("absolute, without a sandbox"));
+        }
+        return Ok((jobdir.join(rel), None));
+    }
+    if *isolation == Isolation::None {
+        return Err(bad("outside the working directory, without a sandbox"));
+    }
+    let parent = path.parent().ok_or_else(|| bad("no directory"))?;
+    if !mountable_cwd(parent) {
+        return Err(bad("its directory cannot be mounted"));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("distc-job-src-")
+        .tempdir()
+        .map_err(SandboxError::Setup)?;
+    let file = dir
+        .path()
+        .join(path.file_name().ok_or_else(|| bad("no file name"))?);
+    let mount = parent.to_path_buf();
+    Ok((file, Some((dir, mount))))
+}
+
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, SandboxError> {
     match fs::metadata(path) {
         Ok(m) if m.len() > limit => Err(SandboxError::TooLarge(limit)),
@@ -204,10 +296,25 @@ pub fn run(isolation: &Isolation, limits: &Limits, job: &Job) -> Result<Finished
         .tempdir()
         .map_err(SandboxError::Setup)?;
     let jobdir = dir.path();
-    fs::write(jobdir.join(SOURCE), job.source).map_err(SandboxError::Setup)?;
+    let (file, source_dir) = place_source(jobdir, isolation, job)?;
+    if let Some(d) = file.parent() {
+        fs::create_dir_all(d).map_err(SandboxError::Setup)?;
+    }
+    fs::write(&file, job.source).map_err(SandboxError::Setup)?;
     let mut compile: Vec<OsString> = vec!["-x".into(), job.language.into()];
+    if job.source_name.is_some() {
+        // Nothing from the member's headers (`stdc-predef.h` is read in unless this is
+        // given): the input holds every definition the requester's preprocessor made.
+        compile.push("-nostdinc".into());
+    }
     compile.extend(job.args.iter().map(OsString::from));
-    compile.extend(["-c".into(), SOURCE.into(), "-o".into(), OBJECT.into()]);
+    compile.extend([
+        "-c".into(),
+        job.source_name
+            .map_or_else(|| SOURCE.into(), |n| n.as_os_str().to_owned()),
+        "-o".into(),
+        OBJECT.into(),
+    ]);
     let mut cmd = match isolation {
         Isolation::Bwrap(bwrap) => {
             if !mountable_cwd(job.cwd) {
@@ -225,11 +332,24 @@ pub fn run(isolation: &Isolation, limits: &Limits, job: &Job) -> Result<Finished
             for d in toolchain_dirs(job.compiler) {
                 c.arg("--ro-bind").arg(&d).arg(&d);
             }
-            c.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
-                .arg("--bind")
-                .arg(jobdir)
-                .arg(job.cwd)
-                .arg("--chdir")
+            c.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+            // A source outside the working directory: its own directory, holding only it,
+            // at the source's directory — first when that holds the working directory (then
+            // writable: bwrap makes the working directory's mount point in it).
+            let outer = source_dir
+                .as_ref()
+                .filter(|(_, at)| job.cwd.starts_with(at));
+            let inner = source_dir
+                .as_ref()
+                .filter(|(_, at)| !job.cwd.starts_with(at));
+            if let Some((d, at)) = outer {
+                c.arg("--bind").arg(d.path()).arg(at);
+            }
+            c.arg("--bind").arg(jobdir).arg(job.cwd);
+            if let Some((d, at)) = inner {
+                c.arg("--ro-bind").arg(d.path()).arg(at);
+            }
+            c.arg("--chdir")
                 .arg(job.cwd)
                 .arg("--")
                 .arg(job.compiler)
@@ -319,4 +439,59 @@ pub fn run(isolation: &Isolation, limits: &Limits, job: &Job) -> Result<Finished
         stderr,
         object,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_placed_where_its_name_resolves_against_the_working_directory() {
+        let cwd = Path::new("/w/proj/build");
+        let at = |n: &str| source_path(cwd, Path::new(n));
+        assert_eq!(at("a.c"), Some(PathBuf::from("/w/proj/build/a.c")));
+        assert_eq!(
+            at("./sub/a.c"),
+            Some(PathBuf::from("/w/proj/build/sub/a.c"))
+        );
+        assert_eq!(at("../src/a.c"), Some(PathBuf::from("/w/proj/src/a.c")));
+        assert_eq!(at("/abs/a.c"), Some(PathBuf::from("/abs/a.c")));
+        assert_eq!(at("../../../../a.c"), Some(PathBuf::from("/a.c")));
+        for bad in ["", "..", "sub/..", "a.c/.", "/", "a\nb.c", "a\0.c"] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
+        assert_eq!(source_path(Path::new("rel"), Path::new("a.c")), None);
+    }
+
+    /// Without a sandbox only a name under the working directory can be placed; with one, a
+    /// name elsewhere gets its own directory, but never over the system's.
+    #[test]
+    fn names_that_cannot_be_placed_are_refused() {
+        let jobdir = tempfile::tempdir().unwrap();
+        let job = |name: &'static str| Job {
+            compiler: Path::new("/usr/bin/gcc"),
+            language: "c",
+            args: &[],
+            source: b"",
+            cwd: Path::new("/w/proj"),
+            env: &[],
+            source_name: Some(Path::new(name)),
+        };
+        let bwrap = Isolation::Bwrap(PathBuf::from("/usr/bin/bwrap"));
+        let place = |iso: &Isolation, name| {
+            place_source(jobdir.path(), iso, &job(name)).map(|(file, dir)| (file, dir.map(|d| d.1)))
+        };
+        let (file, dir) = place(&Isolation::None, "sub/a.c").unwrap();
+        assert_eq!((file, dir), (jobdir.path().join("sub/a.c"), None));
+        assert!(place(&Isolation::None, "../a.c").is_err());
+        assert!(place(&Isolation::None, "/w/proj/a.c").is_err());
+        assert!(place(&bwrap, "distc-job-object.o").is_err());
+        let (file, dir) = place(&bwrap, "/w/proj/a.c").unwrap();
+        assert_eq!((file, dir), (jobdir.path().join("a.c"), None));
+        let (file, dir) = place(&bwrap, "../src/a.c").unwrap();
+        assert_eq!(file.file_name().unwrap(), "a.c");
+        assert_eq!(dir, Some(PathBuf::from("/w/src")));
+        assert!(place(&bwrap, "/usr/include/a.c").is_err());
+        assert!(place(&bwrap, "/etc/a.c").is_err());
+    }
 }

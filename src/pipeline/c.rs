@@ -178,13 +178,44 @@ impl<'a> CFamily<'a> {
         })
     }
 
-    /// The languages a member compiles this in (`-x` of the preprocessed source, and of the
-    /// source), when it can: C and C++ without debug info (with it, the line table of
-    /// preprocessed input has the columns of expanded macros: not byte-identical).
+    /// The languages a member compiles this in (`-x` of what it is sent, and of the
+    /// source), when it can: C and C++. Without debug info, the preprocessed source
+    /// (`cpp-output`). With it, gcc's directives-only output, compiled as C or C++ (`c`):
+    /// the line table of fully preprocessed input has the columns of expanded macros, so
+    /// the macros are left to the member's compiler. Not with macro information (`-g3`:
+    /// the definitions are recorded in another order) or options that change what the
+    /// preprocessor writes (`-fpreprocessed`, `-fdirectives-only`, `-traditional-cpp`), and
+    /// not with clang (no `-fdirectives-only` in clang 14; a `cc` that is clang is caught by
+    /// the shape of its output, [`distc_peer::offload::directives_source`]).
     fn remote_languages(&self) -> Option<(&'static str, &'static str)> {
         use compiler::Language;
         if self.job.debug_info {
-            return None;
+            let named_clang = [
+                self.ctx.invoked_as.as_os_str(),
+                self.ctx.compiler.as_os_str(),
+            ]
+            .iter()
+            .any(|n| {
+                Path::new(n)
+                    .file_name()
+                    .is_some_and(|f| f.as_bytes().starts_with(b"clang"))
+            });
+            if named_clang
+                || self.job.args.iter().any(|a| {
+                    let a = a.as_bytes();
+                    macro_info(a)
+                        || a == b"-fpreprocessed"
+                        || a == b"-fdirectives-only"
+                        || a.starts_with(b"-traditional")
+                })
+            {
+                return None;
+            }
+            return match self.job.language {
+                Language::C => Some(("c", "c")),
+                Language::Cxx => Some(("c++", "c++")),
+                _ => None,
+            };
         }
         match self.job.language {
             Language::C => Some(("cpp-output", "c")),
@@ -208,8 +239,9 @@ impl<'a> CFamily<'a> {
     /// which dependency-file options and scratch file: only when an offload could follow
     /// (`offload` on, a compile a member can take, an active mesh whose members would take
     /// jobs), so other compiles pay nothing.
+    /// With debug info the member is sent another preprocessor run's output: nothing kept.
     fn keep_for_offload(&self) -> Option<(Vec<OsString>, Option<crate::util::Scratch>)> {
-        if !self.offload || self.remote_languages().is_none() {
+        if !self.offload || self.job.debug_info || self.remote_languages().is_none() {
             return None;
         }
         let dir = &self.ctx.distc_dir;
@@ -432,14 +464,21 @@ impl Family for CFamily<'_> {
         write_streams(&bundle.stdout, &bundle.stderr, self.strip_colours());
     }
 
-    /// C and C++ without debug info ([`CFamily::remote_languages`]). The source sent is the
+    /// C and C++ ([`CFamily::remote_languages`]). Without debug info, the source sent is the
     /// key's preprocessor output when it was kept, with the dependency file that run wrote;
-    /// otherwise the preprocessor runs again, writing the compile's dependency file.
+    /// otherwise (and always with debug info, then with `-fdirectives-only`) the preprocessor
+    /// runs again, writing the compile's dependency file.
     fn offload(&self, distc_dir: &Path, take_local: &mut dyn FnMut() -> bool) -> Option<Finished> {
         let (language, source_language) = self.remote_languages()?;
         let dep_file = self.job.dep_file.as_ref().map(|d| d.path.as_path());
         let dep_args = self.remote_dep_args(dep_file.unwrap_or(Path::new("")))?;
         let kept = self.kept.borrow();
+        // With debug info, the directory the object records (`$PWD` when it names this one).
+        let cwd = if self.job.debug_info {
+            fingerprint::apparent_cwd(&self.ctx.cwd)
+        } else {
+            self.ctx.cwd.clone()
+        };
         super::offload::compile(
             &super::offload::Offer {
                 distc_dir,
@@ -452,13 +491,20 @@ impl Family for CFamily<'_> {
                 dep_file,
                 dep_args: &dep_args,
                 source_language,
+                directives: self.job.debug_info,
                 source: &self.job.source,
-                cwd: &self.ctx.cwd,
+                cwd: &cwd,
                 output: &self.job.output,
             },
             take_local,
         )
     }
+}
+
+/// Whether a `-g` option asks for macro information (level 3: `-g3`, `-ggdb3`; not
+/// `-gdwarf-3`, a DWARF version).
+fn macro_info(arg: &[u8]) -> bool {
+    arg.starts_with(b"-g") && arg.ends_with(b"3") && !arg.starts_with(b"-gdwarf")
 }
 
 /// The options that make a preprocessor run write the dependency file a compile with `args`
@@ -543,6 +589,16 @@ pub fn rewrite_depfile(data: &[u8], base: &Path, cwd: &Path) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macro_information_is_level_three_not_dwarf_three() {
+        for a in ["-g3", "-ggdb3", "-gstabs+3"] {
+            assert!(macro_info(a.as_bytes()), "{a}");
+        }
+        for a in ["-g", "-g1", "-g2", "-gdwarf-3", "-gdwarf-4", "-ggdb", "-O3"] {
+            assert!(!macro_info(a.as_bytes()), "{a}");
+        }
+    }
 
     #[test]
     fn depfile_rewrite() {

@@ -5,7 +5,10 @@
 //! than cores), the mesh is active, `offload` is on and the local peer says some member has
 //! a free slot (`peer.slots`, one small file), a C/C++ family may offer a remote compile:
 //! it preprocesses here, and its peer sends the preprocessed source to a member with the
-//! identical compiler ([`distc_peer::toolchain`]). Only a clean success is taken — exit 0,
+//! identical compiler ([`distc_peer::toolchain`]). With debug info the source sent is gcc's
+//! `-E -fdirectives-only` output ([`remote::directives_source`]), compiled there as C or C++
+//! under the source's own name, so the line table and every recorded name are a local
+//! compile's. Only a clean success is taken — exit 0,
 //! nothing on stderr (a warning from preprocessed input lacks the macro-expansion notes a
 //! local compile prints), an object — and the pipeline then stores and replays it exactly
 //! as a local miss (a dependency file is written by the preprocessor run here, with the
@@ -15,6 +18,7 @@
 //! Never on a hit: this runs only after the lookups missed and the key lock is held.
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -78,6 +82,75 @@ pub(crate) fn compile_options(cpp_args: &[OsString]) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// Whether gcc's directives-only output `pre` compiles on a member as the source does here.
+/// Not when it names the date or time (`__DATE__`, `__TIME__`, `__TIMESTAMP__`: expanded
+/// there, they would be the member's clock and its copy's date), nor when a file it was
+/// made of has a `pop_macro`: gcc runs `#pragma push_macro`/`pop_macro` itself and writes
+/// the pop as an `#undef`, without the definition it restores (a later use of the macro
+/// would compile as another identifier). The files are those its line markers name, read
+/// relative to `cwd`; one that cannot be read keeps the compile here.
+pub(crate) fn directives_portable(pre: &[u8], cwd: &Path) -> Result<(), String> {
+    let mentions = |hay: &[u8], w: &[u8]| hay.windows(w.len()).any(|x| x == w);
+    for w in ["__DATE__", "__TIME__", "__TIMESTAMP__"] {
+        if mentions(pre, w.as_bytes()) {
+            return Err(format!("{w} would be the member's"));
+        }
+    }
+    let mut files = std::collections::BTreeSet::new();
+    for line in pre.split(|&b| b == b'\n') {
+        let Some(rest) = line.strip_prefix(b"# ") else {
+            continue;
+        };
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let Some(quoted) = rest[digits..].strip_prefix(b" \"").filter(|_| digits > 0) else {
+            continue;
+        };
+        if quoted.starts_with(b"<") {
+            continue; // `<built-in>`, `<command-line>`
+        }
+        files.insert(unquote(quoted).ok_or("a file name in a line marker not read")?);
+    }
+    for f in files {
+        let path = cwd.join(std::ffi::OsStr::from_bytes(&f));
+        let text =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if mentions(&text, b"pop_macro") {
+            return Err(format!("{} pops a macro definition", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// A line marker's file name up to its closing quote, as gcc quotes it (`\\`, `\"`, octal
+/// `\NNN`); `None` for anything else.
+fn unquote(q: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < q.len() {
+        match q[i] {
+            b'"' => return Some(out),
+            b'\\' => match q.get(i + 1)? {
+                c @ (b'\\' | b'"') => {
+                    out.push(*c);
+                    i += 2;
+                }
+                b'0'..=b'7' => {
+                    let oct = q.get(i + 1..i + 4)?;
+                    let s = std::str::from_utf8(oct).ok()?;
+                    out.push(u8::from_str_radix(s, 8).ok()?);
+                    i += 4;
+                }
+                _ => return None,
+            },
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
 /// The environment a remote compile is given: the locale variables set here.
 fn locale_env() -> Vec<(String, String)> {
     remote::ENV
@@ -111,6 +184,10 @@ pub(crate) struct Offer<'a> {
     pub dep_args: &'a [OsString],
     /// `-x` of the source as compiled here (`c`, `c++`).
     pub source_language: &'static str,
+    /// A compile with debug info: the member gets gcc's `-E -fdirectives-only` output (from
+    /// a preprocessor run of its own here), compiled as `language` (`c`, `c++`) under the
+    /// source's name at `cwd` ([`remote::directives_source`]).
+    pub directives: bool,
     pub source: &'a Path,
     pub cwd: &'a Path,
     /// Where the object goes.
@@ -142,11 +219,14 @@ pub(crate) fn compile(offer: &Offer, take_local: &mut dyn FnMut() -> bool) -> Op
         return why_not("the working directory is not text");
     };
     let pre = match offer.preprocessed {
-        Some(k) if k.clean => k.text.clone(),
-        Some(_) => return why_not("the preprocessor warned"),
-        None => {
+        Some(k) if k.clean && !offer.directives => k.text.clone(),
+        Some(_) if !offer.directives => return why_not("the preprocessor warned"),
+        _ => {
             let mut pp = offer.cpp_args.to_vec();
             pp.extend(offer.dep_args.iter().cloned());
+            if offer.directives {
+                pp.push("-fdirectives-only".into());
+            }
             pp.extend([
                 "-E".into(),
                 "-x".into(),
@@ -163,16 +243,39 @@ pub(crate) fn compile(offer: &Offer, take_local: &mut dyn FnMut() -> bool) -> Op
             }
         }
     };
-    if let Err(e) = remote::check_preprocessed(&pre) {
-        return why_not(&e.to_string());
-    }
+    let pre = if offer.directives {
+        let Some(pre) = remote::directives_source(&pre) else {
+            return why_not("not gcc's directives-only output");
+        };
+        if let Err(e) = remote::check_directives_only(&pre) {
+            return why_not(&e.to_string());
+        }
+        if let Err(e) = directives_portable(&pre, offer.cwd) {
+            return why_not(&e);
+        }
+        pre
+    } else {
+        if let Err(e) = remote::check_preprocessed(&pre) {
+            return why_not(&e.to_string());
+        }
+        pre
+    };
+    let name = if offer.directives {
+        // The member compiles the source under this name: it must be the one given here.
+        match offer.source.to_str() {
+            Some(n) => n.to_string(),
+            None => return why_not("the source's name is not text"),
+        }
+    } else {
+        offer.source.display().to_string()
+    };
     let req = CompileRequest {
         toolchain,
         language: offer.language.into(),
         args,
         cwd: cwd.to_string(),
         env: locale_env(),
-        name: offer.source.display().to_string(),
+        name,
         source: Bytes(pre),
     };
     let deadline = Instant::now() + OFFLOAD_WAIT;
@@ -243,6 +346,37 @@ mod tests {
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn directives_only_output_with_dates_or_a_popped_macro_stays_local() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("inc")).unwrap();
+        std::fs::write(d.path().join("a.c"), "int a;\n").unwrap();
+        std::fs::write(d.path().join("inc/q\"h.h"), "int h;\n").unwrap();
+        std::fs::write(
+            d.path().join("inc/p.h"),
+            "#pragma push_macro(\"new\")\n#undef new\n#pragma pop_macro(\"new\")\n",
+        )
+        .unwrap();
+        let pre = |text: &str| {
+            format!("# 0 \"<command-line>\"\n# 1 \"a.c\"\n{text}# 1 \"inc/q\\\"h.h\" 1\nint h;\n")
+        };
+        directives_portable(pre("int a;\n").as_bytes(), d.path()).unwrap();
+        for bad in [
+            pre("const char *d = __DATE__;\n"),
+            pre("#define T __TIME__\n"),
+            pre("const char *t = __TIMESTAMP__;\n"),
+            pre("# 1 \"inc/p.h\" 1\n"),
+            pre("# 1 \"inc/missing.h\" 1\n"),
+            pre("# 1 \"inc/\\x.h\" 1\n"),
+        ] {
+            assert!(
+                directives_portable(bad.as_bytes(), d.path()).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(unquote(b"a\\\\b\\\"c\\101\" 1").unwrap(), b"a\\b\"cA");
     }
 
     #[test]
