@@ -304,3 +304,50 @@ fn diagnostics_are_coloured_on_a_terminal_and_plain_elsewhere() {
         );
     }
 }
+
+/// The first miss in a fresh cache probes the compiler's include search list (`-E -v -`)
+/// beside its compile, not after it: a compiler that makes each of the two wait for the
+/// other to start (up to 30 s, then it fails) succeeds only when they run at the same time.
+/// In direct and depend mode the second compile is then a hit, and the probe ran once.
+#[test]
+fn the_first_include_list_probe_runs_beside_the_compile() {
+    for mode in &MODES[1..] {
+        let sb = Sandbox::new();
+        let real = common::which("gcc").expect("gcc on PATH");
+        let marks = sb.root.path().join("marks");
+        fs::create_dir_all(&marks).unwrap();
+        let script = format!(
+            "#!/bin/sh\n\
+             printf '%s\\n' \"gcc $*\" >> '{log}'\n\
+             wait_for() {{ n=0; while [ ! -e '{m}'/\"$1\" ]; do n=$((n+1)); [ $n -gt 3000 ] && exit 9; sleep 0.01; done; }}\n\
+             case \" $* \" in\n\
+             *' -v '*) touch '{m}/probe'; wait_for compile ;;\n\
+             *' -c '*) touch '{m}/compile'; wait_for probe ;;\n\
+             esac\n\
+             exec '{real}' \"$@\"\n",
+            log = sb.log.display(),
+            m = marks.display(),
+            real = real.display(),
+        );
+        let gcc = sb.bin.join("gcc");
+        fs::write(&gcc, script).unwrap();
+        write(&sb.work, "a.c", "int a(void) { return 1; }\n");
+        for round in 0..2 {
+            let out = run_in(&sb, &sb.work, mode, &["gcc", "-c", "a.c", "-o", "a.o"]);
+            assert_ok(&out, &format!("{} round {round}", mode.0));
+            assert!(
+                out.stderr.is_empty(),
+                "{}: {}",
+                mode.0,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(sb.compiles(), 1, "{}: the second compile is a hit", mode.0);
+        let probes = sb
+            .invocations()
+            .iter()
+            .filter(|l| l.split_whitespace().any(|w| w == "-v"))
+            .count();
+        assert_eq!(probes, 1, "{}: {:?}", mode.0, sb.invocations());
+    }
+}

@@ -468,6 +468,11 @@ impl Family for CFamily<'_> {
     /// key's preprocessor output when it was kept, with the dependency file that run wrote;
     /// otherwise (and always with debug info, then with `-fdirectives-only`) the preprocessor
     /// runs again, writing the compile's dependency file.
+    fn beside_compile(&self) -> Option<Box<dyn FnOnce() + Send + '_>> {
+        let probe = self.direct.as_ref()?.include_probe(&self.ctx, &self.job)?;
+        Some(Box::new(probe))
+    }
+
     fn offload(&self, distc_dir: &Path, take_local: &mut dyn FnMut() -> bool) -> Option<Finished> {
         let (language, source_language) = self.remote_languages()?;
         let dep_file = self.job.dep_file.as_ref().map(|d| d.path.as_path());

@@ -108,6 +108,12 @@ pub(crate) trait Family {
     ) -> Option<Finished> {
         None
     }
+    /// Work that [`Family::record`] needs after a compile but that does not depend on it (the
+    /// C family's first probe of a compiler's include search list): run on a second thread
+    /// while the compile runs.
+    fn beside_compile(&self) -> Option<Box<dyn FnOnce() + Send + '_>> {
+        None
+    }
     /// Why this compile cannot be expected to give the same bytes on another machine (the
     /// stats label), known before compiling; re-verification skips it.
     fn unreproducible(&self) -> Option<&'static str> {
@@ -287,7 +293,17 @@ impl Pipeline<'_> {
         if remote.is_some() {
             self.cache.count(Event::Offloaded);
         }
-        let done = match remote.map_or_else(|| self.runner.output(&cmd), Ok) {
+        let ran = std::thread::scope(|s| {
+            let beside = f.beside_compile().map(|w| s.spawn(w));
+            let ran = remote.map_or_else(|| self.runner.output(&cmd), Ok);
+            if let Some(h) = beside
+                && h.join().is_err()
+            {
+                tracing::debug!("the work beside the compile failed");
+            }
+            ran
+        });
+        let done = match ran {
             Ok(d) => f.tidy(d, depend),
             Err(e) => {
                 eprintln!("distc: error: cannot run {}: {e}", cmd.program.display());

@@ -75,6 +75,11 @@ pub(crate) trait Runner: std::fmt::Debug {
     fn output(&self, cmd: &Command) -> io::Result<Finished>;
     /// Runs `program` in place of this process (for real: returns only when it cannot start).
     fn exec(&self, program: &std::path::Path, args: &[OsString]) -> ExitCode;
+    /// This runner, when it may run commands from another thread at the same time (real
+    /// processes); `None` keeps everything on the calling thread (scripted test runners).
+    fn concurrent(&self) -> Option<&(dyn Runner + Sync)> {
+        None
+    }
 }
 
 /// Real processes.
@@ -82,6 +87,10 @@ pub(crate) trait Runner: std::fmt::Debug {
 pub(crate) struct System;
 
 impl Runner for System {
+    fn concurrent(&self) -> Option<&(dyn Runner + Sync)> {
+        Some(self)
+    }
+
     fn output(&self, cmd: &Command) -> io::Result<Finished> {
         let mut c = std::process::Command::new(&cmd.program);
         c.args(&cmd.args);
@@ -116,6 +125,10 @@ impl Runner for System {
 pub(crate) struct InProcess;
 
 impl Runner for InProcess {
+    fn concurrent(&self) -> Option<&(dyn Runner + Sync)> {
+        Some(self)
+    }
+
     fn output(&self, cmd: &Command) -> io::Result<Finished> {
         System.output(cmd)
     }

@@ -233,6 +233,32 @@ impl DirectKey {
         m.write(&self.path(ctx))
     }
 
+    /// The compiler's include search list, probed now (on another thread, beside the compile)
+    /// when recording this manifest would otherwise probe it after the compile: once per
+    /// compiler and search-list arguments in a cache directory, so only the first miss of a
+    /// fresh cache pays for it, and with this not on top of its compile. `None` when it is
+    /// memoised already, or the runner keeps to one thread.
+    pub fn include_probe<'a>(
+        &self,
+        ctx: &'a Context,
+        job: &'a CompileJob,
+    ) -> Option<impl FnOnce() + Send + 'a> {
+        let runner = ctx.runner.concurrent()?;
+        let identity = identity_of(&self.common);
+        let language = job.language.name();
+        let (dir, compiler) = (&ctx.distc_dir, &ctx.compiler);
+        if crate::compiler::c::identity::include_dirs_memoised(
+            dir, compiler, &identity, language, &job.args,
+        ) {
+            return None;
+        }
+        Some(move || {
+            crate::compiler::c::identity::system_include_dirs(
+                runner, dir, compiler, &identity, language, &job.args,
+            );
+        })
+    }
+
     /// The key this manifest is shared under in the mesh (an ordinary store entry whose
     /// payload is the manifest file's bytes). The manifest format is part of it: peers with
     /// another format never see each other's manifests.

@@ -129,25 +129,7 @@ pub fn system_include_dirs(
     language: &str,
     args: &[OsString],
 ) -> Option<SearchList> {
-    let list_args = include_list_args(args);
-    let mut h = Sha256::new();
-    h.update(b"include-dirs 2\0");
-    h.update(identity);
-    h.update(compiler.as_os_str().as_bytes());
-    h.update([0]);
-    h.update(language.as_bytes());
-    for a in &list_args {
-        h.update([0]);
-        h.update(a.as_bytes());
-    }
-    if relative_path_value(&list_args) {
-        let cwd = std::env::current_dir().ok()?;
-        h.update([1]);
-        h.update(cwd.as_os_str().as_bytes());
-    }
-    let memo = distc_dir
-        .join("compilers")
-        .join(format!("inc-{}", hex::encode(&h.finalize()[..16])));
+    let (memo, list_args) = include_memo(distc_dir, compiler, identity, language, args)?;
     if let Ok(bytes) = fs::read(&memo)
         && let Some(body) = bytes.strip_prefix(b"ok\n")
     {
@@ -167,6 +149,61 @@ pub fn system_include_dirs(
             return Some(list);
         }
     }
+    probe_include_dirs(runner, compiler, language, list_args, &memo)
+}
+
+/// Whether [`system_include_dirs`] has its answer memoised for these arguments (it then runs
+/// no process, unless a directory the list skipped has appeared since).
+pub fn include_dirs_memoised(
+    distc_dir: &Path,
+    compiler: &Path,
+    identity: &[u8; 32],
+    language: &str,
+    args: &[OsString],
+) -> bool {
+    include_memo(distc_dir, compiler, identity, language, args)
+        .is_some_and(|(memo, _)| memo.exists())
+}
+
+/// The memo file of [`system_include_dirs`] and the arguments that change the list.
+fn include_memo(
+    distc_dir: &Path,
+    compiler: &Path,
+    identity: &[u8; 32],
+    language: &str,
+    args: &[OsString],
+) -> Option<(PathBuf, Vec<OsString>)> {
+    let list_args = include_list_args(args);
+    let mut h = Sha256::new();
+    h.update(b"include-dirs 2\0");
+    h.update(identity);
+    h.update(compiler.as_os_str().as_bytes());
+    h.update([0]);
+    h.update(language.as_bytes());
+    for a in &list_args {
+        h.update([0]);
+        h.update(a.as_bytes());
+    }
+    if relative_path_value(&list_args) {
+        let cwd = std::env::current_dir().ok()?;
+        h.update([1]);
+        h.update(cwd.as_os_str().as_bytes());
+    }
+    let memo = distc_dir
+        .join("compilers")
+        .join(format!("inc-{}", hex::encode(&h.finalize()[..16])));
+    Some((memo, list_args))
+}
+
+/// Runs `compiler -x LANG -E -v -` with the search-list arguments, parses its search list and
+/// memoises it in `memo`.
+fn probe_include_dirs(
+    runner: &dyn Runner,
+    compiler: &Path,
+    language: &str,
+    list_args: Vec<OsString>,
+    memo: &Path,
+) -> Option<SearchList> {
     let mut args = list_args;
     args.extend(["-x", language, "-E", "-v", "-"].map(OsString::from));
     let out = runner
@@ -191,7 +228,7 @@ pub fn system_include_dirs(
             text.push(b'\n');
         }
     }
-    crate::util::write_memo(&memo, &text);
+    crate::util::write_memo(memo, &text);
     Some(list)
 }
 
