@@ -115,6 +115,18 @@ fn usable_slots(sb: &Sandbox, dir: &Path) -> u64 {
 }
 
 /// A closed mesh of two peers; `one` sees `two`'s free slots.
+/// Every compile slot of the machine whose cache is `dir`, held: it is busy until they drop.
+fn hold_every_slot(dir: &std::path::Path) -> Vec<distc_peer::slots::LocalSlot> {
+    let cores = distc_peer::slots::cores();
+    (0..cores)
+        .map(|_| {
+            distc_peer::slots::take(dir, || cores)
+                .unwrap()
+                .expect("a free slot")
+        })
+        .collect()
+}
+
 fn two_machines() -> Option<(Sandbox, Peer, Peer)> {
     if distc_peer::sandbox::find_bwrap().is_none() {
         eprintln!("bubblewrap does not work here: skipped");
@@ -260,14 +272,7 @@ fn a_busy_machine_waits_for_the_members_slot_instead_of_compiling_locally() {
     let Some((sb, one, two)) = two_machines() else {
         return;
     };
-    let cores = distc_peer::slots::cores();
-    let held: Vec<_> = (0..cores)
-        .map(|_| {
-            distc_peer::slots::take(&one.dir, || cores)
-                .unwrap()
-                .expect("a free slot")
-        })
-        .collect();
+    let held = hold_every_slot(&one.dir);
     let proj = sb.work.join("proj");
     let n = 8;
     write_project(&proj, n);
@@ -325,14 +330,7 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
         return;
     };
     // Machine one is busy: the test holds every one of its compile slots.
-    let cores = distc_peer::slots::cores();
-    let held: Vec<_> = (0..cores)
-        .map(|_| {
-            distc_peer::slots::take(&one.dir, || cores)
-                .unwrap()
-                .expect("a free slot")
-        })
-        .collect();
+    let held = hold_every_slot(&one.dir);
     let dir = sb.work.join("diag");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -446,12 +444,12 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
     let gcc = common::which("gcc").unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let toolchain = distc_peer::toolchain::identify(scratch.path(), "gcc", &gcc).unwrap();
-    let ask = |args: &[&str], source: &[u8], toolchain| {
+    let ask_in = |language: &str, args: &[&str], source: &[u8], toolchain| {
         let mut c = distc_peer::ipc::IpcClient::connect(&one.dir, Duration::from_secs(30)).unwrap();
         c.compile(distc_peer::offload::Ask {
             request: distc_peer::offload::CompileRequest {
                 toolchain,
-                language: "cpp-output".into(),
+                language: language.into(),
                 args: args.iter().map(|a| a.to_string()).collect(),
                 cwd: dir.to_string_lossy().into_owned(),
                 env: Vec::new(),
@@ -464,6 +462,8 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
         .unwrap()
         .1
     };
+    let ask =
+        |args: &[&str], source: &[u8], toolchain| ask_in("cpp-output", args, source, toolchain);
     use distc_peer::offload::{CompileResponse, Refusal};
     let refused = |r: CompileResponse| match r {
         CompileResponse::Refused(why) => why,
@@ -487,24 +487,7 @@ fn remote_errors_and_warnings_report_what_local_reports_and_bad_requests_are_ref
     ));
     // Directives-only input (compiles with debug info) with a directive that reads a file,
     // however spelt, is refused too.
-    let ask_c = |source: &[u8]| {
-        let mut c = distc_peer::ipc::IpcClient::connect(&one.dir, Duration::from_secs(30)).unwrap();
-        c.compile(distc_peer::offload::Ask {
-            request: distc_peer::offload::CompileRequest {
-                toolchain,
-                language: "c".into(),
-                args: vec!["-g".into(), "-O2".into()],
-                cwd: dir.to_string_lossy().into_owned(),
-                env: Vec::new(),
-                name: "probe.c".into(),
-                source: distc_peer::protocol::Bytes(source.to_vec()),
-            },
-            wait_ms: 0,
-            local_cores: 1,
-        })
-        .unwrap()
-        .1
-    };
+    let ask_c = |source: &[u8]| ask_in("c", &["-g", "-O2"], source, toolchain);
     for bad in [
         &b"#define X 1\n#include \"/etc/passwd\"\n"[..],
         b"int x;\n/* */ %:include_next <stdio.h>\n",
@@ -544,14 +527,7 @@ fn compiles_with_debug_info_are_offloaded_byte_identical() {
     let Some((sb, one, two)) = two_machines() else {
         return;
     };
-    let cores = distc_peer::slots::cores();
-    let held: Vec<_> = (0..cores)
-        .map(|_| {
-            distc_peer::slots::take(&one.dir, || cores)
-                .unwrap()
-                .expect("a free slot")
-        })
-        .collect();
+    let held = hold_every_slot(&one.dir);
     let proj = sb.work.join("dbg");
     std::fs::create_dir_all(proj.join("inc")).unwrap();
     std::fs::create_dir_all(proj.join("build")).unwrap();

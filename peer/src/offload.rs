@@ -1403,6 +1403,15 @@ mod tests {
         }
     }
 
+    /// `checked` refused `input` as not preprocessed.
+    fn assert_not_preprocessed(checked: Result<(), Refusal>, input: &[u8]) {
+        assert!(
+            matches!(checked, Err(Refusal::NotPreprocessed(_))),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+
     #[test]
     fn only_preprocessor_output_passes() {
         check_preprocessed(b"# 1 \"a.c\"\n# 1 \"<built-in>\" 1\nint x;\n#pragma once\n  # 7 \"a.h\" 3\n#ident \"x\"\n#\n").unwrap();
@@ -1413,11 +1422,7 @@ mod tests {
             b"# include \"x\"\n",
             b"#if 1\n#endif\n",
         ] {
-            assert!(
-                matches!(check_preprocessed(bad), Err(Refusal::NotPreprocessed(_))),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_not_preprocessed(check_preprocessed(bad), bad);
         }
     }
 
@@ -1463,11 +1468,7 @@ mod tests {
             b"const char *s = R\"(x \"/*\" y)\";\n#include \"x\"\n// */\n",
             b"int a = 1'a/*';\n#include \"x\"\n// */\n",
         ] {
-            assert!(
-                matches!(check_directives_only(bad), Err(Refusal::NotPreprocessed(_))),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_not_preprocessed(check_directives_only(bad), bad);
         }
         // The wrapper's side: the `<built-in>` part goes, the `<command-line>` part stays;
         // anything not shaped as gcc writes it is not sent.
@@ -1584,6 +1585,52 @@ mod tests {
         assert_eq!(pick(&list, &t, &me, &[a, b]), None);
     }
 
+    /// A serving peer's compile server under bubblewrap that knows the compilers beside `gcc`.
+    fn sandboxed_server(
+        distc_dir: std::path::PathBuf,
+        bwrap: std::path::PathBuf,
+        gcc: &Path,
+    ) -> Server {
+        let server = Server::new(ServeOptions {
+            distc_dir,
+            enabled: true,
+            isolation: Isolation::Bwrap(bwrap),
+            limits: Limits::default(),
+            cores: 2,
+            path: gcc.parent().unwrap().as_os_str().to_owned(),
+            why_not: None,
+        });
+        server.refresh_toolchains();
+        server
+    }
+
+    /// What `cmd` printed, after checking that it succeeded.
+    fn stdout_of(cmd: &mut std::process::Command) -> Vec<u8> {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// `name` as found on `PATH`.
+    fn on_path(name: &str) -> Option<std::path::PathBuf> {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// bubblewrap, when it works here (else the test says it is skipped).
+    fn working_bwrap() -> Option<std::path::PathBuf> {
+        let found = sandbox::find_bwrap();
+        if found.is_none() {
+            eprintln!("bubblewrap does not work here: skipped");
+        }
+        found
+    }
+
     /// Debug info: gcc's directives-only output, compiled as C or C++ under the source's own
     /// name at the requester's directory, gives the local object byte for byte — macros,
     /// `assert`, `__FILE__`/`__LINE__`/`__BASE_FILE__`/`__COUNTER__`, pragmas, `-D`, prefix
@@ -1591,17 +1638,11 @@ mod tests {
     #[test]
     fn real_gcc_with_debug_info_serves_byte_identical_objects() {
         use std::process::Command;
-        let find = |name: &str| {
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        };
-        let (Some(gcc), Some(gxx)) = (find("gcc"), find("g++")) else {
+        let (Some(gcc), Some(gxx)) = (on_path("gcc"), on_path("g++")) else {
             eprintln!("no gcc: skipped");
             return;
         };
-        let Some(bwrap) = sandbox::find_bwrap() else {
-            eprintln!("bubblewrap does not work here: skipped");
+        let Some(bwrap) = working_bwrap() else {
             return;
         };
         let d = tempfile::tempdir().unwrap();
@@ -1635,16 +1676,7 @@ mod tests {
              int g(int n) { MAKE(n); assert(n >= 0); return (int)v.size() + hline() + __LINE__; }\n",
         )
         .unwrap();
-        let server = Server::new(ServeOptions {
-            distc_dir: root.to_path_buf(),
-            enabled: true,
-            isolation: Isolation::Bwrap(bwrap),
-            limits: Limits::default(),
-            cores: 2,
-            path: gcc.parent().unwrap().as_os_str().to_owned(),
-            why_not: None,
-        });
-        server.refresh_toolchains();
+        let server = sandboxed_server(root.to_path_buf(), bwrap, &gcc);
         let abs = src.join("a.c").to_string_lossy().into_owned();
         let map = format!("-fdebug-prefix-map={}=/x", root.display());
         let fmap = format!("-ffile-prefix-map={}/=", root.display());
@@ -1677,19 +1709,13 @@ mod tests {
         let me = PeerId::random();
         for (cwd, compiler, language, name, opts) in cases {
             let run = |extra: &[&str]| {
-                let out = Command::new(compiler)
-                    .args(&opts)
-                    .args(extra)
-                    .arg(name)
-                    .current_dir(cwd)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                out.stdout
+                stdout_of(
+                    Command::new(compiler)
+                        .args(&opts)
+                        .args(extra)
+                        .arg(name)
+                        .current_dir(cwd),
+                )
             };
             let local_o = root.join("local.o");
             run(&["-c", "-o", local_o.to_str().unwrap()]);
@@ -1816,15 +1842,11 @@ mod tests {
     #[test]
     fn real_gcc_serves_byte_identical_objects_and_refuses_the_rest() {
         use std::process::Command;
-        let Some(gcc) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join("gcc"))
-            .find(|p| p.is_file())
-        else {
+        let Some(gcc) = on_path("gcc") else {
             eprintln!("no gcc: skipped");
             return;
         };
-        let Some(bwrap) = sandbox::find_bwrap() else {
-            eprintln!("bubblewrap does not work here: skipped");
+        let Some(bwrap) = working_bwrap() else {
             return;
         };
         let d = tempfile::tempdir().unwrap();
@@ -1836,34 +1858,13 @@ mod tests {
              int main(void) { printf(\"%d\\n\", f(21)); return 0; }\n",
         )
         .unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new(&gcc)
-                .args(args)
-                .current_dir(&src)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
-        };
+        let run = |args: &[&str]| stdout_of(Command::new(&gcc).args(args).current_dir(&src));
         // Without debug info (with it, columns in the line table of fully preprocessed input
         // are those of the expanded macros: directives-only input, tested above).
         run(&["-O2", "-Wall", "-c", "a.c", "-o", "local.o"]);
         let local = std::fs::read(src.join("local.o")).unwrap();
         let pre = run(&["-O2", "-Wall", "-E", "a.c"]);
-        let server = Server::new(ServeOptions {
-            distc_dir: d.path().to_path_buf(),
-            enabled: true,
-            isolation: Isolation::Bwrap(bwrap),
-            limits: Limits::default(),
-            cores: 2,
-            path: gcc.parent().unwrap().as_os_str().to_owned(),
-            why_not: None,
-        });
-        server.refresh_toolchains();
+        let server = sandboxed_server(d.path().to_path_buf(), bwrap, &gcc);
         let id = toolchain::identify(d.path(), "gcc", &gcc).unwrap();
         assert!(server.toolchains().contains(&id));
         let request = |args: &[&str], source: &[u8]| CompileRequest {
