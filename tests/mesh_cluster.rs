@@ -1679,13 +1679,15 @@ fn a_stalled_owner_is_raced_against_the_next_replica_after_the_hedge_delay() {
                 .all(|(_, p)| holds(&p.dir, k))
         });
     }
-    // Stop the first owner of the result (the key both lookups end with) that is not A
-    // (A compiled it, so it holds every key and always has an answer).
+    // Stop the first owner of a key the lookups ask for, preferring one that is not A (A
+    // compiled it, so it holds every key). When A comes first for every key, A it is: the
+    // second owners hold the replicas (waited for above). Any other peer would be asked by
+    // no lookup first, and nothing would be raced.
     let victim = keys
         .iter()
         .map(|k| owners_of(k)[0].clone())
         .find(|o| *o != peers[0].0)
-        .unwrap_or_else(|| peers[1].0.clone());
+        .unwrap_or_else(|| peers[0].0.clone());
     let stalled = peers.iter().find(|(i, _)| *i == victim).unwrap().1;
     signal(stalled.pid(), "-STOP");
     let _resume = Resume(stalled.pid());
