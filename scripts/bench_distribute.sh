@@ -9,13 +9,15 @@
 # for reference.
 #
 # Cold means: `distc flush` empties both machines' stores (and manifests) before every run.
-# Built without -g: compiles with debug info stay local (docs/distribute.md).
+# Built without -g by default; BENCH_EXTRA_FLAGS="-g" adds debug info (offloaded with gcc as
+# directives-only input, docs/distribute.md) to every compile of every mode.
 # Printed per project: the median wall time of each mode, speedups over (a), the share of
 # (b)'s compiles that ran on machine two, the compile-protocol bytes machine one sent and
 # received per build, and machine two's median time per job; then the sums over the three.
 #
 #   scripts/bench_distribute.sh                 # 3 runs of each, make -j4, all three projects
 #   BENCH_RUNS=5 BENCH_JOBS=6 BENCH_PROJECTS="lua zstd" scripts/bench_distribute.sh
+#   BENCH_EXTRA_FLAGS="-g" scripts/bench_distribute.sh   # the same with debug info
 #
 # Every process started here is stopped by pid on exit.
 set -euo pipefail
@@ -23,6 +25,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 runs=${BENCH_RUNS:-3}
 jobs=${BENCH_JOBS:-4}
 projects=${BENCH_PROJECTS:-lua zstd leveldb}
+extra=${BENCH_EXTRA_FLAGS:-}
 base=${BASE_PORT:-31878}
 for t in make gcc g++ taskset distcc distccd python3 /usr/bin/time; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench_distribute: $t is required" >&2; exit 1; }
@@ -86,9 +89,9 @@ build() {
     gcc) cc="" ;;
   esac
   if [ "$1" = leveldb ]; then
-    vars=(CXX="${cc:+$cc }g++" CXXFLAGS="-O2 -Wall -std=c++11")
+    vars=(CXX="${cc:+$cc }g++" CXXFLAGS="-O2 -Wall -std=c++11${extra:+ $extra}")
   else
-    vars=(CC="${cc:+$cc }gcc" CFLAGS="-O2 -Wall${extra_cflags[$1]:-}")
+    vars=(CC="${cc:+$cc }gcc" CFLAGS="-O2 -Wall${extra_cflags[$1]:-}${extra:+ $extra}")
   fi
   if [ "$2" = alone ] || [ "$2" = mesh ]; then
     DISTC_DIR="$work/one" "$bin" flush >/dev/null
